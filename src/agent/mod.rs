@@ -1,0 +1,36 @@
+//! The agent that runs on every server. Until the work-queue issue lands it is a stub: a real
+//! process that logs that it is not implemented and waits for SIGTERM/SIGINT, so that the
+//! local provider has something to start and stop.
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// The console's URL.
+    #[arg(long)]
+    pub url: String,
+    /// Enrollment token, exchanged for the agent's own credentials at registration.
+    #[arg(long)]
+    pub token: String,
+    /// This server's instance id (default: from EC2's instance metadata service).
+    #[arg(long)]
+    pub instance_id: Option<String>,
+    /// How many jobs to run at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    tracing::warn!(
+        url = %args.url,
+        instance_id = args.instance_id.as_deref().unwrap_or("-"),
+        "agent not implemented yet; waiting for SIGTERM"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("agent stopping");
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! The command line: `kiln serve | migrate | user add | token create | agent`.
+//! Each subcommand lives in its own file; this one only parses and dispatches.
+
+mod token;
+mod user;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{DatabaseArgs, Settings};
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "A web console for fleets of immutable servers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the console and the background workers.
+    Serve(Box<Settings>),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Manage console users.
+    User {
+        #[command(subcommand)]
+        command: user::UserCommand,
+    },
+    /// Create API and enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
+    /// Run the agent on a server.
+    Agent(crate::agent::AgentArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(settings) => crate::startup::serve(*settings).await,
+        Command::Migrate(db) => {
+            let pool = crate::db::connect(&db.url()).await?;
+            crate::db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::User { command } => user::run(command).await,
+        Command::Token { command } => token::run(command).await,
+        Command::Agent(args) => crate::agent::run(args).await,
+    }
+}

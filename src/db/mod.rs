@@ -1,0 +1,72 @@
+//! PostgreSQL: connecting (creating the database when missing), migrations, and one module of
+//! queries per table. Queries are checked at run time (`query_as` + `FromRow`), not by the
+//! `query!` macros, so that building needs no database; the integration tests exercise every
+//! query against a real PostgreSQL.
+
+pub mod audit;
+pub mod login_failures;
+pub mod secrets;
+pub mod sessions;
+pub mod tokens;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Connects to `url`, creating its database first when it does not exist.
+pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("DATABASE_URL is not a PostgreSQL URL: {}", redact(url)))?;
+    if !Postgres::database_exists(url)
+        .await
+        .with_context(|| format!("Failed to reach PostgreSQL at {}", redact(url)))?
+    {
+        tracing::info!(database = options.get_database().unwrap_or("?"), "creating database");
+        // Two processes starting together may race to create it; the loser's error is fine
+        // as long as the database exists afterwards.
+        if let Err(error) = Postgres::create_database(url).await {
+            if !Postgres::database_exists(url).await.unwrap_or(false) {
+                return Err(error).context("Failed to create the database");
+            }
+        }
+    }
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("Failed to connect to PostgreSQL at {}", redact(url)))
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("Failed to apply database migrations")
+}
+
+/// True when every migration this binary knows has been applied.
+pub async fn migrations_current(pool: &PgPool) -> anyhow::Result<bool> {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .context("Failed to read applied migrations")?;
+    Ok(applied.unwrap_or(0) >= latest)
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,21 @@
+//! Validated domain types. Nothing here does I/O: parsing turns user input into values that
+//! are correct by construction, and every error is a sentence a user can act on.
+
+mod names;
+mod password;
+mod role;
+
+pub use names::{TokenName, UserName};
+pub use password::Password;
+pub use role::Role;
+
+/// Input that failed validation; the message is shown to the user as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValidationError(pub String);
+
+impl ValidationError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}

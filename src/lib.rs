@@ -1,0 +1,15 @@
+//! Kiln: a web console for fleets of immutable servers.
+//!
+//! The crate is laid out by room (see ARCHITECTURE.md): `domain` holds validated types with
+//! no I/O, `db` the queries, `auth` credentials and throttling, `web` the HTTP surface,
+//! `cli` the command line, `agent` the process that runs on every server.
+
+pub mod agent;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod startup;
+pub mod telemetry;
+pub mod web;

@@ -1,0 +1,138 @@
+//! Builds and runs the console: connect and migrate, create the first admin, bind the
+//! listener (tests bind port 0 and ask for the port), start the background janitor, serve
+//! until SIGINT/SIGTERM, then drain in-flight requests and stop.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_session::SessionMiddleware;
+use actix_session::config::{BrowserSession, CookieContentSecurity, TtlExtensionPolicy};
+use actix_web::cookie::{Key, SameSite};
+use actix_web::dev::Server;
+use actix_web::middleware::{Compress, from_fn};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::config::Settings;
+use crate::web::session_store::PgSessionStore;
+use crate::web::{AppState, middleware, routes};
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    pool: PgPool,
+    /// Set when this start created the first admin: printed once, never stored in clear.
+    pub initial_admin_password: Option<String>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = crate::db::connect(&settings.database.url()).await?;
+        crate::db::migrate(&pool).await?;
+        let initial_admin_password = create_initial_admin(&pool).await?;
+        let key = crate::db::secrets::get_or_create(&pool, "session_key", 64)
+            .await
+            .context("Failed to load the session signing key")?;
+        let key = Key::try_from(key.as_slice()).context("The stored session key is too short")?;
+
+        let listener = TcpListener::bind(settings.bind)
+            .with_context(|| format!("Failed to listen on {}", settings.bind))?;
+        let port = listener.local_addr()?.port();
+        let settings = Arc::new(settings);
+        let state = web::Data::new(AppState { pool: pool.clone(), settings: settings.clone() });
+        let store = PgSessionStore::new(pool.clone(), settings.session_absolute_timeout);
+
+        let server = HttpServer::new(move || {
+            let sessions = SessionMiddleware::builder(store.clone(), key.clone())
+                .cookie_name("kiln_session".into())
+                .cookie_http_only(true)
+                .cookie_same_site(SameSite::Lax)
+                .cookie_secure(settings.secure_cookies())
+                .cookie_content_security(CookieContentSecurity::Signed)
+                .session_lifecycle(
+                    BrowserSession::default()
+                        .state_ttl(actix_web::cookie::time::Duration::seconds(
+                            settings.session_idle_timeout as i64,
+                        ))
+                        .state_ttl_extension_policy(TtlExtensionPolicy::OnEveryRequest),
+                )
+                .build();
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::FormConfig::default().limit(1 << 20))
+                .configure(routes::register)
+                .default_service(web::to(middleware::errors::not_found))
+                // Outermost last: request id -> security headers -> compression -> errors -> sessions.
+                .wrap(sessions)
+                .wrap(from_fn(middleware::errors::render))
+                .wrap(Compress::default())
+                .wrap(middleware::security_headers::headers(settings.secure_cookies()))
+                .wrap(from_fn(middleware::request_id::assign))
+        })
+        .listen(listener)?
+        .shutdown_timeout(10)
+        .run();
+
+        Ok(Self { port, server, pool, initial_admin_password })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until the server stops (actix handles SIGINT/SIGTERM: it stops accepting,
+    /// lets in-flight requests finish, then returns).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let janitor = tokio::spawn(janitor(self.pool.clone()));
+        let result = self.server.await.context("The HTTP server failed");
+        janitor.abort();
+        self.pool.close().await;
+        result
+    }
+}
+
+/// `kiln serve`
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let public_url = settings.public_url();
+    let app = Application::build(settings).await?;
+    if let Some(password) = &app.initial_admin_password {
+        // The one time this password exists in clear: stdout, for the operator who started us.
+        println!("initial admin password: {password}");
+    }
+    tracing::info!(url = %public_url, port = app.port(), "kiln console listening");
+    app.run_until_stopped().await?;
+    tracing::info!("kiln stopped");
+    Ok(())
+}
+
+async fn create_initial_admin(pool: &PgPool) -> anyhow::Result<Option<String>> {
+    if crate::db::users::count(pool).await? > 0 {
+        return Ok(None);
+    }
+    let password = crate::auth::password::generate_initial();
+    let hash = crate::auth::password::hash(&password).await?;
+    let created = crate::db::users::create_initial_admin(pool, &hash).await?;
+    Ok(created.then(|| password.expose().to_owned()))
+}
+
+/// Deletes what has expired: sessions, old login failures. Runs on every replica; the
+/// deletes are idempotent, so no coordination is needed.
+async fn janitor(pool: PgPool) {
+    let mut tick = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        tick.tick().await;
+        let absolute = 7 * 24 * 3600;
+        if let Err(e) = crate::db::sessions::prune(&pool, absolute).await {
+            tracing::warn!(error = %e, "failed to prune sessions");
+        }
+        if let Err(e) = crate::db::login_failures::prune(&pool, 24 * 3600).await {
+            tracing::warn!(error = %e, "failed to prune login failures");
+        }
+    }
+}

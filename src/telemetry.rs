@@ -1,0 +1,15 @@
+//! Structured logs: tracing to stderr, filtered by `RUST_LOG` (default `info`).
+//! Standard output stays free for what commands print for scripts (tokens, the admin password).
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,actix_server=warn"));
+    // A second init (tests start many apps in one process) is harmless: keep the first.
+    let _ = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,6 @@
+//! App-wide middleware, outermost first: request id + tracing span, security headers, error
+//! rendering. (Sessions sit inside these; access and CSRF checks wrap each route.)
+
+pub mod errors;
+pub mod request_id;
+pub mod security_headers;

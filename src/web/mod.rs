@@ -1,0 +1,31 @@
+//! The HTTP surface: console pages (askama + htmx), the JSON API, static assets, and the
+//! middleware that every request passes through (request ids, security headers, error
+//! rendering, sessions, and per-route access + CSRF checks).
+
+pub mod access;
+pub mod api;
+pub mod assets;
+pub mod error;
+pub mod layout;
+pub mod middleware;
+pub mod pages;
+pub mod routes;
+pub mod session_store;
+pub mod view;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::config::Settings;
+
+/// What every handler may need, shared by all workers of the HTTP server.
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+}
+
+/// True for the routes that answer in JSON and authenticate by token, not by session.
+pub fn is_api_path(path: &str) -> bool {
+    ["/api/", "/agent/", "/v1/", "/hooks/"].iter().any(|p| path.starts_with(p))
+}

@@ -1,0 +1,28 @@
+//! Console pages: one module per page, each with its handlers and template structs.
+
+pub mod account;
+pub mod audit;
+pub mod coming_soon;
+pub mod health;
+pub mod login;
+pub mod overview;
+pub mod users;
+
+use actix_web::HttpRequest;
+use actix_web::http::header;
+use actix_web::HttpResponse;
+
+/// Post/redirect/get: after a form post, send the browser to a page it can reload safely.
+pub fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther().insert_header((header::LOCATION, location)).finish()
+}
+
+pub fn is_htmx(req: &HttpRequest) -> bool {
+    req.headers().contains_key("hx-request")
+}
+
+/// The address the request came from. Deliberately the socket peer, not X-Forwarded-For:
+/// login throttling keys on it, and a client-supplied header would let anyone pick its own.
+pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
