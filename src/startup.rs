@@ -22,6 +22,7 @@ use crate::web::{AppState, middleware, routes};
 pub struct Application {
     port: u16,
     server: Server,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     pool: PgPool,
     /// Set when this start created the first admin: printed once, never stored in clear.
     pub initial_admin_password: Option<String>,
@@ -64,18 +65,25 @@ impl Application {
                 .app_data(web::FormConfig::default().limit(1 << 20))
                 .configure(routes::register)
                 .default_service(web::to(middleware::errors::not_found))
-                // Outermost last: request id -> security headers -> compression -> errors -> sessions.
-                .wrap(sessions)
+                // Outermost last: request id -> security headers -> compression -> sessions ->
+                // errors. Errors render inside the session so that an error page's forms carry
+                // the session's live CSRF token.
                 .wrap(from_fn(middleware::errors::render))
+                .wrap(sessions)
                 .wrap(Compress::default())
                 .wrap(middleware::security_headers::headers(settings.secure_cookies()))
                 .wrap(from_fn(middleware::request_id::assign))
         })
         .listen(listener)?
         .shutdown_timeout(10)
+        // Our own signal handlers, installed before `build` returns: actix's would only be
+        // installed once its server task first runs, and a SIGTERM arriving before that
+        // would kill the process instead of stopping it gracefully.
+        .disable_signals()
         .run();
+        let shutdown = Box::pin(shutdown_signal()?);
 
-        Ok(Self { port, server, pool, initial_admin_password })
+        Ok(Self { port, server, shutdown, pool, initial_admin_password })
     }
 
     pub fn port(&self) -> u16 {
@@ -86,14 +94,23 @@ impl Application {
         &self.pool
     }
 
-    /// Serves until the server stops (actix handles SIGINT/SIGTERM: it stops accepting,
-    /// lets in-flight requests finish, then returns).
+    /// Serves until SIGINT/SIGTERM, then stops accepting, lets in-flight requests finish
+    /// (up to 10 s), stops the background work and closes the pool.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let janitor = tokio::spawn(janitor(self.pool.clone()));
-        let result = self.server.await.context("The HTTP server failed");
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = self.shutdown => {
+                tracing::info!("shutdown requested; finishing in-flight requests");
+                handle.stop(true).await;
+                server.await
+            }
+        };
         janitor.abort();
         self.pool.close().await;
-        result
+        result.context("The HTTP server task panicked")?.context("The HTTP server failed")
     }
 }
 
@@ -109,6 +126,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     app.run_until_stopped().await?;
     tracing::info!("kiln stopped");
     Ok(())
+}
+
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("Failed to listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("Failed to listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 async fn create_initial_admin(pool: &PgPool) -> anyhow::Result<Option<String>> {

@@ -133,11 +133,17 @@ async fn check_csrf(req: &mut ServiceRequest) -> Result<(), AppError> {
 }
 
 async fn principal_from_session(req: &ServiceRequest) -> Result<Option<Principal>, AppError> {
+    let state = state(req)?;
+    session_principal(req.request(), &state).await
+}
+
+/// The logged-in user of a session, if any (also used to render error pages of routes that
+/// no access check ran on, such as the 404 of an unknown address).
+pub async fn session_principal(req: &HttpRequest, state: &AppState) -> Result<Option<Principal>, AppError> {
     let session = req.get_session();
     let Ok(Some(user_id)) = session.get::<i64>(USER_ID) else {
         return Ok(None);
     };
-    let state = state(req)?;
     match crate::db::users::find(&state.pool, user_id).await? {
         Some(user) if !user.disabled => Ok(Some(Principal {
             user_id: user.id,

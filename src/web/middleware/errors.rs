@@ -14,6 +14,10 @@ use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse};
 use askama::Template;
 
 use super::request_id::RequestId;
+use crate::auth::Principal;
+use crate::web::AppState;
+use crate::web::access::session_principal;
+use actix_web::web;
 use crate::web::error::AppError;
 use crate::web::layout::Layout;
 
@@ -61,6 +65,14 @@ pub async fn render(
         user_message(error, status)
     };
 
+    if !crate::web::is_api_path(http_req.path()) && http_req.extensions().get::<Principal>().is_none() {
+        // No access check ran (an unknown address): find the user so the page keeps its nav.
+        if let Some(state) = http_req.app_data::<web::Data<AppState>>() {
+            if let Ok(Some(principal)) = session_principal(&http_req, state).await {
+                http_req.extensions_mut().insert(principal);
+            }
+        }
+    }
     let mut out = build(&http_req, status, message, request_id);
     // Keep what the error said about retrying or authenticating.
     for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE] {

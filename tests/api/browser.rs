@@ -1,0 +1,43 @@
+//! A real browser (Debian's Chromium, driven by Python Playwright from the test venv) logs in
+//! through the form, checks that the console logs no error (a CSP violation would), disables
+//! a user through htmx, and leaves screenshots in test-output/browser/.
+
+use kiln::domain::Role;
+
+use crate::helpers::spawn_app;
+
+fn python() -> String {
+    std::env::var("KILN_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}
+
+#[tokio::test]
+async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
+    let python = python();
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: run scripts/test (it creates .venv with playwright and installs chromium)"
+    );
+    let app = spawn_app().await;
+    app.create_user("browser-victim", Role::Viewer).await;
+    let out = format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&out).unwrap();
+
+    let result = tokio::process::Command::new(&python)
+        .arg(format!("{}/tests/browser/console_check.py", env!("CARGO_MANIFEST_DIR")))
+        .args([&app.address, "admin", &app.admin_password, &out])
+        .output()
+        .await
+        .unwrap();
+
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "browser check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("console errors: 0"), "{stdout}");
+    assert!(std::fs::metadata(format!("{out}/overview.png")).unwrap().len() > 5_000);
+    let disabled: bool = sqlx::query_scalar("SELECT disabled FROM users WHERE name = 'browser-victim'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(disabled, "the htmx disable went through in the browser");
+}

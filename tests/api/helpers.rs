@@ -1,0 +1,163 @@
+//! Arrange helpers: a running app on a fresh database, HTTP clients, users and tokens.
+
+use kiln::config::Settings;
+use kiln::domain::{Password, Role, UserName};
+use kiln::startup::Application;
+use reqwest::{Client, Response, redirect};
+use sqlx::PgPool;
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub admin_password: String,
+}
+
+/// The URL of a fresh, uniquely named database on the local server (or on
+/// KILN_TEST_DATABASE_URL's server when set). Kiln creates it at start.
+pub fn fresh_database_url() -> String {
+    let base = std::env::var("KILN_TEST_DATABASE_URL").unwrap_or_else(|_| kiln::config::default_database_url());
+    let mut url = url::Url::parse(&base).expect("a valid database URL");
+    url.set_path(&format!("/kiln_test_{}", uuid::Uuid::new_v4().simple()));
+    url.to_string()
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    // The app's logs drown test output; KILN_TEST_LOG=1 (with RUST_LOG) shows them.
+    if std::env::var_os("KILN_TEST_LOG").is_some() {
+        kiln::telemetry::init();
+    }
+    let database_url = fresh_database_url();
+    let mut settings = Settings::with_defaults(database_url, "127.0.0.1:0".parse().unwrap());
+    configure(&mut settings);
+    let app = Application::build(settings).await.expect("the app builds");
+    let port = app.port();
+    let pool = app.pool().clone();
+    let admin_password = app.initial_admin_password.clone().expect("a fresh database creates the admin");
+    tokio::spawn(app.run_until_stopped());
+    TestApp { address: format!("http://127.0.0.1:{port}"), pool, admin_password }
+}
+
+/// A browser-like client: keeps cookies, does not follow redirects (tests look at them).
+pub fn client() -> Client {
+    Client::builder()
+        .cookie_store(true)
+        .redirect(redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The CSRF token from a page's first form.
+pub fn csrf_from(html: &str) -> String {
+    let doc = scraper::Html::parse_document(html);
+    let sel = scraper::Selector::parse(r#"input[name="csrf_token"]"#).unwrap();
+    doc.select(&sel)
+        .next()
+        .and_then(|e| e.value().attr("value"))
+        .expect("the page has a form with a CSRF token")
+        .to_owned()
+}
+
+pub fn location(res: &Response) -> String {
+    res.headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, client: &Client, path: &str) -> Response {
+        client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// GETs `page` and returns the CSRF token of its forms.
+    pub async fn csrf(&self, client: &Client, page: &str) -> String {
+        let res = self.get(client, page).await;
+        assert_eq!(res.status(), 200, "GET {page} to read its CSRF token");
+        csrf_from(&res.text().await.unwrap())
+    }
+
+    /// Posts a form the way a browser does: with the CSRF token of `page`.
+    pub async fn post_form(&self, client: &Client, page: &str, path: &str, fields: &[(&str, &str)]) -> Response {
+        let token = self.csrf(client, page).await;
+        let mut body: Vec<(&str, &str)> = vec![("csrf_token", &token)];
+        body.extend_from_slice(fields);
+        client.post(self.url(path)).form(&body).send().await.unwrap()
+    }
+
+    pub async fn login(&self, client: &Client, name: &str, password: &str) -> Response {
+        self.post_form(client, "/login", "/login", &[("username", name), ("password", password)]).await
+    }
+
+    /// A logged-in client of the first admin.
+    pub async fn admin(&self) -> Client {
+        let c = client();
+        let res = self.login(&c, "admin", &self.admin_password.clone()).await;
+        assert_eq!(res.status(), 303, "admin login");
+        c
+    }
+
+    /// Creates a user directly in the database; returns its password.
+    pub async fn create_user(&self, name: &str, role: Role) -> String {
+        let password = format!("pw-{}-{}", name, uuid::Uuid::new_v4().simple());
+        let hash = kiln::auth::password::hash(&Password::parse(&password).unwrap()).await.unwrap();
+        let mut conn = self.pool.acquire().await.unwrap();
+        kiln::db::users::create(&mut conn, &UserName::parse(name).unwrap(), role, &hash)
+            .await
+            .unwrap();
+        password
+    }
+
+    /// A logged-in client of a new user with `role`.
+    pub async fn user_client(&self, name: &str, role: Role) -> Client {
+        let password = self.create_user(name, role).await;
+        let c = client();
+        let res = self.login(&c, name, &password).await;
+        assert_eq!(res.status(), 303, "login of {name}");
+        c
+    }
+
+    /// An API token for an existing user.
+    pub async fn token_for(&self, name: &str) -> String {
+        let user = kiln::db::users::find_by_name(&self.pool, name).await.unwrap().unwrap();
+        let secret = kiln::auth::token::Secret::generate(kiln::auth::token::API_PREFIX);
+        let mut conn = self.pool.acquire().await.unwrap();
+        kiln::db::tokens::create_api(&mut conn, user.id, &kiln::domain::TokenName::parse("test").unwrap(), &secret.hash(), None)
+            .await
+            .unwrap();
+        secret.expose().to_owned()
+    }
+
+    pub async fn user_id(&self, name: &str) -> i64 {
+        kiln::db::users::find_by_name(&self.pool, name).await.unwrap().unwrap().id
+    }
+
+    /// Audit rows as (actor, action, target, result, detail, source_ip), newest first.
+    pub async fn audit(&self) -> Vec<AuditLine> {
+        sqlx::query_as("SELECT actor, action, target, result, detail, source_ip FROM audit_events ORDER BY id DESC")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct AuditLine {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub result: String,
+    pub detail: String,
+    pub source_ip: Option<String>,
+}

@@ -1,0 +1,15 @@
+//! Integration tests: the real app on port 0 against a fresh PostgreSQL database per test.
+//! One test binary (modules below) so that the crate is linked once.
+
+mod account;
+mod assets_and_headers;
+mod audit_api;
+mod browser;
+mod cli;
+mod csrf;
+mod health;
+mod helpers;
+mod login;
+mod role_matrix;
+mod throttle;
+mod users;

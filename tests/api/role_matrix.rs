@@ -1,0 +1,189 @@
+//! Every route in the route table, called as nobody, a viewer, an operator and an admin.
+//! The expectations are written out here, route by route: adding a route to the table
+//! without adding it here fails `the_matrix_covers_every_route`.
+
+use kiln::domain::Role;
+use kiln::web::access::Access;
+use kiln::web::routes::ROUTES;
+use reqwest::{Client, StatusCode};
+
+use crate::helpers::{TestApp, client, location, spawn_app};
+
+/// The least role each route needs; None = public.
+const EXPECTED: &[(&str, &str, Option<Role>)] = &[
+    ("GET", "/healthz", None),
+    ("GET", "/readyz", None),
+    ("GET", "/static/{path:.*}", None),
+    ("GET", "/login", None),
+    ("POST", "/login", None),
+    ("POST", "/logout", Some(Role::Viewer)),
+    ("GET", "/", Some(Role::Viewer)),
+    ("GET", "/images", Some(Role::Viewer)),
+    ("GET", "/servers", Some(Role::Viewer)),
+    ("GET", "/rollouts", Some(Role::Viewer)),
+    ("GET", "/bakes", Some(Role::Viewer)),
+    ("GET", "/jobs", Some(Role::Viewer)),
+    ("GET", "/dashboards", Some(Role::Viewer)),
+    ("GET", "/alerts", Some(Role::Viewer)),
+    ("GET", "/audit", Some(Role::Viewer)),
+    ("GET", "/account", Some(Role::Viewer)),
+    ("POST", "/account/password", Some(Role::Viewer)),
+    ("GET", "/users", Some(Role::Admin)),
+    ("POST", "/users", Some(Role::Admin)),
+    ("POST", "/users/{id}/disable", Some(Role::Admin)),
+    ("POST", "/users/{id}/enable", Some(Role::Admin)),
+    ("POST", "/tokens", Some(Role::Admin)),
+    ("POST", "/tokens/{id}/revoke", Some(Role::Admin)),
+    ("GET", "/api/v1/audit", Some(Role::Viewer)),
+];
+
+#[test]
+fn the_matrix_covers_every_route() {
+    let declared: Vec<(&str, &str, Option<Role>)> = ROUTES
+        .iter()
+        .map(|r| {
+            let least = match r.access {
+                Access::Public => None,
+                Access::Role(role) => Some(role),
+            };
+            (r.method, r.path, least)
+        })
+        .collect();
+    for route in &declared {
+        assert!(EXPECTED.contains(route), "route {route:?} is not in the role matrix: add it to EXPECTED");
+    }
+    for route in EXPECTED {
+        assert!(declared.contains(route), "EXPECTED lists {route:?}, which the route table does not declare");
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    Nobody,
+    As(Role),
+}
+
+const EVERYONE: [Who; 4] = [Who::Nobody, Who::As(Role::Viewer), Who::As(Role::Operator), Who::As(Role::Admin)];
+
+struct Fixture {
+    passwords: Vec<(Role, String)>,
+    tokens: Vec<(Role, String)>,
+    victim_id: i64,
+    token_id: i64,
+}
+
+async fn fixture(app: &TestApp) -> Fixture {
+    let mut passwords = Vec::new();
+    let mut tokens = Vec::new();
+    for role in Role::ALL {
+        let name = format!("m-{role}");
+        passwords.push((role, app.create_user(&name, role).await));
+        tokens.push((role, app.token_for(&name).await));
+    }
+    app.create_user("victim", Role::Viewer).await;
+    let victim_id = app.user_id("victim").await;
+    // The revoke route acts on the victim's token, not on one the matrix still uses.
+    app.token_for("victim").await;
+    let token_id: i64 = sqlx::query_scalar("SELECT max(id) FROM api_tokens").fetch_one(&app.pool).await.unwrap();
+    Fixture { passwords, tokens, victim_id, token_id }
+}
+
+fn concrete(path: &str, f: &Fixture) -> String {
+    path.replace("{path:.*}", "app.css")
+        .replace("/users/{id}", &format!("/users/{}", f.victim_id))
+        .replace("/tokens/{id}", &format!("/tokens/{}", f.token_id))
+}
+
+/// A fresh client for `who` (fresh, because some routes log out or disable), and a CSRF
+/// token of its session so that posts reach the access check.
+async fn session_for(app: &TestApp, who: Who, f: &Fixture) -> (Client, String) {
+    let c = client();
+    match who {
+        Who::Nobody => {
+            let token = app.csrf(&c, "/login").await;
+            (c, token)
+        }
+        Who::As(role) => {
+            let password = &f.passwords.iter().find(|(r, _)| *r == role).unwrap().1;
+            let res = app.login(&c, &format!("m-{role}"), password).await;
+            assert_eq!(res.status(), 303);
+            let token = app.csrf(&c, "/account").await;
+            (c, token)
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_route_answers_each_role_as_declared() {
+    let app = spawn_app().await;
+    let f = fixture(&app).await;
+    let mut failures = Vec::new();
+
+    for route in ROUTES {
+        let path = concrete(route.path, &f);
+        let api = kiln::web::is_api_path(&path);
+        for who in EVERYONE {
+            let res = if api {
+                let mut req = Client::new().request(route.method.parse().unwrap(), app.url(&path));
+                if let Who::As(role) = who {
+                    req = req.bearer_auth(&f.tokens.iter().find(|(r, _)| *r == role).unwrap().1);
+                }
+                req.send().await.unwrap()
+            } else {
+                let (c, token) = session_for(&app, who, &f).await;
+                if route.method == "GET" {
+                    c.get(app.url(&path)).send().await.unwrap()
+                } else {
+                    c.post(app.url(&path)).form(&[("csrf_token", token.as_str())]).send().await.unwrap()
+                }
+            };
+            let status = res.status();
+            let to_login = status == StatusCode::SEE_OTHER && location(&res).starts_with("/login");
+            let outcome = match (route.access, who) {
+                (Access::Public, _) => {
+                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || to_login {
+                        Err("public route refused")
+                    } else {
+                        Ok(())
+                    }
+                }
+                (Access::Role(_), Who::Nobody) if api => {
+                    if status == StatusCode::UNAUTHORIZED { Ok(()) } else { Err("expected 401") }
+                }
+                (Access::Role(_), Who::Nobody) => {
+                    if to_login { Ok(()) } else { Err("expected a redirect to /login") }
+                }
+                (Access::Role(least), Who::As(role)) if role < least => {
+                    if status == StatusCode::FORBIDDEN { Ok(()) } else { Err("expected 403") }
+                }
+                // Logging out succeeds by sending the user to the login page.
+                (Access::Role(_), Who::As(_)) if route.path == "/logout" => {
+                    if to_login { Ok(()) } else { Err("expected logout to redirect to /login") }
+                }
+                (Access::Role(_), Who::As(_)) => {
+                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || to_login {
+                        Err("allowed role refused")
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(why) = outcome {
+                failures.push(format!("{} {} as {:?}: {} (got {})", route.method, path, who, why, status));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "role matrix failures:\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn a_viewer_sees_pages_without_action_controls_and_no_users_link() {
+    let app = spawn_app().await;
+    let viewer = app.user_client("vera", Role::Viewer).await;
+
+    let html = app.get(&viewer, "/").await.text().await.unwrap();
+
+    assert!(!html.contains(">Users</a>"), "viewers do not see the Users page");
+    assert!(html.contains(">Audit</a>"));
+    assert_eq!(app.get(&viewer, "/users").await.status(), 403);
+}

@@ -1,0 +1,60 @@
+"""Drive Debian's Chromium through the real login form and the Users page.
+
+Usage: console_check.py BASE_URL USER PASSWORD OUT_DIR
+Prints what it saw; exits non-zero on any failure or browser console error.
+"""
+import sys
+
+from playwright.sync_api import sync_playwright
+
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def main() -> int:
+    base, user, password, out = sys.argv[1:5]
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+        page.on("dialog", lambda d: d.accept())
+
+        page.goto(f"{base}/")
+        assert page.url.startswith(f"{base}/login"), page.url
+        page.fill("#username", user)
+        page.fill("#password", password)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/")
+        assert page.title() == "Overview · Kiln", page.title()
+        assert page.locator("h1").inner_text() == "Overview"
+        page.screenshot(path=f"{out}/overview.png", full_page=True)
+        print("logged in, overview shown")
+
+        page.goto(f"{base}/users")
+        row = page.locator("tr", has_text="browser-victim")
+        row.get_by_role("button", name="Disable browser-victim").click()
+        page.locator("tr", has_text="browser-victim").get_by_text("disabled").wait_for()
+        page.screenshot(path=f"{out}/users.png", full_page=True)
+        print("disabled a user through htmx")
+
+        # A refused htmx action shows a toast rather than replacing the page.
+        page.goto(f"{base}/images")
+        assert "Not built yet" in page.content()
+        browser.close()
+    for e in errors:
+        print(e)
+    print(f"console errors: {len(errors)}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
