@@ -14,25 +14,46 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     pub fn url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(default_database_url)
+        self.database_url
+            .clone()
+            .unwrap_or_else(default_database_url)
     }
 }
 
 /// The local server on its standard socket (or 127.0.0.1:5432 when there is no socket),
-/// logged in as the current user. `USER` may be unset (then sqlx would log in as
-/// "anonymous"), so we fall back to `LOGNAME` and then `postgres`.
+/// logged in as the current OS user, like `psql` does. `USER` may be unset (sqlx would then
+/// log in as "anonymous"), so the name comes from the process's uid, then `USER`, then
+/// `postgres`.
 pub fn default_database_url() -> String {
-    let user = std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
+    let user = os_user_name()
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| "postgres".to_owned());
     let socket_dir = "/var/run/postgresql";
-    if std::path::Path::new(socket_dir).join(".s.PGSQL.5432").exists() {
+    if std::path::Path::new(socket_dir)
+        .join(".s.PGSQL.5432")
+        .exists()
+    {
         format!("postgres://{user}@localhost/kiln?host={socket_dir}")
     } else {
         format!("postgres://{user}@127.0.0.1:5432/kiln")
     }
+}
+
+/// The name of the effective uid from /etc/passwd (Linux), without a libc binding.
+fn os_user_name() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid).then(|| name.to_owned())
+    })
 }
 
 #[derive(Debug, Clone, Args)]

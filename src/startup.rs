@@ -42,7 +42,10 @@ impl Application {
             .with_context(|| format!("Failed to listen on {}", settings.bind))?;
         let port = listener.local_addr()?.port();
         let settings = Arc::new(settings);
-        let state = web::Data::new(AppState { pool: pool.clone(), settings: settings.clone() });
+        let state = web::Data::new(AppState {
+            pool: pool.clone(),
+            settings: settings.clone(),
+        });
         let store = PgSessionStore::new(pool.clone(), settings.session_absolute_timeout);
 
         let server = HttpServer::new(move || {
@@ -71,7 +74,9 @@ impl Application {
                 .wrap(from_fn(middleware::errors::render))
                 .wrap(sessions)
                 .wrap(Compress::default())
-                .wrap(middleware::security_headers::headers(settings.secure_cookies()))
+                .wrap(middleware::security_headers::headers(
+                    settings.secure_cookies(),
+                ))
                 .wrap(from_fn(middleware::request_id::assign))
         })
         .listen(listener)?
@@ -83,7 +88,13 @@ impl Application {
         .run();
         let shutdown = Box::pin(shutdown_signal()?);
 
-        Ok(Self { port, server, shutdown, pool, initial_admin_password })
+        Ok(Self {
+            port,
+            server,
+            shutdown,
+            pool,
+            initial_admin_password,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -110,7 +121,9 @@ impl Application {
         };
         janitor.abort();
         self.pool.close().await;
-        result.context("The HTTP server task panicked")?.context("The HTTP server failed")
+        result
+            .context("The HTTP server task panicked")?
+            .context("The HTTP server failed")
     }
 }
 

@@ -35,7 +35,9 @@ pub async fn verify(candidate: &str, stored: Option<&str>) -> anyhow::Result<boo
         let stored = stored.unwrap_or_else(|| dummy_hash().to_owned());
         let parsed = PasswordHash::new(&stored)
             .map_err(|e| anyhow::anyhow!("A stored password hash is malformed: {e}"))?;
-        let ok = hasher().verify_password(candidate.as_bytes(), &parsed).is_ok();
+        let ok = hasher()
+            .verify_password(candidate.as_bytes(), &parsed)
+            .is_ok();
         Ok(ok && known_user)
     })
     .await

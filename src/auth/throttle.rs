@@ -12,8 +12,13 @@ use crate::config::Settings;
 /// What the counts say about the next attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Allow { delay: Duration },
-    Refuse { retry_after: Duration, reason: &'static str },
+    Allow {
+        delay: Duration,
+    },
+    Refuse {
+        retry_after: Duration,
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,9 +43,13 @@ pub fn judge(settings: &Settings, counts: Counts) -> Verdict {
             reason: "too many failed logins from this address",
         };
     }
-    let beyond = counts.account_failures.saturating_sub(settings.login_slow_after);
+    let beyond = counts
+        .account_failures
+        .saturating_sub(settings.login_slow_after);
     let steps = u64::from(beyond.min(8));
-    Verdict::Allow { delay: Duration::from_millis(steps * settings.login_slowdown_ms) }
+    Verdict::Allow {
+        delay: Duration::from_millis(steps * settings.login_slowdown_ms),
+    }
 }
 
 #[cfg(test)]
@@ -48,7 +57,8 @@ mod tests {
     use super::*;
 
     fn settings() -> Settings {
-        let mut s = Settings::with_defaults("postgres://x/y".into(), "127.0.0.1:0".parse().unwrap());
+        let mut s =
+            Settings::with_defaults("postgres://x/y".into(), "127.0.0.1:0".parse().unwrap());
         s.login_slow_after = 3;
         s.login_slowdown_ms = 100;
         s.login_max_failures = 10;
@@ -57,16 +67,40 @@ mod tests {
     }
 
     fn counts(account: u32, ip: u32) -> Counts {
-        Counts { account_failures: account, ip_failures: ip, account_retry_after_s: 60, ip_retry_after_s: 30 }
+        Counts {
+            account_failures: account,
+            ip_failures: ip,
+            account_retry_after_s: 60,
+            ip_retry_after_s: 30,
+        }
     }
 
     #[test]
     fn slows_then_refuses() {
         let s = settings();
-        assert_eq!(judge(&s, counts(0, 0)), Verdict::Allow { delay: Duration::ZERO });
-        assert_eq!(judge(&s, counts(3, 3)), Verdict::Allow { delay: Duration::ZERO });
-        assert_eq!(judge(&s, counts(5, 5)), Verdict::Allow { delay: Duration::from_millis(200) });
-        assert!(matches!(judge(&s, counts(10, 10)), Verdict::Refuse { retry_after, .. } if retry_after.as_secs() == 60));
-        assert!(matches!(judge(&s, counts(0, 50)), Verdict::Refuse { retry_after, .. } if retry_after.as_secs() == 30));
+        assert_eq!(
+            judge(&s, counts(0, 0)),
+            Verdict::Allow {
+                delay: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            judge(&s, counts(3, 3)),
+            Verdict::Allow {
+                delay: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            judge(&s, counts(5, 5)),
+            Verdict::Allow {
+                delay: Duration::from_millis(200)
+            }
+        );
+        assert!(
+            matches!(judge(&s, counts(10, 10)), Verdict::Refuse { retry_after, .. } if retry_after.as_secs() == 60)
+        );
+        assert!(
+            matches!(judge(&s, counts(0, 50)), Verdict::Refuse { retry_after, .. } if retry_after.as_secs() == 30)
+        );
     }
 }

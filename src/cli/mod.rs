@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{DatabaseArgs, Settings};
 
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about = "A web console for fleets of immutable servers")]
+#[command(
+    name = "kiln",
+    version,
+    about = "A web console for fleets of immutable servers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -13,7 +13,11 @@ pub enum TokenCommand {
     /// Create a token: an API token for a user, or an agent enrollment token.
     Create {
         /// The user the API token acts as (it carries this user's role).
-        #[arg(long, conflicts_with = "enrollment", required_unless_present = "enrollment")]
+        #[arg(
+            long,
+            conflicts_with = "enrollment",
+            required_unless_present = "enrollment"
+        )]
         user: Option<String>,
         /// A label for the API token, shown on the Users page.
         #[arg(long, conflicts_with = "enrollment")]
@@ -30,7 +34,13 @@ pub enum TokenCommand {
 }
 
 pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::Create { user, name, enrollment, ttl, db } = command;
+    let TokenCommand::Create {
+        user,
+        name,
+        enrollment,
+        ttl,
+        db,
+    } = command;
     let pool = crate::db::connect(&db.url()).await?;
     crate::db::migrate(&pool).await?;
     if enrollment {
@@ -57,7 +67,10 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("there is no user named {:?}", user_name.as_str()))?;
     if user.disabled {
-        bail!("user {:?} is disabled; enable it before creating tokens", user.name);
+        bail!(
+            "user {:?} is disabled; enable it before creating tokens",
+            user.name
+        );
     }
     let token = crate::auth::token::Secret::generate(crate::auth::token::API_PREFIX);
     let mut tx = pool.begin().await?;
@@ -69,7 +82,11 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
     )
     .await?;
     tx.commit().await?;
-    println!("API token {id} for {} ({}), shown once:", user.name, user.role());
+    println!(
+        "API token {id} for {} ({}), shown once:",
+        user.name,
+        user.role()
+    );
     println!("{}", token.expose());
     Ok(())
 }

@@ -26,7 +26,12 @@ pub enum UserCommand {
 
 pub async fn run(command: UserCommand) -> anyhow::Result<()> {
     match command {
-        UserCommand::Add { name, role, password_stdin: _, db } => {
+        UserCommand::Add {
+            name,
+            role,
+            password_stdin: _,
+            db,
+        } => {
             let name = UserName::parse(&name)?;
             let mut input = String::new();
             std::io::stdin()
@@ -40,12 +45,21 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
             let user = crate::db::users::create(&mut tx, &name, role, &hash).await?;
             audit::record(
                 &mut *tx,
-                AuditEvent::by_cli("user.create", format!("user:{}", name.as_str()), Outcome::Ok)
-                    .detail(format!("role {role}")),
+                AuditEvent::by_cli(
+                    "user.create",
+                    format!("user:{}", name.as_str()),
+                    Outcome::Ok,
+                )
+                .detail(format!("role {role}")),
             )
             .await?;
             tx.commit().await?;
-            println!("created user {} ({}) with id {}", name.as_str(), role, user.id);
+            println!(
+                "created user {} ({}) with id {}",
+                name.as_str(),
+                role,
+                user.id
+            );
             Ok(())
         }
     }

@@ -36,11 +36,28 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    pub fn by(principal: &Principal, action: &str, target: impl Into<String>, outcome: Outcome) -> Self {
-        Self::new(Some(principal.user_id), &principal.name, action, target, outcome)
+    pub fn by(
+        principal: &Principal,
+        action: &str,
+        target: impl Into<String>,
+        outcome: Outcome,
+    ) -> Self {
+        Self::new(
+            Some(principal.user_id),
+            &principal.name,
+            action,
+            target,
+            outcome,
+        )
     }
 
-    pub fn by_user(user_id: i64, name: &str, action: &str, target: impl Into<String>, outcome: Outcome) -> Self {
+    pub fn by_user(
+        user_id: i64,
+        name: &str,
+        action: &str,
+        target: impl Into<String>,
+        outcome: Outcome,
+    ) -> Self {
         Self::new(Some(user_id), name, action, target, outcome)
     }
 
@@ -57,7 +74,13 @@ impl AuditEvent {
         Self::new(None, "kiln", action, target, outcome)
     }
 
-    fn new(actor_id: Option<i64>, actor: &str, action: &str, target: impl Into<String>, outcome: Outcome) -> Self {
+    fn new(
+        actor_id: Option<i64>,
+        actor: &str,
+        action: &str,
+        target: impl Into<String>,
+        outcome: Outcome,
+    ) -> Self {
         Self {
             actor_id,
             actor: actor.to_owned(),

@@ -4,7 +4,12 @@ use sqlx::{PgExecutor, PgPool};
 
 use crate::auth::throttle::Counts;
 
-pub async fn counts(pool: &PgPool, username: &str, ip: IpAddr, window_s: u64) -> sqlx::Result<Counts> {
+pub async fn counts(
+    pool: &PgPool,
+    username: &str,
+    ip: IpAddr,
+    window_s: u64,
+) -> sqlx::Result<Counts> {
     let row: (i64, i64, f64, f64) = sqlx::query_as(
         "WITH w AS (SELECT now() - make_interval(secs => $3) AS since)
          SELECT
@@ -47,9 +52,10 @@ pub async fn clear_account(db: impl PgExecutor<'_>, username: &str) -> sqlx::Res
 }
 
 pub async fn prune(db: impl PgExecutor<'_>, older_than_s: u64) -> sqlx::Result<u64> {
-    let done = sqlx::query("DELETE FROM login_failures WHERE at < now() - make_interval(secs => $1)")
-        .bind(older_than_s as f64)
-        .execute(db)
-        .await?;
+    let done =
+        sqlx::query("DELETE FROM login_failures WHERE at < now() - make_interval(secs => $1)")
+            .bind(older_than_s as f64)
+            .execute(db)
+            .await?;
     Ok(done.rows_affected())
 }

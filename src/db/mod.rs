@@ -28,13 +28,16 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
         .await
         .with_context(|| format!("Failed to reach PostgreSQL at {}", redact(url)))?
     {
-        tracing::info!(database = options.get_database().unwrap_or("?"), "creating database");
+        tracing::info!(
+            database = options.get_database().unwrap_or("?"),
+            "creating database"
+        );
         // Two processes starting together may race to create it; the loser's error is fine
         // as long as the database exists afterwards.
-        if let Err(error) = Postgres::create_database(url).await {
-            if !Postgres::database_exists(url).await.unwrap_or(false) {
-                return Err(error).context("Failed to create the database");
-            }
+        if let Err(error) = Postgres::create_database(url).await
+            && !Postgres::database_exists(url).await.unwrap_or(false)
+        {
+            return Err(error).context("Failed to create the database");
         }
     }
     PgPoolOptions::new()
@@ -46,7 +49,10 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("Failed to apply database migrations")
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("Failed to apply database migrations")
 }
 
 /// True when every migration this binary knows has been applied.

@@ -19,7 +19,13 @@ pub async fn load(pool: &PgPool, id_hash: &str, absolute_s: u64) -> sqlx::Result
     Ok(state.map(|s| s.0))
 }
 
-pub async fn insert(pool: &PgPool, id_hash: &str, user_id: Option<i64>, state: &State, ttl_s: i64) -> sqlx::Result<()> {
+pub async fn insert(
+    pool: &PgPool,
+    id_hash: &str,
+    user_id: Option<i64>,
+    state: &State,
+    ttl_s: i64,
+) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO sessions (id_hash, user_id, state, expires_at)
          VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
@@ -34,7 +40,13 @@ pub async fn insert(pool: &PgPool, id_hash: &str, user_id: Option<i64>, state: &
 }
 
 /// Updates a live session; false when the row is gone (expired, logged out, or revoked).
-pub async fn update(pool: &PgPool, id_hash: &str, user_id: Option<i64>, state: &State, ttl_s: i64) -> sqlx::Result<bool> {
+pub async fn update(
+    pool: &PgPool,
+    id_hash: &str,
+    user_id: Option<i64>,
+    state: &State,
+    ttl_s: i64,
+) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE sessions SET user_id = $2, state = $3, expires_at = now() + make_interval(secs => $4)
          WHERE id_hash = $1 AND expires_at > now()",

@@ -112,9 +112,11 @@ pub async fn find(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<Token
 
 /// Revokes a token; false when it was already revoked.
 pub async fn revoke(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<bool> {
-    let done = sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-        .bind(id)
-        .execute(db)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -71,10 +71,14 @@ pub async fn create(
 }
 
 pub async fn find_by_name(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<Option<UserRow>> {
-    sqlx::query_as(concat!("SELECT ", columns!(), " FROM users WHERE name = $1"))
-        .bind(name)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM users WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(db)
+    .await
 }
 
 pub async fn find(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<UserRow>> {
@@ -144,5 +148,7 @@ pub async fn create_initial_admin(pool: &PgPool, password_hash: &str) -> sqlx::R
 }
 
 pub async fn count(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(pool).await
+    sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(pool)
+        .await
 }

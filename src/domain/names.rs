@@ -11,11 +11,12 @@ impl UserName {
             return Err(ValidationError::new("Enter a user name."));
         }
         if name.chars().count() > 64 {
-            return Err(ValidationError::new("A user name has at most 64 characters."));
+            return Err(ValidationError::new(
+                "A user name has at most 64 characters.",
+            ));
         }
         let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if !name.chars().all(valid_char) || !name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        {
+        if !name.chars().all(valid_char) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
             return Err(ValidationError::new(
                 "A user name uses only letters, digits, '.', '_' and '-', and starts with a letter or digit.",
             ));
@@ -36,13 +37,19 @@ impl TokenName {
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         let name = input.trim();
         if name.is_empty() {
-            return Err(ValidationError::new("Give the token a name, e.g. \"ci-metrics\"."));
+            return Err(ValidationError::new(
+                "Give the token a name, e.g. \"ci-metrics\".",
+            ));
         }
         if name.chars().count() > 100 {
-            return Err(ValidationError::new("A token name has at most 100 characters."));
+            return Err(ValidationError::new(
+                "A token name has at most 100 characters.",
+            ));
         }
         if name.chars().any(char::is_control) {
-            return Err(ValidationError::new("A token name cannot contain control characters."));
+            return Err(ValidationError::new(
+                "A token name cannot contain control characters.",
+            ));
         }
         Ok(Self(name.to_owned()))
     }

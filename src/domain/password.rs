@@ -47,6 +47,9 @@ mod tests {
         assert!(Password::parse("short").is_err());
         assert!(Password::parse("twelve chars").is_ok());
         assert!(Password::parse(&"x".repeat(257)).is_err());
-        assert_eq!(format!("{:?}", Password::parse("twelve chars").unwrap()), "Password(…)");
+        assert_eq!(
+            format!("{:?}", Password::parse("twelve chars").unwrap()),
+            "Password(…)"
+        );
     }
 }

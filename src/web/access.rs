@@ -45,10 +45,11 @@ pub async fn enforce(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let api = super::is_api_path(req.path());
 
-    if !api && !is_safe(req.method()) {
-        if let Err(error) = check_csrf(&mut req).await {
-            return Ok(req.error_response(error));
-        }
+    if !api
+        && !is_safe(req.method())
+        && let Err(error) = check_csrf(&mut req).await
+    {
+        return Ok(req.error_response(error));
     }
 
     let Access::Role(least) = access else {
@@ -96,13 +97,23 @@ pub fn csrf_token(session: &Session) -> String {
 async fn check_csrf(req: &mut ServiceRequest) -> Result<(), AppError> {
     let refused = || {
         AppError::Forbidden(
-            "This form has expired or did not come from Kiln. Reload the page and try again.".into(),
+            "This form has expired or did not come from Kiln. Reload the page and try again."
+                .into(),
         )
     };
-    let expected = req.get_session().get::<String>(CSRF).ok().flatten().ok_or_else(refused)?;
+    let expected = req
+        .get_session()
+        .get::<String>(CSRF)
+        .ok()
+        .flatten()
+        .ok_or_else(refused)?;
 
     if let Some(sent) = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
-        return if crate::auth::token::equal(sent, &expected) { Ok(()) } else { Err(refused()) };
+        return if crate::auth::token::equal(sent, &expected) {
+            Ok(())
+        } else {
+            Err(refused())
+        };
     }
 
     // Plain HTML forms carry the token as a field: read the body, check it, and put the
@@ -124,7 +135,12 @@ async fn check_csrf(req: &mut ServiceRequest) -> Result<(), AppError> {
     }
     let sent = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body)
         .ok()
-        .and_then(|fields| fields.into_iter().find(|(k, _)| k == CSRF_FIELD).map(|(_, v)| v));
+        .and_then(|fields| {
+            fields
+                .into_iter()
+                .find(|(k, _)| k == CSRF_FIELD)
+                .map(|(_, v)| v)
+        });
     req.set_payload(actix_web::dev::Payload::from(body));
     match sent {
         Some(sent) if crate::auth::token::equal(&sent, &expected) => Ok(()),
@@ -139,7 +155,10 @@ async fn principal_from_session(req: &ServiceRequest) -> Result<Option<Principal
 
 /// The logged-in user of a session, if any (also used to render error pages of routes that
 /// no access check ran on, such as the 404 of an unknown address).
-pub async fn session_principal(req: &HttpRequest, state: &AppState) -> Result<Option<Principal>, AppError> {
+pub async fn session_principal(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Option<Principal>, AppError> {
     let session = req.get_session();
     let Ok(Some(user_id)) = session.get::<i64>(USER_ID) else {
         return Ok(None);
@@ -164,7 +183,10 @@ async fn principal_from_token(req: &ServiceRequest) -> Result<Option<Principal>,
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
     else {
         return Ok(None);
@@ -187,7 +209,11 @@ fn state(req: &ServiceRequest) -> Result<web::Data<AppState>, AppError> {
 
 fn redirect_to_login(req: &HttpRequest) -> HttpResponse {
     let target = if req.method() == Method::GET {
-        let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         if path_and_query == "/" {
             "/login".to_owned()
         } else {
@@ -197,14 +223,20 @@ fn redirect_to_login(req: &HttpRequest) -> HttpResponse {
         "/login".to_owned()
     };
     if req.headers().contains_key("hx-request") {
-        HttpResponse::Unauthorized().insert_header(("HX-Redirect", target)).finish()
+        HttpResponse::Unauthorized()
+            .insert_header(("HX-Redirect", target))
+            .finish()
     } else {
-        HttpResponse::SeeOther().insert_header((header::LOCATION, target)).finish()
+        HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, target))
+            .finish()
     }
 }
 
 fn urlencode(s: &str) -> String {
-    serde_urlencoded::to_string([("", s)]).map(|e| e[1..].to_owned()).unwrap_or_default()
+    serde_urlencoded::to_string([("", s)])
+        .map(|e| e[1..].to_owned())
+        .unwrap_or_default()
 }
 
 /// Handlers of routes that need a role take the principal as an argument.

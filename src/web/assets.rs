@@ -19,7 +19,10 @@ static HASHES: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
     Files::iter()
         .filter_map(|name| {
             let file = Files::get(&name)?;
-            Some((name.into_owned(), hex::encode(&file.metadata.sha256_hash()[..8])))
+            Some((
+                name.into_owned(),
+                hex::encode(&file.metadata.sha256_hash()[..8]),
+            ))
         })
         .collect()
 });
@@ -38,10 +41,16 @@ pub struct Version {
     v: Option<String>,
 }
 
-pub async fn serve(req: HttpRequest, path: web::Path<String>, version: web::Query<Version>) -> HttpResponse {
+pub async fn serve(
+    req: HttpRequest,
+    path: web::Path<String>,
+    version: web::Query<Version>,
+) -> HttpResponse {
     let name = path.into_inner();
     let (Some(file), Some(hash)) = (Files::get(&name), HASHES.get(&name)) else {
-        return HttpResponse::NotFound().content_type("text/plain").body("no such asset");
+        return HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body("no such asset");
     };
     let etag = format!("\"{hash}\"");
     let cache = if version.v.as_deref() == Some(hash.as_str()) {

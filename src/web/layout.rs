@@ -52,13 +52,19 @@ impl Layout {
 
     /// The navigation for this user: a viewer sees every page but Users.
     pub fn nav(&self) -> Vec<NavItem> {
-        let Some(user) = &self.user else { return Vec::new() };
+        let Some(user) = &self.user else {
+            return Vec::new();
+        };
         NAV.iter()
             .filter(|(_, _, least)| user.role >= *least)
             .map(|&(href, label, _)| NavItem {
                 href,
                 label,
-                active: if href == "/" { self.path == "/" } else { self.path.starts_with(href) },
+                active: if href == "/" {
+                    self.path == "/"
+                } else {
+                    self.path.starts_with(href)
+                },
             })
             .collect()
     }

@@ -27,5 +27,7 @@ pub struct AppState {
 
 /// True for the routes that answer in JSON and authenticate by token, not by session.
 pub fn is_api_path(path: &str) -> bool {
-    ["/api/", "/agent/", "/v1/", "/hooks/"].iter().any(|p| path.starts_with(p))
+    ["/api/", "/agent/", "/v1/", "/hooks/"]
+        .iter()
+        .any(|p| path.starts_with(p))
 }

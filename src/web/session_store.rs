@@ -24,13 +24,18 @@ pub struct PgSessionStore {
 
 impl PgSessionStore {
     pub fn new(pool: PgPool, absolute_timeout_s: u64) -> Self {
-        Self { pool, absolute_timeout_s }
+        Self {
+            pool,
+            absolute_timeout_s,
+        }
     }
 }
 
 /// The user id is mirrored into its own column so that disabling a user can end its sessions.
 fn user_id(state: &HashMap<String, String>) -> Option<i64> {
-    state.get(USER_ID).and_then(|v| serde_json::from_str(v).ok())
+    state
+        .get(USER_ID)
+        .and_then(|v| serde_json::from_str(v).ok())
 }
 
 fn key_hash(key: &SessionKey) -> String {
@@ -42,17 +47,30 @@ fn new_key() -> SessionKey {
 }
 
 impl SessionStore for PgSessionStore {
-    async fn load(&self, session_key: &SessionKey) -> Result<Option<HashMap<String, String>>, LoadError> {
+    async fn load(
+        &self,
+        session_key: &SessionKey,
+    ) -> Result<Option<HashMap<String, String>>, LoadError> {
         sessions::load(&self.pool, &key_hash(session_key), self.absolute_timeout_s)
             .await
             .map_err(|e| LoadError::Other(e.into()))
     }
 
-    async fn save(&self, state: HashMap<String, String>, ttl: &Duration) -> Result<SessionKey, SaveError> {
+    async fn save(
+        &self,
+        state: HashMap<String, String>,
+        ttl: &Duration,
+    ) -> Result<SessionKey, SaveError> {
         let key = new_key();
-        sessions::insert(&self.pool, &key_hash(&key), user_id(&state), &state, ttl.whole_seconds())
-            .await
-            .map_err(|e| SaveError::Other(e.into()))?;
+        sessions::insert(
+            &self.pool,
+            &key_hash(&key),
+            user_id(&state),
+            &state,
+            ttl.whole_seconds(),
+        )
+        .await
+        .map_err(|e| SaveError::Other(e.into()))?;
         Ok(key)
     }
 
@@ -62,9 +80,15 @@ impl SessionStore for PgSessionStore {
         state: HashMap<String, String>,
         ttl: &Duration,
     ) -> Result<SessionKey, UpdateError> {
-        let updated = sessions::update(&self.pool, &key_hash(&session_key), user_id(&state), &state, ttl.whole_seconds())
-            .await
-            .map_err(|e| UpdateError::Other(e.into()))?;
+        let updated = sessions::update(
+            &self.pool,
+            &key_hash(&session_key),
+            user_id(&state),
+            &state,
+            ttl.whole_seconds(),
+        )
+        .await
+        .map_err(|e| UpdateError::Other(e.into()))?;
         if updated {
             return Ok(session_key);
         }
@@ -76,7 +100,11 @@ impl SessionStore for PgSessionStore {
         })
     }
 
-    async fn update_ttl(&self, session_key: &SessionKey, ttl: &Duration) -> Result<(), anyhow::Error> {
+    async fn update_ttl(
+        &self,
+        session_key: &SessionKey,
+        ttl: &Duration,
+    ) -> Result<(), anyhow::Error> {
         Ok(sessions::extend(&self.pool, &key_hash(session_key), ttl.whole_seconds()).await?)
     }
 

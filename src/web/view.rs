@@ -18,7 +18,10 @@ pub fn when_opt(t: Option<OffsetDateTime>) -> Option<When> {
 
 fn when_at(t: OffsetDateTime, now: OffsetDateTime) -> When {
     let fmt = format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
-    let absolute = t.to_offset(time::UtcOffset::UTC).format(&fmt).unwrap_or_default();
+    let absolute = t
+        .to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_default();
     let secs = (now - t).whole_seconds();
     let relative = match secs {
         s if s < -60 => "in the future".to_owned(),
@@ -40,9 +43,18 @@ mod tests {
     fn relative_times() {
         let now = datetime!(2026-11-26 12:00:00 UTC);
         assert_eq!(when_at(now, now).relative, "just now");
-        assert_eq!(when_at(datetime!(2026-11-26 11:59:30 UTC), now).relative, "30 s ago");
-        assert_eq!(when_at(datetime!(2026-11-26 11:00:00 UTC), now).relative, "1 h ago");
-        assert_eq!(when_at(datetime!(2026-11-24 12:00:00 UTC), now).relative, "2 d ago");
+        assert_eq!(
+            when_at(datetime!(2026-11-26 11:59:30 UTC), now).relative,
+            "30 s ago"
+        );
+        assert_eq!(
+            when_at(datetime!(2026-11-26 11:00:00 UTC), now).relative,
+            "1 h ago"
+        );
+        assert_eq!(
+            when_at(datetime!(2026-11-24 12:00:00 UTC), now).relative,
+            "2 d ago"
+        );
         assert_eq!(when_at(now, now).absolute, "2026-11-26 12:00:00 UTC");
     }
 }

@@ -24,7 +24,10 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
     std::fs::create_dir_all(&out).unwrap();
 
     let result = tokio::process::Command::new(&python)
-        .arg(format!("{}/tests/browser/console_check.py", env!("CARGO_MANIFEST_DIR")))
+        .arg(format!(
+            "{}/tests/browser/console_check.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
         .args([&app.address, "admin", &app.admin_password, &out])
         .output()
         .await
@@ -32,12 +35,21 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
 
     let stdout = String::from_utf8_lossy(&result.stdout);
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "browser check failed:\n{stdout}\n{stderr}");
+    assert!(
+        result.status.success(),
+        "browser check failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("console errors: 0"), "{stdout}");
-    assert!(std::fs::metadata(format!("{out}/overview.png")).unwrap().len() > 5_000);
-    let disabled: bool = sqlx::query_scalar("SELECT disabled FROM users WHERE name = 'browser-victim'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    assert!(
+        std::fs::metadata(format!("{out}/overview.png"))
+            .unwrap()
+            .len()
+            > 5_000
+    );
+    let disabled: bool =
+        sqlx::query_scalar("SELECT disabled FROM users WHERE name = 'browser-victim'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert!(disabled, "the htmx disable went through in the browser");
 }

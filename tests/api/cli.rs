@@ -11,7 +11,10 @@ use crate::helpers::{client, fresh_database_url};
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// Waits for a line containing `needle`; the bound only guards against a hang.
-async fn line_with(lines: &mut tokio::io::Lines<BufReader<impl tokio::io::AsyncRead + Unpin>>, needle: &str) -> String {
+async fn line_with(
+    lines: &mut tokio::io::Lines<BufReader<impl tokio::io::AsyncRead + Unpin>>,
+    needle: &str,
+) -> String {
     tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains(needle) {
@@ -39,8 +42,17 @@ fn serve(db: &str) -> tokio::process::Child {
 
 async fn sigterm_and_wait(child: &mut tokio::process::Child) -> std::process::ExitStatus {
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("exits after SIGTERM").unwrap()
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap()
 }
 
 #[tokio::test]
@@ -52,47 +64,99 @@ async fn serve_prints_the_admin_password_once_creates_the_database_and_stops_on_
 
     let password_line = line_with(&mut stdout, "initial admin password: ").await;
     let listening = line_with(&mut stderr, "kiln console listening").await;
-    let port: u16 = listening.split("port=").nth(1).unwrap().trim().parse().unwrap();
-    let password = password_line.trim_start_matches("initial admin password: ").to_owned();
+    let port: u16 = listening
+        .split("port=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let password = password_line
+        .trim_start_matches("initial admin password: ")
+        .to_owned();
     let c = client();
     let base = format!("http://127.0.0.1:{port}");
-    let page = c.get(format!("{base}/login")).send().await.unwrap().text().await.unwrap();
+    let page = c
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let token = crate::helpers::csrf_from(&page);
     let res = c
         .post(format!("{base}/login"))
-        .form(&[("csrf_token", token.as_str()), ("username", "admin"), ("password", &password)])
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("username", "admin"),
+            ("password", &password),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 303, "the printed password logs in");
-    assert!(sigterm_and_wait(&mut first).await.success(), "graceful shutdown exits 0");
+    assert!(
+        sigterm_and_wait(&mut first).await.success(),
+        "graceful shutdown exits 0"
+    );
 
     let mut second = serve(&db);
     let mut stderr = BufReader::new(second.stderr.take().unwrap()).lines();
     line_with(&mut stderr, "kiln console listening").await;
     assert!(sigterm_and_wait(&mut second).await.success());
     let mut rest = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut second.stdout.take().unwrap(), &mut rest).await.unwrap();
-    assert!(!rest.contains("initial admin password"), "printed once only: {rest}");
+    tokio::io::AsyncReadExt::read_to_string(&mut second.stdout.take().unwrap(), &mut rest)
+        .await
+        .unwrap();
+    assert!(
+        !rest.contains("initial admin password"),
+        "printed once only: {rest}"
+    );
 }
 
 #[tokio::test]
 async fn user_add_and_token_create_work_for_scripts() {
     let db = fresh_database_url();
-    let migrate = Command::new(KILN).arg("migrate").env("DATABASE_URL", &db).output().await.unwrap();
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    let migrate = Command::new(KILN)
+        .arg("migrate")
+        .env("DATABASE_URL", &db)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
 
     let mut add = Command::new(KILN)
-        .args(["user", "add", "ops", "--role", "operator", "--password-stdin"])
+        .args([
+            "user",
+            "add",
+            "ops",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ])
         .env("DATABASE_URL", &db)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    add.stdin.take().unwrap().write_all(b"operators long password\n").await.unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"operators long password\n")
+        .await
+        .unwrap();
     let added = add.wait_with_output().await.unwrap();
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
 
     let token = Command::new(KILN)
         .args(["token", "create", "--user", "ops", "--name", "deploy"])
@@ -100,10 +164,17 @@ async fn user_add_and_token_create_work_for_scripts() {
         .output()
         .await
         .unwrap();
-    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
     let stdout = String::from_utf8(token.stdout).unwrap();
     let secret = stdout.lines().last().unwrap().to_owned();
-    assert!(secret.starts_with("kiln_") && !secret.contains(' '), "alone on the last line: {stdout}");
+    assert!(
+        secret.starts_with("kiln_") && !secret.contains(' '),
+        "alone on the last line: {stdout}"
+    );
 
     let enrollment = Command::new(KILN)
         .args(["token", "create", "--enrollment", "--ttl", "600"])
@@ -112,14 +183,25 @@ async fn user_add_and_token_create_work_for_scripts() {
         .await
         .unwrap();
     assert!(enrollment.status.success());
-    let enroll = String::from_utf8(enrollment.stdout).unwrap().lines().last().unwrap().to_owned();
+    let enroll = String::from_utf8(enrollment.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
     assert!(enroll.starts_with("kiln_enroll_"), "{enroll}");
 
     // The token works against a console on that database, with the user's role.
-    let app = kiln::startup::Application::build(kiln::config::Settings::with_defaults(db.clone(), "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    assert!(app.initial_admin_password.is_none(), "users exist: no initial admin");
+    let app = kiln::startup::Application::build(kiln::config::Settings::with_defaults(
+        db.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        app.initial_admin_password.is_none(),
+        "users exist: no initial admin"
+    );
     let port = app.port();
     let pool = app.pool().clone();
     tokio::spawn(app.run_until_stopped());
@@ -131,29 +213,55 @@ async fn user_add_and_token_create_work_for_scripts() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let events: Vec<serde_json::Value> = res.json().await.unwrap();
-    let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["enrollment_token.create", "token.create", "user.create"]);
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM enrollment_tokens WHERE token_hash = $1 AND expires_at > now()")
-        .bind(kiln::auth::token::hash(&enroll))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["enrollment_token.create", "token.create", "user.create"]
+    );
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM enrollment_tokens WHERE token_hash = $1 AND expires_at > now()",
+    )
+    .bind(kiln::auth::token::hash(&enroll))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(stored, 1);
 }
 
 #[tokio::test]
 async fn bad_cli_input_fails_with_a_message_and_changes_nothing() {
     let db = fresh_database_url();
-    Command::new(KILN).arg("migrate").env("DATABASE_URL", &db).output().await.unwrap();
+    Command::new(KILN)
+        .arg("migrate")
+        .env("DATABASE_URL", &db)
+        .output()
+        .await
+        .unwrap();
 
     let mut short = Command::new(KILN)
-        .args(["user", "add", "ops", "--role", "operator", "--password-stdin"])
+        .args([
+            "user",
+            "add",
+            "ops",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ])
         .env("DATABASE_URL", &db)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    short.stdin.take().unwrap().write_all(b"short\n").await.unwrap();
+    short
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"short\n")
+        .await
+        .unwrap();
     let short = short.wait_with_output().await.unwrap();
     let bad_role = Command::new(KILN)
         .args(["user", "add", "ops", "--role", "root", "--password-stdin"])

@@ -1,4 +1,4 @@
-use crate::helpers::{spawn_app};
+use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn a_post_without_a_csrf_token_is_refused_and_changes_nothing() {
@@ -8,7 +8,11 @@ async fn a_post_without_a_csrf_token_is_refused_and_changes_nothing() {
 
     let res = admin
         .post(app.url("/users"))
-        .form(&[("name", "mallory"), ("role", "admin"), ("password", "a long enough password")])
+        .form(&[
+            ("name", "mallory"),
+            ("role", "admin"),
+            ("password", "a long enough password"),
+        ])
         .send()
         .await
         .unwrap();
@@ -26,14 +30,23 @@ async fn a_post_with_a_wrong_csrf_token_is_refused_and_changes_nothing() {
 
     let res = admin
         .post(app.url("/users"))
-        .form(&[("csrf_token", "forged"), ("name", "mallory"), ("role", "admin"), ("password", "a long enough password")])
+        .form(&[
+            ("csrf_token", "forged"),
+            ("name", "mallory"),
+            ("role", "admin"),
+            ("password", "a long enough password"),
+        ])
         .send()
         .await
         .unwrap();
     let header = admin
         .post(app.url("/users"))
         .header("x-csrf-token", "forged")
-        .form(&[("name", "mallory"), ("role", "admin"), ("password", "a long enough password")])
+        .form(&[
+            ("name", "mallory"),
+            ("role", "admin"),
+            ("password", "a long enough password"),
+        ])
         .send()
         .await
         .unwrap();
@@ -52,13 +65,23 @@ async fn a_token_from_another_session_is_refused() {
 
     let res = admin
         .post(app.url("/users"))
-        .form(&[("csrf_token", others_token.as_str()), ("name", "mallory"), ("role", "admin"), ("password", "a long enough password")])
+        .form(&[
+            ("csrf_token", others_token.as_str()),
+            ("name", "mallory"),
+            ("role", "admin"),
+            ("password", "a long enough password"),
+        ])
         .send()
         .await
         .unwrap();
 
     assert_eq!(res.status(), 403);
-    assert!(kiln::db::users::find_by_name(&app.pool, "mallory").await.unwrap().is_none());
+    assert!(
+        kiln::db::users::find_by_name(&app.pool, "mallory")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -97,7 +120,12 @@ async fn token_authenticated_api_requests_need_no_csrf_token() {
     let app = spawn_app().await;
     let token = app.token_for("admin").await;
 
-    let res = reqwest::Client::new().get(app.url("/api/v1/audit")).bearer_auth(token).send().await.unwrap();
+    let res = reqwest::Client::new()
+        .get(app.url("/api/v1/audit"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
 
     assert_eq!(res.status(), 200);
 }

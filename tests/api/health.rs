@@ -16,7 +16,10 @@ async fn healthz_and_readyz_answer_without_login() {
 #[tokio::test]
 async fn readyz_fails_when_migrations_are_behind() {
     let app = spawn_app().await;
-    sqlx::query("DELETE FROM _sqlx_migrations").execute(&app.pool).await.unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations")
+        .execute(&app.pool)
+        .await
+        .unwrap();
 
     let ready = app.get(&client(), "/readyz").await;
 
@@ -34,5 +37,8 @@ async fn unknown_address_is_a_readable_404() {
     assert_eq!(res.status(), 404);
     let body = res.text().await.unwrap();
     assert!(body.contains("There is nothing at this address."), "{body}");
-    assert!(body.contains("<nav"), "a logged-in 404 keeps the navigation");
+    assert!(
+        body.contains("<nav"),
+        "a logged-in 404 keeps the navigation"
+    );
 }

@@ -15,7 +15,8 @@ pub struct TestApp {
 /// The URL of a fresh, uniquely named database on the local server (or on
 /// KILN_TEST_DATABASE_URL's server when set). Kiln creates it at start.
 pub fn fresh_database_url() -> String {
-    let base = std::env::var("KILN_TEST_DATABASE_URL").unwrap_or_else(|_| kiln::config::default_database_url());
+    let base = std::env::var("KILN_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| kiln::config::default_database_url());
     let mut url = url::Url::parse(&base).expect("a valid database URL");
     url.set_path(&format!("/kiln_test_{}", uuid::Uuid::new_v4().simple()));
     url.to_string()
@@ -36,9 +37,16 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let app = Application::build(settings).await.expect("the app builds");
     let port = app.port();
     let pool = app.pool().clone();
-    let admin_password = app.initial_admin_password.clone().expect("a fresh database creates the admin");
+    let admin_password = app
+        .initial_admin_password
+        .clone()
+        .expect("a fresh database creates the admin");
     tokio::spawn(app.run_until_stopped());
-    TestApp { address: format!("http://127.0.0.1:{port}"), pool, admin_password }
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        pool,
+        admin_password,
+    }
 }
 
 /// A browser-like client: keeps cookies, does not follow redirects (tests look at them).
@@ -85,15 +93,32 @@ impl TestApp {
     }
 
     /// Posts a form the way a browser does: with the CSRF token of `page`.
-    pub async fn post_form(&self, client: &Client, page: &str, path: &str, fields: &[(&str, &str)]) -> Response {
+    pub async fn post_form(
+        &self,
+        client: &Client,
+        page: &str,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> Response {
         let token = self.csrf(client, page).await;
         let mut body: Vec<(&str, &str)> = vec![("csrf_token", &token)];
         body.extend_from_slice(fields);
-        client.post(self.url(path)).form(&body).send().await.unwrap()
+        client
+            .post(self.url(path))
+            .form(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn login(&self, client: &Client, name: &str, password: &str) -> Response {
-        self.post_form(client, "/login", "/login", &[("username", name), ("password", password)]).await
+        self.post_form(
+            client,
+            "/login",
+            "/login",
+            &[("username", name), ("password", password)],
+        )
+        .await
     }
 
     /// A logged-in client of the first admin.
@@ -107,7 +132,9 @@ impl TestApp {
     /// Creates a user directly in the database; returns its password.
     pub async fn create_user(&self, name: &str, role: Role) -> String {
         let password = format!("pw-{}-{}", name, uuid::Uuid::new_v4().simple());
-        let hash = kiln::auth::password::hash(&Password::parse(&password).unwrap()).await.unwrap();
+        let hash = kiln::auth::password::hash(&Password::parse(&password).unwrap())
+            .await
+            .unwrap();
         let mut conn = self.pool.acquire().await.unwrap();
         kiln::db::users::create(&mut conn, &UserName::parse(name).unwrap(), role, &hash)
             .await
@@ -126,17 +153,30 @@ impl TestApp {
 
     /// An API token for an existing user.
     pub async fn token_for(&self, name: &str) -> String {
-        let user = kiln::db::users::find_by_name(&self.pool, name).await.unwrap().unwrap();
+        let user = kiln::db::users::find_by_name(&self.pool, name)
+            .await
+            .unwrap()
+            .unwrap();
         let secret = kiln::auth::token::Secret::generate(kiln::auth::token::API_PREFIX);
         let mut conn = self.pool.acquire().await.unwrap();
-        kiln::db::tokens::create_api(&mut conn, user.id, &kiln::domain::TokenName::parse("test").unwrap(), &secret.hash(), None)
-            .await
-            .unwrap();
+        kiln::db::tokens::create_api(
+            &mut conn,
+            user.id,
+            &kiln::domain::TokenName::parse("test").unwrap(),
+            &secret.hash(),
+            None,
+        )
+        .await
+        .unwrap();
         secret.expose().to_owned()
     }
 
     pub async fn user_id(&self, name: &str) -> i64 {
-        kiln::db::users::find_by_name(&self.pool, name).await.unwrap().unwrap().id
+        kiln::db::users::find_by_name(&self.pool, name)
+            .await
+            .unwrap()
+            .unwrap()
+            .id
     }
 
     /// Audit rows as (actor, action, target, result, detail, source_ip), newest first.

@@ -14,12 +14,24 @@ async fn login_with_the_initial_admin_password_reaches_the_console() {
     let overview = app.get(&c, "/").await;
     assert_eq!(overview.status(), 200);
     let html = overview.text().await.unwrap();
-    for nav in ["Overview", "Images", "Servers", "Rollouts", "Bakes", "Jobs", "Metrics", "Alerts", "Audit", "Users"] {
-        assert!(html.contains(&format!(">{nav}</a>")), "navigation has {nav}");
+    for nav in [
+        "Overview", "Images", "Servers", "Rollouts", "Bakes", "Jobs", "Metrics", "Alerts", "Audit",
+        "Users",
+    ] {
+        assert!(
+            html.contains(&format!(">{nav}</a>")),
+            "navigation has {nav}"
+        );
     }
     let audit = app.audit().await;
-    let login = audit.iter().find(|a| a.action == "login").expect("login audited");
-    assert_eq!((login.actor.as_str(), login.result.as_str()), ("admin", "ok"));
+    let login = audit
+        .iter()
+        .find(|a| a.action == "login")
+        .expect("login audited");
+    assert_eq!(
+        (login.actor.as_str(), login.result.as_str()),
+        ("admin", "ok")
+    );
     assert_eq!(login.source_ip.as_deref(), Some("127.0.0.1"));
 }
 
@@ -33,16 +45,21 @@ async fn unauthenticated_pages_redirect_to_login_with_next() {
     assert_eq!(res.status(), 303);
     assert_eq!(location(&res), "/login?next=%2Faudit%3Fbefore%3D10");
     let page = app.get(&c, &location(&res)).await.text().await.unwrap();
-    let res = client()
-        .post(app.url("/login"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403, "a login post without a CSRF token is refused");
+    let res = client().post(app.url("/login")).send().await.unwrap();
+    assert_eq!(
+        res.status(),
+        403,
+        "a login post without a CSRF token is refused"
+    );
     let token = csrf_from(&page);
     let res = c
         .post(app.url("/login"))
-        .form(&[("csrf_token", token.as_str()), ("username", "admin"), ("password", &app.admin_password), ("next", "/audit?before=10")])
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("username", "admin"),
+            ("password", &app.admin_password),
+            ("next", "/audit?before=10"),
+        ])
         .send()
         .await
         .unwrap();
@@ -57,7 +74,12 @@ async fn login_never_redirects_off_site() {
 
     let res = c
         .post(app.url("/login"))
-        .form(&[("csrf_token", token.as_str()), ("username", "admin"), ("password", &app.admin_password), ("next", "//evil.example/")])
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("username", "admin"),
+            ("password", &app.admin_password),
+            ("next", "//evil.example/"),
+        ])
         .send()
         .await
         .unwrap();
@@ -73,11 +95,20 @@ async fn wrong_password_is_refused_and_audited() {
     let res = app.login(&c, "admin", "not the password at all").await;
 
     assert_eq!(res.status(), 401);
-    assert!(res.text().await.unwrap().contains("Wrong user name or password."));
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("Wrong user name or password.")
+    );
     assert_eq!(app.get(&c, "/").await.status(), 303, "still logged out");
     let audit = app.audit().await;
     assert_eq!(
-        (audit[0].action.as_str(), audit[0].result.as_str(), audit[0].detail.as_str()),
+        (
+            audit[0].action.as_str(),
+            audit[0].result.as_str(),
+            audit[0].detail.as_str()
+        ),
         ("login", "failed", "wrong password")
     );
 }
@@ -90,9 +121,17 @@ async fn unknown_user_gets_the_same_answer_as_a_wrong_password() {
     let res = app.login(&c, "nobody", "whatever password").await;
 
     assert_eq!(res.status(), 401);
-    assert!(res.text().await.unwrap().contains("Wrong user name or password."));
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("Wrong user name or password.")
+    );
     let audit = app.audit().await;
-    assert_eq!((audit[0].actor.as_str(), audit[0].detail.as_str()), ("nobody", "unknown user"));
+    assert_eq!(
+        (audit[0].actor.as_str(), audit[0].detail.as_str()),
+        ("nobody", "unknown user")
+    );
 }
 
 #[tokio::test]
@@ -104,15 +143,31 @@ async fn disabled_user_cannot_log_in_and_is_logged_out_everywhere() {
     let admin = app.admin().await;
     let id = app.user_id("dora").await;
 
-    let res = app.post_form(&admin, "/users", &format!("/users/{id}/disable"), &[]).await;
+    let res = app
+        .post_form(&admin, "/users", &format!("/users/{id}/disable"), &[])
+        .await;
 
     assert_eq!(res.status(), 303);
-    assert_eq!(app.get(&dora, "/").await.status(), 303, "dora's live session ended");
+    assert_eq!(
+        app.get(&dora, "/").await.status(),
+        303,
+        "dora's live session ended"
+    );
     let again = client();
     let res = app.login(&again, "dora", &password).await;
     assert_eq!(res.status(), 401);
-    assert!(res.text().await.unwrap().contains("This account is disabled"));
-    assert!(app.audit().await.iter().any(|a| a.action == "login" && a.detail == "user is disabled"));
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("This account is disabled")
+    );
+    assert!(
+        app.audit()
+            .await
+            .iter()
+            .any(|a| a.action == "login" && a.detail == "user is disabled")
+    );
 }
 
 #[tokio::test]
@@ -125,7 +180,11 @@ async fn session_id_changes_at_login() {
 
     let res = c
         .post(app.url("/login"))
-        .form(&[("csrf_token", token.as_str()), ("username", "admin"), ("password", &app.admin_password)])
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("username", "admin"),
+            ("password", &app.admin_password),
+        ])
         .send()
         .await
         .unwrap();
@@ -148,21 +207,38 @@ async fn logout_destroys_the_session_server_side() {
     let c = client();
     let res = app.login(&c, "admin", &app.admin_password).await;
     let cookie = session_cookie(&res).unwrap();
-    assert_eq!(app.count("SELECT count(*) FROM sessions WHERE user_id IS NOT NULL").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM sessions WHERE user_id IS NOT NULL")
+            .await,
+        1
+    );
 
     let res = app.post_form(&c, "/", "/logout", &[]).await;
 
     assert_eq!(res.status(), 303);
     assert_eq!(location(&res), "/login");
-    assert_eq!(app.count("SELECT count(*) FROM sessions WHERE user_id IS NOT NULL").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM sessions WHERE user_id IS NOT NULL")
+            .await,
+        0
+    );
     let replay = client()
         .get(app.url("/"))
         .header("cookie", format!("kiln_session={cookie}"))
         .send()
         .await
         .unwrap();
-    assert_eq!(replay.status(), 303, "the old cookie no longer logs anyone in");
-    assert!(app.audit().await.iter().any(|a| a.action == "logout" && a.actor == "admin"));
+    assert_eq!(
+        replay.status(),
+        303,
+        "the old cookie no longer logs anyone in"
+    );
+    assert!(
+        app.audit()
+            .await
+            .iter()
+            .any(|a| a.action == "logout" && a.actor == "admin")
+    );
 }
 
 #[tokio::test]
@@ -171,7 +247,13 @@ async fn session_cookie_is_httponly_and_samesite_lax() {
 
     let res = client().get(app.url("/login")).send().await.unwrap();
 
-    let header = res.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    let header = res
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(header.contains("HttpOnly"), "{header}");
     assert!(header.contains("SameSite=Lax"), "{header}");
     assert!(!header.contains("Secure"), "plain http: no Secure flag");
@@ -183,7 +265,10 @@ async fn sessions_end_after_the_idle_timeout() {
     let c = app.admin().await;
 
     // Age the session past its idle expiry instead of sleeping.
-    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'").execute(&app.pool).await.unwrap();
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
 
     assert_eq!(app.get(&c, "/").await.status(), 303);
 }
@@ -193,7 +278,10 @@ async fn sessions_end_after_the_absolute_timeout_even_when_active() {
     let app = spawn_app().await;
     let c = app.admin().await;
 
-    sqlx::query("UPDATE sessions SET created_at = now() - interval '13 hours'").execute(&app.pool).await.unwrap();
+    sqlx::query("UPDATE sessions SET created_at = now() - interval '13 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
 
     assert_eq!(app.get(&c, "/").await.status(), 303);
 }

@@ -50,10 +50,16 @@ fn the_matrix_covers_every_route() {
         })
         .collect();
     for route in &declared {
-        assert!(EXPECTED.contains(route), "route {route:?} is not in the role matrix: add it to EXPECTED");
+        assert!(
+            EXPECTED.contains(route),
+            "route {route:?} is not in the role matrix: add it to EXPECTED"
+        );
     }
     for route in EXPECTED {
-        assert!(declared.contains(route), "EXPECTED lists {route:?}, which the route table does not declare");
+        assert!(
+            declared.contains(route),
+            "EXPECTED lists {route:?}, which the route table does not declare"
+        );
     }
 }
 
@@ -63,7 +69,12 @@ enum Who {
     As(Role),
 }
 
-const EVERYONE: [Who; 4] = [Who::Nobody, Who::As(Role::Viewer), Who::As(Role::Operator), Who::As(Role::Admin)];
+const EVERYONE: [Who; 4] = [
+    Who::Nobody,
+    Who::As(Role::Viewer),
+    Who::As(Role::Operator),
+    Who::As(Role::Admin),
+];
 
 struct Fixture {
     passwords: Vec<(Role, String)>,
@@ -84,8 +95,16 @@ async fn fixture(app: &TestApp) -> Fixture {
     let victim_id = app.user_id("victim").await;
     // The revoke route acts on the victim's token, not on one the matrix still uses.
     app.token_for("victim").await;
-    let token_id: i64 = sqlx::query_scalar("SELECT max(id) FROM api_tokens").fetch_one(&app.pool).await.unwrap();
-    Fixture { passwords, tokens, victim_id, token_id }
+    let token_id: i64 = sqlx::query_scalar("SELECT max(id) FROM api_tokens")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    Fixture {
+        passwords,
+        tokens,
+        victim_id,
+        token_id,
+    }
 }
 
 fn concrete(path: &str, f: &Fixture) -> String {
@@ -134,34 +153,60 @@ async fn every_route_answers_each_role_as_declared() {
                 if route.method == "GET" {
                     c.get(app.url(&path)).send().await.unwrap()
                 } else {
-                    c.post(app.url(&path)).form(&[("csrf_token", token.as_str())]).send().await.unwrap()
+                    c.post(app.url(&path))
+                        .form(&[("csrf_token", token.as_str())])
+                        .send()
+                        .await
+                        .unwrap()
                 }
             };
             let status = res.status();
             let to_login = status == StatusCode::SEE_OTHER && location(&res).starts_with("/login");
             let outcome = match (route.access, who) {
                 (Access::Public, _) => {
-                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || to_login {
+                    if status == StatusCode::UNAUTHORIZED
+                        || status == StatusCode::FORBIDDEN
+                        || to_login
+                    {
                         Err("public route refused")
                     } else {
                         Ok(())
                     }
                 }
                 (Access::Role(_), Who::Nobody) if api => {
-                    if status == StatusCode::UNAUTHORIZED { Ok(()) } else { Err("expected 401") }
+                    if status == StatusCode::UNAUTHORIZED {
+                        Ok(())
+                    } else {
+                        Err("expected 401")
+                    }
                 }
                 (Access::Role(_), Who::Nobody) => {
-                    if to_login { Ok(()) } else { Err("expected a redirect to /login") }
+                    if to_login {
+                        Ok(())
+                    } else {
+                        Err("expected a redirect to /login")
+                    }
                 }
                 (Access::Role(least), Who::As(role)) if role < least => {
-                    if status == StatusCode::FORBIDDEN { Ok(()) } else { Err("expected 403") }
+                    if status == StatusCode::FORBIDDEN {
+                        Ok(())
+                    } else {
+                        Err("expected 403")
+                    }
                 }
                 // Logging out succeeds by sending the user to the login page.
                 (Access::Role(_), Who::As(_)) if route.path == "/logout" => {
-                    if to_login { Ok(()) } else { Err("expected logout to redirect to /login") }
+                    if to_login {
+                        Ok(())
+                    } else {
+                        Err("expected logout to redirect to /login")
+                    }
                 }
                 (Access::Role(_), Who::As(_)) => {
-                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || to_login {
+                    if status == StatusCode::UNAUTHORIZED
+                        || status == StatusCode::FORBIDDEN
+                        || to_login
+                    {
                         Err("allowed role refused")
                     } else {
                         Ok(())
@@ -169,11 +214,18 @@ async fn every_route_answers_each_role_as_declared() {
                 }
             };
             if let Err(why) = outcome {
-                failures.push(format!("{} {} as {:?}: {} (got {})", route.method, path, who, why, status));
+                failures.push(format!(
+                    "{} {} as {:?}: {} (got {})",
+                    route.method, path, who, why, status
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "role matrix failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "role matrix failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -183,7 +235,10 @@ async fn a_viewer_sees_pages_without_action_controls_and_no_users_link() {
 
     let html = app.get(&viewer, "/").await.text().await.unwrap();
 
-    assert!(!html.contains(">Users</a>"), "viewers do not see the Users page");
+    assert!(
+        !html.contains(">Users</a>"),
+        "viewers do not see the Users page"
+    );
     assert!(html.contains(">Audit</a>"));
     assert_eq!(app.get(&viewer, "/users").await.status(), 403);
 }

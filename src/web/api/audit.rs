@@ -20,13 +20,15 @@ pub async fn list(
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let mut res = HttpResponse::Ok();
-    if more {
-        if let Some(last) = rows.last() {
-            res.insert_header((
-                "Link",
-                format!("<{}?limit={limit}&before={}>; rel=\"next\"", req.path(), last.id),
-            ));
-        }
+    if more && let Some(last) = rows.last() {
+        res.insert_header((
+            "Link",
+            format!(
+                "<{}?limit={limit}&before={}>; rel=\"next\"",
+                req.path(),
+                last.id
+            ),
+        ));
     }
     Ok(res.json(rows))
 }

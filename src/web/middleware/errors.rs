@@ -17,9 +17,9 @@ use super::request_id::RequestId;
 use crate::auth::Principal;
 use crate::web::AppState;
 use crate::web::access::session_principal;
-use actix_web::web;
 use crate::web::error::AppError;
 use crate::web::layout::Layout;
+use actix_web::web;
 
 #[derive(Template)]
 #[template(path = "error.html")]
@@ -54,23 +54,30 @@ pub async fn render(
     };
     let http_req = res.request().clone();
 
-    let request_id = http_req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let request_id = http_req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone());
     let message = if status.is_server_error() {
         tracing::error!(error = %chain(error), "request failed");
         match &request_id {
-            Some(id) => format!("Something went wrong on our side. It has been logged with request id {id}."),
+            Some(id) => format!(
+                "Something went wrong on our side. It has been logged with request id {id}."
+            ),
             None => "Something went wrong on our side. It has been logged.".to_owned(),
         }
     } else {
         user_message(error, status)
     };
 
-    if !crate::web::is_api_path(http_req.path()) && http_req.extensions().get::<Principal>().is_none() {
+    if !crate::web::is_api_path(http_req.path())
+        && http_req.extensions().get::<Principal>().is_none()
+    {
         // No access check ran (an unknown address): find the user so the page keeps its nav.
-        if let Some(state) = http_req.app_data::<web::Data<AppState>>() {
-            if let Ok(Some(principal)) = session_principal(&http_req, state).await {
-                http_req.extensions_mut().insert(principal);
-            }
+        if let Some(state) = http_req.app_data::<web::Data<AppState>>()
+            && let Ok(Some(principal)) = session_principal(&http_req, state).await
+        {
+            http_req.extensions_mut().insert(principal);
         }
     }
     let mut out = build(&http_req, status, message, request_id);
@@ -83,7 +90,12 @@ pub async fn render(
     Ok(ServiceResponse::new(http_req, out))
 }
 
-fn build(req: &HttpRequest, status: StatusCode, message: String, request_id: Option<String>) -> HttpResponse {
+fn build(
+    req: &HttpRequest,
+    status: StatusCode,
+    message: String,
+    request_id: Option<String>,
+) -> HttpResponse {
     if crate::web::is_api_path(req.path()) {
         let mut res = HttpResponse::build(status);
         if status == StatusCode::UNAUTHORIZED {
@@ -92,7 +104,10 @@ fn build(req: &HttpRequest, status: StatusCode, message: String, request_id: Opt
         return res.json(serde_json::json!({ "error": message }));
     }
     if req.headers().contains_key("hx-request") {
-        let toast = Toast { kind: "error", message };
+        let toast = Toast {
+            kind: "error",
+            message,
+        };
         return HttpResponse::build(status)
             .insert_header(("HX-Retarget", "#toasts"))
             .insert_header(("HX-Reswap", "beforeend"))
@@ -107,10 +122,14 @@ fn build(req: &HttpRequest, status: StatusCode, message: String, request_id: Opt
         request_id,
     };
     match page.render() {
-        Ok(html) => HttpResponse::build(status).content_type("text/html; charset=utf-8").body(html),
+        Ok(html) => HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .body(html),
         Err(e) => {
             tracing::error!(error = %e, "failed to render the error page");
-            HttpResponse::build(status).content_type("text/plain; charset=utf-8").body(page.message)
+            HttpResponse::build(status)
+                .content_type("text/plain; charset=utf-8")
+                .body(page.message)
         }
     }
 }
@@ -122,7 +141,9 @@ fn user_message(error: &Error, status: StatusCode) -> String {
     }
     match status {
         StatusCode::NOT_FOUND => "There is nothing at this address.".to_owned(),
-        StatusCode::METHOD_NOT_ALLOWED => "This address does not accept that kind of request.".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            "This address does not accept that kind of request.".to_owned()
+        }
         StatusCode::PAYLOAD_TOO_LARGE => "The request is too large.".to_owned(),
         _ => format!("The request was not understood: {error}"),
     }
@@ -151,5 +172,7 @@ fn chain(error: &Error) -> String {
 
 /// The default service: an unknown address is a 404 rendered like every other error.
 pub async fn not_found() -> Result<HttpResponse, AppError> {
-    Err(AppError::NotFound("There is nothing at this address.".into()))
+    Err(AppError::NotFound(
+        "There is nothing at this address.".into(),
+    ))
 }

@@ -39,7 +39,8 @@ pub async fn assign(
     let started = Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;
     if let Ok(value) = HeaderValue::from_str(&id.0) {
-        res.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
+        res.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
     }
     let status = res.status().as_u16();
     let ms = started.elapsed().as_secs_f64() * 1000.0;

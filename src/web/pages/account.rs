@@ -20,9 +20,17 @@ struct AccountPage {
     error: Option<String>,
 }
 
-fn render(layout: Layout, error: Option<String>, status: StatusCode) -> Result<HttpResponse, AppError> {
-    let html = AccountPage { layout, error }.render().map_err(|e| AppError::Internal(e.into()))?;
-    Ok(HttpResponse::build(status).content_type("text/html; charset=utf-8").body(html))
+fn render(
+    layout: Layout,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let html = AccountPage { layout, error }
+        .render()
+        .map_err(|e| AppError::Internal(e.into()))?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(html))
 }
 
 pub async fn show(layout: Layout) -> Result<HttpResponse, AppError> {
@@ -54,15 +62,28 @@ pub async fn change_password(
     if !crate::auth::password::verify(&form.current, Some(&user.password_hash)).await? {
         audit::record(
             &state.pool,
-            AuditEvent::by(&principal, "password.change", format!("user:{}", principal.name), Outcome::Failed)
-                .detail("wrong current password")
-                .from_ip(ip),
+            AuditEvent::by(
+                &principal,
+                "password.change",
+                format!("user:{}", principal.name),
+                Outcome::Failed,
+            )
+            .detail("wrong current password")
+            .from_ip(ip),
         )
         .await?;
-        return render(layout, Some("Your current password is not right.".into()), StatusCode::BAD_REQUEST);
+        return render(
+            layout,
+            Some("Your current password is not right.".into()),
+            StatusCode::BAD_REQUEST,
+        );
     }
     if form.new != form.confirm {
-        return render(layout, Some("The new password and its confirmation differ.".into()), StatusCode::BAD_REQUEST);
+        return render(
+            layout,
+            Some("The new password and its confirmation differ.".into()),
+            StatusCode::BAD_REQUEST,
+        );
     }
     let new = match Password::parse(&form.new) {
         Ok(p) => p,
@@ -75,11 +96,20 @@ pub async fn change_password(
     crate::db::sessions::delete_for_user(&mut *tx, principal.user_id).await?;
     audit::record(
         &mut *tx,
-        AuditEvent::by(&principal, "password.change", format!("user:{}", principal.name), Outcome::Ok).from_ip(ip),
+        AuditEvent::by(
+            &principal,
+            "password.change",
+            format!("user:{}", principal.name),
+            Outcome::Ok,
+        )
+        .from_ip(ip),
     )
     .await?;
     tx.commit().await?;
     session.renew();
-    flash(&session, "Password changed. Your other sessions have been logged out.");
+    flash(
+        &session,
+        "Password changed. Your other sessions have been logged out.",
+    );
     Ok(see_other("/account"))
 }

@@ -60,7 +60,11 @@ pub async fn show(
     let mut rows = crate::db::audit::page(&state.pool, query.before, PAGE_SIZE).await?;
     let more = rows.len() as i64 > PAGE_SIZE;
     rows.truncate(PAGE_SIZE as usize);
-    let next_before = if more { rows.last().map(|r| r.id) } else { None };
+    let next_before = if more {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
     Ok(AuditPage {
         layout,
         events: rows.into_iter().map(EventView::from).collect(),

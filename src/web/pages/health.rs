@@ -10,7 +10,9 @@ pub async fn healthz() -> HttpResponse {
 /// The database answers and every migration this binary knows is applied.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match crate::db::migrations_current(&state.pool).await {
-        Ok(true) => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
+        Ok(true) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
         Ok(false) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body("not ready: database migrations are behind this binary\n"),

@@ -29,7 +29,9 @@ struct LoginPage {
 impl LoginPage {
     fn respond(self, status: StatusCode) -> Result<HttpResponse, AppError> {
         let html = self.render().map_err(|e| AppError::Internal(e.into()))?;
-        Ok(HttpResponse::build(status).content_type("text/html; charset=utf-8").body(html))
+        Ok(HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .body(html))
     }
 }
 
@@ -38,12 +40,21 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
-pub async fn form(layout: Layout, session: Session, query: web::Query<NextQuery>) -> Result<HttpResponse, AppError> {
+pub async fn form(
+    layout: Layout,
+    session: Session,
+    query: web::Query<NextQuery>,
+) -> Result<HttpResponse, AppError> {
     if session.get::<i64>(USER_ID).ok().flatten().is_some() {
         return Ok(see_other(&safe_next(query.next.as_deref())));
     }
-    LoginPage { layout, username: String::new(), next: safe_next(query.next.as_deref()), error: None }
-        .respond(StatusCode::OK)
+    LoginPage {
+        layout,
+        username: String::new(),
+        next: safe_next(query.next.as_deref()),
+        error: None,
+    }
+    .respond(StatusCode::OK)
 }
 
 #[derive(serde::Deserialize)]
@@ -74,21 +85,39 @@ pub async fn submit(
         next: next.clone(),
         error: Some(error.to_owned()),
     };
-    if username.is_empty() || form.password.is_empty() || username.len() > 64 || form.password.len() > 1024 {
+    if username.is_empty()
+        || form.password.is_empty()
+        || username.len() > 64
+        || form.password.len() > 1024
+    {
         return page(layout, "Enter your user name and password.").respond(StatusCode::BAD_REQUEST);
     }
     let ip = client_ip(&req).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let ip_text = Some(ip.to_string());
     let settings = &state.settings;
 
-    let counts = crate::db::login_failures::counts(&state.pool, &username, ip, settings.login_failure_window).await?;
+    let counts = crate::db::login_failures::counts(
+        &state.pool,
+        &username,
+        ip,
+        settings.login_failure_window,
+    )
+    .await?;
     match throttle::judge(settings, counts) {
-        Verdict::Refuse { retry_after, reason } => {
+        Verdict::Refuse {
+            retry_after,
+            reason,
+        } => {
             audit::record(
                 &state.pool,
-                AuditEvent::by_name(&username, "login", format!("user:{username}"), Outcome::Refused)
-                    .detail(reason)
-                    .from_ip(ip_text),
+                AuditEvent::by_name(
+                    &username,
+                    "login",
+                    format!("user:{username}"),
+                    Outcome::Refused,
+                )
+                .detail(reason)
+                .from_ip(ip_text),
             )
             .await?;
             let minutes = retry_after.as_secs().div_ceil(60);
@@ -108,11 +137,18 @@ pub async fn submit(
     }
 
     let user = crate::db::users::find_by_name(&state.pool, &username).await?;
-    let ok = crate::auth::password::verify(&form.password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+    let ok = crate::auth::password::verify(
+        &form.password,
+        user.as_ref().map(|u| u.password_hash.as_str()),
+    )
+    .await?;
     let failure = match (&user, ok) {
         (None, _) => Some(("unknown user", WRONG)),
         (Some(_), false) => Some(("wrong password", WRONG)),
-        (Some(u), true) if u.disabled => Some(("user is disabled", "This account is disabled. Ask an admin to enable it.")),
+        (Some(u), true) if u.disabled => Some((
+            "user is disabled",
+            "This account is disabled. Ask an admin to enable it.",
+        )),
         _ => None,
     };
     if let Some((why, shown)) = failure {
@@ -120,9 +156,14 @@ pub async fn submit(
         crate::db::login_failures::record(&mut *tx, &username, ip).await?;
         audit::record(
             &mut *tx,
-            AuditEvent::by_name(&username, "login", format!("user:{username}"), Outcome::Failed)
-                .detail(why)
-                .from_ip(ip_text),
+            AuditEvent::by_name(
+                &username,
+                "login",
+                format!("user:{username}"),
+                Outcome::Failed,
+            )
+            .detail(why)
+            .from_ip(ip_text),
         )
         .await?;
         tx.commit().await?;
@@ -135,8 +176,14 @@ pub async fn submit(
     crate::db::users::touch_login(&mut *tx, user.id).await?;
     audit::record(
         &mut *tx,
-        AuditEvent::by_user(user.id, &user.name, "login", format!("user:{}", user.name), Outcome::Ok)
-            .from_ip(ip_text),
+        AuditEvent::by_user(
+            user.id,
+            &user.name,
+            "login",
+            format!("user:{}", user.name),
+            Outcome::Ok,
+        )
+        .from_ip(ip_text),
     )
     .await?;
     tx.commit().await?;
@@ -157,8 +204,13 @@ pub async fn logout(
 ) -> Result<HttpResponse, AppError> {
     audit::record(
         &state.pool,
-        AuditEvent::by(&principal, "logout", format!("user:{}", principal.name), Outcome::Ok)
-            .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        AuditEvent::by(
+            &principal,
+            "logout",
+            format!("user:{}", principal.name),
+            Outcome::Ok,
+        )
+        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
     )
     .await?;
     // purge() deletes the session row and tells the browser to drop the cookie.
@@ -169,7 +221,12 @@ pub async fn logout(
 /// Only local paths: `next` must not send a user who just logged in to another site.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.starts_with("/login") => {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.starts_with("/login") =>
+        {
             n.to_owned()
         }
         _ => "/".to_owned(),

@@ -9,12 +9,14 @@ pub mod overview;
 pub mod users;
 
 use actix_web::HttpRequest;
-use actix_web::http::header;
 use actix_web::HttpResponse;
+use actix_web::http::header;
 
 /// Post/redirect/get: after a form post, send the browser to a page it can reload safely.
 pub fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther().insert_header((header::LOCATION, location)).finish()
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .finish()
 }
 
 pub fn is_htmx(req: &HttpRequest) -> bool {

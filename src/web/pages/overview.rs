@@ -19,5 +19,9 @@ pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<Overview
     let mut rows = crate::db::audit::page(&state.pool, None, 10).await?;
     rows.truncate(10);
     let users = crate::db::users::count(&state.pool).await?;
-    Ok(OverviewPage { layout, events: rows.into_iter().map(EventView::from).collect(), users })
+    Ok(OverviewPage {
+        layout,
+        events: rows.into_iter().map(EventView::from).collect(),
+        users,
+    })
 }

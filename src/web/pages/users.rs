@@ -118,7 +118,10 @@ async fn page(
     let html = UsersPage {
         csrf: layout.csrf.clone(),
         layout,
-        users: users.into_iter().map(|u| UserView::new(u, principal.user_id)).collect(),
+        users: users
+            .into_iter()
+            .map(|u| UserView::new(u, principal.user_id))
+            .collect(),
         tokens: tokens.into_iter().map(TokenView::from).collect(),
         roles: Role::ALL,
         user_form,
@@ -127,12 +130,30 @@ async fn page(
     }
     .render()
     .map_err(|e| AppError::Internal(e.into()))?;
-    Ok(HttpResponse::build(status).content_type("text/html; charset=utf-8").body(html))
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(html))
 }
 
-pub async fn show(layout: Layout, principal: Principal, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let user_form = UserFormState { role: "viewer".into(), ..Default::default() };
-    page(layout, &state, &principal, user_form, TokenFormState::default(), None, StatusCode::OK).await
+pub async fn show(
+    layout: Layout,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let user_form = UserFormState {
+        role: "viewer".into(),
+        ..Default::default()
+    };
+    page(
+        layout,
+        &state,
+        &principal,
+        user_form,
+        TokenFormState::default(),
+        None,
+        StatusCode::OK,
+    )
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -160,8 +181,21 @@ pub async fn create(
     let (name, role, password) = match parsed {
         Ok(ok) => ok,
         Err(e) => {
-            let state_form = UserFormState { name: form.name, role: form.role, error: Some(e.0) };
-            return page(layout, &state, &principal, state_form, TokenFormState::default(), None, StatusCode::BAD_REQUEST).await;
+            let state_form = UserFormState {
+                name: form.name,
+                role: form.role,
+                error: Some(e.0),
+            };
+            return page(
+                layout,
+                &state,
+                &principal,
+                state_form,
+                TokenFormState::default(),
+                None,
+                StatusCode::BAD_REQUEST,
+            )
+            .await;
         }
     };
     let hash = crate::auth::password::hash(&password).await?;
@@ -175,15 +209,29 @@ pub async fn create(
                 role: form.role,
                 error: Some(format!("A user named {taken:?} already exists.")),
             };
-            return page(layout, &state, &principal, state_form, TokenFormState::default(), None, StatusCode::CONFLICT).await;
+            return page(
+                layout,
+                &state,
+                &principal,
+                state_form,
+                TokenFormState::default(),
+                None,
+                StatusCode::CONFLICT,
+            )
+            .await;
         }
         Err(CreateUserError::Database(e)) => return Err(e.into()),
     }
     audit::record(
         &mut *tx,
-        AuditEvent::by(&principal, "user.create", format!("user:{}", name.as_str()), Outcome::Ok)
-            .detail(format!("role {role}"))
-            .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        AuditEvent::by(
+            &principal,
+            "user.create",
+            format!("user:{}", name.as_str()),
+            Outcome::Ok,
+        )
+        .detail(format!("role {role}"))
+        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
     )
     .await?;
     tx.commit().await?;
@@ -219,7 +267,11 @@ async fn set_disabled(
     id: i64,
     disabled: bool,
 ) -> Result<HttpResponse, AppError> {
-    let action = if disabled { "user.disable" } else { "user.enable" };
+    let action = if disabled {
+        "user.disable"
+    } else {
+        "user.enable"
+    };
     let target = crate::db::users::find(&state.pool, id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("There is no user with id {id}.")))?;
@@ -237,23 +289,33 @@ async fn set_disabled(
     }
     audit::record(
         &mut *tx,
-        AuditEvent::by(&principal, action, format!("user:{}", target.name), Outcome::Ok)
-            .detail(if changed { "" } else { "already in effect" })
-            .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        AuditEvent::by(
+            &principal,
+            action,
+            format!("user:{}", target.name),
+            Outcome::Ok,
+        )
+        .detail(if changed { "" } else { "already in effect" })
+        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
     )
     .await?;
     tx.commit().await?;
 
     let verb = if disabled { "Disabled" } else { "Enabled" };
     if is_htmx(&req) {
-        let row = crate::db::users::find(&state.pool, id).await?.ok_or_else(|| {
-            AppError::NotFound(format!("There is no user with id {id}."))
-        })?;
+        let row = crate::db::users::find(&state.pool, id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("There is no user with id {id}.")))?;
         let csrf = crate::web::access::csrf_token(&session);
-        let html = UserRowPartial { csrf, user: UserView::new(row, principal.user_id) }
-            .render()
-            .map_err(|e| AppError::Internal(e.into()))?;
-        return Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(html));
+        let html = UserRowPartial {
+            csrf,
+            user: UserView::new(row, principal.user_id),
+        }
+        .render()
+        .map_err(|e| AppError::Internal(e.into()))?;
+        return Ok(HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(html));
     }
     flash(&session, format!("{verb} {}.", target.name));
     Ok(see_other("/users"))
@@ -279,32 +341,79 @@ pub async fn create_token(
     let user = crate::db::users::find(&state.pool, user_id).await?;
     let checked = match (&user, TokenName::parse(&form.name)) {
         (None, _) => Err("Choose the user the token acts as.".to_owned()),
-        (Some(u), _) if u.disabled => Err(format!("{} is disabled; enable it before creating tokens.", u.name)),
+        (Some(u), _) if u.disabled => Err(format!(
+            "{} is disabled; enable it before creating tokens.",
+            u.name
+        )),
         (_, Err(e)) => Err(e.0),
         (Some(u), Ok(name)) => Ok((u.clone(), name)),
     };
     let (user, name) = match checked {
         Ok(ok) => ok,
         Err(error) => {
-            let token_form = TokenFormState { user_id, name: form.name, error: Some(error) };
-            let user_form = UserFormState { role: "viewer".into(), ..Default::default() };
-            return page(layout, &state, &principal, user_form, token_form, None, StatusCode::BAD_REQUEST).await;
+            let token_form = TokenFormState {
+                user_id,
+                name: form.name,
+                error: Some(error),
+            };
+            let user_form = UserFormState {
+                role: "viewer".into(),
+                ..Default::default()
+            };
+            return page(
+                layout,
+                &state,
+                &principal,
+                user_form,
+                token_form,
+                None,
+                StatusCode::BAD_REQUEST,
+            )
+            .await;
         }
     };
     let secret = Secret::generate(API_PREFIX);
     let mut tx = state.pool.begin().await?;
-    let id = crate::db::tokens::create_api(&mut tx, user.id, &name, &secret.hash(), Some(principal.user_id)).await?;
+    let id = crate::db::tokens::create_api(
+        &mut tx,
+        user.id,
+        &name,
+        &secret.hash(),
+        Some(principal.user_id),
+    )
+    .await?;
     audit::record(
         &mut *tx,
-        AuditEvent::by(&principal, "token.create", format!("user:{}", user.name), Outcome::Ok)
-            .detail(format!("token {id} ({})", name.as_str()))
-            .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        AuditEvent::by(
+            &principal,
+            "token.create",
+            format!("user:{}", user.name),
+            Outcome::Ok,
+        )
+        .detail(format!("token {id} ({})", name.as_str()))
+        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
     )
     .await?;
     tx.commit().await?;
-    let new_token = NewToken { id, user_name: user.name, secret: secret.expose().to_owned() };
-    let user_form = UserFormState { role: "viewer".into(), ..Default::default() };
-    page(layout, &state, &principal, user_form, TokenFormState::default(), Some(new_token), StatusCode::CREATED).await
+    let new_token = NewToken {
+        id,
+        user_name: user.name,
+        secret: secret.expose().to_owned(),
+    };
+    let user_form = UserFormState {
+        role: "viewer".into(),
+        ..Default::default()
+    };
+    page(
+        layout,
+        &state,
+        &principal,
+        user_form,
+        TokenFormState::default(),
+        Some(new_token),
+        StatusCode::CREATED,
+    )
+    .await
 }
 
 pub async fn revoke_token(
@@ -322,16 +431,27 @@ pub async fn revoke_token(
     let changed = crate::db::tokens::revoke(&mut *tx, id).await?;
     audit::record(
         &mut *tx,
-        AuditEvent::by(&principal, "token.revoke", format!("user:{}", token.user_name), Outcome::Ok)
-            .detail(format!(
-                "token {id} ({}){}",
-                token.name,
-                if changed { "" } else { ", already revoked" }
-            ))
-            .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        AuditEvent::by(
+            &principal,
+            "token.revoke",
+            format!("user:{}", token.user_name),
+            Outcome::Ok,
+        )
+        .detail(format!(
+            "token {id} ({}){}",
+            token.name,
+            if changed { "" } else { ", already revoked" }
+        ))
+        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
     )
     .await?;
     tx.commit().await?;
-    flash(&session, format!("Revoked token {id} ({}) of {}.", token.name, token.user_name));
+    flash(
+        &session,
+        format!(
+            "Revoked token {id} ({}) of {}.",
+            token.name, token.user_name
+        ),
+    );
     Ok(see_other("/users"))
 }
