@@ -21,15 +21,18 @@ pub struct AgentArgs {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    // Listen before saying we run, so that a SIGTERM right after the log line is not lost.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     tracing::warn!(
         url = %args.url,
         instance_id = args.instance_id.as_deref().unwrap_or("-"),
         "agent not implemented yet; waiting for SIGTERM"
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
     }
     tracing::info!("agent stopping");
     Ok(())

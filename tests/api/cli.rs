@@ -285,3 +285,28 @@ async fn bad_cli_input_fails_with_a_message_and_changes_nothing() {
     let pool = kiln::db::connect(&db).await.unwrap();
     assert_eq!(kiln::db::users::count(&pool).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn the_agent_stub_runs_until_sigterm() {
+    let mut agent = Command::new(KILN)
+        .args([
+            "agent",
+            "--url",
+            "http://127.0.0.1:9",
+            "--token",
+            "kiln_enroll_x",
+            "--instance-id",
+            "i-local-test",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(agent.stderr.take().unwrap()).lines();
+
+    line_with(&mut stderr, "agent not implemented yet").await;
+
+    assert!(agent.try_wait().unwrap().is_none(), "still running");
+    assert!(sigterm_and_wait(&mut agent).await.success());
+}

@@ -42,3 +42,33 @@ async fn unknown_address_is_a_readable_404() {
         "a logged-in 404 keeps the navigation"
     );
 }
+
+#[tokio::test]
+async fn a_server_error_shows_a_generic_page_with_a_request_id_and_no_internals() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    // Break the audit table under the running app.
+    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let page = app.get(&admin, "/audit").await;
+    let request_id = page.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = page.text().await.unwrap();
+    let token = app.csrf(&admin, "/account").await;
+    let htmx = admin
+        .get(app.url("/audit"))
+        .header("hx-request", "true")
+        .header("x-csrf-token", token)
+        .send()
+        .await
+        .unwrap();
+
+    assert!(body.contains("Something went wrong on our side"), "{body}");
+    assert!(body.contains(&request_id), "the page names the request id");
+    assert!(!body.contains("audit_events"), "no internals leak: {body}");
+    assert_eq!(htmx.status(), 500);
+    assert_eq!(htmx.headers()["hx-retarget"], "#toasts");
+    assert!(htmx.text().await.unwrap().contains("toast-error"));
+}

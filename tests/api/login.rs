@@ -294,3 +294,22 @@ fn session_cookie(res: &reqwest::Response) -> Option<String> {
         (!value.is_empty()).then(|| value.to_owned())
     })
 }
+
+#[tokio::test]
+async fn session_cookie_is_secure_when_served_over_https() {
+    let app =
+        crate::helpers::spawn_app_with(|s| s.public_url = Some("https://kiln.example.com".into()))
+            .await;
+
+    let res = client().get(app.url("/login")).send().await.unwrap();
+
+    let header = res
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(header.contains("; Secure"), "{header}");
+    assert!(res.headers().contains_key("strict-transport-security"));
+}
