@@ -25,12 +25,7 @@ fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let html = AccountPage { layout, error }
-        .render()
-        .map_err(|e| AppError::Internal(e.into()))?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(html))
+    super::html(&AccountPage { layout, error }, status)
 }
 
 pub async fn show(layout: Layout) -> Result<HttpResponse, AppError> {

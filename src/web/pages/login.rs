@@ -28,10 +28,7 @@ struct LoginPage {
 
 impl LoginPage {
     fn respond(self, status: StatusCode) -> Result<HttpResponse, AppError> {
-        let html = self.render().map_err(|e| AppError::Internal(e.into()))?;
-        Ok(HttpResponse::build(status)
-            .content_type("text/html; charset=utf-8")
-            .body(html))
+        super::html(&self, status)
     }
 }
 

@@ -12,6 +12,22 @@ use actix_web::HttpRequest;
 use actix_web::HttpResponse;
 use actix_web::http::header;
 
+/// Renders a template as an HTML response with `status` (askama_web's responder is always 200;
+/// forms re-rendered with a validation message need 400/409).
+pub fn html(
+    template: &impl askama::Template,
+    status: actix_web::http::StatusCode,
+) -> Result<HttpResponse, crate::web::error::AppError> {
+    let body = template.render().map_err(|e| {
+        crate::web::error::AppError::Internal(
+            anyhow::Error::new(e).context("Failed to render a page"),
+        )
+    })?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
 /// Post/redirect/get: after a form post, send the browser to a page it can reload safely.
 pub fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()

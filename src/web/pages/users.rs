@@ -115,7 +115,7 @@ async fn page(
 ) -> Result<HttpResponse, AppError> {
     let users = crate::db::users::list(&state.pool).await?;
     let tokens = crate::db::tokens::list(&state.pool).await?;
-    let html = UsersPage {
+    let page = UsersPage {
         csrf: layout.csrf.clone(),
         layout,
         users: users
@@ -127,12 +127,8 @@ async fn page(
         user_form,
         token_form,
         new_token,
-    }
-    .render()
-    .map_err(|e| AppError::Internal(e.into()))?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(html))
+    };
+    super::html(&page, status)
 }
 
 pub async fn show(
@@ -307,15 +303,11 @@ async fn set_disabled(
             .await?
             .ok_or_else(|| AppError::NotFound(format!("There is no user with id {id}.")))?;
         let csrf = crate::web::access::csrf_token(&session);
-        let html = UserRowPartial {
+        let row = UserRowPartial {
             csrf,
             user: UserView::new(row, principal.user_id),
-        }
-        .render()
-        .map_err(|e| AppError::Internal(e.into()))?;
-        return Ok(HttpResponse::Ok()
-            .content_type("text/html; charset=utf-8")
-            .body(html));
+        };
+        return super::html(&row, StatusCode::OK);
     }
     flash(&session, format!("{verb} {}.", target.name));
     Ok(see_other("/users"))
