@@ -97,6 +97,58 @@ pub struct Settings {
     /// Failed logins per source IP within the window after which logins are refused (429).
     #[arg(long, env = "KILN_LOGIN_MAX_FAILURES_IP", default_value_t = 50)]
     pub login_max_failures_ip: u32,
+
+    /// Where servers live: `local` (agent processes on this machine) or `aws` (EC2).
+    #[arg(long, env = "KILN_PROVIDER", value_enum, default_value_t = ProviderKind::Local)]
+    pub provider: ProviderKind,
+
+    /// The fleet's name: the value of the `kiln:fleet` tag on everything Kiln creates.
+    #[arg(long, env = "KILN_FLEET", default_value = "default")]
+    pub fleet: String,
+
+    /// An EC2-compatible endpoint (moto, LocalStack); unset means AWS itself. Region and
+    /// credentials come from the standard AWS chain (AWS_REGION, AWS_PROFILE, …).
+    #[arg(long, env = "KILN_EC2_ENDPOINT")]
+    pub ec2_endpoint: Option<String>,
+
+    /// Attempts per EC2 call, the first included (throttling and 5xx are retried with backoff).
+    #[arg(long, env = "KILN_EC2_MAX_ATTEMPTS", default_value_t = 5)]
+    pub ec2_max_attempts: u32,
+
+    /// Seconds one EC2 call may take, retries included.
+    #[arg(long, env = "KILN_EC2_TIMEOUT", default_value_t = 60)]
+    pub ec2_timeout: u64,
+
+    /// A cap on the fleet's size: a launch beyond it is refused.
+    #[arg(long, env = "KILN_MAX_SERVERS", default_value_t = 500)]
+    pub max_servers: u32,
+
+    /// Instance types offered on the launch form (comma-separated; the local provider ignores them).
+    #[arg(long, env = "KILN_INSTANCE_TYPES", value_delimiter = ',',
+          default_value = "t3.micro,t3.small,t3.medium,c5.large,c5.xlarge")]
+    pub instance_types: Vec<String>,
+
+    /// Seconds a local server's agent gets between SIGTERM and SIGKILL when terminated.
+    #[arg(long, env = "KILN_LOCAL_TERMINATE_GRACE", default_value_t = 10)]
+    pub local_terminate_grace: u64,
+
+    /// Directory for local servers' agent logs. Default: $TMPDIR/kiln-local/<fleet>.
+    #[arg(long, env = "KILN_LOCAL_DIR")]
+    pub local_dir: Option<std::path::PathBuf>,
+
+    /// The `kiln` binary local servers run as their agent. Default: this binary.
+    #[arg(long, env = "KILN_AGENT_EXE")]
+    pub agent_exe: Option<std::path::PathBuf>,
+
+    /// When set, `GET /metrics` requires it as a bearer token.
+    #[arg(long, env = "KILN_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProviderKind {
+    Local,
+    Aws,
 }
 
 impl Settings {
@@ -105,6 +157,42 @@ impl Settings {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.bind),
         }
+    }
+
+    pub fn local_log_dir(&self) -> std::path::PathBuf {
+        self.local_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("kiln-local").join(&self.fleet))
+    }
+
+    /// Checks what clap cannot: combinations of settings.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.provider == ProviderKind::Aws && self.ec2_endpoint.is_none() {
+            let url = self.public_url();
+            let host = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+            let loopback = host == "localhost"
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+                || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                anyhow::bail!(
+                    "KILN_PUBLIC_URL is {url}, which EC2 servers cannot reach: with KILN_PROVIDER=aws set it to an address the servers can call."
+                );
+            }
+        }
+        if self.fleet.is_empty() || self.fleet.len() > 128 {
+            anyhow::bail!("KILN_FLEET must be 1 to 128 characters.");
+        }
+        if self.instance_types.iter().any(|t| t.trim().is_empty()) {
+            anyhow::bail!("KILN_INSTANCE_TYPES has an empty entry.");
+        }
+        if self.ec2_max_attempts == 0 {
+            anyhow::bail!("KILN_EC2_MAX_ATTEMPTS must be at least 1.");
+        }
+        Ok(())
+    }
+
+    pub fn launch_limits(&self) -> crate::cloud::LaunchLimits {
+        crate::cloud::LaunchLimits { max_servers: self.max_servers, instance_types: self.instance_types.clone() }
     }
 
     pub fn secure_cookies(&self) -> bool {

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod auth;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -15,12 +15,15 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use sqlx::PgPool;
 
+use crate::cloud::Provider;
 use crate::config::Settings;
+use crate::telemetry::prometheus::Registry;
 use crate::web::session_store::PgSessionStore;
 use crate::web::{AppState, middleware, routes};
 
 pub struct Application {
     port: u16,
+    cloud: Arc<crate::cloud::AnyProvider>,
     server: Server,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     pool: PgPool,
@@ -30,6 +33,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         let pool = crate::db::connect(&settings.database.url()).await?;
         crate::db::migrate(&pool).await?;
         let initial_admin_password = create_initial_admin(&pool).await?;
@@ -41,10 +45,27 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("Failed to listen on {}", settings.bind))?;
         let port = listener.local_addr()?.port();
+        let metrics = Arc::new(Registry::default());
+        let cloud = Arc::new(
+            crate::cloud::from_settings(&settings, pool.clone(), metrics.clone())
+                .await
+                .context("Failed to set up the cloud provider")?,
+        );
+        tracing::info!(provider = cloud.name(), fleet = %settings.fleet, "cloud provider ready");
+        if let crate::cloud::AnyProvider::Aws(aws) = cloud.as_ref() {
+            // Say at once when EC2 is unreachable or refuses the credentials, rather than at
+            // the first launch. Not fatal: EC2 may be having a bad minute.
+            match aws.check_access().await {
+                Ok(()) => tracing::info!("EC2 reachable; credentials accepted"),
+                Err(e) => tracing::warn!(error = %e, "EC2 check failed; launches will fail until this is fixed"),
+            }
+        }
         let settings = Arc::new(settings);
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             settings: settings.clone(),
+            cloud: cloud.clone(),
+            metrics,
         });
         let store = PgSessionStore::new(pool.clone(), settings.session_absolute_timeout);
 
@@ -90,6 +111,7 @@ impl Application {
 
         Ok(Self {
             port,
+            cloud,
             server,
             shutdown,
             pool,
@@ -99,6 +121,10 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn cloud(&self) -> Arc<crate::cloud::AnyProvider> {
+        self.cloud.clone()
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -17,12 +17,18 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::cloud::AnyProvider;
 use crate::config::Settings;
+use crate::telemetry::prometheus::Registry;
 
 /// What every handler may need, shared by all workers of the HTTP server.
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    /// The provider. Handlers never call it (they enqueue tasks); pages may read from it.
+    pub cloud: Arc<AnyProvider>,
+    /// The console's own figures, served at /metrics.
+    pub metrics: Arc<Registry>,
 }
 
 /// True for the routes that answer in JSON and authenticate by token, not by session.

@@ -46,6 +46,7 @@ macro_rules! route_table {
 route_table! {
     GET  "/healthz"                   PUBLIC => pages::health::healthz;
     GET  "/readyz"                    PUBLIC => pages::health::readyz;
+    GET  "/metrics"                   PUBLIC => pages::health::metrics;
     GET  "/static/{path:.*}"          PUBLIC => assets::serve;
     GET  "/login"                     PUBLIC => pages::login::form;
     POST "/login"                     PUBLIC => pages::login::submit;

@@ -11,7 +11,7 @@ use crate::helpers::{client, fresh_database_url};
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// Waits for a line containing `needle`; the bound only guards against a hang.
-async fn line_with(
+pub async fn line_with(
     lines: &mut tokio::io::Lines<BufReader<impl tokio::io::AsyncRead + Unpin>>,
     needle: &str,
 ) -> String {
@@ -27,12 +27,17 @@ async fn line_with(
     .unwrap_or_else(|_| panic!("no {needle:?} within 120 s"))
 }
 
-fn serve(db: &str) -> tokio::process::Child {
+pub fn serve(db: &str) -> tokio::process::Child {
+    serve_with(db, &[])
+}
+
+pub fn serve_with(db: &str, env: &[(&str, &str)]) -> tokio::process::Child {
     Command::new(KILN)
         .arg("serve")
         .env("DATABASE_URL", db)
         .env("KILN_BIND", "127.0.0.1:0")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -40,7 +45,7 @@ fn serve(db: &str) -> tokio::process::Child {
         .unwrap()
 }
 
-async fn sigterm_and_wait(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+pub async fn sigterm_and_wait(child: &mut tokio::process::Child) -> std::process::ExitStatus {
     let pid = child.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -309,4 +314,22 @@ async fn the_agent_stub_runs_until_sigterm() {
 
     assert!(agent.try_wait().unwrap().is_none(), "still running");
     assert!(sigterm_and_wait(&mut agent).await.success());
+}
+
+#[tokio::test]
+async fn serve_refuses_aws_with_a_loopback_public_url() {
+    let db = fresh_database_url();
+
+    let out = Command::new(KILN)
+        .arg("serve")
+        .env("DATABASE_URL", &db)
+        .env("KILN_BIND", "127.0.0.1:0")
+        .env("KILN_PROVIDER", "aws")
+        .output()
+        .await
+        .unwrap();
+
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("EC2 servers cannot reach"), "{stderr}");
 }

@@ -33,6 +33,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     }
     let database_url = fresh_database_url();
     let mut settings = Settings::with_defaults(database_url, "127.0.0.1:0".parse().unwrap());
+    settings.agent_exe = Some(env!("CARGO_BIN_EXE_kiln").into());
     configure(&mut settings);
     let app = Application::build(settings).await.expect("the app builds");
     let port = app.port();

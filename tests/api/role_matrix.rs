@@ -13,6 +13,7 @@ use crate::helpers::{TestApp, client, location, spawn_app};
 const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
+    ("GET", "/metrics", None),
     ("GET", "/static/{path:.*}", None),
     ("GET", "/login", None),
     ("POST", "/login", None),

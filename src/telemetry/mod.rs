@@ -1,5 +1,8 @@
-//! Structured logs: tracing to stderr, filtered by `RUST_LOG` (default `info`).
-//! Standard output stays free for what commands print for scripts (tokens, the admin password).
+//! The console's own observability: structured logs (tracing to stderr, filtered by
+//! `RUST_LOG`, default `info`; standard output stays free for what commands print for
+//! scripts) and the figures served at `GET /metrics` ([`prometheus`]).
+
+pub mod prometheus;
 
 use tracing_subscriber::{EnvFilter, fmt};
 

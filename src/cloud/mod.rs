@@ -1,0 +1,377 @@
+//! The cloud contract: what Kiln needs from wherever its servers live, in Kiln's own words.
+//!
+//! Two providers implement [`Provider`]: `aws` (EC2 through aws-sdk-ec2, any EC2-compatible
+//! endpoint) and `local` (servers are `kiln agent` processes on this machine, images are rows
+//! in PostgreSQL). One contract test suite (`tests/api/cloud_contract.rs`) runs against both.
+//!
+//! Rules every provider keeps:
+//! - Everything Kiln creates carries the tag `kiln:fleet`; launches also `kiln:launch-token`.
+//! - A launch with a client token that already launched returns what it launched, never a
+//!   second set — the provider looks for the token's tag first, it does not trust the
+//!   endpoint's own idempotency.
+//! - Input is validated before any call is made ([`validate_launch`] and each provider's id
+//!   formats); errors are [`CloudError`]s that say whether to retry.
+
+pub mod aws;
+mod error;
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use time::OffsetDateTime;
+
+pub use error::{CloudError, CloudResult, ErrorKind};
+
+pub const FLEET_TAG: &str = "kiln:fleet";
+pub const LAUNCH_TOKEN_TAG: &str = "kiln:launch-token";
+
+pub type Tags = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageState {
+    Pending,
+    Available,
+    Failed,
+    Deregistered,
+}
+
+impl ImageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageState::Pending => "pending",
+            ImageState::Available => "available",
+            ImageState::Failed => "failed",
+            ImageState::Deregistered => "deregistered",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub state: ImageState,
+    pub tags: Tags,
+    pub created_at: Option<OffsetDateTime>,
+}
+
+/// Which images to list. Empty fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct ImageQuery {
+    /// Owners as EC2 names them (`self`, an account id); the local provider ignores them.
+    pub owners: Vec<String>,
+    /// Every (key, value) must match.
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Pending => "pending",
+            ServerState::Running => "running",
+            ServerState::Stopping => "stopping",
+            ServerState::Stopped => "stopped",
+            ServerState::ShuttingDown => "shutting-down",
+            ServerState::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => ServerState::Pending,
+            "running" => ServerState::Running,
+            "stopping" => ServerState::Stopping,
+            "stopped" => ServerState::Stopped,
+            "shutting-down" => ServerState::ShuttingDown,
+            "terminated" => ServerState::Terminated,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub id: String,
+    pub image_id: String,
+    pub instance_type: String,
+    pub state: ServerState,
+    pub tags: Tags,
+    pub launched_at: Option<OffsetDateTime>,
+}
+
+/// How a new server finds its console: EC2 passes it in user-data, the local provider on the
+/// agent's command line.
+#[derive(Debug, Clone)]
+pub struct AgentBootstrap {
+    pub console_url: String,
+    pub enrollment_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    pub image_id: String,
+    pub count: u32,
+    pub instance_type: String,
+    /// Tags besides `kiln:fleet` and `kiln:launch-token`, which the provider adds.
+    pub tags: Tags,
+    pub bootstrap: AgentBootstrap,
+    pub subnet_id: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub key_name: Option<String>,
+    pub iam_instance_profile: Option<String>,
+    /// Identifies this launch across retries (sent as EC2's ClientToken, kept as a tag).
+    pub client_token: String,
+}
+
+/// What a launch got. `servers.len() < requested` is a partial launch: the provider had less
+/// capacity than asked; `shortfall` says why when the provider said.
+#[derive(Debug, Clone)]
+pub struct LaunchOutcome {
+    pub requested: u32,
+    pub servers: Vec<Server>,
+    /// True when the servers were found by the launch token (an earlier try launched them).
+    pub already_launched: bool,
+    pub shortfall: Option<CloudError>,
+}
+
+/// Which servers to describe: every tag must match; empty `states` means all states.
+#[derive(Debug, Clone, Default)]
+pub struct ServerFilter {
+    pub tags: Vec<(String, String)>,
+    pub ids: Vec<String>,
+    pub states: Vec<ServerState>,
+}
+
+impl ServerFilter {
+    pub fn fleet(fleet: &str) -> Self {
+        Self { tags: vec![(FLEET_TAG.to_owned(), fleet.to_owned())], ..Default::default() }
+    }
+}
+
+/// One page of a listing; `next` continues it.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// The contract. Futures are `Send` so that background tasks can run them.
+pub trait Provider: Send + Sync {
+    /// `aws` or `local`.
+    fn name(&self) -> &'static str;
+
+    /// The fleet every resource is tagged with.
+    fn fleet(&self) -> &str;
+
+    /// Checks an image id's format; no call is made.
+    fn check_image_id(&self, id: &str) -> CloudResult<()>;
+
+    /// Checks a server id's format; no call is made.
+    fn check_server_id(&self, id: &str) -> CloudResult<()>;
+
+    fn list_images(&self, query: &ImageQuery, page: Option<String>) -> impl Future<Output = CloudResult<Page<Image>>> + Send;
+
+    /// None when the provider does not know the image.
+    fn get_image(&self, id: &str) -> impl Future<Output = CloudResult<Option<Image>>> + Send;
+
+    /// Starts creating an image from a server; returns its id. Poll [`Provider::get_image`]
+    /// until it leaves `pending`.
+    fn create_image(&self, server_id: &str, name: &str, description: &str, tags: &Tags) -> impl Future<Output = CloudResult<String>> + Send;
+
+    fn deregister_image(&self, id: &str) -> impl Future<Output = CloudResult<()>> + Send;
+
+    /// Launches `count` servers, or returns those an earlier try with the same client token
+    /// launched. Validate with [`validate_launch`] first.
+    fn launch(&self, request: &LaunchRequest) -> impl Future<Output = CloudResult<LaunchOutcome>> + Send;
+
+    /// One page of servers; `page_size` is a hint (EC2 allows 5..=1000).
+    fn describe_servers(
+        &self,
+        filter: &ServerFilter,
+        page: Option<String>,
+        page_size: u32,
+    ) -> impl Future<Output = CloudResult<Page<Server>>> + Send;
+
+    /// Terminates servers (many per call). Unknown or already terminated ids are not an error.
+    fn terminate(&self, ids: &[String]) -> impl Future<Output = CloudResult<()>> + Send;
+
+    /// Adds or replaces tags on servers or images.
+    fn tag(&self, ids: &[String], tags: &Tags) -> impl Future<Output = CloudResult<()>> + Send;
+}
+
+/// The largest describe page EC2 allows; with it 1,000 servers take at most two calls.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Every page of a describe.
+pub async fn describe_all<P: Provider>(provider: &P, filter: &ServerFilter) -> CloudResult<Vec<Server>> {
+    let mut all = Vec::new();
+    let mut next = None;
+    loop {
+        let page = provider.describe_servers(filter, next, MAX_PAGE).await?;
+        all.extend(page.items);
+        match page.next {
+            Some(token) if !token.is_empty() => next = Some(token),
+            _ => return Ok(all),
+        }
+    }
+}
+
+/// The limits a launch is checked against before any call.
+#[derive(Debug, Clone)]
+pub struct LaunchLimits {
+    /// KILN_MAX_SERVERS: no single launch may exceed it.
+    pub max_servers: u32,
+    /// KILN_INSTANCE_TYPES.
+    pub instance_types: Vec<String>,
+}
+
+/// Validates a launch request against the limits and the provider's id formats.
+pub fn validate_launch<P: Provider>(provider: &P, limits: &LaunchLimits, request: &LaunchRequest) -> CloudResult<()> {
+    provider.check_image_id(&request.image_id)?;
+    if request.count == 0 {
+        return Err(CloudError::invalid("Launch at least one server."));
+    }
+    if request.count > limits.max_servers {
+        return Err(CloudError::invalid(format!(
+            "A launch of {} servers exceeds the fleet's cap of {} (KILN_MAX_SERVERS).",
+            request.count, limits.max_servers
+        )));
+    }
+    if !limits.instance_types.iter().any(|t| t == &request.instance_type) {
+        return Err(CloudError::invalid(format!(
+            "{:?} is not an offered instance type; choose one of {} (KILN_INSTANCE_TYPES).",
+            request.instance_type,
+            limits.instance_types.join(", ")
+        )));
+    }
+    let token = &request.client_token;
+    // 56 leaves room for the "-partial" suffix within EC2's 64-character ClientToken.
+    if token.is_empty() || token.len() > 56 || !token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(CloudError::invalid("A launch token is 1 to 56 characters of letters, digits and '-'."));
+    }
+    Ok(())
+}
+
+/// True for `prefix-` followed by 8 or 17 lowercase hex digits (EC2's id formats).
+pub fn is_ec2_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|hex| (hex.len() == 8 || hex.len() == 17) && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec2_id_formats() {
+        assert!(is_ec2_id("ami-1e749f67", "ami"));
+        assert!(is_ec2_id("i-0123456789abcdef0", "i"));
+        assert!(!is_ec2_id("ami-XYZ", "ami"));
+        assert!(!is_ec2_id("ami-1E749F67", "ami"));
+        assert!(!is_ec2_id("i-0123", "i"));
+        assert!(!is_ec2_id("ami-local-0123abcd", "ami"));
+    }
+}
+
+/// The provider chosen at start (`KILN_PROVIDER`).
+pub enum AnyProvider {
+    Aws(aws::AwsProvider),
+    Local(local::LocalProvider),
+}
+
+macro_rules! delegate {
+    ($self:ident, $p:ident => $call:expr) => {
+        match $self {
+            AnyProvider::Aws($p) => $call,
+            AnyProvider::Local($p) => $call,
+        }
+    };
+}
+
+impl Provider for AnyProvider {
+    fn name(&self) -> &'static str {
+        delegate!(self, p => p.name())
+    }
+    fn fleet(&self) -> &str {
+        delegate!(self, p => p.fleet())
+    }
+    fn check_image_id(&self, id: &str) -> CloudResult<()> {
+        delegate!(self, p => p.check_image_id(id))
+    }
+    fn check_server_id(&self, id: &str) -> CloudResult<()> {
+        delegate!(self, p => p.check_server_id(id))
+    }
+    async fn list_images(&self, query: &ImageQuery, page: Option<String>) -> CloudResult<Page<Image>> {
+        delegate!(self, p => p.list_images(query, page).await)
+    }
+    async fn get_image(&self, id: &str) -> CloudResult<Option<Image>> {
+        delegate!(self, p => p.get_image(id).await)
+    }
+    async fn create_image(&self, server_id: &str, name: &str, description: &str, tags: &Tags) -> CloudResult<String> {
+        delegate!(self, p => p.create_image(server_id, name, description, tags).await)
+    }
+    async fn deregister_image(&self, id: &str) -> CloudResult<()> {
+        delegate!(self, p => p.deregister_image(id).await)
+    }
+    async fn launch(&self, request: &LaunchRequest) -> CloudResult<LaunchOutcome> {
+        delegate!(self, p => p.launch(request).await)
+    }
+    async fn describe_servers(&self, filter: &ServerFilter, page: Option<String>, page_size: u32) -> CloudResult<Page<Server>> {
+        delegate!(self, p => p.describe_servers(filter, page, page_size).await)
+    }
+    async fn terminate(&self, ids: &[String]) -> CloudResult<()> {
+        delegate!(self, p => p.terminate(ids).await)
+    }
+    async fn tag(&self, ids: &[String], tags: &Tags) -> CloudResult<()> {
+        delegate!(self, p => p.tag(ids, tags).await)
+    }
+}
+
+/// Builds the configured provider.
+pub async fn from_settings(
+    settings: &crate::config::Settings,
+    pool: sqlx::PgPool,
+    registry: std::sync::Arc<crate::telemetry::prometheus::Registry>,
+) -> anyhow::Result<AnyProvider> {
+    use crate::config::ProviderKind;
+    use anyhow::Context;
+    match settings.provider {
+        ProviderKind::Aws => {
+            let aws = aws::AwsSettings {
+                fleet: settings.fleet.clone(),
+                endpoint: settings.ec2_endpoint.clone(),
+                region: None,
+                max_attempts: settings.ec2_max_attempts,
+                initial_backoff: std::time::Duration::from_secs(1),
+                call_timeout: std::time::Duration::from_secs(settings.ec2_timeout),
+                static_credentials: None,
+            };
+            Ok(AnyProvider::Aws(aws::AwsProvider::new(aws, registry).await?))
+        }
+        ProviderKind::Local => {
+            let local = local::LocalSettings {
+                fleet: settings.fleet.clone(),
+                agent_exe: match &settings.agent_exe {
+                    Some(exe) => exe.clone(),
+                    None => std::env::current_exe().context("Failed to find the kiln binary for local agents")?,
+                },
+                log_dir: settings.local_log_dir(),
+                terminate_grace: std::time::Duration::from_secs(settings.local_terminate_grace),
+            };
+            Ok(AnyProvider::Local(local::LocalProvider::new(pool, local).await?))
+        }
+    }
+}
