@@ -124,8 +124,12 @@ pub struct Settings {
     pub max_servers: u32,
 
     /// Instance types offered on the launch form (comma-separated; the local provider ignores them).
-    #[arg(long, env = "KILN_INSTANCE_TYPES", value_delimiter = ',',
-          default_value = "t3.micro,t3.small,t3.medium,c5.large,c5.xlarge")]
+    #[arg(
+        long,
+        env = "KILN_INSTANCE_TYPES",
+        value_delimiter = ',',
+        default_value = "t3.micro,t3.small,t3.medium,c5.large,c5.xlarge"
+    )]
     pub instance_types: Vec<String>,
 
     /// Seconds a local server's agent gets between SIGTERM and SIGKILL when terminated.
@@ -169,10 +173,18 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.provider == ProviderKind::Aws && self.ec2_endpoint.is_none() {
             let url = self.public_url();
-            let host = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+            let host = url::Url::parse(&url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
             let loopback = host == "localhost"
-                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
-                || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
             if loopback {
                 anyhow::bail!(
                     "KILN_PUBLIC_URL is {url}, which EC2 servers cannot reach: with KILN_PROVIDER=aws set it to an address the servers can call."
@@ -192,7 +204,10 @@ impl Settings {
     }
 
     pub fn launch_limits(&self) -> crate::cloud::LaunchLimits {
-        crate::cloud::LaunchLimits { max_servers: self.max_servers, instance_types: self.instance_types.clone() }
+        crate::cloud::LaunchLimits {
+            max_servers: self.max_servers,
+            instance_types: self.instance_types.clone(),
+        }
     }
 
     pub fn secure_cookies(&self) -> bool {

@@ -57,7 +57,9 @@ impl Application {
             // the first launch. Not fatal: EC2 may be having a bad minute.
             match aws.check_access().await {
                 Ok(()) => tracing::info!("EC2 reachable; credentials accepted"),
-                Err(e) => tracing::warn!(error = %e, "EC2 check failed; launches will fail until this is fixed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "EC2 check failed; launches will fail until this is fixed")
+                }
             }
         }
         let settings = Arc::new(settings);

@@ -29,7 +29,10 @@ pub struct CloudError {
 
 impl CloudError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -42,7 +45,10 @@ impl CloudError {
 
     /// Worth retrying later, automatically: throttling, outages and capacity come and go.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::InsufficientCapacity)
+        matches!(
+            self.kind,
+            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::InsufficientCapacity
+        )
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod aws;
 mod error;
 pub mod local;
+mod select;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,6 +23,7 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 pub use error::{CloudError, CloudResult, ErrorKind};
+pub use select::{AnyProvider, from_settings};
 
 pub const FLEET_TAG: &str = "kiln:fleet";
 pub const LAUNCH_TOKEN_TAG: &str = "kiln:launch-token";
@@ -156,7 +158,10 @@ pub struct ServerFilter {
 
 impl ServerFilter {
     pub fn fleet(fleet: &str) -> Self {
-        Self { tags: vec![(FLEET_TAG.to_owned(), fleet.to_owned())], ..Default::default() }
+        Self {
+            tags: vec![(FLEET_TAG.to_owned(), fleet.to_owned())],
+            ..Default::default()
+        }
     }
 }
 
@@ -181,20 +186,33 @@ pub trait Provider: Send + Sync {
     /// Checks a server id's format; no call is made.
     fn check_server_id(&self, id: &str) -> CloudResult<()>;
 
-    fn list_images(&self, query: &ImageQuery, page: Option<String>) -> impl Future<Output = CloudResult<Page<Image>>> + Send;
+    fn list_images(
+        &self,
+        query: &ImageQuery,
+        page: Option<String>,
+    ) -> impl Future<Output = CloudResult<Page<Image>>> + Send;
 
     /// None when the provider does not know the image.
     fn get_image(&self, id: &str) -> impl Future<Output = CloudResult<Option<Image>>> + Send;
 
     /// Starts creating an image from a server; returns its id. Poll [`Provider::get_image`]
     /// until it leaves `pending`.
-    fn create_image(&self, server_id: &str, name: &str, description: &str, tags: &Tags) -> impl Future<Output = CloudResult<String>> + Send;
+    fn create_image(
+        &self,
+        server_id: &str,
+        name: &str,
+        description: &str,
+        tags: &Tags,
+    ) -> impl Future<Output = CloudResult<String>> + Send;
 
     fn deregister_image(&self, id: &str) -> impl Future<Output = CloudResult<()>> + Send;
 
     /// Launches `count` servers, or returns those an earlier try with the same client token
     /// launched. Validate with [`validate_launch`] first.
-    fn launch(&self, request: &LaunchRequest) -> impl Future<Output = CloudResult<LaunchOutcome>> + Send;
+    fn launch(
+        &self,
+        request: &LaunchRequest,
+    ) -> impl Future<Output = CloudResult<LaunchOutcome>> + Send;
 
     /// One page of servers; `page_size` is a hint (EC2 allows 5..=1000).
     fn describe_servers(
@@ -215,7 +233,10 @@ pub trait Provider: Send + Sync {
 pub const MAX_PAGE: u32 = 1000;
 
 /// Every page of a describe.
-pub async fn describe_all<P: Provider>(provider: &P, filter: &ServerFilter) -> CloudResult<Vec<Server>> {
+pub async fn describe_all<P: Provider>(
+    provider: &P,
+    filter: &ServerFilter,
+) -> CloudResult<Vec<Server>> {
     let mut all = Vec::new();
     let mut next = None;
     loop {
@@ -238,7 +259,11 @@ pub struct LaunchLimits {
 }
 
 /// Validates a launch request against the limits and the provider's id formats.
-pub fn validate_launch<P: Provider>(provider: &P, limits: &LaunchLimits, request: &LaunchRequest) -> CloudResult<()> {
+pub fn validate_launch<P: Provider>(
+    provider: &P,
+    limits: &LaunchLimits,
+    request: &LaunchRequest,
+) -> CloudResult<()> {
     provider.check_image_id(&request.image_id)?;
     if request.count == 0 {
         return Err(CloudError::invalid("Launch at least one server."));
@@ -249,7 +274,11 @@ pub fn validate_launch<P: Provider>(provider: &P, limits: &LaunchLimits, request
             request.count, limits.max_servers
         )));
     }
-    if !limits.instance_types.iter().any(|t| t == &request.instance_type) {
+    if !limits
+        .instance_types
+        .iter()
+        .any(|t| t == &request.instance_type)
+    {
         return Err(CloudError::invalid(format!(
             "{:?} is not an offered instance type; choose one of {} (KILN_INSTANCE_TYPES).",
             request.instance_type,
@@ -258,8 +287,13 @@ pub fn validate_launch<P: Provider>(provider: &P, limits: &LaunchLimits, request
     }
     let token = &request.client_token;
     // 56 leaves room for the "-partial" suffix within EC2's 64-character ClientToken.
-    if token.is_empty() || token.len() > 56 || !token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err(CloudError::invalid("A launch token is 1 to 56 characters of letters, digits and '-'."));
+    if token.is_empty()
+        || token.len() > 56
+        || !token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(CloudError::invalid(
+            "A launch token is 1 to 56 characters of letters, digits and '-'.",
+        ));
     }
     Ok(())
 }
@@ -268,7 +302,12 @@ pub fn validate_launch<P: Provider>(provider: &P, limits: &LaunchLimits, request
 pub fn is_ec2_id(id: &str, prefix: &str) -> bool {
     id.strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|hex| (hex.len() == 8 || hex.len() == 17) && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+        .is_some_and(|hex| {
+            (hex.len() == 8 || hex.len() == 17)
+                && hex
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        })
 }
 
 #[cfg(test)]
@@ -283,95 +322,5 @@ mod tests {
         assert!(!is_ec2_id("ami-1E749F67", "ami"));
         assert!(!is_ec2_id("i-0123", "i"));
         assert!(!is_ec2_id("ami-local-0123abcd", "ami"));
-    }
-}
-
-/// The provider chosen at start (`KILN_PROVIDER`).
-pub enum AnyProvider {
-    Aws(aws::AwsProvider),
-    Local(local::LocalProvider),
-}
-
-macro_rules! delegate {
-    ($self:ident, $p:ident => $call:expr) => {
-        match $self {
-            AnyProvider::Aws($p) => $call,
-            AnyProvider::Local($p) => $call,
-        }
-    };
-}
-
-impl Provider for AnyProvider {
-    fn name(&self) -> &'static str {
-        delegate!(self, p => p.name())
-    }
-    fn fleet(&self) -> &str {
-        delegate!(self, p => p.fleet())
-    }
-    fn check_image_id(&self, id: &str) -> CloudResult<()> {
-        delegate!(self, p => p.check_image_id(id))
-    }
-    fn check_server_id(&self, id: &str) -> CloudResult<()> {
-        delegate!(self, p => p.check_server_id(id))
-    }
-    async fn list_images(&self, query: &ImageQuery, page: Option<String>) -> CloudResult<Page<Image>> {
-        delegate!(self, p => p.list_images(query, page).await)
-    }
-    async fn get_image(&self, id: &str) -> CloudResult<Option<Image>> {
-        delegate!(self, p => p.get_image(id).await)
-    }
-    async fn create_image(&self, server_id: &str, name: &str, description: &str, tags: &Tags) -> CloudResult<String> {
-        delegate!(self, p => p.create_image(server_id, name, description, tags).await)
-    }
-    async fn deregister_image(&self, id: &str) -> CloudResult<()> {
-        delegate!(self, p => p.deregister_image(id).await)
-    }
-    async fn launch(&self, request: &LaunchRequest) -> CloudResult<LaunchOutcome> {
-        delegate!(self, p => p.launch(request).await)
-    }
-    async fn describe_servers(&self, filter: &ServerFilter, page: Option<String>, page_size: u32) -> CloudResult<Page<Server>> {
-        delegate!(self, p => p.describe_servers(filter, page, page_size).await)
-    }
-    async fn terminate(&self, ids: &[String]) -> CloudResult<()> {
-        delegate!(self, p => p.terminate(ids).await)
-    }
-    async fn tag(&self, ids: &[String], tags: &Tags) -> CloudResult<()> {
-        delegate!(self, p => p.tag(ids, tags).await)
-    }
-}
-
-/// Builds the configured provider.
-pub async fn from_settings(
-    settings: &crate::config::Settings,
-    pool: sqlx::PgPool,
-    registry: std::sync::Arc<crate::telemetry::prometheus::Registry>,
-) -> anyhow::Result<AnyProvider> {
-    use crate::config::ProviderKind;
-    use anyhow::Context;
-    match settings.provider {
-        ProviderKind::Aws => {
-            let aws = aws::AwsSettings {
-                fleet: settings.fleet.clone(),
-                endpoint: settings.ec2_endpoint.clone(),
-                region: None,
-                max_attempts: settings.ec2_max_attempts,
-                initial_backoff: std::time::Duration::from_secs(1),
-                call_timeout: std::time::Duration::from_secs(settings.ec2_timeout),
-                static_credentials: None,
-            };
-            Ok(AnyProvider::Aws(aws::AwsProvider::new(aws, registry).await?))
-        }
-        ProviderKind::Local => {
-            let local = local::LocalSettings {
-                fleet: settings.fleet.clone(),
-                agent_exe: match &settings.agent_exe {
-                    Some(exe) => exe.clone(),
-                    None => std::env::current_exe().context("Failed to find the kiln binary for local agents")?,
-                },
-                log_dir: settings.local_log_dir(),
-                terminate_grace: std::time::Duration::from_secs(settings.local_terminate_grace),
-            };
-            Ok(AnyProvider::Local(local::LocalProvider::new(pool, local).await?))
-        }
     }
 }

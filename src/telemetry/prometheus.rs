@@ -16,18 +16,29 @@ pub struct Registry {
 }
 
 fn key(name: &str, labels: &[(&str, &str)]) -> Key {
-    let mut labels: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let mut labels: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     labels.sort();
     (name.to_owned(), labels)
 }
 
 impl Registry {
     pub fn describe(&self, name: &str, help: &str) {
-        self.help.lock().unwrap().insert(name.to_owned(), help.to_owned());
+        self.help
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), help.to_owned());
     }
 
     pub fn inc(&self, name: &str, labels: &[(&str, &str)]) {
-        *self.counters.lock().unwrap().entry(key(name, labels)).or_default() += 1.0;
+        *self
+            .counters
+            .lock()
+            .unwrap()
+            .entry(key(name, labels))
+            .or_default() += 1.0;
     }
 
     /// Records one observation (a latency in seconds) into `name_count` and `name_sum`.
@@ -44,7 +55,12 @@ impl Registry {
             .lock()
             .unwrap()
             .iter()
-            .filter(|((n, ls), _)| n == name && labels.iter().all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v)))
+            .filter(|((n, ls), _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
             .map(|(_, v)| v)
             .sum()
     }
@@ -53,7 +69,10 @@ impl Registry {
         let help = self.help.lock().unwrap().clone();
         let mut out = String::new();
         let mut typed = std::collections::BTreeSet::new();
-        let header = |out: &mut String, typed: &mut std::collections::BTreeSet<String>, name: &str, kind: &str| {
+        let header = |out: &mut String,
+                      typed: &mut std::collections::BTreeSet<String>,
+                      name: &str,
+                      kind: &str| {
             if typed.insert(name.to_owned()) {
                 if let Some(h) = help.get(name) {
                     let _ = writeln!(out, "# HELP {name} {h}");
@@ -80,7 +99,14 @@ fn render_labels(labels: &[(String, String)]) -> String {
     }
     let inner: Vec<String> = labels
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        })
         .collect();
     format!("{{{}}}", inner.join(","))
 }
@@ -93,13 +119,31 @@ mod tests {
     fn renders_counters_and_summaries() {
         let r = Registry::default();
         r.describe("kiln_ec2_calls_total", "EC2 API calls");
-        r.inc("kiln_ec2_calls_total", &[("action", "RunInstances"), ("outcome", "ok")]);
-        r.inc("kiln_ec2_calls_total", &[("action", "RunInstances"), ("outcome", "ok")]);
+        r.inc(
+            "kiln_ec2_calls_total",
+            &[("action", "RunInstances"), ("outcome", "ok")],
+        );
+        r.inc(
+            "kiln_ec2_calls_total",
+            &[("action", "RunInstances"), ("outcome", "ok")],
+        );
         r.observe("kiln_ec2_call_seconds", &[("action", "RunInstances")], 0.5);
         let text = r.render();
-        assert!(text.contains("# TYPE kiln_ec2_calls_total counter"), "{text}");
-        assert!(text.contains("kiln_ec2_calls_total{action=\"RunInstances\",outcome=\"ok\"} 2"), "{text}");
-        assert!(text.contains("kiln_ec2_call_seconds_count{action=\"RunInstances\"} 1"), "{text}");
-        assert_eq!(r.counter("kiln_ec2_calls_total", &[("action", "RunInstances")]), 2.0);
+        assert!(
+            text.contains("# TYPE kiln_ec2_calls_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kiln_ec2_calls_total{action=\"RunInstances\",outcome=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kiln_ec2_call_seconds_count{action=\"RunInstances\"} 1"),
+            "{text}"
+        );
+        assert_eq!(
+            r.counter("kiln_ec2_calls_total", &[("action", "RunInstances")]),
+            2.0
+        );
     }
 }

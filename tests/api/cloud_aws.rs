@@ -32,8 +32,12 @@ fn ctx(registry: Arc<Registry>) -> Ctx {
 }
 
 pub async fn harness() -> Harness {
-    let (provider, registry) = provider(format!("http://127.0.0.1:{}", moto_port()), &fleet(), 3).await;
-    Harness { provider, ctx: ctx(registry) }
+    let (provider, registry) =
+        provider(format!("http://127.0.0.1:{}", moto_port()), &fleet(), 3).await;
+    Harness {
+        provider,
+        ctx: ctx(registry),
+    }
 }
 
 async fn behind_proxy(max_attempts: u32) -> (AwsProvider, Arc<Registry>, FaultProxy) {
@@ -51,11 +55,23 @@ async fn throttled_calls_are_retried_until_they_succeed() {
     let (p, registry, proxy) = behind_proxy(3).await;
     proxy.inject("DescribeInstances", Fault::Throttle, 2);
 
-    let servers = describe_all(&p, &ServerFilter::fleet(p.fleet())).await.unwrap();
+    let servers = describe_all(&p, &ServerFilter::fleet(p.fleet()))
+        .await
+        .unwrap();
 
     assert!(servers.is_empty());
-    assert_eq!(calls(&registry, "DescribeInstances"), 3.0, "two throttled attempts, then the answer");
-    assert_eq!(registry.counter(CALLS, &[("action", "DescribeInstances"), ("outcome", "503")]), 2.0);
+    assert_eq!(
+        calls(&registry, "DescribeInstances"),
+        3.0,
+        "two throttled attempts, then the answer"
+    );
+    assert_eq!(
+        registry.counter(
+            CALLS,
+            &[("action", "DescribeInstances"), ("outcome", "503")]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -63,7 +79,9 @@ async fn throttling_that_outlasts_the_attempts_is_reported_as_throttled() {
     let (p, registry, proxy) = behind_proxy(3).await;
     proxy.inject("DescribeInstances", Fault::Throttle, 100);
 
-    let err = describe_all(&p, &ServerFilter::fleet(p.fleet())).await.unwrap_err();
+    let err = describe_all(&p, &ServerFilter::fleet(p.fleet()))
+        .await
+        .unwrap_err();
 
     assert_eq!(err.kind, ErrorKind::Throttled, "{err}");
     assert!(err.is_retryable());
@@ -74,12 +92,27 @@ async fn throttling_that_outlasts_the_attempts_is_reported_as_throttled() {
 #[tokio::test]
 async fn server_errors_are_retried() {
     let (p, _registry, proxy) = behind_proxy(3).await;
-    let ids: Vec<String> = p.launch(&request(&ctx(Arc::default()), 2, &token())).await.unwrap().servers.into_iter().map(|s| s.id).collect();
+    let ids: Vec<String> = p
+        .launch(&request(&ctx(Arc::default()), 2, &token()))
+        .await
+        .unwrap()
+        .servers
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     proxy.inject("TerminateInstances", Fault::ServerError, 2);
 
     p.terminate(&ids).await.unwrap();
 
-    let after = describe_all(&p, &ServerFilter { ids, ..Default::default() }).await.unwrap();
+    let after = describe_all(
+        &p,
+        &ServerFilter {
+            ids,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert!(after.iter().all(|s| s.state == ServerState::Terminated));
     assert_eq!(proxy.forwarded("TerminateInstances"), 1);
 }
@@ -90,12 +123,26 @@ async fn a_launch_whose_answer_was_lost_is_found_by_its_token_not_launched_again
     // Moto launches, the answer never arrives: the retry must find the instances by tag.
     proxy.inject("RunInstances", Fault::LoseResponse, 1);
 
-    let outcome = p.launch(&request(&ctx(Arc::default()), 2, &token())).await.unwrap();
+    let outcome = p
+        .launch(&request(&ctx(Arc::default()), 2, &token()))
+        .await
+        .unwrap();
 
     assert!(outcome.already_launched);
     assert_eq!(outcome.servers.len(), 2);
-    assert_eq!(proxy.forwarded("RunInstances"), 1, "RunInstances reached EC2 once");
-    assert_eq!(describe_all(&p, &ServerFilter::fleet(p.fleet())).await.unwrap().len(), 2, "one set, not two");
+    assert_eq!(
+        proxy.forwarded("RunInstances"),
+        1,
+        "RunInstances reached EC2 once"
+    );
+    assert_eq!(
+        describe_all(&p, &ServerFilter::fleet(p.fleet()))
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "one set, not two"
+    );
 }
 
 #[tokio::test]
@@ -103,11 +150,20 @@ async fn a_throttled_launch_is_retried_once_it_is_known_not_to_have_launched() {
     let (p, _registry, proxy) = behind_proxy(4).await;
     proxy.inject("RunInstances", Fault::Throttle, 2);
 
-    let outcome = p.launch(&request(&ctx(Arc::default()), 3, &token())).await.unwrap();
+    let outcome = p
+        .launch(&request(&ctx(Arc::default()), 3, &token()))
+        .await
+        .unwrap();
 
     assert!(!outcome.already_launched);
     assert_eq!(outcome.servers.len(), 3);
-    assert_eq!(describe_all(&p, &ServerFilter::fleet(p.fleet())).await.unwrap().len(), 3);
+    assert_eq!(
+        describe_all(&p, &ServerFilter::fleet(p.fleet()))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -115,12 +171,23 @@ async fn no_capacity_at_all_is_an_error_that_says_so_and_launches_nothing() {
     let (p, _registry, proxy) = behind_proxy(3).await;
     proxy.inject("RunInstances", Fault::NoCapacity, 2);
 
-    let err = p.launch(&request(&ctx(Arc::default()), 2, &token())).await.unwrap_err();
+    let err = p
+        .launch(&request(&ctx(Arc::default()), 2, &token()))
+        .await
+        .unwrap_err();
 
     assert_eq!(err.kind, ErrorKind::InsufficientCapacity, "{err}");
-    assert!(err.message.contains("InsufficientInstanceCapacity"), "{err}");
+    assert!(
+        err.message.contains("InsufficientInstanceCapacity"),
+        "{err}"
+    );
     assert_eq!(proxy.forwarded("RunInstances"), 0);
-    assert!(describe_all(&p, &ServerFilter::fleet(p.fleet())).await.unwrap().is_empty());
+    assert!(
+        describe_all(&p, &ServerFilter::fleet(p.fleet()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -130,16 +197,31 @@ async fn a_partly_fulfilled_launch_reports_what_it_got() {
     proxy.inject("RunInstances", Fault::NoCapacity, 1);
     proxy.inject("RunInstances", Fault::CapCount(1), 1);
 
-    let outcome = p.launch(&request(&ctx(Arc::default()), 3, &token())).await.unwrap();
+    let outcome = p
+        .launch(&request(&ctx(Arc::default()), 3, &token()))
+        .await
+        .unwrap();
 
     assert_eq!(outcome.requested, 3);
     assert_eq!(outcome.servers.len(), 1);
     let shortfall = outcome.shortfall.expect("a partial launch says so");
     assert_eq!(shortfall.kind, ErrorKind::InsufficientCapacity);
     assert!(shortfall.message.contains("1 of 3"), "{shortfall}");
-    assert!(shortfall.message.contains("InsufficientInstanceCapacity"), "{shortfall}");
-    assert_eq!(describe_all(&p, &ServerFilter::fleet(p.fleet())).await.unwrap().len(), 1);
-    let again = p.launch(&request(&ctx(Arc::default()), 3, &token())).await.unwrap();
+    assert!(
+        shortfall.message.contains("InsufficientInstanceCapacity"),
+        "{shortfall}"
+    );
+    assert_eq!(
+        describe_all(&p, &ServerFilter::fleet(p.fleet()))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let again = p
+        .launch(&request(&ctx(Arc::default()), 3, &token()))
+        .await
+        .unwrap();
     assert_eq!(again.servers.len(), 3, "a new token is a new launch");
 }
 
@@ -165,24 +247,52 @@ async fn ec2_calls_are_counted_and_exposed_at_metrics() {
 
     crate::cli::line_with(&mut stderr, "EC2 reachable; credentials accepted").await;
     let listening = crate::cli::line_with(&mut stderr, "kiln console listening").await;
-    let port: u16 = listening.split("port=").nth(1).unwrap().trim().parse().unwrap();
+    let port: u16 = listening
+        .split("port=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
 
-    let res = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap();
+    let res = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     let text = res.text().await.unwrap();
-    assert!(text.contains("# TYPE kiln_ec2_calls_total counter"), "{text}");
-    assert!(text.contains("kiln_ec2_calls_total{action=\"DescribeInstances\""), "{text}");
-    assert!(text.contains("kiln_ec2_call_seconds_count{action=\"DescribeInstances\"} 1"), "{text}");
+    assert!(
+        text.contains("# TYPE kiln_ec2_calls_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kiln_ec2_calls_total{action=\"DescribeInstances\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("kiln_ec2_call_seconds_count{action=\"DescribeInstances\"} 1"),
+        "{text}"
+    );
     assert!(crate::cli::sigterm_and_wait(&mut kiln).await.success());
 }
 
 #[tokio::test]
 async fn metrics_require_the_configured_token() {
-    let app = crate::helpers::spawn_app_with(|s| s.metrics_token = Some("scrape-secret".into())).await;
+    let app =
+        crate::helpers::spawn_app_with(|s| s.metrics_token = Some("scrape-secret".into())).await;
 
     let without = reqwest::get(app.url("/metrics")).await.unwrap();
-    let with = reqwest::Client::new().get(app.url("/metrics")).bearer_auth("scrape-secret").send().await.unwrap();
+    let with = reqwest::Client::new()
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-secret")
+        .send()
+        .await
+        .unwrap();
 
     assert_eq!(without.status(), 401);
     assert_eq!(with.status(), 200);
@@ -205,7 +315,9 @@ async fn ec2_call_counts_for_launch_describe_1000_terminate_100() {
     assert_eq!(launched.servers.len(), 1000);
 
     let before = calls(&registry, "DescribeInstances");
-    let all = describe_all(&p, &ServerFilter::fleet(p.fleet())).await.unwrap();
+    let all = describe_all(&p, &ServerFilter::fleet(p.fleet()))
+        .await
+        .unwrap();
     let describe_calls = calls(&registry, "DescribeInstances") - before;
     assert_eq!(all.len(), 1000);
 
@@ -214,9 +326,13 @@ async fn ec2_call_counts_for_launch_describe_1000_terminate_100() {
     p.terminate(&hundred).await.unwrap();
     let terminate_calls = calls(&registry, "TerminateInstances") - before;
 
-    println!("EC2 calls: launch 1000 = {launch_calls} (1 DescribeInstances for the token + 1 RunInstances), describe 1000 = {describe_calls}, terminate 100 = {terminate_calls}");
+    println!(
+        "EC2 calls: launch 1000 = {launch_calls} (1 DescribeInstances for the token + 1 RunInstances), describe 1000 = {describe_calls}, terminate 100 = {terminate_calls}"
+    );
     assert_eq!(launch_calls, 2.0);
     assert!(describe_calls <= 2.0);
     assert_eq!(terminate_calls, 1.0);
-    p.terminate(&all.iter().map(|s| s.id.clone()).collect::<Vec<_>>()).await.unwrap();
+    p.terminate(&all.iter().map(|s| s.id.clone()).collect::<Vec<_>>())
+        .await
+        .unwrap();
 }

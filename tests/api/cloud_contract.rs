@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use kiln::cloud::{
-    AgentBootstrap, ErrorKind, FLEET_TAG, ImageQuery, ImageState, LAUNCH_TOKEN_TAG, LaunchLimits, LaunchRequest, Provider,
-    ServerFilter, ServerState, Tags, describe_all, validate_launch,
+    AgentBootstrap, ErrorKind, FLEET_TAG, ImageQuery, ImageState, LAUNCH_TOKEN_TAG, LaunchLimits,
+    LaunchRequest, Provider, ServerFilter, ServerState, Tags, describe_all, validate_launch,
 };
 use kiln::telemetry::prometheus::Registry;
 
@@ -37,7 +37,10 @@ pub fn request(ctx: &Ctx, count: u32, token: &str) -> LaunchRequest {
         count,
         instance_type: "t3.micro".into(),
         tags: Tags::from([("kiln:purpose".to_owned(), "worker".to_owned())]),
-        bootstrap: AgentBootstrap { console_url: "http://127.0.0.1:9".into(), enrollment_token: "kiln_enroll_test".into() },
+        bootstrap: AgentBootstrap {
+            console_url: "http://127.0.0.1:9".into(),
+            enrollment_token: "kiln_enroll_test".into(),
+        },
         subnet_id: None,
         security_group_ids: vec![],
         key_name: None,
@@ -47,7 +50,10 @@ pub fn request(ctx: &Ctx, count: u32, token: &str) -> LaunchRequest {
 }
 
 pub fn limits() -> LaunchLimits {
-    LaunchLimits { max_servers: 50, instance_types: vec!["t3.micro".into(), "c5.large".into()] }
+    LaunchLimits {
+        max_servers: 50,
+        instance_types: vec!["t3.micro".into(), "c5.large".into()],
+    }
 }
 
 pub mod suite {
@@ -60,15 +66,27 @@ pub mod suite {
 
         assert_eq!(outcome.servers.len(), 2);
         assert!(!outcome.already_launched && outcome.shortfall.is_none());
-        let all = describe_all(p, &ServerFilter::fleet(p.fleet())).await.unwrap();
+        let all = describe_all(p, &ServerFilter::fleet(p.fleet()))
+            .await
+            .unwrap();
         assert_eq!(all.len(), 2);
         for server in &all {
             assert!(outcome.servers.iter().any(|s| s.id == server.id));
             assert_eq!(server.image_id, ctx.image_id);
-            assert_eq!(server.tags.get(FLEET_TAG).map(String::as_str), Some(p.fleet()));
+            assert_eq!(
+                server.tags.get(FLEET_TAG).map(String::as_str),
+                Some(p.fleet())
+            );
             assert_eq!(server.tags.get(LAUNCH_TOKEN_TAG), Some(&token));
-            assert_eq!(server.tags.get("kiln:purpose").map(String::as_str), Some("worker"));
-            assert!(matches!(server.state, ServerState::Pending | ServerState::Running), "{:?}", server.state);
+            assert_eq!(
+                server.tags.get("kiln:purpose").map(String::as_str),
+                Some("worker")
+            );
+            assert!(
+                matches!(server.state, ServerState::Pending | ServerState::Running),
+                "{:?}",
+                server.state
+            );
             p.check_server_id(&server.id).unwrap();
         }
     }
@@ -85,7 +103,13 @@ pub mod suite {
         a.sort();
         b.sort();
         assert_eq!(a, b);
-        assert_eq!(describe_all(p, &ServerFilter::fleet(p.fleet())).await.unwrap().len(), 2);
+        assert_eq!(
+            describe_all(p, &ServerFilter::fleet(p.fleet()))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     pub async fn describe_pages_through_every_server<P: Provider>(p: &P, ctx: &Ctx) {
@@ -117,7 +141,10 @@ pub mod suite {
         let gone = launched[0].id.clone();
         p.terminate(std::slice::from_ref(&gone)).await.unwrap();
 
-        let by_id = ServerFilter { ids: vec![launched[1].id.clone()], ..ServerFilter::fleet(p.fleet()) };
+        let by_id = ServerFilter {
+            ids: vec![launched[1].id.clone()],
+            ..ServerFilter::fleet(p.fleet())
+        };
         let live = ServerFilter {
             states: vec![ServerState::Pending, ServerState::Running],
             ..ServerFilter::fleet(p.fleet())
@@ -132,47 +159,114 @@ pub mod suite {
     }
 
     pub async fn terminate_many_at_once_and_again<P: Provider>(p: &P, ctx: &Ctx) {
-        let ids: Vec<String> = p.launch(&request(ctx, 3, &token())).await.unwrap().servers.into_iter().map(|s| s.id).collect();
+        let ids: Vec<String> = p
+            .launch(&request(ctx, 3, &token()))
+            .await
+            .unwrap()
+            .servers
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
 
         p.terminate(&ids).await.unwrap();
         p.terminate(&ids).await.unwrap();
 
-        let after = describe_all(p, &ServerFilter { ids: ids.clone(), ..Default::default() }).await.unwrap();
+        let after = describe_all(
+            p,
+            &ServerFilter {
+                ids: ids.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(after.len(), 3);
-        assert!(after.iter().all(|s| s.state == ServerState::Terminated), "{after:?}");
+        assert!(
+            after.iter().all(|s| s.state == ServerState::Terminated),
+            "{after:?}"
+        );
     }
 
     pub async fn tags_are_added_to_servers<P: Provider>(p: &P, ctx: &Ctx) {
-        let id = p.launch(&request(ctx, 1, &token())).await.unwrap().servers[0].id.clone();
+        let id = p.launch(&request(ctx, 1, &token())).await.unwrap().servers[0]
+            .id
+            .clone();
 
-        p.tag(std::slice::from_ref(&id), &Tags::from([("kiln:adopted".to_owned(), "yes".to_owned())])).await.unwrap();
+        p.tag(
+            std::slice::from_ref(&id),
+            &Tags::from([("kiln:adopted".to_owned(), "yes".to_owned())]),
+        )
+        .await
+        .unwrap();
 
-        let server = describe_all(p, &ServerFilter { ids: vec![id], ..Default::default() }).await.unwrap().remove(0);
-        assert_eq!(server.tags.get("kiln:adopted").map(String::as_str), Some("yes"));
-        assert_eq!(server.tags.get(FLEET_TAG).map(String::as_str), Some(p.fleet()), "other tags kept");
+        let server = describe_all(
+            p,
+            &ServerFilter {
+                ids: vec![id],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .remove(0);
+        assert_eq!(
+            server.tags.get("kiln:adopted").map(String::as_str),
+            Some("yes")
+        );
+        assert_eq!(
+            server.tags.get(FLEET_TAG).map(String::as_str),
+            Some(p.fleet()),
+            "other tags kept"
+        );
     }
 
     pub async fn images_are_created_listed_and_deregistered<P: Provider>(p: &P, ctx: &Ctx) {
-        let server = p.launch(&request(ctx, 1, &token())).await.unwrap().servers[0].id.clone();
+        let server = p.launch(&request(ctx, 1, &token())).await.unwrap().servers[0]
+            .id
+            .clone();
         let name = format!("kiln-test-{}", uuid::Uuid::new_v4().simple());
         let tags = Tags::from([("kiln:version".to_owned(), "7".to_owned())]);
 
-        let id = p.create_image(&server, &name, "made by the contract suite", &tags).await.unwrap();
+        let id = p
+            .create_image(&server, &name, "made by the contract suite", &tags)
+            .await
+            .unwrap();
 
         p.check_image_id(&id).unwrap();
-        let image = p.get_image(&id).await.unwrap().expect("the new image is known");
+        let image = p
+            .get_image(&id)
+            .await
+            .unwrap()
+            .expect("the new image is known");
         assert_eq!(image.name, name);
-        assert!(matches!(image.state, ImageState::Pending | ImageState::Available));
-        assert_eq!(image.tags.get("kiln:version").map(String::as_str), Some("7"));
-        assert_eq!(image.tags.get(FLEET_TAG).map(String::as_str), Some(p.fleet()));
-        let query = ImageQuery { tags: vec![(FLEET_TAG.to_owned(), p.fleet().to_owned())], ..Default::default() };
+        assert!(matches!(
+            image.state,
+            ImageState::Pending | ImageState::Available
+        ));
+        assert_eq!(
+            image.tags.get("kiln:version").map(String::as_str),
+            Some("7")
+        );
+        assert_eq!(
+            image.tags.get(FLEET_TAG).map(String::as_str),
+            Some(p.fleet())
+        );
+        let query = ImageQuery {
+            tags: vec![(FLEET_TAG.to_owned(), p.fleet().to_owned())],
+            ..Default::default()
+        };
         let listed = p.list_images(&query, None).await.unwrap();
         assert!(listed.items.iter().any(|i| i.id == id));
 
         p.deregister_image(&id).await.unwrap();
 
         let after = p.get_image(&id).await.unwrap();
-        assert!(after.as_ref().is_none_or(|i| i.state == ImageState::Deregistered), "{after:?}");
+        assert!(
+            after
+                .as_ref()
+                .is_none_or(|i| i.state == ImageState::Deregistered),
+            "{after:?}"
+        );
         p.deregister_image(&id).await.unwrap();
     }
 
@@ -184,20 +278,64 @@ pub mod suite {
         let err = p.launch(&req).await.unwrap_err();
 
         assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
-        assert!(err.message.contains(&ctx.unknown_image_id) || err.message.contains("NotFound"), "{err}");
-        assert!(describe_all(p, &ServerFilter::fleet(p.fleet())).await.unwrap().is_empty());
+        assert!(
+            err.message.contains(&ctx.unknown_image_id) || err.message.contains("NotFound"),
+            "{err}"
+        );
+        assert!(
+            describe_all(p, &ServerFilter::fleet(p.fleet()))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     pub async fn bad_input_is_refused_before_any_call<P: Provider>(p: &P, ctx: &Ctx) {
         let before = ctx.calls();
         let good = request(ctx, 1, &token());
         let cases: Vec<(LaunchRequest, &str)> = vec![
-            (LaunchRequest { count: 0, ..good.clone() }, "at least one"),
-            (LaunchRequest { count: 10_000, ..good.clone() }, "KILN_MAX_SERVERS"),
-            (LaunchRequest { instance_type: "m9.huge".into(), ..good.clone() }, "not an offered instance type"),
-            (LaunchRequest { image_id: "not-an-image".into(), ..good.clone() }, "is not a"),
-            (LaunchRequest { image_id: "ami-ZZZ".into(), ..good.clone() }, "is not a"),
-            (LaunchRequest { client_token: "has spaces".into(), ..good.clone() }, "launch token"),
+            (
+                LaunchRequest {
+                    count: 0,
+                    ..good.clone()
+                },
+                "at least one",
+            ),
+            (
+                LaunchRequest {
+                    count: 10_000,
+                    ..good.clone()
+                },
+                "KILN_MAX_SERVERS",
+            ),
+            (
+                LaunchRequest {
+                    instance_type: "m9.huge".into(),
+                    ..good.clone()
+                },
+                "not an offered instance type",
+            ),
+            (
+                LaunchRequest {
+                    image_id: "not-an-image".into(),
+                    ..good.clone()
+                },
+                "is not a",
+            ),
+            (
+                LaunchRequest {
+                    image_id: "ami-ZZZ".into(),
+                    ..good.clone()
+                },
+                "is not a",
+            ),
+            (
+                LaunchRequest {
+                    client_token: "has spaces".into(),
+                    ..good.clone()
+                },
+                "launch token",
+            ),
         ];
 
         for (req, words) in cases {
@@ -205,10 +343,25 @@ pub mod suite {
             assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
             assert!(err.message.contains(words), "{err} should say {words:?}");
         }
-        let malformed = p.launch(&LaunchRequest { image_id: "not-an-image".into(), ..good.clone() }).await.unwrap_err();
+        let malformed = p
+            .launch(&LaunchRequest {
+                image_id: "not-an-image".into(),
+                ..good.clone()
+            })
+            .await
+            .unwrap_err();
         assert_eq!(malformed.kind, ErrorKind::InvalidInput);
-        assert_eq!(p.check_server_id("server-1").unwrap_err().kind, ErrorKind::InvalidInput);
-        assert_eq!(p.terminate(&["server-1".to_owned()]).await.unwrap_err().kind, ErrorKind::InvalidInput);
+        assert_eq!(
+            p.check_server_id("server-1").unwrap_err().kind,
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            p.terminate(&["server-1".to_owned()])
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::InvalidInput
+        );
         assert_eq!(ctx.calls(), before, "no call reached the provider");
         validate_launch(p, &ctx.limits, &good).unwrap();
     }

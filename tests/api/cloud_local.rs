@@ -28,28 +28,50 @@ pub fn settings(fleet: &str) -> LocalSettings {
 }
 
 pub async fn harness() -> Harness {
-    let pool = kiln::db::connect(&crate::helpers::fresh_database_url()).await.unwrap();
+    let pool = kiln::db::connect(&crate::helpers::fresh_database_url())
+        .await
+        .unwrap();
     kiln::db::migrate(&pool).await.unwrap();
     let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
     let settings = settings(&fleet);
-    let provider = LocalProvider::new(pool.clone(), settings.clone()).await.unwrap();
-    let query = ImageQuery { tags: vec![(FLEET_TAG.to_owned(), fleet.clone())], ..Default::default() };
+    let provider = LocalProvider::new(pool.clone(), settings.clone())
+        .await
+        .unwrap();
+    let query = ImageQuery {
+        tags: vec![(FLEET_TAG.to_owned(), fleet.clone())],
+        ..Default::default()
+    };
     let base = provider.list_images(&query, None).await.unwrap().items;
-    assert_eq!(base.len(), 1, "a fresh local fleet starts with one base image");
+    assert_eq!(
+        base.len(),
+        1,
+        "a fresh local fleet starts with one base image"
+    );
     let ctx = Ctx {
         image_id: base[0].id.clone(),
         unknown_image_id: "ami-local-0123456789abcdef0".into(),
         limits: limits(),
         registry: Arc::new(Registry::default()),
     };
-    Harness { provider, ctx, pool, settings }
+    Harness {
+        provider,
+        ctx,
+        pool,
+        settings,
+    }
 }
 
 impl Harness {
     /// Stops every agent process the test started.
     pub async fn cleanup(&self) {
-        let all = describe_all(&self.provider, &ServerFilter::fleet(self.provider.fleet())).await.unwrap();
-        let ids: Vec<String> = all.into_iter().filter(|s| s.state != ServerState::Terminated).map(|s| s.id).collect();
+        let all = describe_all(&self.provider, &ServerFilter::fleet(self.provider.fleet()))
+            .await
+            .unwrap();
+        let ids: Vec<String> = all
+            .into_iter()
+            .filter(|s| s.state != ServerState::Terminated)
+            .map(|s| s.id)
+            .collect();
         self.provider.terminate(&ids).await.unwrap();
     }
 
@@ -64,12 +86,20 @@ impl Harness {
 }
 
 fn cmdline(pid: u32) -> Option<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
 }
 
 fn is_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !matches!(s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z") | Some("X")))
+        .map(|s| {
+            !matches!(
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next()),
+                Some("Z") | Some("X")
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -77,7 +107,10 @@ fn is_running(pid: u32) -> bool {
 async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -86,44 +119,82 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) {
 async fn a_local_server_is_a_real_agent_process_stopped_by_terminate() {
     let h = harness().await;
 
-    let server = h.provider.launch(&request(&h.ctx, 1, &token())).await.unwrap().servers.remove(0);
+    let server = h
+        .provider
+        .launch(&request(&h.ctx, 1, &token()))
+        .await
+        .unwrap()
+        .servers
+        .remove(0);
 
     assert_eq!(server.state, ServerState::Running);
     let pid = h.pid(&server.id).await;
     let cmd = cmdline(pid).expect("the agent process exists");
-    assert!(cmd.contains("agent") && cmd.contains(&format!("--instance-id {}", server.id)), "{cmd}");
-    assert!(cmd.contains("--url http://127.0.0.1:9") && cmd.contains("--token kiln_enroll_test"), "{cmd}");
+    assert!(
+        cmd.contains("agent") && cmd.contains(&format!("--instance-id {}", server.id)),
+        "{cmd}"
+    );
+    assert!(
+        cmd.contains("--url http://127.0.0.1:9") && cmd.contains("--token kiln_enroll_test"),
+        "{cmd}"
+    );
 
-    h.provider.terminate(std::slice::from_ref(&server.id)).await.unwrap();
+    h.provider
+        .terminate(std::slice::from_ref(&server.id))
+        .await
+        .unwrap();
 
     until("the agent to exit", || !is_running(pid)).await;
-    let after = describe_all(&h.provider, &ServerFilter { ids: vec![server.id.clone()], ..Default::default() }).await.unwrap();
+    let after = describe_all(
+        &h.provider,
+        &ServerFilter {
+            ids: vec![server.id.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(after[0].state, ServerState::Terminated);
 }
 
 #[tokio::test]
 async fn after_a_console_restart_live_servers_are_found_and_dead_ones_terminated() {
     let h = harness().await;
-    let servers = h.provider.launch(&request(&h.ctx, 2, &token())).await.unwrap().servers;
+    let servers = h
+        .provider
+        .launch(&request(&h.ctx, 2, &token()))
+        .await
+        .unwrap()
+        .servers;
     let (survivor, victim) = (&servers[0].id, &servers[1].id);
     let victim_pid = h.pid(victim).await;
 
     // A "restart": a new provider on the same database, while one agent dies meanwhile.
-    let restarted = LocalProvider::new(h.pool.clone(), h.settings.clone()).await.unwrap();
+    let restarted = LocalProvider::new(h.pool.clone(), h.settings.clone())
+        .await
+        .unwrap();
     // SAFETY: plain kill(2) on a pid this test started.
     unsafe {
         libc::kill(victim_pid as i32, libc::SIGKILL);
     }
     until("the killed agent to go", || !is_running(victim_pid)).await;
 
-    let all = describe_all(&restarted, &ServerFilter::fleet(restarted.fleet())).await.unwrap();
+    let all = describe_all(&restarted, &ServerFilter::fleet(restarted.fleet()))
+        .await
+        .unwrap();
 
     assert_eq!(all.len(), 2, "not orphaned, not duplicated");
     let state = |id: &str| all.iter().find(|s| s.id == id).unwrap().state;
     assert_eq!(state(survivor), ServerState::Running);
     assert_eq!(state(victim), ServerState::Terminated);
     let images = restarted
-        .list_images(&ImageQuery { tags: vec![(FLEET_TAG.to_owned(), restarted.fleet().to_owned())], ..Default::default() }, None)
+        .list_images(
+            &ImageQuery {
+                tags: vec![(FLEET_TAG.to_owned(), restarted.fleet().to_owned())],
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(images.items.len(), 1, "the base image is seeded once");
@@ -149,7 +220,11 @@ async fn a_launch_interrupted_before_its_processes_started_starts_them_on_retry(
     .await
     .unwrap();
 
-    let outcome = h.provider.launch(&request(&h.ctx, 1, &token)).await.unwrap();
+    let outcome = h
+        .provider
+        .launch(&request(&h.ctx, 1, &token))
+        .await
+        .unwrap();
 
     assert!(outcome.already_launched);
     assert_eq!(outcome.servers.len(), 1);
@@ -162,10 +237,21 @@ async fn a_launch_interrupted_before_its_processes_started_starts_them_on_retry(
 #[tokio::test]
 async fn only_available_images_launch() {
     let h = harness().await;
-    sqlx::query("UPDATE local_images SET state = 'pending'").execute(&h.pool).await.unwrap();
+    sqlx::query("UPDATE local_images SET state = 'pending'")
+        .execute(&h.pool)
+        .await
+        .unwrap();
 
-    let err = h.provider.launch(&request(&h.ctx, 1, &token())).await.unwrap_err();
+    let err = h
+        .provider
+        .launch(&request(&h.ctx, 1, &token()))
+        .await
+        .unwrap_err();
 
     assert_eq!(err.kind, kiln::cloud::ErrorKind::InvalidInput);
-    assert!(err.message.contains("only available images can be launched"), "{err}");
+    assert!(
+        err.message
+            .contains("only available images can be launched"),
+        "{err}"
+    );
 }

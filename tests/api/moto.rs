@@ -15,7 +15,11 @@ use kiln::telemetry::prometheus::Registry;
 static MOTO: OnceLock<u16> = OnceLock::new();
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The port of this process's moto server, started on first use.
@@ -51,7 +55,10 @@ pub fn moto_port() -> u16 {
         // Wait for it to answer (bounded: this guards a hang, it is not a timing assumption).
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "moto_server did not listen within 60 s");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not listen within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         port
@@ -59,7 +66,11 @@ pub fn moto_port() -> u16 {
 }
 
 /// An aws provider for a fresh fleet against `endpoint`.
-pub async fn provider(endpoint: String, fleet: &str, max_attempts: u32) -> (AwsProvider, Arc<Registry>) {
+pub async fn provider(
+    endpoint: String,
+    fleet: &str,
+    max_attempts: u32,
+) -> (AwsProvider, Arc<Registry>) {
     let registry = Arc::new(Registry::default());
     let settings = AwsSettings {
         fleet: fleet.to_owned(),
@@ -70,7 +81,10 @@ pub async fn provider(endpoint: String, fleet: &str, max_attempts: u32) -> (AwsP
         call_timeout: Duration::from_secs(60),
         static_credentials: Some(("testing".into(), "testing".into())),
     };
-    (AwsProvider::new(settings, registry.clone()).await.unwrap(), registry)
+    (
+        AwsProvider::new(settings, registry.clone()).await.unwrap(),
+        registry,
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,24 +119,41 @@ impl FaultProxy {
         let upstream = format!("http://127.0.0.1:{}", moto_port());
         let plan = Arc::new(Mutex::new(Plan::default()));
         let state = (plan.clone(), upstream, reqwest::Client::new());
-        let server = HttpServer::new(move || App::new().app_data(web::Data::new(state.clone())).default_service(web::to(forward)))
-            .workers(1)
-            .disable_signals()
-            .bind(("127.0.0.1", 0))
-            .unwrap();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .default_service(web::to(forward))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .unwrap();
         let port = server.addrs()[0].port();
         tokio::spawn(server.run());
-        Self { endpoint: format!("http://127.0.0.1:{port}"), plan }
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            plan,
+        }
     }
 
     /// The next `times` calls of `action` meet `fault`.
     pub fn inject(&self, action: &str, fault: Fault, times: u32) {
-        self.plan.lock().unwrap().rules.push((action.to_owned(), fault, times));
+        self.plan
+            .lock()
+            .unwrap()
+            .rules
+            .push((action.to_owned(), fault, times));
     }
 
     /// How many calls of `action` reached moto.
     pub fn forwarded(&self, action: &str) -> usize {
-        self.plan.lock().unwrap().forwarded.iter().filter(|a| *a == action).count()
+        self.plan
+            .lock()
+            .unwrap()
+            .forwarded
+            .iter()
+            .filter(|a| *a == action)
+            .count()
     }
 }
 
@@ -139,20 +170,35 @@ fn ec2_error(status: u16, code: &str, message: &str) -> HttpResponse {
 async fn forward(req: HttpRequest, body: web::Bytes, state: web::Data<ProxyState>) -> HttpResponse {
     let (plan, upstream, client) = state.get_ref();
     let mut fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let action = fields.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.clone()).unwrap_or_default();
+    let action = fields
+        .iter()
+        .find(|(k, _)| k == "Action")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let fault = {
         let mut plan = plan.lock().unwrap();
-        let hit = plan.rules.iter_mut().find(|(a, _, n)| *a == action && *n > 0).map(|rule| {
-            rule.2 -= 1;
-            rule.1
-        });
-        hit
+
+        plan.rules
+            .iter_mut()
+            .find(|(a, _, n)| *a == action && *n > 0)
+            .map(|rule| {
+                rule.2 -= 1;
+                rule.1
+            })
     };
     match fault {
-        Some(Fault::Throttle) => return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded."),
-        Some(Fault::ServerError) => return ec2_error(500, "InternalError", "An internal error has occurred."),
+        Some(Fault::Throttle) => {
+            return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.");
+        }
+        Some(Fault::ServerError) => {
+            return ec2_error(500, "InternalError", "An internal error has occurred.");
+        }
         Some(Fault::NoCapacity) => {
-            return ec2_error(500, "InsufficientInstanceCapacity", "We currently do not have sufficient capacity.");
+            return ec2_error(
+                500,
+                "InsufficientInstanceCapacity",
+                "We currently do not have sufficient capacity.",
+            );
         }
         _ => {}
     }
@@ -162,7 +208,10 @@ async fn forward(req: HttpRequest, body: web::Bytes, state: web::Data<ProxyState
                 *v = n.to_string();
             }
         }
-        serde_urlencoded::to_string(&fields).unwrap().into_bytes().into()
+        serde_urlencoded::to_string(&fields)
+            .unwrap()
+            .into_bytes()
+            .into()
     } else {
         body
     };
@@ -175,10 +224,19 @@ async fn forward(req: HttpRequest, body: web::Bytes, state: web::Data<ProxyState
     }
     let res = upstream_req.send().await.unwrap();
     if fault == Some(Fault::LoseResponse) {
-        return ec2_error(503, "ServiceUnavailable", "The response was lost on the way back.");
+        return ec2_error(
+            503,
+            "ServiceUnavailable",
+            "The response was lost on the way back.",
+        );
     }
     let status = res.status().as_u16();
-    let content_type = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("text/xml").to_owned();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/xml")
+        .to_owned();
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
         .content_type(content_type)
         .body(res.bytes().await.unwrap())

@@ -33,7 +33,10 @@ pub struct CallCounter {
 
 impl CallCounter {
     pub fn new(registry: Arc<Registry>) -> Self {
-        registry.describe(CALLS, "EC2 API requests (each retry counts), by action and outcome");
+        registry.describe(
+            CALLS,
+            "EC2 API requests (each retry counts), by action and outcome",
+        );
         registry.describe(SECONDS, "Latency of EC2 API requests, by action");
         Self { registry }
     }
@@ -50,7 +53,8 @@ impl Intercept for CallCounter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        cfg.interceptor_state().store_put(AttemptStarted(Instant::now()));
+        cfg.interceptor_state()
+            .store_put(AttemptStarted(Instant::now()));
         Ok(())
     }
 
@@ -60,15 +64,23 @@ impl Intercept for CallCounter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let action = cfg.load::<Metadata>().map(|m| m.name().to_owned()).unwrap_or_else(|| "unknown".into());
+        let action = cfg
+            .load::<Metadata>()
+            .map(|m| m.name().to_owned())
+            .unwrap_or_else(|| "unknown".into());
         let outcome = match context.response().map(|r| r.status().as_u16()) {
             Some(s) if s < 400 => "ok".to_owned(),
             Some(s) => s.to_string(),
             None => "no_response".to_owned(),
         };
-        self.registry.inc(CALLS, &[("action", &action), ("outcome", &outcome)]);
+        self.registry
+            .inc(CALLS, &[("action", &action), ("outcome", &outcome)]);
         if let Some(started) = cfg.load::<AttemptStarted>() {
-            self.registry.observe(SECONDS, &[("action", &action)], started.0.elapsed().as_secs_f64());
+            self.registry.observe(
+                SECONDS,
+                &[("action", &action)],
+                started.0.elapsed().as_secs_f64(),
+            );
         }
         Ok(())
     }

@@ -10,22 +10,34 @@ where
     R: std::fmt::Debug,
 {
     match &err {
-        SdkError::TimeoutError(_) => CloudError::new(ErrorKind::Unavailable, format!("EC2 {action} timed out")),
+        SdkError::TimeoutError(_) => {
+            CloudError::new(ErrorKind::Unavailable, format!("EC2 {action} timed out"))
+        }
         SdkError::DispatchFailure(e) => CloudError::new(
             ErrorKind::Unavailable,
-            format!("EC2 {action} could not be sent: {}", e.as_connector_error().map(describe_dispatch).unwrap_or_else(|| "no connection".into())),
+            format!(
+                "EC2 {action} could not be sent: {}",
+                e.as_connector_error()
+                    .map(describe_dispatch)
+                    .unwrap_or_else(|| "no connection".into())
+            ),
         ),
-        SdkError::ConstructionFailure(_) => {
-            CloudError::new(ErrorKind::InvalidInput, format!("EC2 {action} request could not be built: {err}"))
-        }
+        SdkError::ConstructionFailure(_) => CloudError::new(
+            ErrorKind::InvalidInput,
+            format!("EC2 {action} request could not be built: {err}"),
+        ),
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("Unknown");
             let message = service.err().message().unwrap_or("no message");
-            CloudError::new(kind_of(code), format!("EC2 {action} failed: {code}: {message}"))
+            CloudError::new(
+                kind_of(code),
+                format!("EC2 {action} failed: {code}: {message}"),
+            )
         }
-        SdkError::ResponseError(_) => {
-            CloudError::new(ErrorKind::Unavailable, format!("EC2 {action} gave a response Kiln could not read"))
-        }
+        SdkError::ResponseError(_) => CloudError::new(
+            ErrorKind::Unavailable,
+            format!("EC2 {action} gave a response Kiln could not read"),
+        ),
         _ => CloudError::new(ErrorKind::Other, format!("EC2 {action} failed: {err}")),
     }
 }
@@ -45,17 +57,29 @@ fn describe_dispatch(e: &impl std::error::Error) -> String {
 pub fn kind_of(code: &str) -> ErrorKind {
     match code {
         "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => ErrorKind::Throttled,
-        "InternalError" | "ServiceUnavailable" | "Unavailable" | "InternalFailure" => ErrorKind::Unavailable,
+        "InternalError" | "ServiceUnavailable" | "Unavailable" | "InternalFailure" => {
+            ErrorKind::Unavailable
+        }
         "InsufficientInstanceCapacity" | "InsufficientCapacity" | "InsufficientHostCapacity" => {
             ErrorKind::InsufficientCapacity
         }
         "IdempotentParameterMismatch" => ErrorKind::IdempotencyMismatch,
-        "AuthFailure" | "UnauthorizedOperation" | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "Blocked"
+        "AuthFailure"
+        | "UnauthorizedOperation"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "Blocked"
         | "OptInRequired" => ErrorKind::Unauthorized,
-        c if c.ends_with(".NotFound") || c.ends_with(".Unavailable") && c.starts_with("InvalidAMIID") => {
+        c if c.ends_with(".NotFound")
+            || c.ends_with(".Unavailable") && c.starts_with("InvalidAMIID") =>
+        {
             ErrorKind::NotFound
         }
-        c if c.starts_with("Invalid") || c.starts_with("Missing") || c == "ValidationError" || c == "UnknownParameter" => {
+        c if c.starts_with("Invalid")
+            || c.starts_with("Missing")
+            || c == "ValidationError"
+            || c == "UnknownParameter" =>
+        {
             ErrorKind::InvalidInput
         }
         _ => ErrorKind::Other,
@@ -72,9 +96,15 @@ mod tests {
         assert_eq!(kind_of("InvalidAMIID.NotFound"), ErrorKind::NotFound);
         assert_eq!(kind_of("InvalidInstanceID.NotFound"), ErrorKind::NotFound);
         assert_eq!(kind_of("InvalidAMIID.Malformed"), ErrorKind::InvalidInput);
-        assert_eq!(kind_of("InsufficientInstanceCapacity"), ErrorKind::InsufficientCapacity);
+        assert_eq!(
+            kind_of("InsufficientInstanceCapacity"),
+            ErrorKind::InsufficientCapacity
+        );
         assert_eq!(kind_of("UnauthorizedOperation"), ErrorKind::Unauthorized);
-        assert_eq!(kind_of("IdempotentParameterMismatch"), ErrorKind::IdempotencyMismatch);
+        assert_eq!(
+            kind_of("IdempotentParameterMismatch"),
+            ErrorKind::IdempotencyMismatch
+        );
         assert_eq!(kind_of("InternalError"), ErrorKind::Unavailable);
     }
 }

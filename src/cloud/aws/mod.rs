@@ -25,8 +25,8 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, Instance, InstanceStateName, InstanceType, ResourceType, Tag,
-    TagSpecification,
+    Filter, IamInstanceProfileSpecification, Instance, InstanceStateName, InstanceType,
+    ResourceType, Tag, TagSpecification,
 };
 use base64::Engine;
 use time::OffsetDateTime;
@@ -35,8 +35,9 @@ use time::format_description::well_known::Rfc3339;
 pub use calls::{CALLS, SECONDS};
 
 use super::{
-    CloudError, CloudResult, ErrorKind, FLEET_TAG, Image, ImageQuery, ImageState, LAUNCH_TOKEN_TAG, LaunchOutcome,
-    LaunchRequest, Page, Provider, Server, ServerFilter, ServerState, Tags, is_ec2_id,
+    CloudError, CloudResult, ErrorKind, FLEET_TAG, Image, ImageQuery, ImageState, LAUNCH_TOKEN_TAG,
+    LaunchOutcome, LaunchRequest, Page, Provider, Server, ServerFilter, ServerState, Tags,
+    is_ec2_id,
 };
 use crate::telemetry::prometheus::Registry;
 
@@ -74,7 +75,9 @@ impl AwsProvider {
             .operation_attempt_timeout(settings.call_timeout.min(Duration::from_secs(30)))
             .connect_timeout(Duration::from_secs(5))
             .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry).timeout_config(timeouts);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(retry)
+            .timeout_config(timeouts);
         if let Some(endpoint) = &settings.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
@@ -82,13 +85,22 @@ impl AwsProvider {
             loader = loader.region(Region::new(region.clone()));
         }
         if let Some((key, secret)) = &settings.static_credentials {
-            loader = loader.credentials_provider(Credentials::new(key, secret, None, None, "kiln-static"));
+            loader = loader.credentials_provider(Credentials::new(
+                key,
+                secret,
+                None,
+                None,
+                "kiln-static",
+            ));
         }
         let sdk = loader.load().await;
-        let mut config = aws_sdk_ec2::config::Builder::from(&sdk).interceptor(calls::CallCounter::new(registry));
+        let mut config =
+            aws_sdk_ec2::config::Builder::from(&sdk).interceptor(calls::CallCounter::new(registry));
         if sdk.region().is_none() {
             if settings.endpoint.is_none() {
-                anyhow::bail!("No AWS region is configured: set AWS_REGION (or a profile's region).");
+                anyhow::bail!(
+                    "No AWS region is configured: set AWS_REGION (or a profile's region)."
+                );
             }
             // An emulator does not care which region; the SDK needs one to sign.
             config = config.region(Region::new("us-east-1"));
@@ -126,19 +138,29 @@ impl AwsProvider {
         if let Some(token) = launch_token {
             tags.insert(LAUNCH_TOKEN_TAG.to_owned(), token.to_owned());
         }
-        tags.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+        tags.into_iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect()
     }
 
     async fn launched_with(&self, token: &str) -> CloudResult<Vec<Server>> {
         let filter = ServerFilter {
-            tags: vec![(FLEET_TAG.to_owned(), self.fleet.clone()), (LAUNCH_TOKEN_TAG.to_owned(), token.to_owned())],
+            tags: vec![
+                (FLEET_TAG.to_owned(), self.fleet.clone()),
+                (LAUNCH_TOKEN_TAG.to_owned(), token.to_owned()),
+            ],
             ..Default::default()
         };
         super::describe_all(self, &filter).await
     }
 
     /// One RunInstances call for `min..=request.count` servers under `client_token`.
-    async fn run_instances(&self, request: &LaunchRequest, min: u32, client_token: &str) -> CloudResult<Vec<Server>> {
+    async fn run_instances(
+        &self,
+        request: &LaunchRequest,
+        min: u32,
+        client_token: &str,
+    ) -> CloudResult<Vec<Server>> {
         let mut call = self
             .client
             .run_instances()
@@ -151,7 +173,9 @@ impl AwsProvider {
             .tag_specifications(
                 TagSpecification::builder()
                     .resource_type(ResourceType::Instance)
-                    .set_tags(Some(self.kiln_tags(&request.tags, Some(&request.client_token))))
+                    .set_tags(Some(
+                        self.kiln_tags(&request.tags, Some(&request.client_token)),
+                    ))
                     .build(),
             );
         if let Some(subnet) = &request.subnet_id {
@@ -165,16 +189,22 @@ impl AwsProvider {
         }
         if let Some(profile) = &request.iam_instance_profile {
             let spec = if profile.starts_with("arn:") {
-                IamInstanceProfileSpecification::builder().arn(profile).build()
+                IamInstanceProfileSpecification::builder()
+                    .arn(profile)
+                    .build()
             } else {
-                IamInstanceProfileSpecification::builder().name(profile).build()
+                IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build()
             };
             call = call.iam_instance_profile(spec);
         }
         // No SDK retries here: `launch` retries, after looking for the token's instances.
         let output = call
             .customize()
-            .config_override(aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()))
+            .config_override(
+                aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(|e| errors::from_sdk("RunInstances", e))?;
@@ -182,7 +212,13 @@ impl AwsProvider {
     }
 
     async fn terminate_chunk(&self, ids: &[String]) -> CloudResult<()> {
-        match self.client.terminate_instances().set_instance_ids(Some(ids.to_vec())).send().await {
+        match self
+            .client
+            .terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 let err = errors::from_sdk("TerminateInstances", e);
@@ -231,18 +267,32 @@ impl Provider for AwsProvider {
         }
     }
 
-    async fn list_images(&self, query: &ImageQuery, page: Option<String>) -> CloudResult<Page<Image>> {
-        let mut call = self.client.describe_images().set_next_token(page).max_results(1000);
+    async fn list_images(
+        &self,
+        query: &ImageQuery,
+        page: Option<String>,
+    ) -> CloudResult<Page<Image>> {
+        let mut call = self
+            .client
+            .describe_images()
+            .set_next_token(page)
+            .max_results(1000);
         for owner in &query.owners {
             call = call.owners(owner);
         }
         for (k, v) in &query.tags {
             call = call.filters(Filter::builder().name(format!("tag:{k}")).values(v).build());
         }
-        let output = call.send().await.map_err(|e| errors::from_sdk("DescribeImages", e))?;
+        let output = call
+            .send()
+            .await
+            .map_err(|e| errors::from_sdk("DescribeImages", e))?;
         Ok(Page {
             items: output.images().iter().map(image_from).collect(),
-            next: output.next_token().filter(|t| !t.is_empty()).map(str::to_owned),
+            next: output
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
         })
     }
 
@@ -252,12 +302,22 @@ impl Provider for AwsProvider {
             Ok(output) => Ok(output.images().first().map(image_from)),
             Err(e) => {
                 let err = errors::from_sdk("DescribeImages", e);
-                if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) }
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
             }
         }
     }
 
-    async fn create_image(&self, server_id: &str, name: &str, description: &str, tags: &Tags) -> CloudResult<String> {
+    async fn create_image(
+        &self,
+        server_id: &str,
+        name: &str,
+        description: &str,
+        tags: &Tags,
+    ) -> CloudResult<String> {
         self.check_server_id(server_id)?;
         let output = self
             .client
@@ -274,10 +334,9 @@ impl Provider for AwsProvider {
             .send()
             .await
             .map_err(|e| errors::from_sdk("CreateImage", e))?;
-        output
-            .image_id()
-            .map(str::to_owned)
-            .ok_or_else(|| CloudError::new(ErrorKind::Other, "EC2 CreateImage returned no image id"))
+        output.image_id().map(str::to_owned).ok_or_else(|| {
+            CloudError::new(ErrorKind::Other, "EC2 CreateImage returned no image id")
+        })
     }
 
     async fn deregister_image(&self, id: &str) -> CloudResult<()> {
@@ -286,7 +345,11 @@ impl Provider for AwsProvider {
             Ok(_) => Ok(()),
             Err(e) => {
                 let err = errors::from_sdk("DeregisterImage", e);
-                if err.kind == ErrorKind::NotFound { Ok(()) } else { Err(err) }
+                if err.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
             }
         }
     }
@@ -305,18 +368,32 @@ impl Provider for AwsProvider {
                 return Ok(outcome(request.count, existing, true, partial));
             }
             let result = match &partial {
-                None => self.run_instances(request, request.count, &request.client_token).await,
+                None => {
+                    self.run_instances(request, request.count, &request.client_token)
+                        .await
+                }
                 // A different ClientToken: EC2 would call the same one with other counts an
                 // idempotency mismatch. The instances still carry the launch token's tag.
-                Some(_) => self.run_instances(request, 1, &format!("{}-partial", request.client_token)).await,
+                Some(_) => {
+                    self.run_instances(request, 1, &format!("{}-partial", request.client_token))
+                        .await
+                }
             };
             match result {
                 Ok(servers) => return Ok(outcome(request.count, servers, false, partial)),
-                Err(e) if e.kind == ErrorKind::InsufficientCapacity && partial.is_none() && request.count > 1 => {
+                Err(e)
+                    if e.kind == ErrorKind::InsufficientCapacity
+                        && partial.is_none()
+                        && request.count > 1 =>
+                {
                     tracing::warn!(error = %e, "not enough capacity for the whole launch; taking what there is");
                     partial = Some(e);
                 }
-                Err(e) if e.is_retryable() && e.kind != ErrorKind::InsufficientCapacity && attempt < self.max_attempts => {
+                Err(e)
+                    if e.is_retryable()
+                        && e.kind != ErrorKind::InsufficientCapacity
+                        && attempt < self.max_attempts =>
+                {
                     let backoff = self.initial_backoff * 2u32.saturating_pow(attempt - 1);
                     tracing::warn!(error = %e, attempt, "RunInstances failed; looking for the launch token before retrying");
                     tokio::time::sleep(backoff).await;
@@ -326,7 +403,12 @@ impl Provider for AwsProvider {
         }
     }
 
-    async fn describe_servers(&self, filter: &ServerFilter, page: Option<String>, page_size: u32) -> CloudResult<Page<Server>> {
+    async fn describe_servers(
+        &self,
+        filter: &ServerFilter,
+        page: Option<String>,
+        page_size: u32,
+    ) -> CloudResult<Page<Server>> {
         let mut call = self.client.describe_instances().set_next_token(page);
         if filter.ids.is_empty() {
             // EC2 refuses MaxResults together with instance ids.
@@ -338,12 +420,35 @@ impl Provider for AwsProvider {
             call = call.filters(Filter::builder().name(format!("tag:{k}")).values(v).build());
         }
         if !filter.states.is_empty() {
-            let states: Vec<String> = filter.states.iter().map(|s| s.as_str().to_owned()).collect();
-            call = call.filters(Filter::builder().name("instance-state-name").set_values(Some(states)).build());
+            let states: Vec<String> = filter
+                .states
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect();
+            call = call.filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(states))
+                    .build(),
+            );
         }
-        let output = call.send().await.map_err(|e| errors::from_sdk("DescribeInstances", e))?;
-        let items = output.reservations().iter().flat_map(|r| r.instances()).map(server_from).collect();
-        Ok(Page { items, next: output.next_token().filter(|t| !t.is_empty()).map(str::to_owned) })
+        let output = call
+            .send()
+            .await
+            .map_err(|e| errors::from_sdk("DescribeInstances", e))?;
+        let items = output
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(server_from)
+            .collect();
+        Ok(Page {
+            items,
+            next: output
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+        })
     }
 
     async fn terminate(&self, ids: &[String]) -> CloudResult<()> {
@@ -360,7 +465,10 @@ impl Provider for AwsProvider {
         if ids.is_empty() || tags.is_empty() {
             return Ok(());
         }
-        let tags: Vec<Tag> = tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
         for chunk in ids.chunks(1000) {
             self.client
                 .create_tags()
@@ -374,15 +482,29 @@ impl Provider for AwsProvider {
     }
 }
 
-fn outcome(requested: u32, servers: Vec<Server>, already_launched: bool, capacity: Option<CloudError>) -> LaunchOutcome {
+fn outcome(
+    requested: u32,
+    servers: Vec<Server>,
+    already_launched: bool,
+    capacity: Option<CloudError>,
+) -> LaunchOutcome {
     let shortfall = (servers.len() < requested as usize).then(|| {
         let why = capacity.map(|e| format!(" ({e})")).unwrap_or_default();
         CloudError::new(
             ErrorKind::InsufficientCapacity,
-            format!("EC2 launched {} of {} servers{why}.", servers.len(), requested),
+            format!(
+                "EC2 launched {} of {} servers{why}.",
+                servers.len(),
+                requested
+            ),
         )
     });
-    LaunchOutcome { requested, servers, already_launched, shortfall }
+    LaunchOutcome {
+        requested,
+        servers,
+        already_launched,
+        shortfall,
+    }
 }
 
 /// The boot script: fetch the agent from the console when the image does not carry it, then
@@ -406,7 +528,12 @@ fn user_data(request: &LaunchRequest) -> String {
 
 fn tags_of(tags: &[Tag]) -> Tags {
     tags.iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
+        })
         .collect()
 }
 
@@ -423,7 +550,10 @@ fn server_from(i: &Instance) -> Server {
     Server {
         id: i.instance_id().unwrap_or_default().to_owned(),
         image_id: i.image_id().unwrap_or_default().to_owned(),
-        instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
         state,
         tags: tags_of(i.tags()),
         launched_at: i
@@ -447,6 +577,8 @@ fn image_from(i: &aws_sdk_ec2::types::Image) -> Image {
         description: i.description().unwrap_or_default().to_owned(),
         state,
         tags: tags_of(i.tags()),
-        created_at: i.creation_date().and_then(|d| OffsetDateTime::parse(d, &Rfc3339).ok()),
+        created_at: i
+            .creation_date()
+            .and_then(|d| OffsetDateTime::parse(d, &Rfc3339).ok()),
     }
 }

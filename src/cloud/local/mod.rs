@@ -14,8 +14,8 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 
 use super::{
-    CloudError, CloudResult, ErrorKind, FLEET_TAG, Image, ImageQuery, ImageState, LAUNCH_TOKEN_TAG, LaunchOutcome,
-    LaunchRequest, Page, Provider, Server, ServerFilter, ServerState, Tags,
+    CloudError, CloudResult, ErrorKind, FLEET_TAG, Image, ImageQuery, ImageState, LAUNCH_TOKEN_TAG,
+    LaunchOutcome, LaunchRequest, Page, Provider, Server, ServerFilter, ServerState, Tags,
 };
 
 #[derive(Debug, Clone)]
@@ -44,8 +44,12 @@ fn random_hex(len: usize) -> String {
 }
 
 fn is_local_id(id: &str, prefix: &str) -> bool {
-    id.strip_prefix(prefix)
-        .is_some_and(|hex| (8..=17).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+    id.strip_prefix(prefix).is_some_and(|hex| {
+        (8..=17).contains(&hex.len())
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    })
 }
 
 #[derive(sqlx::FromRow)]
@@ -66,7 +70,14 @@ impl From<ImageRow> for Image {
             "deregistered" => ImageState::Deregistered,
             _ => ImageState::Failed,
         };
-        Image { id: r.id, name: r.name, description: r.description, state, tags: r.tags.0, created_at: Some(r.created_at) }
+        Image {
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            state,
+            tags: r.tags.0,
+            created_at: Some(r.created_at),
+        }
     }
 }
 
@@ -95,20 +106,32 @@ impl From<InstanceRow> for Server {
 }
 
 fn db_error(e: sqlx::Error) -> CloudError {
-    CloudError::new(ErrorKind::Unavailable, format!("The local provider's database failed: {e}"))
+    CloudError::new(
+        ErrorKind::Unavailable,
+        format!("The local provider's database failed: {e}"),
+    )
 }
 
 impl LocalProvider {
     /// Opens the provider; a fleet with no images gets its base image.
     pub async fn new(pool: PgPool, settings: LocalSettings) -> anyhow::Result<Self> {
         let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.local.base_image'))").execute(&mut *tx).await?;
-        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM local_images WHERE tags @> $1)")
-            .bind(Json(Tags::from([(FLEET_TAG.to_owned(), settings.fleet.clone())])))
-            .fetch_one(&mut *tx)
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.local.base_image'))")
+            .execute(&mut *tx)
             .await?;
+        let any: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM local_images WHERE tags @> $1)")
+                .bind(Json(Tags::from([(
+                    FLEET_TAG.to_owned(),
+                    settings.fleet.clone(),
+                )])))
+                .fetch_one(&mut *tx)
+                .await?;
         if !any {
-            let tags = Tags::from([(FLEET_TAG.to_owned(), settings.fleet.clone()), ("kiln:version".to_owned(), "1".to_owned())]);
+            let tags = Tags::from([
+                (FLEET_TAG.to_owned(), settings.fleet.clone()),
+                ("kiln:version".to_owned(), "1".to_owned()),
+            ]);
             sqlx::query(
                 "INSERT INTO local_images (id, name, description, state, tags) VALUES ($1, 'base', $2, 'available', $3)",
             )
@@ -148,7 +171,12 @@ impl LocalProvider {
                 &request.bootstrap.enrollment_token,
                 &self.settings.log_dir,
             )
-            .map_err(|e| CloudError::new(ErrorKind::Unavailable, format!("Failed to start the agent of {id}: {e}")))?;
+            .map_err(|e| {
+                CloudError::new(
+                    ErrorKind::Unavailable,
+                    format!("Failed to start the agent of {id}: {e}"),
+                )
+            })?;
             sqlx::query("UPDATE local_instances SET pid = $2, state = 'running' WHERE id = $1 AND pid IS NULL")
                 .bind(&id)
                 .bind(pid as i32)
@@ -174,10 +202,11 @@ impl LocalProvider {
     async fn refresh(&self, rows: &mut [InstanceRow]) -> CloudResult<()> {
         for row in rows.iter_mut() {
             let live_state = matches!(row.state.as_str(), "running" | "stopping");
-            if let (true, Some(pid)) = (live_state, row.pid) {
-                if !process::is_alive(pid as u32, &row.id) {
-                    tracing::warn!(server.id = %row.id, pid, "local server's process is gone; marking it terminated");
-                    sqlx::query(
+            if let (true, Some(pid)) = (live_state, row.pid)
+                && !process::is_alive(pid as u32, &row.id)
+            {
+                tracing::warn!(server.id = %row.id, pid, "local server's process is gone; marking it terminated");
+                sqlx::query(
                         "UPDATE local_instances SET state = 'terminated', terminated_at = now() WHERE id = $1 AND state = $2",
                     )
                     .bind(&row.id)
@@ -185,8 +214,7 @@ impl LocalProvider {
                     .execute(&self.pool)
                     .await
                     .map_err(db_error)?;
-                    row.state = "terminated".into();
-                }
+                row.state = "terminated".into();
             }
         }
         Ok(())
@@ -222,7 +250,11 @@ impl Provider for LocalProvider {
         }
     }
 
-    async fn list_images(&self, query: &ImageQuery, page: Option<String>) -> CloudResult<Page<Image>> {
+    async fn list_images(
+        &self,
+        query: &ImageQuery,
+        page: Option<String>,
+    ) -> CloudResult<Page<Image>> {
         let offset: i64 = page.as_deref().and_then(|p| p.parse().ok()).unwrap_or(0);
         let tags: Tags = query.tags.iter().cloned().collect();
         const PAGE: i64 = 1000;
@@ -237,32 +269,53 @@ impl Provider for LocalProvider {
         .await
         .map_err(db_error)?;
         let more = rows.len() as i64 > PAGE;
-        let items = rows.into_iter().take(PAGE as usize).map(Image::from).collect();
-        Ok(Page { items, next: more.then(|| (offset + PAGE).to_string()) })
+        let items = rows
+            .into_iter()
+            .take(PAGE as usize)
+            .map(Image::from)
+            .collect();
+        Ok(Page {
+            items,
+            next: more.then(|| (offset + PAGE).to_string()),
+        })
     }
 
     async fn get_image(&self, id: &str) -> CloudResult<Option<Image>> {
         self.check_image_id(id)?;
-        let row: Option<ImageRow> =
-            sqlx::query_as("SELECT id, name, description, state, tags, created_at FROM local_images WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
+        let row: Option<ImageRow> = sqlx::query_as(
+            "SELECT id, name, description, state, tags, created_at FROM local_images WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
         Ok(row.map(Image::from))
     }
 
-    async fn create_image(&self, server_id: &str, name: &str, description: &str, tags: &Tags) -> CloudResult<String> {
+    async fn create_image(
+        &self,
+        server_id: &str,
+        name: &str,
+        description: &str,
+        tags: &Tags,
+    ) -> CloudResult<String> {
         self.check_server_id(server_id)?;
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM local_instances WHERE id = $1")
-            .bind(server_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM local_instances WHERE id = $1")
+                .bind(server_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
         match state.as_deref() {
-            None => return Err(CloudError::not_found(format!("There is no local server {server_id}."))),
+            None => {
+                return Err(CloudError::not_found(format!(
+                    "There is no local server {server_id}."
+                )));
+            }
             Some("terminated") => {
-                return Err(CloudError::invalid(format!("Server {server_id} is terminated; an image needs a live server.")));
+                return Err(CloudError::invalid(format!(
+                    "Server {server_id} is terminated; an image needs a live server."
+                )));
             }
             Some(_) => {}
         }
@@ -293,10 +346,9 @@ impl Provider for LocalProvider {
 
     async fn launch(&self, request: &LaunchRequest) -> CloudResult<LaunchOutcome> {
         self.check_image_id(&request.image_id)?;
-        let image = self
-            .get_image(&request.image_id)
-            .await?
-            .ok_or_else(|| CloudError::not_found(format!("There is no local image {}.", request.image_id)))?;
+        let image = self.get_image(&request.image_id).await?.ok_or_else(|| {
+            CloudError::not_found(format!("There is no local image {}.", request.image_id))
+        })?;
         if image.state != ImageState::Available {
             return Err(CloudError::invalid(format!(
                 "Image {} is {}; only available images can be launched.",
@@ -312,11 +364,12 @@ impl Provider for LocalProvider {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM local_instances WHERE launch_token = $1")
-            .bind(token)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        let existing: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM local_instances WHERE launch_token = $1")
+                .bind(token)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
         let already_launched = existing > 0;
         if !already_launched {
             let tags = Json(self.fleet_tags(&request.tags, Some(token)));
@@ -338,14 +391,28 @@ impl Provider for LocalProvider {
         tx.commit().await.map_err(db_error)?;
         self.start_missing(token, request).await?;
         let servers = self.servers_of_launch(token).await?;
-        Ok(LaunchOutcome { requested: request.count, servers, already_launched, shortfall: None })
+        Ok(LaunchOutcome {
+            requested: request.count,
+            servers,
+            already_launched,
+            shortfall: None,
+        })
     }
 
-    async fn describe_servers(&self, filter: &ServerFilter, page: Option<String>, page_size: u32) -> CloudResult<Page<Server>> {
+    async fn describe_servers(
+        &self,
+        filter: &ServerFilter,
+        page: Option<String>,
+        page_size: u32,
+    ) -> CloudResult<Page<Server>> {
         let offset: i64 = page.as_deref().and_then(|p| p.parse().ok()).unwrap_or(0);
         let size = i64::from(page_size.clamp(1, 1000));
         let tags: Tags = filter.tags.iter().cloned().collect();
-        let states: Vec<String> = filter.states.iter().map(|s| s.as_str().to_owned()).collect();
+        let states: Vec<String> = filter
+            .states
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
         let mut rows: Vec<InstanceRow> = sqlx::query_as(
             "SELECT id, image_id, instance_type, state, tags, pid, launched_at FROM local_instances
              WHERE tags @> $1 AND (cardinality($2::TEXT[]) = 0 OR id = ANY($2))
@@ -368,7 +435,10 @@ impl Provider for LocalProvider {
             .map(Server::from)
             .filter(|s| states.is_empty() || states.iter().any(|st| st == s.state.as_str()))
             .collect();
-        Ok(Page { items, next: more.then(|| (offset + size).to_string()) })
+        Ok(Page {
+            items,
+            next: more.then(|| (offset + size).to_string()),
+        })
     }
 
     async fn terminate(&self, ids: &[String]) -> CloudResult<()> {
@@ -384,7 +454,9 @@ impl Provider for LocalProvider {
         .await
         .map_err(db_error)?;
         let grace = self.settings.terminate_grace;
-        let stops = rows.iter().filter_map(|(id, pid)| pid.map(|pid| process::stop(pid as u32, id, grace)));
+        let stops = rows
+            .iter()
+            .filter_map(|(id, pid)| pid.map(|pid| process::stop(pid as u32, id, grace)));
         futures_util::future::join_all(stops).await;
         let done: Vec<String> = rows.into_iter().map(|(id, _)| id).collect();
         sqlx::query("UPDATE local_instances SET state = 'terminated', terminated_at = now() WHERE id = ANY($1)")
@@ -403,7 +475,12 @@ impl Provider for LocalProvider {
             } else {
                 "UPDATE local_images SET tags = tags || $2 WHERE id = ANY($1)"
             };
-            sqlx::query(sql).bind(ids).bind(&tags).execute(&self.pool).await.map_err(db_error)?;
+            sqlx::query(sql)
+                .bind(ids)
+                .bind(&tags)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?;
         }
         Ok(())
     }

@@ -8,12 +8,29 @@ use std::time::Duration;
 /// Starts `kiln agent` for a server in its own process group, so that a Ctrl-C at the
 /// console's terminal does not take the fleet down with it: local servers outlive the
 /// console, like EC2 instances do. Output goes to a log file per server.
-pub fn spawn_agent(exe: &PathBuf, server_id: &str, console_url: &str, token: &str, log_dir: &PathBuf) -> std::io::Result<u32> {
+pub fn spawn_agent(
+    exe: &PathBuf,
+    server_id: &str,
+    console_url: &str,
+    token: &str,
+    log_dir: &PathBuf,
+) -> std::io::Result<u32> {
     std::fs::create_dir_all(log_dir)?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{server_id}.log")))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join(format!("{server_id}.log")))?;
     let mut command = tokio::process::Command::new(exe);
     command
-        .args(["agent", "--instance-id", server_id, "--url", console_url, "--token", token])
+        .args([
+            "agent",
+            "--instance-id",
+            server_id,
+            "--url",
+            console_url,
+            "--token",
+            token,
+        ])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -34,14 +51,16 @@ pub fn is_alive(pid: u32, server_id: &str) -> bool {
         return false;
     };
     // The state follows the parenthesised command name: "pid (comm) S ...".
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     if matches!(state, Some("Z") | Some("X") | None) {
         return false;
     }
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|cmd| {
             let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-            args.iter().any(|a| *a == b"agent") && args.iter().any(|a| *a == server_id.as_bytes())
+            args.iter().any(|a| *a == b"agent") && args.contains(&server_id.as_bytes())
         })
         .unwrap_or(false)
 }
@@ -68,7 +87,11 @@ pub async fn stop(pid: u32, server_id: &str, grace: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if is_alive(pid, server_id) {
-        tracing::warn!(server.id = server_id, pid, "agent ignored SIGTERM; sending SIGKILL");
+        tracing::warn!(
+            server.id = server_id,
+            pid,
+            "agent ignored SIGTERM; sending SIGKILL"
+        );
         signal(pid, libc::SIGKILL);
     }
 }
