@@ -255,3 +255,44 @@ async fn only_available_images_launch() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let h = harness().await;
+    let mut stubborn = h.settings.clone();
+    stubborn.agent_exe = format!(
+        "{}/tests/fixtures/stubborn-agent.sh",
+        env!("CARGO_MANIFEST_DIR")
+    )
+    .into();
+    stubborn.terminate_grace = Duration::from_millis(300);
+    let provider = LocalProvider::new(h.pool.clone(), stubborn).await.unwrap();
+    let server = provider
+        .launch(&request(&h.ctx, 1, &token()))
+        .await
+        .unwrap()
+        .servers
+        .remove(0);
+    let pid = h.pid(&server.id).await;
+    until("the stubborn agent to start", || {
+        cmdline(pid).is_some_and(|c| c.contains(&server.id))
+    })
+    .await;
+
+    provider
+        .terminate(std::slice::from_ref(&server.id))
+        .await
+        .unwrap();
+
+    until("the stubborn agent to be killed", || !is_running(pid)).await;
+    let after = describe_all(
+        &provider,
+        &ServerFilter {
+            ids: vec![server.id.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(after[0].state, ServerState::Terminated);
+}

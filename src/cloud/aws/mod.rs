@@ -582,3 +582,41 @@ fn image_from(i: &aws_sdk_ec2::types::Image) -> Image {
             .and_then(|d| OffsetDateTime::parse(d, &Rfc3339).ok()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::AgentBootstrap;
+
+    #[test]
+    fn user_data_starts_the_agent_with_the_launch_token() {
+        let request = LaunchRequest {
+            image_id: "ami-1e749f67".into(),
+            count: 1,
+            instance_type: "t3.micro".into(),
+            tags: Tags::new(),
+            bootstrap: AgentBootstrap {
+                console_url: "https://kiln.example.com".into(),
+                enrollment_token: "kiln_enroll_abc".into(),
+            },
+            subnet_id: None,
+            security_group_ids: vec![],
+            key_name: None,
+            iam_instance_profile: None,
+            client_token: "t-1".into(),
+        };
+        let script = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(user_data(&request))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(script.starts_with("#!/bin/sh\n"), "{script}");
+        assert!(script.contains("curl -fsS --retry 10 --retry-connrefused 'https://kiln.example.com'/agent/v1/binary"), "{script}");
+        assert!(
+            script
+                .contains("kiln agent --url 'https://kiln.example.com' --token 'kiln_enroll_abc'"),
+            "{script}"
+        );
+    }
+}
