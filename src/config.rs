@@ -8,7 +8,7 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL to use; created if missing. Default: the local server, database `kiln`.
-    #[arg(long = "database-url", env = "DATABASE_URL")]
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 
@@ -140,12 +140,25 @@ pub struct Settings {
     #[arg(long, env = "KILN_LOCAL_DIR")]
     pub local_dir: Option<std::path::PathBuf>,
 
+    /// Background tasks this process runs at once.
+    #[arg(long, env = "KILN_WORKERS", default_value_t = 4)]
+    pub workers: usize,
+
+    /// Seconds a claimed task is held without renewal; a crashed process's tasks run again
+    /// after it.
+    #[arg(long, env = "KILN_TASK_LEASE", default_value_t = 60)]
+    pub task_lease: u64,
+
+    /// Seconds between looks for due tasks when no notification arrives.
+    #[arg(long, env = "KILN_TASK_POLL", default_value_t = 5)]
+    pub task_poll: u64,
+
     /// The `kiln` binary local servers run as their agent. Default: this binary.
     #[arg(long, env = "KILN_AGENT_EXE")]
     pub agent_exe: Option<std::path::PathBuf>,
 
     /// When set, `GET /metrics` requires it as a bearer token.
-    #[arg(long, env = "KILN_METRICS_TOKEN")]
+    #[arg(long, env = "KILN_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 }
 
@@ -197,10 +210,24 @@ impl Settings {
         if self.instance_types.iter().any(|t| t.trim().is_empty()) {
             anyhow::bail!("KILN_INSTANCE_TYPES has an empty entry.");
         }
+        if self.workers == 0 || self.task_lease < 3 || self.task_poll == 0 {
+            anyhow::bail!(
+                "KILN_WORKERS and KILN_TASK_POLL must be at least 1, KILN_TASK_LEASE at least 3."
+            );
+        }
         if self.ec2_max_attempts == 0 {
             anyhow::bail!("KILN_EC2_MAX_ATTEMPTS must be at least 1.");
         }
         Ok(())
+    }
+
+    pub fn worker_config(&self) -> crate::tasks::worker::WorkerConfig {
+        crate::tasks::worker::WorkerConfig {
+            concurrency: self.workers,
+            lease: std::time::Duration::from_secs(self.task_lease),
+            poll: std::time::Duration::from_secs(self.task_poll),
+            base_backoff: std::time::Duration::from_secs(2),
+        }
     }
 
     pub fn launch_limits(&self) -> crate::cloud::LaunchLimits {

@@ -12,5 +12,6 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod startup;
+pub mod tasks;
 pub mod telemetry;
 pub mod web;

@@ -23,6 +23,7 @@ use crate::web::{AppState, middleware, routes};
 
 pub struct Application {
     port: u16,
+    workers: crate::tasks::worker::WorkerConfig,
     cloud: Arc<crate::cloud::AnyProvider>,
     server: Server,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
@@ -62,6 +63,7 @@ impl Application {
                 }
             }
         }
+        let workers = settings.worker_config();
         let settings = Arc::new(settings);
         let state = web::Data::new(AppState {
             pool: pool.clone(),
@@ -113,6 +115,7 @@ impl Application {
 
         Ok(Self {
             port,
+            workers,
             cloud,
             server,
             shutdown,
@@ -137,6 +140,12 @@ impl Application {
     /// (up to 10 s), stops the background work and closes the pool.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let janitor = tokio::spawn(janitor(self.pool.clone()));
+        let workers = crate::tasks::worker::spawn(
+            self.pool.clone(),
+            crate::tasks::registry(),
+            Some(self.cloud.clone()),
+            self.workers.clone(),
+        );
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
@@ -148,6 +157,8 @@ impl Application {
             }
         };
         janitor.abort();
+        // Let the tasks in hand finish (a task cut short is claimed again after its lease).
+        workers.stop().await;
         self.pool.close().await;
         result
             .context("The HTTP server task panicked")?

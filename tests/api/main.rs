@@ -16,5 +16,6 @@ mod invariants;
 mod login;
 mod moto;
 mod role_matrix;
+mod tasks;
 mod throttle;
 mod users;
