@@ -11,6 +11,7 @@ pub mod cloud;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod fleet;
 pub mod startup;
 pub mod tasks;
 pub mod telemetry;

@@ -63,6 +63,15 @@ impl Application {
                 }
             }
         }
+        let imported = crate::fleet::images::import_local(&pool, &cloud)
+            .await
+            .context("Failed to add the local provider's images to the catalogue")?;
+        if imported > 0 {
+            tracing::info!(
+                images = imported,
+                "added the local provider's images to the catalogue"
+            );
+        }
         let workers = settings.worker_config();
         let settings = Arc::new(settings);
         let state = web::Data::new(AppState {

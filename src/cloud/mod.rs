@@ -207,6 +207,16 @@ pub trait Provider: Send + Sync {
 
     fn deregister_image(&self, id: &str) -> impl Future<Output = CloudResult<()>> + Send;
 
+    /// Records a new image under a Kiln-chosen id (the local provider's "add an image"). EC2
+    /// images are baked elsewhere and adopted by their id: the aws provider refuses this.
+    fn register_image(
+        &self,
+        id: &str,
+        name: &str,
+        description: &str,
+        tags: &Tags,
+    ) -> impl Future<Output = CloudResult<()>> + Send;
+
     /// Launches `count` servers, or returns those an earlier try with the same client token
     /// launched. Validate with [`validate_launch`] first.
     fn launch(

@@ -55,6 +55,15 @@ impl Provider for AnyProvider {
     async fn deregister_image(&self, id: &str) -> CloudResult<()> {
         delegate!(self, p => p.deregister_image(id).await)
     }
+    async fn register_image(
+        &self,
+        id: &str,
+        name: &str,
+        description: &str,
+        tags: &Tags,
+    ) -> CloudResult<()> {
+        delegate!(self, p => p.register_image(id, name, description, tags).await)
+    }
     async fn launch(&self, request: &LaunchRequest) -> CloudResult<LaunchOutcome> {
         delegate!(self, p => p.launch(request).await)
     }

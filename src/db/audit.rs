@@ -133,6 +133,18 @@ pub struct AuditRow {
     pub source_ip: Option<String>,
 }
 
+/// The newest events about one target (an image's or a server's audit trail).
+pub async fn for_target(pool: &PgPool, target: &str, limit: i64) -> sqlx::Result<Vec<AuditRow>> {
+    sqlx::query_as(
+        "SELECT id, at, actor, action, target, result, detail, source_ip FROM audit_events
+         WHERE target = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(target)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// Newest first; `before` is the id of the last row of the previous page (keyset pagination,
 /// so deep pages cost the same as the first). Returns one row more than `limit` when there
 /// is a next page.

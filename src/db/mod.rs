@@ -4,6 +4,7 @@
 //! query against a real PostgreSQL.
 
 pub mod audit;
+pub mod images;
 pub mod login_failures;
 pub mod secrets;
 pub mod sessions;

@@ -11,6 +11,7 @@
 //! pool and one transaction with the rest of Kiln's writes. That is ~300 lines here, fully
 //! tested, with no schema or runtime of someone else's to fit (underway is on sqlx 0.8).
 
+pub mod adopt_image;
 pub mod queue;
 pub mod worker;
 
@@ -109,9 +110,9 @@ impl Registry {
     }
 }
 
-/// Every task kind Kiln runs. (The fleet tasks register here as they land.)
+/// Every task kind Kiln runs, in one place.
 pub fn registry() -> Registry {
-    Registry::default()
+    Registry::default().register::<adopt_image::AdoptImage>()
 }
 
 /// Enqueues a task in the caller's transaction: it becomes visible, and the workers are woken,

@@ -19,7 +19,6 @@ pub struct RouteSpec {
 
 const PUBLIC: Access = Access::Public;
 const VIEWER: Access = Access::Role(Role::Viewer);
-#[allow(dead_code)] // the fleet routes of later issues need it
 const OPERATOR: Access = Access::Role(Role::Operator);
 const ADMIN: Access = Access::Role(Role::Admin);
 
@@ -53,7 +52,9 @@ route_table! {
     POST "/logout"                    VIEWER => pages::login::logout;
 
     GET  "/"                          VIEWER => pages::overview::show;
-    GET  "/images"                    VIEWER => pages::coming_soon::show;
+    GET  "/images"                    VIEWER => pages::images::list;
+    POST "/images"                    OPERATOR => pages::images::add;
+    GET  "/images/{id}"               VIEWER => pages::images::show;
     GET  "/servers"                   VIEWER => pages::coming_soon::show;
     GET  "/rollouts"                  VIEWER => pages::coming_soon::show;
     GET  "/bakes"                     VIEWER => pages::coming_soon::show;
@@ -73,4 +74,7 @@ route_table! {
     POST "/tokens/{id}/revoke"        ADMIN  => pages::users::revoke_token;
 
     GET  "/api/v1/audit"              VIEWER => api::audit::list;
+    GET  "/api/v1/images"             VIEWER => api::images::list;
+    POST "/api/v1/images"             OPERATOR => api::images::add;
+    GET  "/api/v1/images/{id}"        VIEWER => api::images::show;
 }

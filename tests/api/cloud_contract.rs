@@ -270,6 +270,39 @@ pub mod suite {
         p.deregister_image(&id).await.unwrap();
     }
 
+    /// The local provider records images under Kiln's id; EC2 refuses (AMIs are adopted by id).
+    pub async fn register_image_records_or_refuses_plainly<P: Provider>(p: &P, _ctx: &Ctx) {
+        let id = format!("ami-local-{}", kiln::cloud::local::random_hex(17));
+        let tags = Tags::from([("kiln:version".to_owned(), "9".to_owned())]);
+
+        let result = p
+            .register_image(&id, "hand-made", "registered by the suite", &tags)
+            .await;
+
+        match p.name() {
+            "local" => {
+                result.unwrap();
+                let image = p.get_image(&id).await.unwrap().unwrap();
+                assert_eq!(
+                    (image.name.as_str(), image.state),
+                    ("hand-made", ImageState::Available)
+                );
+                assert_eq!(
+                    image.tags.get(FLEET_TAG).map(String::as_str),
+                    Some(p.fleet())
+                );
+                p.register_image(&id, "hand-made", "again", &tags)
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                let err = result.unwrap_err();
+                assert_eq!(err.kind, ErrorKind::InvalidInput);
+                assert!(err.message.contains("added by its AMI id"), "{err}");
+            }
+        }
+    }
+
     pub async fn unknown_images_are_not_found<P: Provider>(p: &P, ctx: &Ctx) {
         assert!(p.get_image(&ctx.unknown_image_id).await.unwrap().is_none());
         let mut req = request(ctx, 1, &token());
@@ -400,5 +433,6 @@ contract_tests!(
     tags_are_added_to_servers,
     images_are_created_listed_and_deregistered,
     unknown_images_are_not_found,
+    register_image_records_or_refuses_plainly,
     bad_input_is_refused_before_any_call,
 );

@@ -12,6 +12,7 @@ mod cloud_local;
 mod csrf;
 mod health;
 mod helpers;
+mod images;
 mod invariants;
 mod login;
 mod moto;

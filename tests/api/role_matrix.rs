@@ -20,6 +20,8 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("POST", "/logout", Some(Role::Viewer)),
     ("GET", "/", Some(Role::Viewer)),
     ("GET", "/images", Some(Role::Viewer)),
+    ("POST", "/images", Some(Role::Operator)),
+    ("GET", "/images/{id}", Some(Role::Viewer)),
     ("GET", "/servers", Some(Role::Viewer)),
     ("GET", "/rollouts", Some(Role::Viewer)),
     ("GET", "/bakes", Some(Role::Viewer)),
@@ -36,6 +38,9 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("POST", "/tokens", Some(Role::Admin)),
     ("POST", "/tokens/{id}/revoke", Some(Role::Admin)),
     ("GET", "/api/v1/audit", Some(Role::Viewer)),
+    ("GET", "/api/v1/images", Some(Role::Viewer)),
+    ("POST", "/api/v1/images", Some(Role::Operator)),
+    ("GET", "/api/v1/images/{id}", Some(Role::Viewer)),
 ];
 
 #[test]
@@ -82,6 +87,7 @@ struct Fixture {
     tokens: Vec<(Role, String)>,
     victim_id: i64,
     token_id: i64,
+    image_id: String,
 }
 
 async fn fixture(app: &TestApp) -> Fixture {
@@ -100,11 +106,16 @@ async fn fixture(app: &TestApp) -> Fixture {
         .fetch_one(&app.pool)
         .await
         .unwrap();
+    let image_id: String = sqlx::query_scalar("SELECT id FROM images LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     Fixture {
         passwords,
         tokens,
         victim_id,
         token_id,
+        image_id,
     }
 }
 
@@ -112,6 +123,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
     path.replace("{path:.*}", "app.css")
         .replace("/users/{id}", &format!("/users/{}", f.victim_id))
         .replace("/tokens/{id}", &format!("/tokens/{}", f.token_id))
+        .replace("/images/{id}", &format!("/images/{}", f.image_id))
 }
 
 /// A fresh client for `who` (fresh, because some routes log out or disable), and a CSRF

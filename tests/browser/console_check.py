@@ -46,8 +46,12 @@ def main() -> int:
         page.screenshot(path=f"{out}/users.png", full_page=True)
         print("disabled a user through htmx")
 
-        # A refused htmx action shows a toast rather than replacing the page.
         page.goto(f"{base}/images")
+        page.locator(".current-badge").first.wait_for()
+        page.screenshot(path=f"{out}/images.png", full_page=True)
+        print("images page shows the current image")
+
+        page.goto(f"{base}/servers")
         assert "Not built yet" in page.content()
         browser.close()
     for e in errors:

@@ -357,6 +357,18 @@ impl Provider for AwsProvider {
     /// All or nothing first (MinCount = MaxCount = N). When EC2 has not the capacity for all,
     /// a second call takes what there is (MinCount 1) and the outcome says what is missing.
     /// Each call is preceded by a look for the launch token's instances.
+    async fn register_image(
+        &self,
+        _id: &str,
+        _name: &str,
+        _description: &str,
+        _tags: &Tags,
+    ) -> CloudResult<()> {
+        Err(CloudError::invalid(
+            "On EC2 an image is baked elsewhere (or by a bake) and added by its AMI id.",
+        ))
+    }
+
     async fn launch(&self, request: &LaunchRequest) -> CloudResult<LaunchOutcome> {
         self.check_image_id(&request.image_id)?;
         let mut attempt = 0;

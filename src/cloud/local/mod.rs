@@ -34,10 +34,10 @@ pub struct LocalProvider {
     settings: LocalSettings,
 }
 
-const IMAGE_PREFIX: &str = "ami-local-";
+pub const IMAGE_PREFIX: &str = "ami-local-";
 const SERVER_PREFIX: &str = "i-local-";
 
-fn random_hex(len: usize) -> String {
+pub fn random_hex(len: usize) -> String {
     let mut bytes = vec![0u8; len.div_ceil(2)];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)[..len].to_owned()
@@ -341,6 +341,29 @@ impl Provider for LocalProvider {
             .execute(&self.pool)
             .await
             .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn register_image(
+        &self,
+        id: &str,
+        name: &str,
+        description: &str,
+        tags: &Tags,
+    ) -> CloudResult<()> {
+        self.check_image_id(id)?;
+        // Idempotent: registering the same id again changes nothing.
+        sqlx::query(
+            "INSERT INTO local_images (id, name, description, state, tags) VALUES ($1, $2, $3, 'available', $4)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(description)
+        .bind(Json(self.fleet_tags(tags, None)))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The JSON API under /api/v1 (bearer API tokens; same rules and audit as the pages).
 
 pub mod audit;
+pub mod images;
 
 /// `?limit=`: default 500, at most 5,000 (SPEC.md).
 pub fn limit(requested: Option<i64>) -> Result<i64, crate::web::error::AppError> {

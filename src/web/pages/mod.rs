@@ -4,6 +4,7 @@ pub mod account;
 pub mod audit;
 pub mod coming_soon;
 pub mod health;
+pub mod images;
 pub mod login;
 pub mod overview;
 pub mod users;

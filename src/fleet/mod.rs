@@ -1,0 +1,4 @@
+//! Fleet actions as users start them (pages and API alike): validate, write the database and
+//! enqueue the tasks in one transaction, audit — never call the cloud.
+
+pub mod images;

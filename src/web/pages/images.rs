@@ -1,0 +1,224 @@
+//! The Images page (the catalogue, newest first, the current image marked), an image's own
+//! page, and adding an image.
+
+use actix_session::Session;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+
+use super::{client_ip, is_htmx, see_other};
+use crate::auth::Principal;
+use crate::cloud::Provider;
+use crate::db::images::ImageRow;
+use crate::fleet::images::AddImage;
+use crate::web::AppState;
+use crate::web::error::AppError;
+use crate::web::layout::{Layout, flash};
+use crate::web::pages::audit::EventView;
+use crate::web::view::{When, when};
+
+pub struct ImageView {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub source_revision: String,
+    pub state: String,
+    pub state_reason: String,
+    pub added_by: String,
+    pub created: When,
+    pub current: bool,
+    pub was_current: bool,
+}
+
+impl From<ImageRow> for ImageView {
+    fn from(r: ImageRow) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            version: r.version,
+            description: r.description,
+            source_revision: r.source_revision,
+            state: r.state,
+            state_reason: r.state_reason,
+            added_by: r.added_by,
+            created: when(r.created_at),
+            current: r.current,
+            was_current: r.was_current,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "images.html")]
+struct ImagesPage {
+    layout: Layout,
+    images: Vec<ImageView>,
+    any_pending: bool,
+    aws: bool,
+    form: AddImage,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "partials/image_rows.html")]
+struct ImageRows {
+    images: Vec<ImageView>,
+    any_pending: bool,
+}
+
+/// The catalogue is small (SPEC: 1,000 images); one page shows it all.
+const MAX_IMAGES: i64 = 5000;
+
+async fn render(
+    layout: Layout,
+    state: &AppState,
+    form: AddImage,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let images: Vec<ImageView> = crate::db::images::list(&state.pool, MAX_IMAGES)
+        .await?
+        .into_iter()
+        .map(ImageView::from)
+        .collect();
+    let any_pending = images.iter().any(|i| i.state == "pending");
+    let page = ImagesPage {
+        layout,
+        any_pending,
+        images,
+        aws: state.cloud.name() == "aws",
+        form,
+        error,
+    };
+    super::html(&page, status)
+}
+
+#[derive(serde::Deserialize)]
+pub struct RowsQuery {
+    #[serde(default)]
+    rows: bool,
+}
+
+pub async fn list(
+    req: HttpRequest,
+    layout: Layout,
+    state: web::Data<AppState>,
+    query: web::Query<RowsQuery>,
+) -> Result<HttpResponse, AppError> {
+    if query.rows && is_htmx(&req) {
+        // The live refresh of the table while an image is pending.
+        let images: Vec<ImageView> = crate::db::images::list(&state.pool, MAX_IMAGES)
+            .await?
+            .into_iter()
+            .map(ImageView::from)
+            .collect();
+        let any_pending = images.iter().any(|i| i.state == "pending");
+        return super::html(
+            &ImageRows {
+                images,
+                any_pending,
+            },
+            StatusCode::OK,
+        );
+    }
+    render(layout, &state, AddImage::default(), None, StatusCode::OK).await
+}
+
+pub async fn add(
+    req: HttpRequest,
+    layout: Layout,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    form: web::Form<AddImage>,
+) -> Result<HttpResponse, AppError> {
+    let input = form.into_inner();
+    match crate::fleet::images::add(
+        &state.pool,
+        &state.cloud,
+        &principal,
+        client_ip(&req).map(|i| i.to_string()),
+        &input,
+    )
+    .await
+    {
+        Ok(image) => {
+            flash(
+                &session,
+                format!(
+                    "Added {} ({}); checking it at the provider…",
+                    image.name, image.id
+                ),
+            );
+            Ok(see_other("/images"))
+        }
+        Err(AppError::BadRequest(message)) => {
+            render(
+                layout,
+                &state,
+                input,
+                Some(message),
+                StatusCode::BAD_REQUEST,
+            )
+            .await
+        }
+        Err(AppError::Conflict(message)) => {
+            render(layout, &state, input, Some(message), StatusCode::CONFLICT).await
+        }
+        Err(other) => Err(other),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "image.html")]
+struct ImagePage {
+    layout: Layout,
+    image: ImageView,
+    releases: Vec<ReleaseView>,
+    events: Vec<EventView>,
+}
+
+pub struct ReleaseView {
+    pub kind: String,
+    pub to: String,
+    pub from: String,
+    pub by: String,
+    pub at: When,
+}
+
+pub async fn show(
+    layout: Layout,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = id.into_inner();
+    let image = crate::db::images::find(&state.pool, &id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no image {id} in the catalogue.")))?;
+    let releases = crate::db::images::releases_of(&state.pool, &id)
+        .await?
+        .into_iter()
+        .map(|r| ReleaseView {
+            kind: r.kind,
+            to: r.image_id,
+            from: r.previous_image_id.unwrap_or_default(),
+            by: r.released_by,
+            at: when(r.at),
+        })
+        .collect();
+    let events = crate::db::audit::for_target(&state.pool, &format!("image:{id}"), 50)
+        .await?
+        .into_iter()
+        .map(EventView::from)
+        .collect();
+    super::html(
+        &ImagePage {
+            layout,
+            image: image.into(),
+            releases,
+            events,
+        },
+        StatusCode::OK,
+    )
+}

@@ -1,0 +1,295 @@
+//! The image catalogue: the local base image becomes current on its own, images are added
+//! (pages and API), checked at the provider by a task, and bad input changes nothing.
+
+use std::time::Duration;
+
+use kiln::domain::Role;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{TestApp, location, spawn_app};
+
+/// Waits (bounded) until the catalogue's `id` has `state`.
+async fn until_state(pool: &sqlx::PgPool, id: &str, state: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: Option<String> = sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+        if now.as_deref() == Some(state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "image {id} stayed {now:?}, expected {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn api_images(app: &TestApp, token: &str) -> Vec<serde_json::Value> {
+    reqwest::Client::new()
+        .get(app.url("/api/v1/images"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_fresh_local_install_has_one_base_image_made_current() {
+    let app = spawn_app().await;
+    let base: String = sqlx::query_scalar("SELECT id FROM images")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+
+    until_state(&app.pool, &base, "available").await;
+
+    let token = app.token_for("admin").await;
+    let images = api_images(&app, &token).await;
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["id"], base.as_str());
+    assert_eq!(images[0]["current"], true);
+    assert!(base.starts_with("ami-local-"));
+    let admin = app.admin().await;
+    let page = app.get(&admin, "/images").await.text().await.unwrap();
+    assert!(
+        page.contains("current-badge") && page.contains(&base),
+        "{page}"
+    );
+    let detail = app
+        .get(&admin, &format!("/images/{base}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        detail.contains("first") && detail.contains("image.adopt"),
+        "release history and audit trail"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_adds_a_local_image_which_becomes_available_but_not_current() {
+    let app = spawn_app().await;
+    let operator = app.user_client("olga", Role::Operator).await;
+
+    let res = app
+        .post_form(
+            &operator,
+            "/images",
+            "/images",
+            &[
+                ("name", "worker"),
+                ("version", "42"),
+                ("description", "CI workers"),
+            ],
+        )
+        .await;
+
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/images");
+    let id: String = sqlx::query_scalar("SELECT id FROM images WHERE name = 'worker'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    until_state(&app.pool, &id, "available").await;
+    let page = app.get(&operator, "/images").await.text().await.unwrap();
+    assert!(page.contains("Added worker"), "flash");
+    let current: String =
+        sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_ne!(current, id, "the base image stays current");
+    let at_provider: i64 = sqlx::query_scalar("SELECT count(*) FROM local_images WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(at_provider, 1, "recorded by the local provider");
+    let audit = app.audit().await;
+    assert!(audit.iter().any(|a| a.action == "image.add"
+        && a.actor == "olga"
+        && a.target == format!("image:{id}")));
+    assert!(audit.iter().any(|a| a.action == "image.adopt"
+        && a.result == "ok"
+        && a.target == format!("image:{id}")));
+}
+
+#[tokio::test]
+async fn bad_image_input_is_explained_and_adds_nothing() {
+    let app = spawn_app().await;
+    let operator = app.user_client("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let before = app.count("SELECT count(*) FROM images").await;
+    let tasks_before = app.count("SELECT count(*) FROM tasks").await;
+
+    let no_name = app
+        .post_form(&operator, "/images", "/images", &[("name", " ")])
+        .await;
+    let with_id = reqwest::Client::new()
+        .post(app.url("/api/v1/images"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"id": "ami-0123456789abcdef0", "name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let not_json = reqwest::Client::new()
+        .post(app.url("/api/v1/images"))
+        .bearer_auth(&token)
+        .body("name=x")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(no_name.status(), 400);
+    assert!(
+        no_name
+            .text()
+            .await
+            .unwrap()
+            .contains("Give the image a name.")
+    );
+    assert_eq!(with_id.status(), 400);
+    let body: serde_json::Value = with_id.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "The local provider names its own images: leave the id empty."
+    );
+    assert_eq!(not_json.status(), 400);
+    assert_eq!(app.count("SELECT count(*) FROM images").await, before);
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, tasks_before);
+}
+
+#[tokio::test]
+async fn a_viewer_cannot_add_images_and_sees_no_form() {
+    let app = spawn_app().await;
+    let viewer = app.user_client("vera", Role::Viewer).await;
+
+    let page = app.get(&viewer, "/images").await.text().await.unwrap();
+    let res = app
+        .post_form(&viewer, "/images", "/images", &[("name", "sneaky")])
+        .await;
+
+    assert!(!page.contains("Add an image"));
+    assert_eq!(res.status(), 403);
+}
+
+/// The aws provider end to end: the real binary (credentials from the AWS chain), moto as
+/// EC2, the JSON API. A seeded AMI is adopted and becomes the first current image; an AMI
+/// moto does not have fails with the reason; a malformed id is refused before anything.
+#[tokio::test]
+async fn on_aws_an_existing_ami_is_adopted_and_an_unknown_one_fails_with_the_reason() {
+    let db = crate::helpers::fresh_database_url();
+    let endpoint = format!("http://127.0.0.1:{}", crate::moto::moto_port());
+    let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
+    let mut kiln = crate::cli::serve_with(
+        &db,
+        &[
+            ("KILN_PROVIDER", "aws"),
+            ("KILN_EC2_ENDPOINT", &endpoint),
+            ("KILN_FLEET", &fleet),
+            ("KILN_TASK_POLL", "1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    let mut stderr = BufReader::new(kiln.stderr.take().unwrap()).lines();
+    let listening = crate::cli::line_with(&mut stderr, "kiln console listening").await;
+    let port: u16 = listening
+        .split("port=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let token_out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["token", "create", "--user", "admin"])
+        .env("DATABASE_URL", &db)
+        .output()
+        .await
+        .unwrap();
+    let token = String::from_utf8(token_out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let api = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/api/v1/images");
+    let add = |body: serde_json::Value| api.post(&base).bearer_auth(&token).json(&body).send();
+
+    let seeded = add(serde_json::json!({"id": "ami-1e749f67", "name": "ubuntu", "version": "1"}))
+        .await
+        .unwrap();
+    let unknown = add(serde_json::json!({"id": "ami-0123456789abcdef0", "name": "ghost"}))
+        .await
+        .unwrap();
+    let malformed = add(serde_json::json!({"id": "ami-nope", "name": "bad"}))
+        .await
+        .unwrap();
+    let missing = add(serde_json::json!({"name": "no id"})).await.unwrap();
+
+    assert_eq!(seeded.status(), 201);
+    let created: serde_json::Value = seeded.json().await.unwrap();
+    assert_eq!(
+        (created["state"].as_str(), created["current"].as_bool()),
+        (Some("pending"), Some(false))
+    );
+    assert_eq!(unknown.status(), 201);
+    assert_eq!(malformed.status(), 400);
+    assert!(
+        malformed.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not an EC2 image id")
+    );
+    assert_eq!(missing.status(), 400);
+    let pool = kiln::db::connect(&db).await.unwrap();
+    until_state(&pool, "ami-1e749f67", "available").await;
+    until_state(&pool, "ami-0123456789abcdef0", "failed").await;
+    let one = |id: &'static str| api.get(format!("{base}/{id}")).bearer_auth(&token).send();
+    let adopted: serde_json::Value = one("ami-1e749f67").await.unwrap().json().await.unwrap();
+    let ghost: serde_json::Value = one("ami-0123456789abcdef0")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        adopted["current"], true,
+        "the first available image is made current"
+    );
+    assert_eq!(ghost["current"], false);
+    assert!(
+        ghost["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("ami-0123456789abcdef0"),
+        "{ghost}"
+    );
+    let listed: Vec<serde_json::Value> = api
+        .get(&base)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        2,
+        "the malformed and id-less ones were not added"
+    );
+    let missing_one = one("ami-1111111111111111f").await.unwrap();
+    assert_eq!(missing_one.status(), 404);
+    assert!(crate::cli::sigterm_and_wait(&mut kiln).await.success());
+}
