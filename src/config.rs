@@ -153,6 +153,10 @@ pub struct Settings {
     #[arg(long, env = "KILN_TASK_POLL", default_value_t = 5)]
     pub task_poll: u64,
 
+    /// Seconds between reconciles of the servers table with the provider.
+    #[arg(long, env = "KILN_RECONCILE_INTERVAL", default_value_t = 30)]
+    pub reconcile_interval: u64,
+
     /// The `kiln` binary local servers run as their agent. Default: this binary.
     #[arg(long, env = "KILN_AGENT_EXE")]
     pub agent_exe: Option<std::path::PathBuf>,
@@ -209,6 +213,9 @@ impl Settings {
         }
         if self.instance_types.iter().any(|t| t.trim().is_empty()) {
             anyhow::bail!("KILN_INSTANCE_TYPES has an empty entry.");
+        }
+        if self.reconcile_interval == 0 {
+            anyhow::bail!("KILN_RECONCILE_INTERVAL must be at least 1 second.");
         }
         if self.workers == 0 || self.task_lease < 3 || self.task_poll == 0 {
             anyhow::bail!(

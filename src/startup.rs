@@ -23,6 +23,7 @@ use crate::web::{AppState, middleware, routes};
 
 pub struct Application {
     port: u16,
+    settings: Arc<Settings>,
     workers: crate::tasks::worker::WorkerConfig,
     cloud: Arc<crate::cloud::AnyProvider>,
     server: Server,
@@ -74,6 +75,7 @@ impl Application {
         }
         let workers = settings.worker_config();
         let settings = Arc::new(settings);
+        let settings_for_tasks = settings.clone();
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             settings: settings.clone(),
@@ -124,6 +126,7 @@ impl Application {
 
         Ok(Self {
             port,
+            settings: settings_for_tasks,
             workers,
             cloud,
             server,
@@ -153,8 +156,16 @@ impl Application {
             self.pool.clone(),
             crate::tasks::registry(),
             Some(self.cloud.clone()),
+            Some(self.settings.clone()),
             self.workers.clone(),
         );
+        let (stop_reconciler, stopped) = tokio::sync::watch::channel(false);
+        let reconciler = tokio::spawn(crate::fleet::reconciler::run_periodically(
+            self.pool.clone(),
+            self.cloud.clone(),
+            Duration::from_secs(self.settings.reconcile_interval),
+            stopped,
+        ));
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
@@ -165,6 +176,8 @@ impl Application {
                 server.await
             }
         };
+        let _ = stop_reconciler.send(true);
+        let _ = reconciler.await;
         janitor.abort();
         // Let the tasks in hand finish (a task cut short is claimed again after its lease).
         workers.stop().await;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod images;
 pub mod login_failures;
 pub mod secrets;
+pub mod servers;
 pub mod sessions;
 pub mod tokens;
 pub mod users;

@@ -2,3 +2,5 @@
 //! enqueue the tasks in one transaction, audit — never call the cloud.
 
 pub mod images;
+pub mod reconciler;
+pub mod servers;

@@ -12,6 +12,7 @@
 //! tested, with no schema or runtime of someone else's to fit (underway is on sqlx 0.8).
 
 pub mod adopt_image;
+pub mod launch_servers;
 pub mod queue;
 pub mod worker;
 
@@ -41,6 +42,20 @@ impl From<sqlx::Error> for TaskError {
     }
 }
 
+impl Context {
+    pub fn cloud(&self) -> Result<&Arc<crate::cloud::AnyProvider>, TaskError> {
+        self.cloud
+            .as_ref()
+            .ok_or_else(|| TaskError::Fatal(anyhow::anyhow!("this worker has no cloud provider")))
+    }
+
+    pub fn settings(&self) -> Result<&Arc<crate::config::Settings>, TaskError> {
+        self.settings
+            .as_ref()
+            .ok_or_else(|| TaskError::Fatal(anyhow::anyhow!("this worker has no settings")))
+    }
+}
+
 impl From<crate::cloud::CloudError> for TaskError {
     fn from(e: crate::cloud::CloudError) -> Self {
         if e.is_retryable() {
@@ -56,6 +71,7 @@ impl From<crate::cloud::CloudError> for TaskError {
 pub struct Context {
     pub pool: sqlx::PgPool,
     pub cloud: Option<Arc<crate::cloud::AnyProvider>>,
+    pub settings: Option<Arc<crate::config::Settings>>,
     /// The id of the task being run (for logs and audit).
     pub task_id: i64,
 }
@@ -112,7 +128,9 @@ impl Registry {
 
 /// Every task kind Kiln runs, in one place.
 pub fn registry() -> Registry {
-    Registry::default().register::<adopt_image::AdoptImage>()
+    Registry::default()
+        .register::<adopt_image::AdoptImage>()
+        .register::<launch_servers::LaunchServers>()
 }
 
 /// Enqueues a task in the caller's transaction: it becomes visible, and the workers are woken,

@@ -59,6 +59,7 @@ pub fn spawn(
     pool: PgPool,
     registry: Registry,
     cloud: Option<Arc<crate::cloud::AnyProvider>>,
+    settings: Option<Arc<crate::config::Settings>>,
     config: WorkerConfig,
 ) -> Workers {
     let name = format!(
@@ -74,6 +75,7 @@ pub fn spawn(
         ctx: Context {
             pool: pool.clone(),
             cloud,
+            settings,
             task_id: 0,
         },
         pool,

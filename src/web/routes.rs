@@ -55,7 +55,9 @@ route_table! {
     GET  "/images"                    VIEWER => pages::images::list;
     POST "/images"                    OPERATOR => pages::images::add;
     GET  "/images/{id}"               VIEWER => pages::images::show;
-    GET  "/servers"                   VIEWER => pages::coming_soon::show;
+    GET  "/servers"                   VIEWER => pages::servers::list;
+    POST "/servers"                   OPERATOR => pages::servers::launch;
+    GET  "/servers/{id}"              VIEWER => pages::servers::show;
     GET  "/rollouts"                  VIEWER => pages::coming_soon::show;
     GET  "/bakes"                     VIEWER => pages::coming_soon::show;
     GET  "/jobs"                      VIEWER => pages::coming_soon::show;
@@ -77,4 +79,8 @@ route_table! {
     GET  "/api/v1/images"             VIEWER => api::images::list;
     POST "/api/v1/images"             OPERATOR => api::images::add;
     GET  "/api/v1/images/{id}"        VIEWER => api::images::show;
+    GET  "/api/v1/servers"            VIEWER => api::servers::list;
+    POST "/api/v1/servers"            OPERATOR => api::servers::launch;
+    GET  "/api/v1/servers/{id}"       VIEWER => api::servers::show;
+    GET  "/api/v1/launches/{id}"      VIEWER => api::servers::show_launch;
 }

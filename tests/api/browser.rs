@@ -52,4 +52,16 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
             .await
             .unwrap();
     assert!(disabled, "the htmx disable went through in the browser");
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM servers WHERE state = 'running'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(running, 2, "the browser's launch ran");
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM servers")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    kiln::cloud::Provider::terminate(app.cloud.as_ref(), &ids)
+        .await
+        .unwrap();
 }

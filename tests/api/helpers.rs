@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 pub struct TestApp {
     pub address: String,
+    pub cloud: std::sync::Arc<kiln::cloud::AnyProvider>,
     pub pool: PgPool,
     pub admin_password: String,
 }
@@ -42,23 +43,29 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .initial_admin_password
         .clone()
         .expect("a fresh database creates the admin");
+    let cloud = app.cloud();
     tokio::spawn(app.run_until_stopped());
     // Let the start-up tasks (adopting the local base image) finish, so that tests begin
     // from a settled console and background writes do not interleave with their own.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let busy: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state IN ('queued', 'running')")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let busy: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state IN ('queued', 'running')")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         if busy == 0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "start-up tasks did not finish within 60 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "start-up tasks did not finish within 60 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
+        cloud,
         pool,
         admin_password,
     }

@@ -17,6 +17,7 @@ mod invariants;
 mod login;
 mod moto;
 mod role_matrix;
+mod servers;
 mod tasks;
 mod throttle;
 mod users;

@@ -23,6 +23,8 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("POST", "/images", Some(Role::Operator)),
     ("GET", "/images/{id}", Some(Role::Viewer)),
     ("GET", "/servers", Some(Role::Viewer)),
+    ("POST", "/servers", Some(Role::Operator)),
+    ("GET", "/servers/{id}", Some(Role::Viewer)),
     ("GET", "/rollouts", Some(Role::Viewer)),
     ("GET", "/bakes", Some(Role::Viewer)),
     ("GET", "/jobs", Some(Role::Viewer)),
@@ -41,6 +43,10 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/images", Some(Role::Viewer)),
     ("POST", "/api/v1/images", Some(Role::Operator)),
     ("GET", "/api/v1/images/{id}", Some(Role::Viewer)),
+    ("GET", "/api/v1/servers", Some(Role::Viewer)),
+    ("POST", "/api/v1/servers", Some(Role::Operator)),
+    ("GET", "/api/v1/servers/{id}", Some(Role::Viewer)),
+    ("GET", "/api/v1/launches/{id}", Some(Role::Viewer)),
 ];
 
 #[test]
@@ -124,6 +130,8 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/users/{id}", &format!("/users/{}", f.victim_id))
         .replace("/tokens/{id}", &format!("/tokens/{}", f.token_id))
         .replace("/images/{id}", &format!("/images/{}", f.image_id))
+        .replace("/servers/{id}", "/servers/i-local-00000000000000000")
+        .replace("/launches/{id}", "/launches/1")
 }
 
 /// A fresh client for `who` (fresh, because some routes log out or disable), and a CSRF

@@ -115,7 +115,7 @@ fn config(concurrency: usize, poll: Duration) -> WorkerConfig {
 }
 
 fn start(pool: &PgPool, config: WorkerConfig) -> Workers {
-    worker::spawn(pool.clone(), registry(), None, config)
+    worker::spawn(pool.clone(), registry(), None, None, config)
 }
 
 async fn add<T: Task>(pool: &PgPool, task: &T) -> i64 {

@@ -51,7 +51,16 @@ def main() -> int:
         page.screenshot(path=f"{out}/images.png", full_page=True)
         print("images page shows the current image")
 
+        # Launch 2 servers from the form; the page refreshes itself (htmx) until they run.
         page.goto(f"{base}/servers")
+        page.fill("#launch-count", "2")
+        page.get_by_role("button", name="Launch servers").click()
+        page.wait_for_url(f"{base}/servers")
+        page.locator("#servers-live tbody .state-running").nth(1).wait_for(timeout=30000)
+        page.screenshot(path=f"{out}/servers.png", full_page=True)
+        print("launched 2 servers; the page showed them running without a reload")
+
+        page.goto(f"{base}/rollouts")
         assert "Not built yet" in page.content()
         browser.close()
     for e in errors:

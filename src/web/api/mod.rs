@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod images;
+pub mod servers;
 
 /// `?limit=`: default 500, at most 5,000 (SPEC.md).
 pub fn limit(requested: Option<i64>) -> Result<i64, crate::web::error::AppError> {

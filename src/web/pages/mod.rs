@@ -7,6 +7,7 @@ pub mod health;
 pub mod images;
 pub mod login;
 pub mod overview;
+pub mod servers;
 pub mod users;
 
 use actix_web::HttpRequest;

@@ -1,0 +1,192 @@
+//! Servers and launches as Kiln records them.
+
+use sqlx::{PgConnection, PgExecutor};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ServerRow {
+    pub id: String,
+    pub image_id: String,
+    pub image_version: Option<String>,
+    pub launch_id: Option<i64>,
+    pub instance_type: String,
+    pub state: String,
+    pub mode: String,
+    pub purpose: String,
+    pub adopted: bool,
+    pub launched_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub launched_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen_at: Option<OffsetDateTime>,
+}
+
+/// Filters of the Servers page and `GET /api/v1/servers`; None does not filter.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct ServerQuery {
+    pub image: Option<String>,
+    pub state: Option<String>,
+    pub mode: Option<String>,
+    pub purpose: Option<String>,
+}
+
+macro_rules! select_servers {
+    ($rest:literal) => {
+        concat!(
+            "SELECT s.id, s.image_id, i.version AS image_version, s.launch_id, s.instance_type, s.state, s.mode,
+                    s.purpose, s.adopted, s.launched_by, s.launched_at, s.last_seen_at
+             FROM servers s LEFT JOIN images i ON i.id = s.image_id ",
+            $rest
+        )
+    };
+}
+
+/// Newest first, keyset-paginated: `after` is the (launched_at, id) of the previous page's
+/// last row. Terminated servers are listed only when asked for by state.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    q: &ServerQuery,
+    after: Option<(OffsetDateTime, String)>,
+    limit: i64,
+) -> sqlx::Result<Vec<ServerRow>> {
+    let (after_at, after_id) = after.unzip();
+    sqlx::query_as(select_servers!(
+        "WHERE ($1::TEXT IS NULL OR s.image_id = $1)
+           AND (($2::TEXT IS NULL AND s.state <> 'terminated') OR s.state = $2)
+           AND ($3::TEXT IS NULL OR s.mode = $3)
+           AND ($4::TEXT IS NULL OR s.purpose = $4)
+           AND ($5::TIMESTAMPTZ IS NULL OR (s.launched_at, s.id) < ($5, $6))
+         ORDER BY s.launched_at DESC, s.id DESC LIMIT $7"
+    ))
+    .bind(&q.image)
+    .bind(&q.state)
+    .bind(&q.mode)
+    .bind(&q.purpose)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn find(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Option<ServerRow>> {
+    sqlx::query_as(select_servers!("WHERE s.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Servers by state (terminated ones included), for the counts at the top of the page.
+pub async fn counts_by_state(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT state, count(*) FROM servers GROUP BY state ORDER BY state")
+        .fetch_all(db)
+        .await
+}
+
+/// Servers not terminated: what counts toward KILN_MAX_SERVERS.
+pub async fn live_count(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM servers WHERE state <> 'terminated'")
+        .fetch_one(db)
+        .await
+}
+
+/// Records a server the provider named: new, or already known (adopted by a reconcile that
+/// ran between the provider's answer and this write: it is ours after all).
+pub async fn record_launched(
+    conn: &mut PgConnection,
+    server: &crate::cloud::Server,
+    launch_id: i64,
+    launched_by: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO servers (id, image_id, launch_id, instance_type, state, launched_by, launched_at)
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()))
+         ON CONFLICT (id) DO UPDATE SET launch_id = EXCLUDED.launch_id, adopted = FALSE,
+             launched_by = EXCLUDED.launched_by, updated_at = now()",
+    )
+    .bind(&server.id)
+    .bind(&server.image_id)
+    .bind(launch_id)
+    .bind(&server.instance_type)
+    .bind(server.state.as_str())
+    .bind(launched_by)
+    .bind(server.launched_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct LaunchRow {
+    pub id: i64,
+    pub token: String,
+    pub image_id: String,
+    pub count: i32,
+    pub instance_type: String,
+    pub state: String,
+    pub error: String,
+    pub requested_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+pub async fn insert_launch(
+    conn: &mut PgConnection,
+    token: &str,
+    image_id: &str,
+    count: i32,
+    instance_type: &str,
+    requested_by: &str,
+) -> sqlx::Result<LaunchRow> {
+    sqlx::query_as(
+        "INSERT INTO launches (token, image_id, count, instance_type, requested_by) VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, token, image_id, count, instance_type, state, error, requested_by, created_at",
+    )
+    .bind(token)
+    .bind(image_id)
+    .bind(count)
+    .bind(instance_type)
+    .bind(requested_by)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn find_launch(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<LaunchRow>> {
+    sqlx::query_as("SELECT id, token, image_id, count, instance_type, state, error, requested_by, created_at FROM launches WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn set_launch_state(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    state: &str,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE launches SET state = $2, error = $3, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(state)
+        .bind(error)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn ids_of_launch(db: impl PgExecutor<'_>, launch_id: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT id FROM servers WHERE launch_id = $1 ORDER BY id")
+        .bind(launch_id)
+        .fetch_all(db)
+        .await
+}
+
+/// Recent launches that have not finished, for the Servers page.
+pub async fn unfinished_launches(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<LaunchRow>> {
+    sqlx::query_as(
+        "SELECT id, token, image_id, count, instance_type, state, error, requested_by, created_at FROM launches
+         WHERE state IN ('pending', 'running') OR (state IN ('failed', 'partial') AND updated_at > now() - interval '1 hour')
+         ORDER BY id DESC LIMIT 20",
+    )
+    .fetch_all(db)
+    .await
+}

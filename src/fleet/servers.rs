@@ -1,0 +1,154 @@
+//! Launching servers: validated, recorded as a launch, and handed to the LaunchServers task
+//! in one transaction.
+
+use std::sync::Arc;
+
+use crate::auth::Principal;
+use crate::cloud::{AgentBootstrap, AnyProvider, LaunchRequest, Tags, validate_launch};
+use crate::config::Settings;
+use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::db::servers::LaunchRow;
+use crate::tasks::launch_servers::LaunchServers;
+use crate::web::error::AppError;
+
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct Launch {
+    #[serde(default)]
+    pub image_id: String,
+    #[serde(default)]
+    pub count: Option<serde_json::Value>,
+    #[serde(default)]
+    pub instance_type: Option<String>,
+}
+
+/// Accepts a count as a JSON number or a form's string, refusing anything else plainly.
+fn count_of(value: &Option<serde_json::Value>) -> Result<u32, AppError> {
+    let bad =
+        || AppError::BadRequest("The count must be a whole number of servers, 1 or more.".into());
+    let n = match value {
+        None => return Ok(1),
+        Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(bad)?,
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => return Ok(1),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().map_err(|_| bad())?,
+        Some(_) => return Err(bad()),
+    };
+    if n < 1 {
+        return Err(AppError::BadRequest("Launch at least one server.".into()));
+    }
+    u32::try_from(n).map_err(|_| bad())
+}
+
+pub async fn launch(
+    pool: &sqlx::PgPool,
+    cloud: &Arc<AnyProvider>,
+    settings: &Settings,
+    principal: &Principal,
+    source_ip: Option<String>,
+    input: &Launch,
+) -> Result<LaunchRow, AppError> {
+    let image_id = input.image_id.trim().to_owned();
+    let count = count_of(&input.count)?;
+    let instance_type = input
+        .instance_type
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| settings.instance_types[0].clone());
+    let token = format!("l-{}", uuid::Uuid::new_v4().simple());
+    // The same checks the provider makes, before anything is written: id format, count,
+    // instance type.
+    let request = LaunchRequest {
+        image_id: image_id.clone(),
+        count,
+        instance_type: instance_type.clone(),
+        tags: Tags::new(),
+        bootstrap: AgentBootstrap {
+            console_url: String::new(),
+            enrollment_token: String::new(),
+        },
+        subnet_id: None,
+        security_group_ids: vec![],
+        key_name: None,
+        iam_instance_profile: None,
+        client_token: token.clone(),
+    };
+    validate_launch(cloud.as_ref(), &settings.launch_limits(), &request)
+        .map_err(|e| AppError::BadRequest(e.message))?;
+
+    let mut tx = pool.begin().await?;
+    let image = crate::db::images::find(&mut *tx, &image_id)
+        .await?
+        .ok_or_else(|| {
+            AppError::NotFound(format!("There is no image {image_id} in the catalogue."))
+        })?;
+    if image.state != "available" {
+        return Err(AppError::Conflict(format!(
+            "Image {image_id} is {}; only available images can be launched.",
+            image.state
+        )));
+    }
+    // Launches are counted against the cap one at a time, including those not yet fulfilled.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.launch'))")
+        .execute(&mut *tx)
+        .await?;
+    let live = crate::db::servers::live_count(&mut *tx).await?;
+    let pending: i64 = sqlx::query_scalar("SELECT COALESCE(sum(count), 0)::BIGINT FROM launches WHERE state IN ('pending', 'running')")
+        .fetch_one(&mut *tx)
+        .await?;
+    let after = live + pending + i64::from(count);
+    if after > i64::from(settings.max_servers) {
+        return Err(AppError::Conflict(format!(
+            "Launching {count} would make the fleet {after} servers, over its cap of {} (KILN_MAX_SERVERS).",
+            settings.max_servers
+        )));
+    }
+    let launch = crate::db::servers::insert_launch(
+        &mut tx,
+        &token,
+        &image_id,
+        count as i32,
+        &instance_type,
+        &principal.name,
+    )
+    .await?;
+    crate::tasks::enqueue(
+        &mut tx,
+        &LaunchServers {
+            launch_id: launch.id,
+        },
+        None,
+    )
+    .await?;
+    audit::record(
+        &mut *tx,
+        AuditEvent::by(
+            principal,
+            "servers.launch",
+            format!("launch:{}", launch.id),
+            Outcome::Ok,
+        )
+        .detail(format!("{count} × {instance_type} from {image_id}"))
+        .from_ip(source_ip),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(launch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_json_or_forms() {
+        assert_eq!(count_of(&None).unwrap(), 1);
+        assert_eq!(count_of(&Some(serde_json::json!(3))).unwrap(), 3);
+        assert_eq!(count_of(&Some(serde_json::json!("4"))).unwrap(), 4);
+        assert!(count_of(&Some(serde_json::json!(0))).is_err());
+        assert!(count_of(&Some(serde_json::json!(-2))).is_err());
+        assert!(count_of(&Some(serde_json::json!(1.5))).is_err());
+        assert!(count_of(&Some(serde_json::json!("many"))).is_err());
+        assert!(count_of(&Some(serde_json::json!([1]))).is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! `/api/v1/servers` and `/api/v1/launches`.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::auth::Principal;
+use crate::db::servers::{LaunchRow, ServerQuery, ServerRow};
+use crate::fleet::servers::Launch;
+use crate::web::AppState;
+use crate::web::error::AppError;
+
+#[derive(serde::Serialize)]
+struct ServerJson {
+    #[serde(flatten)]
+    row: ServerRow,
+    /// Jobs arrive with the work queue; until then no server runs any.
+    running_jobs: i64,
+}
+
+#[derive(serde::Serialize)]
+struct LaunchJson {
+    id: i64,
+    state: String,
+    image_id: String,
+    count: i32,
+    instance_type: String,
+    error: String,
+    requested_by: String,
+    server_ids: Vec<String>,
+}
+
+async fn launch_json(state: &AppState, l: LaunchRow) -> Result<LaunchJson, AppError> {
+    let server_ids = crate::db::servers::ids_of_launch(&state.pool, l.id).await?;
+    Ok(LaunchJson {
+        id: l.id,
+        state: l.state,
+        image_id: l.image_id,
+        count: l.count,
+        instance_type: l.instance_type,
+        error: l.error,
+        requested_by: l.requested_by,
+        server_ids,
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct ListQuery {
+    #[serde(flatten)]
+    filters: ServerQuery,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, AppError> {
+    let limit = super::limit(query.limit)?;
+    let rows = crate::db::servers::list(&state.pool, &query.filters, None, limit).await?;
+    Ok(HttpResponse::Ok().json(
+        rows.into_iter()
+            .map(|row| ServerJson {
+                row,
+                running_jobs: 0,
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+pub async fn show(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = id.into_inner();
+    let row = crate::db::servers::find(&state.pool, &id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no server {id}.")))?;
+    Ok(HttpResponse::Ok().json(ServerJson {
+        row,
+        running_jobs: 0,
+    }))
+}
+
+/// `POST /api/v1/servers` -> 202 with the launch; its servers appear as the provider names them.
+pub async fn launch(
+    req: HttpRequest,
+    principal: Principal,
+    state: web::Data<AppState>,
+    body: web::Json<Launch>,
+) -> Result<HttpResponse, AppError> {
+    let ip = crate::web::pages::client_ip(&req).map(|i| i.to_string());
+    let launch = crate::fleet::servers::launch(
+        &state.pool,
+        &state.cloud,
+        &state.settings,
+        &principal,
+        ip,
+        &body,
+    )
+    .await?;
+    Ok(HttpResponse::Accepted().json(launch_json(&state, launch).await?))
+}
+
+pub async fn show_launch(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = id.into_inner();
+    let not_found = || AppError::NotFound(format!("There is no launch {id}."));
+    let n: i64 = id.parse().map_err(|_| not_found())?;
+    let launch = crate::db::servers::find_launch(&state.pool, n)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(launch_json(&state, launch).await?))
+}

@@ -1,0 +1,368 @@
+//! The Servers page (filters, counts per state, keyset pagination, the launch form, live
+//! refresh while anything is in motion) and a server's own page.
+
+use actix_session::Session;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+
+use super::{client_ip, is_htmx, see_other};
+use crate::auth::Principal;
+use crate::db::servers::{LaunchRow, ServerQuery, ServerRow};
+use crate::fleet::servers::Launch;
+use crate::web::AppState;
+use crate::web::error::AppError;
+use crate::web::layout::{Layout, flash};
+use crate::web::pages::audit::EventView;
+use crate::web::view::{When, when, when_opt};
+
+const PAGE: i64 = 100;
+const STATES: [&str; 6] = [
+    "pending",
+    "running",
+    "stopping",
+    "stopped",
+    "shutting-down",
+    "terminated",
+];
+
+pub struct ServerView {
+    pub id: String,
+    pub image_id: String,
+    pub image_version: String,
+    pub instance_type: String,
+    pub state: String,
+    pub mode: String,
+    pub purpose: String,
+    pub adopted: bool,
+    pub launched_by: String,
+    pub launched: When,
+    pub last_seen: Option<When>,
+}
+
+impl From<ServerRow> for ServerView {
+    fn from(r: ServerRow) -> Self {
+        Self {
+            id: r.id,
+            image_id: r.image_id,
+            image_version: r.image_version.unwrap_or_default(),
+            instance_type: r.instance_type,
+            state: r.state,
+            mode: r.mode,
+            purpose: r.purpose,
+            adopted: r.adopted,
+            launched_by: r.launched_by,
+            launched: when(r.launched_at),
+            last_seen: when_opt(r.last_seen_at),
+        }
+    }
+}
+
+pub struct LaunchView {
+    pub id: i64,
+    pub image_id: String,
+    pub count: i32,
+    pub state: String,
+    pub error: String,
+    pub requested_by: String,
+    pub created: When,
+}
+
+impl From<LaunchRow> for LaunchView {
+    fn from(l: LaunchRow) -> Self {
+        Self {
+            id: l.id,
+            image_id: l.image_id,
+            count: l.count,
+            state: l.state,
+            error: l.error,
+            requested_by: l.requested_by,
+            created: when(l.created_at),
+        }
+    }
+}
+
+pub struct Count {
+    pub state: &'static str,
+    pub n: i64,
+}
+
+pub struct ImageChoice {
+    pub id: String,
+    pub label: String,
+    pub current: bool,
+}
+
+#[derive(Default, serde::Deserialize)]
+pub struct Filters {
+    image: Option<String>,
+    state: Option<String>,
+    mode: Option<String>,
+    after: Option<String>,
+    #[serde(default)]
+    live: bool,
+}
+
+impl Filters {
+    fn query(&self) -> ServerQuery {
+        let keep = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        ServerQuery {
+            image: keep(&self.image),
+            state: keep(&self.state),
+            mode: keep(&self.mode),
+            purpose: None,
+        }
+    }
+
+    /// The filters as a query string, for links that keep them.
+    fn encoded(&self) -> String {
+        let q = self.query();
+        let pairs: Vec<(&str, String)> = [("image", q.image), ("state", q.state), ("mode", q.mode)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "servers.html")]
+struct ServersPage {
+    layout: Layout,
+    live: ServersLive,
+    images: Vec<ImageChoice>,
+    instance_types: Vec<String>,
+    max_count: u32,
+    filter_image: String,
+    filter_state: String,
+    filter_mode: String,
+    states: [&'static str; 6],
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "partials/servers_live.html")]
+struct ServersLive {
+    servers: Vec<ServerView>,
+    counts: Vec<Count>,
+    launches: Vec<LaunchView>,
+    busy: bool,
+    filters: String,
+    next: Option<String>,
+    first_page: bool,
+}
+
+async fn live(state: &AppState, filters: &Filters) -> Result<ServersLive, AppError> {
+    let query = filters.query();
+    let after = match filters.after.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => crate::db::servers::find(&state.pool, id)
+            .await?
+            .map(|s| (s.launched_at, s.id)),
+        None => None,
+    };
+    let mut rows = crate::db::servers::list(&state.pool, &query, after, PAGE + 1).await?;
+    let next = if rows.len() as i64 > PAGE {
+        rows.truncate(PAGE as usize);
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    let by_state = crate::db::servers::counts_by_state(&state.pool).await?;
+    let counts = STATES
+        .iter()
+        .map(|s| Count {
+            state: s,
+            n: by_state
+                .iter()
+                .find(|(st, _)| st == s)
+                .map(|(_, n)| *n)
+                .unwrap_or(0),
+        })
+        .collect();
+    let launches: Vec<LaunchView> = crate::db::servers::unfinished_launches(&state.pool)
+        .await?
+        .into_iter()
+        .map(LaunchView::from)
+        .collect();
+    let servers: Vec<ServerView> = rows.into_iter().map(ServerView::from).collect();
+    let busy = launches
+        .iter()
+        .any(|l| l.state == "pending" || l.state == "running")
+        || servers
+            .iter()
+            .any(|s| matches!(s.state.as_str(), "pending" | "stopping" | "shutting-down"));
+    Ok(ServersLive {
+        servers,
+        counts,
+        launches,
+        busy,
+        filters: filters.encoded(),
+        next,
+        first_page: filters.after.is_none(),
+    })
+}
+
+async fn render(
+    layout: Layout,
+    state: &AppState,
+    filters: Filters,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let images = crate::db::images::list(&state.pool, 5000)
+        .await?
+        .into_iter()
+        .filter(|i| i.state == "available")
+        .map(|i| ImageChoice {
+            label: format!(
+                "{} {}{}",
+                i.name,
+                i.version,
+                if i.current { " (current)" } else { "" }
+            )
+            .replace("  ", " "),
+            id: i.id,
+            current: i.current,
+        })
+        .collect();
+    let q = filters.query();
+    let page = ServersPage {
+        live: live(state, &filters).await?,
+        layout,
+        images,
+        instance_types: state.settings.instance_types.clone(),
+        max_count: state.settings.max_servers,
+        filter_image: q.image.unwrap_or_default(),
+        filter_state: q.state.unwrap_or_default(),
+        filter_mode: q.mode.unwrap_or_default(),
+        states: STATES,
+        error,
+    };
+    super::html(&page, status)
+}
+
+pub async fn list(
+    req: HttpRequest,
+    layout: Layout,
+    state: web::Data<AppState>,
+    filters: web::Query<Filters>,
+) -> Result<HttpResponse, AppError> {
+    let filters = filters.into_inner();
+    if filters.live && is_htmx(&req) {
+        return super::html(&live(&state, &filters).await?, StatusCode::OK);
+    }
+    render(layout, &state, filters, None, StatusCode::OK).await
+}
+
+pub async fn launch(
+    req: HttpRequest,
+    layout: Layout,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    form: web::Form<Launch>,
+) -> Result<HttpResponse, AppError> {
+    let ip = client_ip(&req).map(|i| i.to_string());
+    match crate::fleet::servers::launch(
+        &state.pool,
+        &state.cloud,
+        &state.settings,
+        &principal,
+        ip,
+        &form,
+    )
+    .await
+    {
+        Ok(launch) => {
+            flash(
+                &session,
+                format!(
+                    "Launching {} from {} (launch {}).",
+                    launch.count, launch.image_id, launch.id
+                ),
+            );
+            Ok(see_other("/servers"))
+        }
+        Err(AppError::BadRequest(m)) => {
+            render(
+                layout,
+                &state,
+                Filters::default(),
+                Some(m),
+                StatusCode::BAD_REQUEST,
+            )
+            .await
+        }
+        Err(AppError::Conflict(m)) => {
+            render(
+                layout,
+                &state,
+                Filters::default(),
+                Some(m),
+                StatusCode::CONFLICT,
+            )
+            .await
+        }
+        Err(AppError::NotFound(m)) => {
+            render(
+                layout,
+                &state,
+                Filters::default(),
+                Some(m),
+                StatusCode::NOT_FOUND,
+            )
+            .await
+        }
+        Err(other) => Err(other),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "server.html")]
+struct ServerPage {
+    layout: Layout,
+    server: ServerView,
+    launch_id: Option<i64>,
+    events: Vec<EventView>,
+}
+
+pub async fn show(
+    layout: Layout,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = id.into_inner();
+    let row = crate::db::servers::find(&state.pool, &id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no server {id}.")))?;
+    let launch_id = row.launch_id;
+    let mut events: Vec<EventView> =
+        crate::db::audit::for_target(&state.pool, &format!("server:{id}"), 50)
+            .await?
+            .into_iter()
+            .map(EventView::from)
+            .collect();
+    if let Some(l) = launch_id {
+        events.extend(
+            crate::db::audit::for_target(&state.pool, &format!("launch:{l}"), 10)
+                .await?
+                .into_iter()
+                .map(EventView::from),
+        );
+        events.sort_by_key(|e| std::cmp::Reverse(e.id));
+    }
+    super::html(
+        &ServerPage {
+            layout,
+            server: row.into(),
+            launch_id,
+            events,
+        },
+        StatusCode::OK,
+    )
+}

@@ -1,0 +1,448 @@
+//! Launching servers (pages and API), the Servers page, the fleet cap, bad input, and the
+//! reconciler (states, vanished servers, adopted ones, one replica at a time).
+
+use std::time::Duration;
+
+use kiln::cloud::{Provider, ServerFilter, ServerState, describe_all};
+use kiln::domain::Role;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+async fn base_image(app: &TestApp) -> String {
+    sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) for a launch to finish; returns its JSON.
+async fn finished_launch(app: &TestApp, token: &str, id: i64) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let launch: serde_json::Value = reqwest::Client::new()
+            .get(app.url(&format!("/api/v1/launches/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !matches!(launch["state"].as_str(), Some("pending") | Some("running")) {
+            return launch;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "launch {id} did not finish: {launch}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Stops the agent processes a test's launches started.
+async fn stop_all(app: &TestApp) {
+    let live: Vec<String> =
+        describe_all(app.cloud.as_ref(), &ServerFilter::fleet(app.cloud.fleet()))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.state != ServerState::Terminated)
+            .map(|s| s.id)
+            .collect();
+    app.cloud.terminate(&live).await.unwrap();
+}
+
+async fn launch_api(app: &TestApp, token: &str, body: serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url("/api/v1/servers"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_launch_returns_at_once_and_its_servers_come_up_at_the_provider() {
+    let app = spawn_app().await;
+    app.create_user("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let image = base_image(&app).await;
+
+    let res = launch_api(
+        &app,
+        &token,
+        serde_json::json!({"image_id": image, "count": 2, "instance_type": "t3.small"}),
+    )
+    .await;
+
+    assert_eq!(res.status(), 202);
+    let accepted: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(accepted["state"], "pending");
+    assert_eq!(accepted["count"], 2);
+    let launch = finished_launch(&app, &token, accepted["id"].as_i64().unwrap()).await;
+    assert_eq!(launch["state"], "succeeded", "{launch}");
+    let ids: Vec<String> = serde_json::from_value(launch["server_ids"].clone()).unwrap();
+    assert_eq!(ids.len(), 2);
+    let at_provider = describe_all(
+        app.cloud.as_ref(),
+        &ServerFilter {
+            ids: ids.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        at_provider.iter().all(|s| s.state == ServerState::Running),
+        "{at_provider:?}"
+    );
+    let listed: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(app.url("/api/v1/servers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    for s in &listed {
+        assert_eq!(
+            (
+                s["mode"].as_str(),
+                s["state"].as_str(),
+                s["purpose"].as_str()
+            ),
+            (Some("enabled"), Some("running"), Some("worker"))
+        );
+        assert_eq!(s["image_id"], image.as_str());
+        assert_eq!(s["running_jobs"], 0);
+        assert_eq!(s["instance_type"], "t3.small");
+    }
+    let operator = app.user_client("ollie", Role::Operator).await;
+    let page = app.get(&operator, "/servers").await.text().await.unwrap();
+    assert!(
+        ids.iter().all(|id| page.contains(id.as_str())),
+        "the page lists them"
+    );
+    let detail = app
+        .get(&operator, &format!("/servers/{}", ids[0]))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        detail.contains("servers.launched"),
+        "the server's page shows its launch in the audit trail"
+    );
+    let audit = app.audit().await;
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "servers.launch" && a.actor == "olga")
+    );
+    stop_all(&app).await;
+}
+
+#[tokio::test]
+async fn the_launch_form_launches_from_the_current_image() {
+    let app = spawn_app().await;
+    let operator = app.user_client("olga", Role::Operator).await;
+    let image = base_image(&app).await;
+    let page = app.get(&operator, "/servers").await.text().await.unwrap();
+    assert!(
+        page.contains("Launch servers")
+            && page.contains(&format!("<option value=\"{image}\" selected")),
+        "current image preselected"
+    );
+
+    let res = app
+        .post_form(
+            &operator,
+            "/servers",
+            "/servers",
+            &[
+                ("image_id", &image),
+                ("count", "1"),
+                ("instance_type", "t3.micro"),
+            ],
+        )
+        .await;
+
+    assert_eq!(res.status(), 303);
+    let after = app.get(&operator, "/servers").await.text().await.unwrap();
+    assert!(after.contains("Launching 1 from"), "flash");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while app
+        .count("SELECT count(*) FROM servers WHERE state = 'running'")
+        .await
+        != 1
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop_all(&app).await;
+}
+
+#[tokio::test]
+async fn bad_launches_are_refused_with_reasons_and_leave_nothing_behind() {
+    let app = spawn_app_with(|s| s.max_servers = 3).await;
+    app.create_user("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let image = base_image(&app).await;
+    let cases = [
+        (
+            serde_json::json!({"image_id": "ami-1e749f67", "count": 1}),
+            400,
+            "is not a local image id",
+        ),
+        (
+            serde_json::json!({"image_id": image, "count": 0}),
+            400,
+            "at least one",
+        ),
+        (
+            serde_json::json!({"image_id": image, "count": 10000}),
+            400,
+            "KILN_MAX_SERVERS",
+        ),
+        (
+            serde_json::json!({"image_id": image, "count": "lots"}),
+            400,
+            "whole number",
+        ),
+        (
+            serde_json::json!({"image_id": image, "count": 1, "instance_type": "m9.huge"}),
+            400,
+            "not an offered instance type",
+        ),
+        (
+            serde_json::json!({"image_id": "ami-local-0123456789abcdef0", "count": 1}),
+            404,
+            "no image",
+        ),
+        (
+            serde_json::json!({"image_id": image, "count": 4}),
+            400,
+            "KILN_MAX_SERVERS",
+        ),
+    ];
+    for (body, status, words) in cases {
+        let res = launch_api(&app, &token, body.clone()).await;
+        assert_eq!(res.status().as_u16(), status, "{body}");
+        let error = res.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(error.contains(words), "{body}: {error}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM launches").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM tasks WHERE kind = 'launch_servers'")
+            .await,
+        0
+    );
+
+    // Within the cap, then over it counting servers not launched yet.
+    let ok = launch_api(
+        &app,
+        &token,
+        serde_json::json!({"image_id": image, "count": 2}),
+    )
+    .await;
+    assert_eq!(ok.status(), 202);
+    let over = launch_api(
+        &app,
+        &token,
+        serde_json::json!({"image_id": image, "count": 2}),
+    )
+    .await;
+    assert_eq!(over.status(), 409);
+    assert!(
+        over.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("over its cap of 3")
+    );
+    let id = sqlx::query_scalar::<_, i64>("SELECT id FROM launches")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    finished_launch(&app, &token, id).await;
+    stop_all(&app).await;
+}
+
+#[tokio::test]
+async fn a_pending_image_cannot_be_launched() {
+    let app = spawn_app().await;
+    app.create_user("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let image = base_image(&app).await;
+    sqlx::query("UPDATE images SET state = 'pending'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let res = launch_api(
+        &app,
+        &token,
+        serde_json::json!({"image_id": image, "count": 1}),
+    )
+    .await;
+
+    assert_eq!(res.status(), 409);
+    assert!(
+        res.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("only available images can be launched")
+    );
+}
+
+#[tokio::test]
+async fn the_reconciler_follows_the_provider_marks_the_vanished_and_adopts_strangers() {
+    let app = spawn_app_with(|s| s.reconcile_interval = 3600).await;
+    app.create_user("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let image = base_image(&app).await;
+    let accepted: serde_json::Value = launch_api(
+        &app,
+        &token,
+        serde_json::json!({"image_id": image, "count": 2}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let launch = finished_launch(&app, &token, accepted["id"].as_i64().unwrap()).await;
+    let ids: Vec<String> = serde_json::from_value(launch["server_ids"].clone()).unwrap();
+    // One agent dies; one server Kiln knows is gone from the provider; one stranger appears.
+    let pid: i32 = sqlx::query_scalar("SELECT pid FROM local_instances WHERE id = $1")
+        .bind(&ids[0])
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // SAFETY: plain kill(2) of an agent this test launched.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    sqlx::query("INSERT INTO servers (id, image_id, state, launched_at) VALUES ('i-local-0000000000000dead', $1, 'running', now() - interval '10 minutes')")
+        .bind(&image)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO local_instances (id, image_id, instance_type, state, tags, launch_token)
+         VALUES ('i-local-000000000000000aa', $1, 't3.micro', 'pending', '{\"kiln:fleet\": \"default\"}', 'elsewhere')",
+    )
+    .bind(&image)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let summary = kiln::fleet::reconciler::run_once(&app.pool, &app.cloud)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(
+        (summary.updated, summary.vanished, summary.adopted),
+        (1, 1, 1),
+        "{summary:?}"
+    );
+    let pool = app.pool.clone();
+    let state = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM servers WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let dead: String = sqlx::query_scalar("SELECT state FROM servers WHERE id = $1")
+        .bind(&ids[0])
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let alive: String = sqlx::query_scalar("SELECT state FROM servers WHERE id = $1")
+        .bind(&ids[1])
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!((dead.as_str(), alive.as_str()), ("terminated", "running"));
+    assert_eq!(state("i-local-0000000000000dead").await, "terminated");
+    let adopted: bool =
+        sqlx::query_scalar("SELECT adopted FROM servers WHERE id = 'i-local-000000000000000aa'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(adopted);
+    let audit = app.audit().await;
+    assert!(
+        audit.iter().any(
+            |a| a.action == "server.vanished" && a.target == "server:i-local-0000000000000dead"
+        )
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "server.adopt" && a.target == "server:i-local-000000000000000aa")
+    );
+    let page = app
+        .get(&app.admin().await, "/servers")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("adopted</span>"),
+        "adopted servers are flagged on the page"
+    );
+
+    let again = kiln::fleet::reconciler::run_once(&app.pool, &app.cloud)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.updated, again.vanished, again.adopted),
+        (0, 0, 0),
+        "a second pass changes nothing"
+    );
+    stop_all(&app).await;
+}
+
+#[tokio::test]
+async fn only_one_replica_reconciles_at_a_time() {
+    let app = spawn_app_with(|s| s.reconcile_interval = 3600).await;
+    let mut holder = app.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(kiln::fleet::reconciler::LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let skipped = kiln::fleet::reconciler::run_once(&app.pool, &app.cloud)
+        .await
+        .unwrap();
+
+    assert!(skipped.is_none(), "another replica holds the reconciler");
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(kiln::fleet::reconciler::LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    assert!(
+        kiln::fleet::reconciler::run_once(&app.pool, &app.cloud)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
