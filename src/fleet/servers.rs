@@ -152,3 +152,142 @@ mod tests {
         assert!(count_of(&Some(serde_json::json!([1]))).is_err());
     }
 }
+
+/// What an operator does to a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Disable,
+    Enable,
+    Terminate,
+    ForceTerminate,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Result<Self, AppError> {
+        match s {
+            "disable" => Ok(Action::Disable),
+            "enable" => Ok(Action::Enable),
+            "terminate" => Ok(Action::Terminate),
+            "force_terminate" => Ok(Action::ForceTerminate),
+            other => Err(AppError::BadRequest(format!(
+                "{other:?} is not a server action; use disable, enable, terminate or force_terminate."
+            ))),
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Disable => "server.disable",
+            Action::Enable => "server.enable",
+            Action::Terminate => "server.terminate",
+            Action::ForceTerminate => "server.force_terminate",
+        }
+    }
+}
+
+/// What an action did: took effect now, was already in effect, or was queued (terminate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Done,
+    AlreadyDone,
+    Queued,
+}
+
+/// Applies `action` to each server, all or nothing: if any server refuses it (unknown,
+/// terminated), nothing changes and the error names it.
+pub async fn act(
+    pool: &sqlx::PgPool,
+    principal: &Principal,
+    source_ip: Option<String>,
+    ids: &[String],
+    action: Action,
+) -> Result<Vec<Effect>, AppError> {
+    if ids.is_empty() {
+        return Err(AppError::BadRequest("Select at least one server.".into()));
+    }
+    if ids.len() > 5000 {
+        return Err(AppError::BadRequest(
+            "Act on at most 5,000 servers at once.".into(),
+        ));
+    }
+    let mut tx = pool.begin().await?;
+    let mut effects = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT state, mode FROM servers WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((state, mode)) = row else {
+            return Err(AppError::NotFound(format!("There is no server {id}.")));
+        };
+        if state == "terminated" {
+            if matches!(action, Action::Terminate | Action::ForceTerminate) {
+                effects.push(Effect::AlreadyDone);
+                continue;
+            }
+            return Err(AppError::Conflict(format!(
+                "Server {id} is terminated; it cannot be {}d.",
+                &action.verb()[7..]
+            )));
+        }
+        let effect = match action {
+            Action::Disable | Action::Enable => {
+                let want = if action == Action::Disable {
+                    "disabled"
+                } else {
+                    "enabled"
+                };
+                if mode == want {
+                    Effect::AlreadyDone
+                } else {
+                    sqlx::query("UPDATE servers SET mode = $2, updated_at = now() WHERE id = $1")
+                        .bind(id)
+                        .bind(want)
+                        .execute(&mut *tx)
+                        .await?;
+                    Effect::Done
+                }
+            }
+            Action::Terminate | Action::ForceTerminate => {
+                // Disabled at once: the server takes no new work while it is being terminated.
+                sqlx::query(
+                    "UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                let task = crate::tasks::terminate_server::TerminateServer {
+                    server_id: id.clone(),
+                    force: action == Action::ForceTerminate,
+                };
+                match crate::tasks::enqueue(&mut tx, &task, Some(&format!("terminate:{id}")))
+                    .await?
+                {
+                    Some(_) => Effect::Queued,
+                    None => Effect::AlreadyDone,
+                }
+            }
+        };
+        audit::record(
+            &mut *tx,
+            AuditEvent::by(
+                principal,
+                action.verb(),
+                format!("server:{id}"),
+                Outcome::Ok,
+            )
+            .detail(match effect {
+                Effect::Done => "",
+                Effect::AlreadyDone => "already in effect",
+                Effect::Queued => "queued",
+            })
+            .from_ip(source_ip.clone()),
+        )
+        .await?;
+        effects.push(effect);
+    }
+    tx.commit().await?;
+    Ok(effects)
+}

@@ -14,6 +14,7 @@
 pub mod adopt_image;
 pub mod launch_servers;
 pub mod queue;
+pub mod terminate_server;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -131,6 +132,7 @@ pub fn registry() -> Registry {
     Registry::default()
         .register::<adopt_image::AdoptImage>()
         .register::<launch_servers::LaunchServers>()
+        .register::<terminate_server::TerminateServer>()
 }
 
 /// Enqueues a task in the caller's transaction: it becomes visible, and the workers are woken,

@@ -58,6 +58,8 @@ route_table! {
     GET  "/servers"                   VIEWER => pages::servers::list;
     POST "/servers"                   OPERATOR => pages::servers::launch;
     GET  "/servers/{id}"              VIEWER => pages::servers::show;
+    POST "/servers/bulk"              OPERATOR => pages::servers::bulk;
+    POST "/servers/{id}/{action}"     OPERATOR => pages::servers::act;
     GET  "/rollouts"                  VIEWER => pages::coming_soon::show;
     GET  "/bakes"                     VIEWER => pages::coming_soon::show;
     GET  "/jobs"                      VIEWER => pages::coming_soon::show;
@@ -82,5 +84,6 @@ route_table! {
     GET  "/api/v1/servers"            VIEWER => api::servers::list;
     POST "/api/v1/servers"            OPERATOR => api::servers::launch;
     GET  "/api/v1/servers/{id}"       VIEWER => api::servers::show;
+    POST "/api/v1/servers/{id}/{action}" OPERATOR => api::servers::act;
     GET  "/api/v1/launches/{id}"      VIEWER => api::servers::show_launch;
 }

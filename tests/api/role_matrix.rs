@@ -25,6 +25,8 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/servers", Some(Role::Viewer)),
     ("POST", "/servers", Some(Role::Operator)),
     ("GET", "/servers/{id}", Some(Role::Viewer)),
+    ("POST", "/servers/bulk", Some(Role::Operator)),
+    ("POST", "/servers/{id}/{action}", Some(Role::Operator)),
     ("GET", "/rollouts", Some(Role::Viewer)),
     ("GET", "/bakes", Some(Role::Viewer)),
     ("GET", "/jobs", Some(Role::Viewer)),
@@ -46,6 +48,11 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/servers", Some(Role::Viewer)),
     ("POST", "/api/v1/servers", Some(Role::Operator)),
     ("GET", "/api/v1/servers/{id}", Some(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/servers/{id}/{action}",
+        Some(Role::Operator),
+    ),
     ("GET", "/api/v1/launches/{id}", Some(Role::Viewer)),
 ];
 
@@ -132,6 +139,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/images/{id}", &format!("/images/{}", f.image_id))
         .replace("/servers/{id}", "/servers/i-local-00000000000000000")
         .replace("/launches/{id}", "/launches/1")
+        .replace("{action}", "disable")
 }
 
 /// A fresh client for `who` (fresh, because some routes log out or disable), and a CSRF

@@ -446,3 +446,280 @@ async fn only_one_replica_reconciles_at_a_time() {
             .is_some()
     );
 }
+
+async fn launched(app: &TestApp, token: &str, count: u32) -> Vec<String> {
+    let image = base_image(app).await;
+    let accepted: serde_json::Value = launch_api(
+        app,
+        token,
+        serde_json::json!({"image_id": image, "count": count}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let launch = finished_launch(app, token, accepted["id"].as_i64().unwrap()).await;
+    serde_json::from_value(launch["server_ids"].clone()).unwrap()
+}
+
+async fn api_act(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    verb: &str,
+    body: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(app.url(&format!("/api/v1/servers/{id}/{verb}")))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap()
+}
+
+async fn until_server_state(app: &TestApp, id: &str, state: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: String = sqlx::query_scalar("SELECT state FROM servers WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if now == state {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server {id} stayed {now}, expected {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn disable_and_enable_are_immediate_idempotent_and_survive_a_reconcile() {
+    let app = spawn_app_with(|s| s.reconcile_interval = 3600).await;
+    app.create_user("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let id = launched(&app, &token, 1).await.remove(0);
+
+    let first = api_act(&app, &token, &id, "disable", None).await;
+    let again = api_act(&app, &token, &id, "disable", None).await;
+
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.json::<serde_json::Value>().await.unwrap()["mode"],
+        "disabled"
+    );
+    assert_eq!(
+        again.status(),
+        200,
+        "disabling a disabled server is a no-op"
+    );
+    kiln::fleet::reconciler::run_once(&app.pool, &app.cloud)
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("SELECT mode FROM servers WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "disabled", "a reconcile keeps the mode");
+    let enabled = api_act(&app, &token, &id, "enable", None).await;
+    assert_eq!(
+        enabled.json::<serde_json::Value>().await.unwrap()["mode"],
+        "enabled"
+    );
+    let actions: Vec<(String, String)> = app
+        .audit()
+        .await
+        .iter()
+        .filter(|a| a.target == format!("server:{id}"))
+        .map(|a| (a.action.clone(), a.detail.clone()))
+        .collect();
+    assert_eq!(
+        actions[..3],
+        [
+            ("server.enable".into(), "".into()),
+            ("server.disable".into(), "already in effect".into()),
+            ("server.disable".into(), "".into())
+        ]
+    );
+    stop_all(&app).await;
+}
+
+#[tokio::test]
+async fn terminate_stops_the_server_at_the_provider_and_force_does_too() {
+    let app = spawn_app().await;
+    let operator = app.user_client("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let ids = launched(&app, &token, 2).await;
+
+    let graceful = api_act(
+        &app,
+        &token,
+        &ids[0],
+        "terminate",
+        Some(serde_json::json!({"force": false})),
+    )
+    .await;
+    let forced = app
+        .post_form(
+            &operator,
+            "/servers",
+            &format!("/servers/{}/force_terminate", ids[1]),
+            &[],
+        )
+        .await;
+
+    assert_eq!(graceful.status(), 202);
+    assert_eq!(
+        graceful.json::<serde_json::Value>().await.unwrap()["mode"],
+        "disabled",
+        "disabled at once"
+    );
+    assert_eq!(forced.status(), 303);
+    for id in &ids {
+        until_server_state(&app, id, "terminated").await;
+    }
+    let at_provider = describe_all(
+        app.cloud.as_ref(),
+        &ServerFilter {
+            ids: ids.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        at_provider
+            .iter()
+            .all(|s| s.state == ServerState::Terminated),
+        "{at_provider:?}"
+    );
+    let again = api_act(&app, &token, &ids[0], "terminate", None).await;
+    assert_eq!(
+        again.status(),
+        200,
+        "terminating a terminated server is a no-op"
+    );
+    let disable_dead = api_act(&app, &token, &ids[0], "disable", None).await;
+    assert_eq!(disable_dead.status(), 409);
+    assert!(
+        disable_dead.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("is terminated")
+    );
+    let page = app.get(&operator, "/servers").await.text().await.unwrap();
+    assert!(
+        page.contains("Terminating 1 server now."),
+        "flash after the forced terminate"
+    );
+    let audit = app.audit().await;
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "server.force_terminate" && a.actor == "olga")
+    );
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.action == "server.terminated")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn bulk_actions_apply_to_the_selection_or_change_nothing() {
+    let app = spawn_app().await;
+    let operator = app.user_client("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let ids = launched(&app, &token, 3).await;
+    let csrf = app.csrf(&operator, "/servers").await;
+
+    let res = operator
+        .post(app.url("/servers/bulk"))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("ids", &ids[0]),
+            ("ids", &ids[1]),
+            ("action", "disable"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let page = app.get(&operator, "/servers").await.text().await.unwrap();
+    assert!(page.contains("Disabled 2 servers"), "flash");
+    let with_unknown = operator
+        .post(app.url("/servers/bulk"))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("ids", &ids[2]),
+            ("ids", "i-local-00000000000000bad"),
+            ("action", "disable"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let nothing = operator
+        .post(app.url("/servers/bulk"))
+        .form(&[("csrf_token", csrf.as_str()), ("action", "disable")])
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(res.status(), 303);
+    assert_eq!(with_unknown.status(), 404);
+    assert!(
+        with_unknown
+            .text()
+            .await
+            .unwrap()
+            .contains("There is no server i-local-00000000000000bad.")
+    );
+    assert_eq!(nothing.status(), 400);
+    let modes: Vec<String> = sqlx::query_scalar(
+        "SELECT mode FROM servers WHERE id = ANY($1) ORDER BY array_position($1, id)",
+    )
+    .bind(&ids)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        modes,
+        ["disabled", "disabled", "enabled"],
+        "the refused bulk action changed nothing"
+    );
+    stop_all(&app).await;
+}
+
+#[tokio::test]
+async fn a_viewer_sees_servers_without_action_controls() {
+    let app = spawn_app().await;
+    app.create_user("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let ids = launched(&app, &token, 1).await;
+    let viewer = app.user_client("vera", Role::Viewer).await;
+
+    let page = app.get(&viewer, "/servers").await.text().await.unwrap();
+    let refused = app
+        .post_form(
+            &viewer,
+            "/servers",
+            &format!("/servers/{}/disable", ids[0]),
+            &[],
+        )
+        .await;
+
+    assert!(page.contains(&ids[0]));
+    assert!(
+        !page.contains("Launch servers")
+            && !page.contains(">Disable<")
+            && !page.contains("Apply to selected")
+    );
+    assert_eq!(refused.status(), 403);
+    stop_all(&app).await;
+}

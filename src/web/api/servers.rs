@@ -111,3 +111,54 @@ pub async fn show_launch(
         .ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(launch_json(&state, launch).await?))
 }
+
+#[derive(Default, serde::Deserialize)]
+pub struct TerminateBody {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /api/v1/servers/{id}/{disable|enable|terminate}`: 200 when it took effect or already
+/// had, 202 when a terminate was queued.
+pub async fn act(
+    req: HttpRequest,
+    principal: Principal,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    body: Option<web::Json<TerminateBody>>,
+) -> Result<HttpResponse, AppError> {
+    use crate::fleet::servers::{Action, Effect};
+    let (id, verb) = path.into_inner();
+    let action = match verb.as_str() {
+        "disable" => Action::Disable,
+        "enable" => Action::Enable,
+        "terminate" if body.as_ref().is_some_and(|b| b.force) => Action::ForceTerminate,
+        "terminate" => Action::Terminate,
+        other => {
+            return Err(AppError::NotFound(format!(
+                "Servers have no action {other:?}; use disable, enable or terminate."
+            )));
+        }
+    };
+    let ip = crate::web::pages::client_ip(&req).map(|i| i.to_string());
+    let effects = crate::fleet::servers::act(
+        &state.pool,
+        &principal,
+        ip,
+        std::slice::from_ref(&id),
+        action,
+    )
+    .await?;
+    let row = crate::db::servers::find(&state.pool, &id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no server {id}.")))?;
+    let mut res = if effects[0] == Effect::Queued {
+        HttpResponse::Accepted()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(res.json(ServerJson {
+        row,
+        running_jobs: 0,
+    }))
+}

@@ -148,6 +148,8 @@ struct ServersPage {
 #[derive(Template)]
 #[template(path = "partials/servers_live.html")]
 struct ServersLive {
+    can_act: bool,
+    csrf: String,
     servers: Vec<ServerView>,
     counts: Vec<Count>,
     launches: Vec<LaunchView>,
@@ -157,7 +159,11 @@ struct ServersLive {
     first_page: bool,
 }
 
-async fn live(state: &AppState, filters: &Filters) -> Result<ServersLive, AppError> {
+async fn live(
+    state: &AppState,
+    layout: &Layout,
+    filters: &Filters,
+) -> Result<ServersLive, AppError> {
     let query = filters.query();
     let after = match filters.after.as_deref().filter(|s| !s.is_empty()) {
         Some(id) => crate::db::servers::find(&state.pool, id)
@@ -197,6 +203,8 @@ async fn live(state: &AppState, filters: &Filters) -> Result<ServersLive, AppErr
             .iter()
             .any(|s| matches!(s.state.as_str(), "pending" | "stopping" | "shutting-down"));
     Ok(ServersLive {
+        can_act: layout.can_act(),
+        csrf: layout.csrf.clone(),
         servers,
         counts,
         launches,
@@ -232,7 +240,7 @@ async fn render(
         .collect();
     let q = filters.query();
     let page = ServersPage {
-        live: live(state, &filters).await?,
+        live: live(state, &layout, &filters).await?,
         layout,
         images,
         instance_types: state.settings.instance_types.clone(),
@@ -254,7 +262,7 @@ pub async fn list(
 ) -> Result<HttpResponse, AppError> {
     let filters = filters.into_inner();
     if filters.live && is_htmx(&req) {
-        return super::html(&live(&state, &filters).await?, StatusCode::OK);
+        return super::html(&live(&state, &layout, &filters).await?, StatusCode::OK);
     }
     render(layout, &state, filters, None, StatusCode::OK).await
 }
@@ -365,4 +373,104 @@ pub async fn show(
         },
         StatusCode::OK,
     )
+}
+
+/// `POST /servers/{id}/{action}`: one server, from its row or its page.
+pub async fn act(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AppError> {
+    let (id, action) = path.into_inner();
+    let action = crate::fleet::servers::Action::parse(&action)?;
+    let ip = client_ip(&req).map(|i| i.to_string());
+    let effects = crate::fleet::servers::act(
+        &state.pool,
+        &principal,
+        ip,
+        std::slice::from_ref(&id),
+        action,
+    )
+    .await?;
+    flash(&session, describe(action, &effects));
+    Ok(see_other(&back_to(&req, "/servers")))
+}
+
+/// `POST /servers/bulk`: the selected servers (`ids`, repeated) and one `action`.
+pub async fn bulk(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    form: web::Form<Vec<(String, String)>>,
+) -> Result<HttpResponse, AppError> {
+    let fields = form.into_inner();
+    let ids: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| k == "ids")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let action = fields
+        .iter()
+        .find(|(k, _)| k == "action")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| {
+            AppError::BadRequest("Choose what to do with the selected servers.".into())
+        })?;
+    let action = crate::fleet::servers::Action::parse(action)?;
+    let ip = client_ip(&req).map(|i| i.to_string());
+    let effects = crate::fleet::servers::act(&state.pool, &principal, ip, &ids, action).await?;
+    flash(&session, describe(action, &effects));
+    Ok(see_other("/servers"))
+}
+
+fn describe(
+    action: crate::fleet::servers::Action,
+    effects: &[crate::fleet::servers::Effect],
+) -> String {
+    use crate::fleet::servers::{Action, Effect};
+    let n = |e: Effect| effects.iter().filter(|x| **x == e).count();
+    let servers = |k: usize| {
+        if k == 1 {
+            "1 server".to_owned()
+        } else {
+            format!("{k} servers")
+        }
+    };
+    let (done, already, queued) = (n(Effect::Done), n(Effect::AlreadyDone), n(Effect::Queued));
+    let mut parts = Vec::new();
+    match action {
+        Action::Disable if done > 0 => parts.push(format!(
+            "Disabled {}: no new work; running jobs finish.",
+            servers(done)
+        )),
+        Action::Enable if done > 0 => parts.push(format!("Enabled {}.", servers(done))),
+        Action::Terminate if queued > 0 => {
+            parts.push(format!("Terminating {} once idle.", servers(queued)))
+        }
+        Action::ForceTerminate if queued > 0 => {
+            parts.push(format!("Terminating {} now.", servers(queued)))
+        }
+        _ => {}
+    }
+    if already > 0 {
+        parts.push(format!("{} already so.", servers(already)));
+    }
+    parts.join(" ")
+}
+
+/// Back to the page the form was on, when that was one of ours.
+fn back_to(req: &HttpRequest, default: &str) -> String {
+    req.headers()
+        .get(actix_web::http::header::REFERER)
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| url::Url::parse(r).ok())
+        .filter(|u| u.path().starts_with("/servers"))
+        .map(|u| match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        })
+        .unwrap_or_else(|| default.to_owned())
 }
