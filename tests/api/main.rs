@@ -16,6 +16,7 @@ mod images;
 mod invariants;
 mod login;
 mod moto;
+mod replicas;
 mod role_matrix;
 mod servers;
 mod tasks;

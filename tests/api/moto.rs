@@ -97,6 +97,8 @@ pub enum Fault {
     LoseResponse,
     /// 500 InsufficientInstanceCapacity; moto never sees the call.
     NoCapacity,
+    /// Moto acts, and the answer is held back this many milliseconds (a slow or hung call).
+    Delay(u64),
     /// Moto acts on the call with MinCount and MaxCount lowered to this (EC2 launching fewer
     /// than asked; moto itself always launches MinCount).
     CapCount(u32),
@@ -223,6 +225,9 @@ async fn forward(req: HttpRequest, body: web::Bytes, state: web::Data<ProxyState
         }
     }
     let res = upstream_req.send().await.unwrap();
+    if let Some(Fault::Delay(ms)) = fault {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     if fault == Some(Fault::LoseResponse) {
         return ec2_error(
             503,

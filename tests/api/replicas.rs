@@ -1,0 +1,213 @@
+//! Real `kiln serve` processes on one database: a console killed (SIGKILL) in the middle of a
+//! launch does not lose it, and the restarted one finishes it without launching twice; two
+//! consoles side by side run every task once. EC2 is moto behind the fault proxy, which
+//! holds the first RunInstances answer so that the kill lands mid-call, deterministically.
+
+use std::time::Duration;
+
+use kiln::cloud::{ServerFilter, describe_all};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::moto::{Fault, FaultProxy, provider};
+
+struct Console {
+    child: tokio::process::Child,
+    base: String,
+}
+
+async fn start(db: &str, endpoint: &str, fleet: &str) -> Console {
+    let mut child = crate::cli::serve_with(
+        db,
+        &[
+            ("KILN_PROVIDER", "aws"),
+            ("KILN_EC2_ENDPOINT", endpoint),
+            ("KILN_FLEET", fleet),
+            ("KILN_TASK_LEASE", "3"),
+            ("KILN_TASK_POLL", "1"),
+            ("KILN_RECONCILE_INTERVAL", "3600"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = crate::cli::line_with(&mut stderr, "kiln console listening").await;
+    let port: u16 = listening
+        .split("port=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Keep draining its log so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    Console {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn get_json(url: String, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_console_killed_mid_launch_loses_nothing_and_two_consoles_run_each_task_once() {
+    let db = crate::helpers::fresh_database_url();
+    let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
+    let proxy = FaultProxy::start().await;
+    proxy.inject("RunInstances", Fault::Delay(120_000), 1);
+    let mut a = start(&db, &proxy.endpoint, &fleet).await;
+    let token_out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["token", "create", "--user", "admin"])
+        .env("DATABASE_URL", &db)
+        .output()
+        .await
+        .unwrap();
+    let token = String::from_utf8(token_out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let api = reqwest::Client::new();
+    let added = api
+        .post(format!("{}/api/v1/images", a.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"id": "ami-1e749f67", "name": "ubuntu"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let image_url = format!("{}/api/v1/images/ami-1e749f67", a.base);
+    until("the AMI to be adopted", || {
+        let url = image_url.clone();
+        let token = token.clone();
+        async move { get_json(url, &token).await["state"] == "available" }
+    })
+    .await;
+
+    let accepted: serde_json::Value = api
+        .post(format!("{}/api/v1/servers", a.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"image_id": "ami-1e749f67", "count": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let launch_id = accepted["id"].as_i64().unwrap();
+    until("RunInstances to reach EC2", || {
+        let proxy = proxy.clone();
+        async move { proxy.forwarded("RunInstances") == 1 }
+    })
+    .await;
+
+    // EC2 has launched; the console dies before it hears so.
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    let mut b = start(&db, &proxy.endpoint, &fleet).await;
+    let mut c = start(&db, &proxy.endpoint, &fleet).await;
+
+    let launch_url = format!("{}/api/v1/launches/{launch_id}", b.base);
+    until(
+        "the interrupted launch to finish on the restarted console",
+        || {
+            let url = launch_url.clone();
+            let token = token.clone();
+            async move { get_json(url, &token).await["state"] == "succeeded" }
+        },
+    )
+    .await;
+    let launch = get_json(launch_url.clone(), &token).await;
+    assert_eq!(launch["server_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        proxy.forwarded("RunInstances"),
+        1,
+        "the retry found the launch by its token"
+    );
+    let (ec2, _) = provider(proxy.endpoint.clone(), &fleet, 3).await;
+    assert_eq!(
+        describe_all(&ec2, &ServerFilter::fleet(&fleet))
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "one set of servers, not two"
+    );
+
+    // Two consoles side by side: three more launches, each run once, wherever.
+    let mut ids = Vec::new();
+    for base in [&b.base, &c.base, &b.base] {
+        let accepted: serde_json::Value = api
+            .post(format!("{base}/api/v1/servers"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"image_id": "ami-1e749f67", "count": 1}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(accepted["id"].as_i64().unwrap());
+    }
+    for id in &ids {
+        let url = format!("{}/api/v1/launches/{id}", c.base);
+        until("each launch to finish", || {
+            let url = url.clone();
+            let token = token.clone();
+            async move { get_json(url, &token).await["state"] == "succeeded" }
+        })
+        .await;
+    }
+    assert_eq!(proxy.forwarded("RunInstances"), 4);
+    assert_eq!(
+        describe_all(&ec2, &ServerFilter::fleet(&fleet))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    let pool = kiln::db::connect(&db).await.unwrap();
+    let (launch_tasks, reruns): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE attempts > 1) FROM tasks WHERE kind = 'launch_servers' AND payload->>'launch_id' <> $1",
+    )
+    .bind(launch_id.to_string())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((launch_tasks, reruns), (3, 0), "each task ran once");
+    let interrupted: i32 = sqlx::query_scalar(
+        "SELECT attempts FROM tasks WHERE kind = 'launch_servers' AND payload->>'launch_id' = $1",
+    )
+    .bind(launch_id.to_string())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        interrupted, 2,
+        "the killed console's attempt, then the restarted one's"
+    );
+    assert!(crate::cli::sigterm_and_wait(&mut b.child).await.success());
+    assert!(crate::cli::sigterm_and_wait(&mut c.child).await.success());
+}
