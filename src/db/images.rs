@@ -17,6 +17,8 @@ pub struct ImageRow {
     /// Filled by the listing queries.
     pub current: bool,
     pub was_current: bool,
+    /// Servers (not terminated) running it.
+    pub servers: i64,
 }
 
 macro_rules! select_images {
@@ -25,7 +27,8 @@ macro_rules! select_images {
             "SELECT i.id, i.name, i.version, i.description, i.source_revision, i.state, i.state_reason, i.added_by,
                     i.created_at,
                     i.id = (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1) IS TRUE AS current,
-                    EXISTS (SELECT 1 FROM releases r WHERE r.image_id = i.id) AS was_current
+                    EXISTS (SELECT 1 FROM releases r WHERE r.image_id = i.id) AS was_current,
+                    (SELECT count(*) FROM servers s WHERE s.image_id = i.id AND s.state <> 'terminated') AS servers
              FROM images i ",
             $rest
         )

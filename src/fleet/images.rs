@@ -173,3 +173,58 @@ pub async fn import_local(pool: &sqlx::PgPool, cloud: &AnyProvider) -> anyhow::R
         }
     }
 }
+
+/// Deregisters an image: refused for the current image and for one that servers still run.
+/// The catalogue marks it at once (nothing launches from it any more) and a task
+/// deregisters it at the provider. Returns false when it already was.
+pub async fn deregister(
+    pool: &sqlx::PgPool,
+    principal: &Principal,
+    source_ip: Option<String>,
+    id: &str,
+) -> Result<bool, AppError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.releases'))")
+        .execute(&mut *tx)
+        .await?;
+    let image = crate::db::images::find(&mut *tx, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no image {id} in the catalogue.")))?;
+    if image.state == "deregistered" {
+        return Ok(false);
+    }
+    if image.current {
+        return Err(AppError::Conflict(format!(
+            "{id} is the current image: make another image current before deregistering it."
+        )));
+    }
+    if image.servers > 0 {
+        return Err(AppError::Conflict(format!(
+            "{} server{} still run {id}: terminate or replace them first.",
+            image.servers,
+            if image.servers == 1 { "" } else { "s" }
+        )));
+    }
+    crate::db::images::set_state(&mut *tx, id, "deregistered", "").await?;
+    crate::tasks::enqueue(
+        &mut tx,
+        &crate::tasks::deregister_image::DeregisterImage {
+            image_id: id.to_owned(),
+        },
+        Some(&format!("deregister:{id}")),
+    )
+    .await?;
+    audit::record(
+        &mut *tx,
+        AuditEvent::by(
+            principal,
+            "image.deregister",
+            format!("image:{id}"),
+            Outcome::Ok,
+        )
+        .from_ip(source_ip),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}

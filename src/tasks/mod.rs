@@ -12,6 +12,7 @@
 //! tested, with no schema or runtime of someone else's to fit (underway is on sqlx 0.8).
 
 pub mod adopt_image;
+pub mod deregister_image;
 pub mod launch_servers;
 pub mod queue;
 pub mod terminate_server;
@@ -131,6 +132,7 @@ impl Registry {
 pub fn registry() -> Registry {
     Registry::default()
         .register::<adopt_image::AdoptImage>()
+        .register::<deregister_image::DeregisterImage>()
         .register::<launch_servers::LaunchServers>()
         .register::<terminate_server::TerminateServer>()
 }

@@ -55,6 +55,7 @@ route_table! {
     GET  "/images"                    VIEWER => pages::images::list;
     POST "/images"                    OPERATOR => pages::images::add;
     GET  "/images/{id}"               VIEWER => pages::images::show;
+    POST "/images/{id}/deregister"    OPERATOR => pages::images::deregister;
     GET  "/servers"                   VIEWER => pages::servers::list;
     POST "/servers"                   OPERATOR => pages::servers::launch;
     GET  "/servers/{id}"              VIEWER => pages::servers::show;
@@ -81,6 +82,7 @@ route_table! {
     GET  "/api/v1/images"             VIEWER => api::images::list;
     POST "/api/v1/images"             OPERATOR => api::images::add;
     GET  "/api/v1/images/{id}"        VIEWER => api::images::show;
+    POST "/api/v1/images/{id}/deregister" OPERATOR => api::images::deregister;
     GET  "/api/v1/servers"            VIEWER => api::servers::list;
     POST "/api/v1/servers"            OPERATOR => api::servers::launch;
     GET  "/api/v1/servers/{id}"       VIEWER => api::servers::show;

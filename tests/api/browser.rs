@@ -52,11 +52,24 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
             .await
             .unwrap();
     assert!(disabled, "the htmx disable went through in the browser");
-    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM servers WHERE state = 'running'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(running, 2, "the browser's launch ran");
+    let states: Vec<(String, String)> =
+        sqlx::query_as("SELECT state, mode FROM servers ORDER BY state, mode")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let states: Vec<(&str, &str)> = states
+        .iter()
+        .map(|(s, m)| (s.as_str(), m.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("running", "disabled"),
+            ("running", "enabled"),
+            ("terminated", "disabled")
+        ],
+        "launch 3, disable 1, terminate 1"
+    );
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM servers")
         .fetch_all(&app.pool)
         .await

@@ -293,3 +293,110 @@ async fn on_aws_an_existing_ami_is_adopted_and_an_unknown_one_fails_with_the_rea
     assert_eq!(missing_one.status(), 404);
     assert!(crate::cli::sigterm_and_wait(&mut kiln).await.success());
 }
+
+#[tokio::test]
+async fn deregister_refuses_the_current_image_and_one_servers_run_then_deregisters() {
+    let app = spawn_app().await;
+    let operator = app.user_client("olga", Role::Operator).await;
+    let token = app.token_for("olga").await;
+    let base: String = sqlx::query_scalar("SELECT id FROM images")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    app.post_form(&operator, "/images", "/images", &[("name", "spare")])
+        .await;
+    let spare: String = sqlx::query_scalar("SELECT id FROM images WHERE name = 'spare'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    until_state(&app.pool, &spare, "available").await;
+    sqlx::query("INSERT INTO servers (id, image_id, state) VALUES ('i-local-00000000000000abc', $1, 'running')")
+        .bind(&spare)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let api = reqwest::Client::new();
+    let deregister = |id: String| {
+        api.post(app.url(&format!("/api/v1/images/{id}/deregister")))
+            .bearer_auth(&token)
+            .send()
+    };
+
+    let current = deregister(base.clone()).await.unwrap();
+    let busy = deregister(spare.clone()).await.unwrap();
+
+    assert_eq!(current.status(), 409);
+    assert!(
+        current.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("is the current image")
+    );
+    assert_eq!(busy.status(), 409);
+    assert!(
+        busy.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("1 server still run")
+    );
+    let detail = app
+        .get(&operator, &format!("/images/{spare}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        detail.contains("1 running it") && detail.contains("still run it"),
+        "{detail}"
+    );
+
+    sqlx::query("UPDATE servers SET state = 'terminated'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let res = app
+        .post_form(
+            &operator,
+            &format!("/images/{spare}"),
+            &format!("/images/{spare}/deregister"),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    until_state(&app.pool, &spare, "deregistered").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let at_provider: String =
+            sqlx::query_scalar("SELECT state FROM local_images WHERE id = $1")
+                .bind(&spare)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if at_provider == "deregistered" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the provider still has it {at_provider}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let again = deregister(spare.clone()).await.unwrap();
+    assert_eq!(
+        again.status(),
+        200,
+        "deregistering a deregistered image is a no-op"
+    );
+    let launch = api
+        .post(app.url("/api/v1/servers"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"image_id": spare, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        launch.status(),
+        409,
+        "nothing launches from a deregistered image"
+    );
+}

@@ -51,14 +51,23 @@ def main() -> int:
         page.screenshot(path=f"{out}/images.png", full_page=True)
         print("images page shows the current image")
 
-        # Launch 2 servers from the form; the page refreshes itself (htmx) until they run.
+        # Launch 3 servers from the form; the page refreshes itself (htmx) until they run.
         page.goto(f"{base}/servers")
-        page.fill("#launch-count", "2")
+        page.fill("#launch-count", "3")
         page.get_by_role("button", name="Launch servers").click()
         page.wait_for_url(f"{base}/servers")
-        page.locator("#servers-live tbody .state-running").nth(1).wait_for(timeout=30000)
+        rows = page.locator("#servers-live tbody tr")
+        page.locator("#servers-live tbody .state-running").nth(2).wait_for(timeout=30000)
+        print("launched 3 servers; the page showed them running without a reload")
+
+        # Disable the first, terminate the second (its confirmation is accepted).
+        rows.nth(0).get_by_role("button", name="Disable").click()
+        page.get_by_text("Disabled 1 server").wait_for()
+        rows.nth(1).get_by_role("button", name="Terminate").click()
+        page.get_by_text("Terminating 1 server once idle.").wait_for()
+        page.locator("#servers-live .count .state-terminated + .num", has_text="1").wait_for(timeout=30000)
         page.screenshot(path=f"{out}/servers.png", full_page=True)
-        print("launched 2 servers; the page showed them running without a reload")
+        print("disabled one server and terminated another from the browser")
 
         page.goto(f"{base}/rollouts")
         assert "Not built yet" in page.content()

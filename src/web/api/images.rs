@@ -19,6 +19,7 @@ pub struct ImageJson {
     state: String,
     state_reason: String,
     current: bool,
+    servers: i64,
     added_by: String,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
@@ -35,6 +36,7 @@ impl From<ImageRow> for ImageJson {
             state: r.state,
             state_reason: r.state_reason,
             current: r.current,
+            servers: r.servers,
             added_by: r.added_by,
             created_at: r.created_at,
         }
@@ -76,4 +78,25 @@ pub async fn add(
     let ip = crate::web::pages::client_ip(&req).map(|i| i.to_string());
     let row = crate::fleet::images::add(&state.pool, &state.cloud, &principal, ip, &body).await?;
     Ok(HttpResponse::Created().json(ImageJson::from(row)))
+}
+
+/// `POST /api/v1/images/{id}/deregister` -> 202 when queued, 200 when it already was.
+pub async fn deregister(
+    req: HttpRequest,
+    principal: Principal,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = id.into_inner();
+    let ip = crate::web::pages::client_ip(&req).map(|i| i.to_string());
+    let queued = crate::fleet::images::deregister(&state.pool, &principal, ip, &id).await?;
+    let row = crate::db::images::find(&state.pool, &id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no image {id} in the catalogue.")))?;
+    let mut res = if queued {
+        HttpResponse::Accepted()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(res.json(ImageJson::from(row)))
 }

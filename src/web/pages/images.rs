@@ -29,6 +29,7 @@ pub struct ImageView {
     pub created: When,
     pub current: bool,
     pub was_current: bool,
+    pub servers: i64,
 }
 
 impl From<ImageRow> for ImageView {
@@ -45,6 +46,7 @@ impl From<ImageRow> for ImageView {
             created: when(r.created_at),
             current: r.current,
             was_current: r.was_current,
+            servers: r.servers,
         }
     }
 }
@@ -174,6 +176,8 @@ pub async fn add(
 #[template(path = "image.html")]
 struct ImagePage {
     layout: Layout,
+    instance_types: Vec<String>,
+    max_count: u32,
     image: ImageView,
     releases: Vec<ReleaseView>,
     events: Vec<EventView>,
@@ -215,10 +219,34 @@ pub async fn show(
     super::html(
         &ImagePage {
             layout,
+            instance_types: state.settings.instance_types.clone(),
+            max_count: state.settings.max_servers,
             image: image.into(),
             releases,
             events,
         },
         StatusCode::OK,
     )
+}
+
+/// `POST /images/{id}/deregister`
+pub async fn deregister(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = id.into_inner();
+    let ip = client_ip(&req).map(|i| i.to_string());
+    let queued = crate::fleet::images::deregister(&state.pool, &principal, ip, &id).await?;
+    flash(
+        &session,
+        if queued {
+            format!("Deregistering {id}.")
+        } else {
+            format!("{id} was already deregistered.")
+        },
+    );
+    Ok(see_other("/images"))
 }

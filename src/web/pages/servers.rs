@@ -196,9 +196,16 @@ async fn live(
         .map(LaunchView::from)
         .collect();
     let servers: Vec<ServerView> = rows.into_iter().map(ServerView::from).collect();
-    let busy = launches
-        .iter()
-        .any(|l| l.state == "pending" || l.state == "running")
+    // Terminations in flight keep the page refreshing until the servers are gone.
+    let terminating: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM tasks WHERE kind = 'terminate_server' AND state IN ('queued', 'running'))",
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    let busy = terminating
+        || launches
+            .iter()
+            .any(|l| l.state == "pending" || l.state == "running")
         || servers
             .iter()
             .any(|s| matches!(s.state.as_str(), "pending" | "stopping" | "shutting-down"));
