@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod cloud;
 pub mod config;

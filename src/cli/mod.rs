@@ -37,6 +37,8 @@ pub enum Command {
     },
     /// Run the agent on a server.
     Agent(crate::agent::AgentArgs),
+    /// Measure the fleet pages against a bare handler (seeds a throwaway database).
+    Bench(crate::bench::BenchArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -51,5 +53,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { command } => user::run(command).await,
         Command::Token { command } => token::run(command).await,
         Command::Agent(args) => crate::agent::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }

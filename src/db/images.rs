@@ -21,15 +21,20 @@ pub struct ImageRow {
     pub servers: i64,
 }
 
+// One pass over servers and releases for all images (a GROUP BY joined in), not a
+// correlated subquery per image: the Images page lists 1,000 images next to 5,000 servers.
 macro_rules! select_images {
     ($rest:literal) => {
         concat!(
-            "SELECT i.id, i.name, i.version, i.description, i.source_revision, i.state, i.state_reason, i.added_by,
+            "WITH cur AS (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1),
+                  counts AS (SELECT image_id, count(*) AS n FROM servers WHERE state <> 'terminated' GROUP BY image_id),
+                  released AS (SELECT DISTINCT image_id FROM releases)
+             SELECT i.id, i.name, i.version, i.description, i.source_revision, i.state, i.state_reason, i.added_by,
                     i.created_at,
-                    i.id = (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1) IS TRUE AS current,
-                    EXISTS (SELECT 1 FROM releases r WHERE r.image_id = i.id) AS was_current,
-                    (SELECT count(*) FROM servers s WHERE s.image_id = i.id AND s.state <> 'terminated') AS servers
-             FROM images i ",
+                    i.id = (SELECT image_id FROM cur) IS TRUE AS current,
+                    r.image_id IS NOT NULL AS was_current,
+                    COALESCE(c.n, 0) AS servers
+             FROM images i LEFT JOIN counts c ON c.image_id = i.id LEFT JOIN released r ON r.image_id = i.id ",
             $rest
         )
     };
@@ -74,6 +79,25 @@ pub async fn list(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Image
         "ORDER BY i.created_at DESC, i.id DESC LIMIT $1"
     ))
     .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The launch form's choices: the current image and the 25 newest available ones (id, name,
+/// version, current). Older images launch from their own page; a select of 1,000 is no help.
+pub async fn launchable(
+    db: impl PgExecutor<'_>,
+) -> sqlx::Result<Vec<(String, String, String, bool)>> {
+    sqlx::query_as(
+        "WITH cur AS (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)
+         SELECT id, name, version, current FROM (
+             (SELECT i.id, i.name, i.version, TRUE AS current, i.created_at FROM images i JOIN cur ON cur.image_id = i.id
+              WHERE i.state = 'available')
+             UNION
+             (SELECT i.id, i.name, i.version, i.id = (SELECT image_id FROM cur) IS TRUE, i.created_at FROM images i
+              WHERE i.state = 'available' ORDER BY i.created_at DESC, i.id DESC LIMIT 25)
+         ) choices ORDER BY current DESC, created_at DESC, id DESC",
+    )
     .fetch_all(db)
     .await
 }

@@ -229,20 +229,17 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let images = crate::db::images::list(&state.pool, 5000)
+    let images = crate::db::images::launchable(&state.pool)
         .await?
         .into_iter()
-        .filter(|i| i.state == "available")
-        .map(|i| ImageChoice {
+        .map(|(id, name, version, current)| ImageChoice {
             label: format!(
-                "{} {}{}",
-                i.name,
-                i.version,
-                if i.current { " (current)" } else { "" }
+                "{name} {version}{}",
+                if current { " (current)" } else { "" }
             )
             .replace("  ", " "),
-            id: i.id,
-            current: i.current,
+            id,
+            current,
         })
         .collect();
     let q = filters.query();
