@@ -41,7 +41,13 @@ const NAV: &[(&str, &str, Role)] = &[
 impl Layout {
     pub fn from_request(req: &HttpRequest) -> Self {
         let session = req.get_session();
-        let flash = session.remove_as::<String>(FLASH).and_then(Result::ok);
+        // Only touch the flash when there is one: any removal marks the session changed, and a
+        // changed session is written back on every page view.
+        let flash = if session.contains_key(FLASH) {
+            session.remove_as::<String>(FLASH).and_then(Result::ok)
+        } else {
+            None
+        };
         Self {
             user: req.extensions().get::<Principal>().cloned(),
             csrf: csrf_token(&session),
