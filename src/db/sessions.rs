@@ -101,10 +101,3 @@ pub async fn prune(db: impl PgExecutor<'_>, absolute_s: u64) -> sqlx::Result<u64
     .await?;
     Ok(done.rows_affected())
 }
-
-pub async fn exists(pool: &PgPool, id_hash: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE id_hash = $1)")
-        .bind(id_hash)
-        .fetch_one(pool)
-        .await
-}

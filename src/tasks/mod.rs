@@ -120,12 +120,6 @@ impl Registry {
     pub(crate) fn runner(&self, kind: &str) -> Option<Runner> {
         self.runners.get(kind).cloned()
     }
-
-    pub fn kinds(&self) -> Vec<&'static str> {
-        let mut kinds: Vec<_> = self.runners.keys().copied().collect();
-        kinds.sort();
-        kinds
-    }
 }
 
 /// Every task kind Kiln runs, in one place.

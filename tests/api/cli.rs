@@ -336,3 +336,44 @@ async fn serve_refuses_aws_with_a_loopback_public_url() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("EC2 servers cannot reach"), "{stderr}");
 }
+
+/// `kiln serve` on the aws provider against an EC2-compatible `endpoint`, its credentials from
+/// the standard AWS chain (environment variables), plus `extra` settings.
+pub fn serve_aws(
+    db: &str,
+    endpoint: &str,
+    fleet: &str,
+    extra: &[(&str, &str)],
+) -> tokio::process::Child {
+    let mut env = vec![
+        ("KILN_PROVIDER", "aws"),
+        ("KILN_EC2_ENDPOINT", endpoint),
+        ("KILN_FLEET", fleet),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    env.extend_from_slice(extra);
+    serve_with(db, &env)
+}
+
+/// An API token of `admin`, made the way scripts make one (`kiln token create`).
+pub async fn admin_token(db: &str) -> String {
+    let out = Command::new(KILN)
+        .args(["token", "create", "--user", "admin"])
+        .env("DATABASE_URL", db)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}

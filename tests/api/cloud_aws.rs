@@ -232,16 +232,11 @@ async fn ec2_calls_are_counted_and_exposed_at_metrics() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let endpoint = format!("http://127.0.0.1:{}", moto_port());
     let fleet = fleet();
-    let mut kiln = crate::cli::serve_with(
+    let mut kiln = crate::cli::serve_aws(
         &crate::helpers::fresh_database_url(),
-        &[
-            ("KILN_PROVIDER", "aws"),
-            ("KILN_EC2_ENDPOINT", &endpoint),
-            ("KILN_FLEET", &fleet),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-        ],
+        &endpoint,
+        &fleet,
+        &[],
     );
     let mut stderr = BufReader::new(kiln.stderr.take().unwrap()).lines();
 

@@ -189,18 +189,7 @@ async fn on_aws_an_existing_ami_is_adopted_and_an_unknown_one_fails_with_the_rea
     let db = crate::helpers::fresh_database_url();
     let endpoint = format!("http://127.0.0.1:{}", crate::moto::moto_port());
     let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
-    let mut kiln = crate::cli::serve_with(
-        &db,
-        &[
-            ("KILN_PROVIDER", "aws"),
-            ("KILN_EC2_ENDPOINT", &endpoint),
-            ("KILN_FLEET", &fleet),
-            ("KILN_TASK_POLL", "1"),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-        ],
-    );
+    let mut kiln = crate::cli::serve_aws(&db, &endpoint, &fleet, &[("KILN_TASK_POLL", "1")]);
     let mut stderr = BufReader::new(kiln.stderr.take().unwrap()).lines();
     let listening = crate::cli::line_with(&mut stderr, "kiln console listening").await;
     let port: u16 = listening
@@ -210,18 +199,7 @@ async fn on_aws_an_existing_ami_is_adopted_and_an_unknown_one_fails_with_the_rea
         .trim()
         .parse()
         .unwrap();
-    let token_out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["token", "create", "--user", "admin"])
-        .env("DATABASE_URL", &db)
-        .output()
-        .await
-        .unwrap();
-    let token = String::from_utf8(token_out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let token = crate::cli::admin_token(&db).await;
     let api = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}/api/v1/images");
     let add = |body: serde_json::Value| api.post(&base).bearer_auth(&token).json(&body).send();

@@ -16,18 +16,14 @@ struct Console {
 }
 
 async fn start(db: &str, endpoint: &str, fleet: &str) -> Console {
-    let mut child = crate::cli::serve_with(
+    let mut child = crate::cli::serve_aws(
         db,
+        endpoint,
+        fleet,
         &[
-            ("KILN_PROVIDER", "aws"),
-            ("KILN_EC2_ENDPOINT", endpoint),
-            ("KILN_FLEET", fleet),
             ("KILN_TASK_LEASE", "3"),
             ("KILN_TASK_POLL", "1"),
             ("KILN_RECONCILE_INTERVAL", "3600"),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
         ],
     );
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -77,18 +73,7 @@ async fn a_console_killed_mid_launch_loses_nothing_and_two_consoles_run_each_tas
     let proxy = FaultProxy::start().await;
     proxy.inject("RunInstances", Fault::Delay(120_000), 1);
     let mut a = start(&db, &proxy.endpoint, &fleet).await;
-    let token_out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["token", "create", "--user", "admin"])
-        .env("DATABASE_URL", &db)
-        .output()
-        .await
-        .unwrap();
-    let token = String::from_utf8(token_out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let token = crate::cli::admin_token(&db).await;
     let api = reqwest::Client::new();
     let added = api
         .post(format!("{}/api/v1/images", a.base))

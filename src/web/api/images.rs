@@ -75,7 +75,7 @@ pub async fn add(
     state: web::Data<AppState>,
     body: web::Json<AddImage>,
 ) -> Result<HttpResponse, AppError> {
-    let ip = crate::web::pages::client_ip(&req).map(|i| i.to_string());
+    let ip = crate::web::pages::source_ip(&req);
     let row = crate::fleet::images::add(&state.pool, &state.cloud, &principal, ip, &body).await?;
     Ok(HttpResponse::Created().json(ImageJson::from(row)))
 }
@@ -88,7 +88,7 @@ pub async fn deregister(
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
-    let ip = crate::web::pages::client_ip(&req).map(|i| i.to_string());
+    let ip = crate::web::pages::source_ip(&req);
     let queued = crate::fleet::images::deregister(&state.pool, &principal, ip, &id).await?;
     let row = crate::db::images::find(&state.pool, &id)
         .await?

@@ -86,7 +86,7 @@ pub async fn launch(
     state: web::Data<AppState>,
     body: web::Json<Launch>,
 ) -> Result<HttpResponse, AppError> {
-    let ip = crate::web::pages::client_ip(&req).map(|i| i.to_string());
+    let ip = crate::web::pages::source_ip(&req);
     let launch = crate::fleet::servers::launch(
         &state.pool,
         &state.cloud,
@@ -140,7 +140,7 @@ pub async fn act(
             )));
         }
     };
-    let ip = crate::web::pages::client_ip(&req).map(|i| i.to_string());
+    let ip = crate::web::pages::source_ip(&req);
     let effects = crate::fleet::servers::act(
         &state.pool,
         &principal,

@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use super::{client_ip, see_other};
+use super::{see_other, source_ip};
 use crate::auth::Principal;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::domain::Password;
@@ -50,7 +50,7 @@ pub async fn change_password(
     state: web::Data<AppState>,
     form: web::Form<PasswordForm>,
 ) -> Result<HttpResponse, AppError> {
-    let ip = client_ip(&req).map(|ip| ip.to_string());
+    let ip = source_ip(&req);
     let user = crate::db::users::find(&state.pool, principal.user_id)
         .await?
         .ok_or_else(|| AppError::NotFound("Your account no longer exists.".into()))?;

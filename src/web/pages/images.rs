@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use super::{client_ip, is_htmx, see_other};
+use super::{is_htmx, see_other, source_ip};
 use crate::auth::Principal;
 use crate::cloud::Provider;
 use crate::db::images::ImageRow;
@@ -140,7 +140,7 @@ pub async fn add(
         &state.pool,
         &state.cloud,
         &principal,
-        client_ip(&req).map(|i| i.to_string()),
+        source_ip(&req),
         &input,
     )
     .await
@@ -238,7 +238,7 @@ pub async fn deregister(
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
-    let ip = client_ip(&req).map(|i| i.to_string());
+    let ip = source_ip(&req);
     let queued = crate::fleet::images::deregister(&state.pool, &principal, ip, &id).await?;
     flash(
         &session,

@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use super::{client_ip, see_other};
+use super::{client_ip, see_other, source_ip};
 use crate::auth::Principal;
 use crate::auth::throttle::{self, Verdict};
 use crate::db::audit::{self, AuditEvent, Outcome};
@@ -207,7 +207,7 @@ pub async fn logout(
             format!("user:{}", principal.name),
             Outcome::Ok,
         )
-        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        .from_ip(source_ip(&req)),
     )
     .await?;
     // purge() deletes the session row and tells the browser to drop the cookie.

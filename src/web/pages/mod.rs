@@ -46,3 +46,8 @@ pub fn is_htmx(req: &HttpRequest) -> bool {
 pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
     req.peer_addr().map(|a| a.ip())
 }
+
+/// The client's address as the audit log records it.
+pub fn source_ip(req: &HttpRequest) -> Option<String> {
+    client_ip(req).map(|ip| ip.to_string())
+}

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use super::{client_ip, is_htmx, see_other};
+use super::{is_htmx, see_other, source_ip};
 use crate::auth::Principal;
 use crate::db::servers::{LaunchRow, ServerQuery, ServerRow};
 use crate::fleet::servers::Launch;
@@ -279,7 +279,7 @@ pub async fn launch(
     state: web::Data<AppState>,
     form: web::Form<Launch>,
 ) -> Result<HttpResponse, AppError> {
-    let ip = client_ip(&req).map(|i| i.to_string());
+    let ip = source_ip(&req);
     match crate::fleet::servers::launch(
         &state.pool,
         &state.cloud,
@@ -389,7 +389,7 @@ pub async fn act(
 ) -> Result<HttpResponse, AppError> {
     let (id, action) = path.into_inner();
     let action = crate::fleet::servers::Action::parse(&action)?;
-    let ip = client_ip(&req).map(|i| i.to_string());
+    let ip = source_ip(&req);
     let effects = crate::fleet::servers::act(
         &state.pool,
         &principal,
@@ -424,7 +424,7 @@ pub async fn bulk(
             AppError::BadRequest("Choose what to do with the selected servers.".into())
         })?;
     let action = crate::fleet::servers::Action::parse(action)?;
-    let ip = client_ip(&req).map(|i| i.to_string());
+    let ip = source_ip(&req);
     let effects = crate::fleet::servers::act(&state.pool, &principal, ip, &ids, action).await?;
     flash(&session, describe(action, &effects));
     Ok(see_other("/servers"))

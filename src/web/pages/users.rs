@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use super::{client_ip, is_htmx, see_other};
+use super::{is_htmx, see_other, source_ip};
 use crate::auth::Principal;
 use crate::auth::token::{API_PREFIX, Secret};
 use crate::db::audit::{self, AuditEvent, Outcome};
@@ -227,7 +227,7 @@ pub async fn create(
             Outcome::Ok,
         )
         .detail(format!("role {role}"))
-        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        .from_ip(source_ip(&req)),
     )
     .await?;
     tx.commit().await?;
@@ -292,7 +292,7 @@ async fn set_disabled(
             Outcome::Ok,
         )
         .detail(if changed { "" } else { "already in effect" })
-        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        .from_ip(source_ip(&req)),
     )
     .await?;
     tx.commit().await?;
@@ -383,7 +383,7 @@ pub async fn create_token(
             Outcome::Ok,
         )
         .detail(format!("token {id} ({})", name.as_str()))
-        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        .from_ip(source_ip(&req)),
     )
     .await?;
     tx.commit().await?;
@@ -434,7 +434,7 @@ pub async fn revoke_token(
             token.name,
             if changed { "" } else { ", already revoked" }
         ))
-        .from_ip(client_ip(&req).map(|ip| ip.to_string())),
+        .from_ip(source_ip(&req)),
     )
     .await?;
     tx.commit().await?;
