@@ -30,6 +30,18 @@ pub fn html(
         .body(body))
 }
 
+#[derive(askama::Template)]
+#[template(path = "partials/toast_oob.html")]
+struct ToastOob<'a> {
+    message: &'a str,
+}
+
+/// A success toast delivered out of band with an htmx response that swaps something else.
+pub fn toast_oob(message: &str) -> String {
+    use askama::Template;
+    ToastOob { message }.render().unwrap_or_default()
+}
+
 /// Post/redirect/get: after a form post, send the browser to a page it can reload safely.
 pub fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()

@@ -38,6 +38,18 @@ pub struct ServerView {
     pub launched_by: String,
     pub launched: When,
     pub last_seen: Option<When>,
+    pub running_jobs: i64,
+}
+
+impl ServerView {
+    /// SPEC.md's words: a disabled server still running jobs is *draining*.
+    pub fn mode_label(&self) -> &str {
+        if self.mode == "disabled" && self.running_jobs > 0 {
+            "draining"
+        } else {
+            &self.mode
+        }
+    }
 }
 
 impl From<ServerRow> for ServerView {
@@ -54,6 +66,7 @@ impl From<ServerRow> for ServerView {
             launched_by: r.launched_by,
             launched: when(r.launched_at),
             last_seen: when_opt(r.last_seen_at),
+            running_jobs: r.running_jobs,
         }
     }
 }
@@ -171,14 +184,24 @@ async fn live(
             .map(|s| (s.launched_at, s.id)),
         None => None,
     };
-    let mut rows = crate::db::servers::list(&state.pool, &query, after, PAGE + 1).await?;
+    // Independent reads, each on its own pooled connection: the page waits for the slowest,
+    // not for the sum.
+    let terminating = sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM tasks WHERE kind = 'terminate_server' AND state IN ('queued', 'running'))",
+    )
+    .fetch_one(&state.pool);
+    let (mut rows, by_state, launches, terminating) = tokio::try_join!(
+        crate::db::servers::list(&state.pool, &query, after, PAGE + 1),
+        crate::db::servers::counts_by_state(&state.pool),
+        crate::db::servers::unfinished_launches(&state.pool),
+        terminating,
+    )?;
     let next = if rows.len() as i64 > PAGE {
         rows.truncate(PAGE as usize);
         rows.last().map(|r| r.id.clone())
     } else {
         None
     };
-    let by_state = crate::db::servers::counts_by_state(&state.pool).await?;
     let counts = STATES
         .iter()
         .map(|s| Count {
@@ -190,18 +213,9 @@ async fn live(
                 .unwrap_or(0),
         })
         .collect();
-    let launches: Vec<LaunchView> = crate::db::servers::unfinished_launches(&state.pool)
-        .await?
-        .into_iter()
-        .map(LaunchView::from)
-        .collect();
+    let launches: Vec<LaunchView> = launches.into_iter().map(LaunchView::from).collect();
     let servers: Vec<ServerView> = rows.into_iter().map(ServerView::from).collect();
     // Terminations in flight keep the page refreshing until the servers are gone.
-    let terminating: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM tasks WHERE kind = 'terminate_server' AND state IN ('queued', 'running'))",
-    )
-    .fetch_one(&state.pool)
-    .await?;
     let busy = terminating
         || launches
             .iter()
@@ -229,8 +243,11 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let images = crate::db::images::launchable(&state.pool)
-        .await?
+    let (images, live) = tokio::try_join!(
+        async { Ok::<_, AppError>(crate::db::images::launchable(&state.pool).await?) },
+        live(state, &layout, &filters),
+    )?;
+    let images = images
         .into_iter()
         .map(|(id, name, version, current)| ImageChoice {
             label: format!(
@@ -244,7 +261,7 @@ async fn render(
         .collect();
     let q = filters.query();
     let page = ServersPage {
-        live: live(state, &layout, &filters).await?,
+        live,
         layout,
         images,
         instance_types: state.settings.instance_types.clone(),
@@ -335,6 +352,13 @@ pub async fn launch(
 }
 
 #[derive(Template)]
+#[template(path = "partials/server_row.html")]
+struct ServerRowPartial {
+    can_act: bool,
+    s: ServerView,
+}
+
+#[derive(Template)]
 #[template(path = "server.html")]
 struct ServerPage {
     layout: Layout,
@@ -398,7 +422,29 @@ pub async fn act(
         action,
     )
     .await?;
-    flash(&session, describe(action, &effects));
+    let message = describe(action, &effects);
+    if is_htmx(&req) {
+        // The row swaps in place; the toast comes out of band, and the live region refreshes
+        // (counts, launches) on the event.
+        let row = crate::db::servers::find(&state.pool, &id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("There is no server {id}.")))?;
+        let row = ServerRowPartial {
+            can_act: true,
+            s: row.into(),
+        };
+        let body = format!(
+            "{}{}",
+            row.render()
+                .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
+            super::toast_oob(&message)
+        );
+        return Ok(HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .insert_header(("HX-Trigger", "servers-changed"))
+            .body(body));
+    }
+    flash(&session, message);
     Ok(see_other(&back_to(&req, "/servers")))
 }
 
