@@ -157,6 +157,24 @@ pub struct Settings {
     #[arg(long, env = "KILN_RECONCILE_INTERVAL", default_value_t = 30)]
     pub reconcile_interval: u64,
 
+    /// Seconds a graceful terminate waits for a server's running jobs before it terminates
+    /// the server anyway (those jobs then go back to the queue).
+    #[arg(long, env = "KILN_DRAIN_TIMEOUT", default_value_t = 600)]
+    pub drain_timeout: u64,
+
+    /// Seconds a job attempt's lease lasts; agents' heartbeats renew it. An attempt whose
+    /// lease runs out (server died, agent killed) is recorded `lost` and the job requeued.
+    #[arg(long, env = "KILN_LEASE", default_value_t = 60)]
+    pub job_lease: u64,
+
+    /// Seconds between an agent's heartbeats (told to agents when they register).
+    #[arg(long, env = "KILN_HEARTBEAT", default_value_t = 5)]
+    pub heartbeat: u64,
+
+    /// A job's timeout when its enqueuer gives none, in seconds.
+    #[arg(long, env = "KILN_JOB_TIMEOUT", default_value_t = 3600)]
+    pub default_job_timeout: u64,
+
     /// The `kiln` binary local servers run as their agent. Default: this binary.
     #[arg(long, env = "KILN_AGENT_EXE")]
     pub agent_exe: Option<std::path::PathBuf>,
@@ -221,6 +239,14 @@ impl Settings {
             anyhow::bail!(
                 "KILN_WORKERS and KILN_TASK_POLL must be at least 1, KILN_TASK_LEASE at least 3."
             );
+        }
+        if self.heartbeat == 0 || self.job_lease < 2 * self.heartbeat {
+            anyhow::bail!(
+                "KILN_LEASE must be at least twice KILN_HEARTBEAT (heartbeats renew leases), and KILN_HEARTBEAT at least 1."
+            );
+        }
+        if !(1..=604_800).contains(&self.default_job_timeout) {
+            anyhow::bail!("KILN_JOB_TIMEOUT must be between 1 and 604800 seconds.");
         }
         if self.ec2_max_attempts == 0 {
             anyhow::bail!("KILN_EC2_MAX_ATTEMPTS must be at least 1.");

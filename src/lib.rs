@@ -13,6 +13,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod fleet;
+pub mod jobs;
 pub mod startup;
 pub mod tasks;
 pub mod telemetry;

@@ -27,6 +27,7 @@ pub struct Application {
     workers: crate::tasks::worker::WorkerConfig,
     cloud: Arc<crate::cloud::AnyProvider>,
     server: Server,
+    wakeups: crate::jobs::wakeups::Wakeups,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     pool: PgPool,
     /// Set when this start created the first admin: printed once, never stored in clear.
@@ -34,7 +35,7 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
         let pool = crate::db::connect(&settings.database.url()).await?;
         crate::db::migrate(&pool).await?;
@@ -47,6 +48,11 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("Failed to listen on {}", settings.bind))?;
         let port = listener.local_addr()?.port();
+        // Agents are told the console's address: with a port picked by the OS (bind port 0,
+        // as tests do) and no public URL configured, that is the port actually bound.
+        if settings.public_url.is_none() && settings.bind.port() == 0 {
+            settings.public_url = Some(format!("http://{}", listener.local_addr()?));
+        }
         let metrics = Arc::new(Registry::default());
         let cloud = Arc::new(
             crate::cloud::from_settings(&settings, pool.clone(), metrics.clone())
@@ -76,11 +82,13 @@ impl Application {
         let workers = settings.worker_config();
         let settings = Arc::new(settings);
         let settings_for_tasks = settings.clone();
+        let wakeups = crate::jobs::wakeups::Wakeups::new();
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             settings: settings.clone(),
             cloud: cloud.clone(),
             metrics,
+            wakeups: wakeups.clone(),
         });
         let store = PgSessionStore::new(pool.clone(), settings.session_absolute_timeout);
 
@@ -130,6 +138,7 @@ impl Application {
             workers,
             cloud,
             server,
+            wakeups,
             shutdown,
             pool,
             initial_admin_password,
@@ -166,18 +175,34 @@ impl Application {
             Duration::from_secs(self.settings.reconcile_interval),
             stopped,
         ));
+        let listener = tokio::spawn(
+            self.wakeups
+                .clone()
+                .listen(self.pool.clone(), stop_reconciler.subscribe()),
+        );
+        // A quarter of the lease: a dead agent's jobs are requeued within ~1.25 leases.
+        let sweep_every = Duration::from_millis((self.settings.job_lease * 250).max(500));
+        let sweeper = tokio::spawn(crate::jobs::sweeper::run(
+            self.pool.clone(),
+            sweep_every,
+            stop_reconciler.subscribe(),
+        ));
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
             result = &mut server => result,
             () = self.shutdown => {
                 tracing::info!("shutdown requested; finishing in-flight requests");
+                // Agents' waiting claims answer at once rather than hold the shutdown up.
+                self.wakeups.close();
                 handle.stop(true).await;
                 server.await
             }
         };
         let _ = stop_reconciler.send(true);
         let _ = reconciler.await;
+        let _ = listener.await;
+        let _ = sweeper.await;
         janitor.abort();
         // Let the tasks in hand finish (a task cut short is claimed again after its lease).
         workers.stop().await;

@@ -1,8 +1,32 @@
-//! The agent that runs on every server. Until the work-queue issue lands it is a stub: a real
-//! process that logs that it is not implemented and waits for SIGTERM/SIGINT, so that the
-//! local provider has something to start and stop.
+//! The agent that runs on every server (`kiln agent`). It knows the wire protocol
+//! ([`wire`]) and nothing of the database or the cloud:
+//!
+//! 1. registers (enrollment token + instance id -> its own agent token), retrying while the
+//!    console does not know the server yet or cannot be reached;
+//! 2. heartbeats every few seconds with the server's figures and its running attempts; the
+//!    answer says whether the server is enabled, which attempts to stop, and whether to exit;
+//! 3. claims work with a long-poll while it has free slots and its server is enabled, and
+//!    runs each attempt ([`runner`]).
+//!
+//! A console outage is ridden out: running jobs keep running, their output waits (bounded),
+//! calls retry with backoff and jitter.
+
+pub mod client;
+pub mod metrics;
+pub mod runner;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Args;
+use tokio::sync::{Notify, watch};
+
+use client::{Backoff, CallError, Client};
+use runner::Stopped;
+use wire::{AttemptRef, Claim, ClaimReply, Heartbeat, HeartbeatReply, Register, Registered};
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -18,22 +42,293 @@ pub struct AgentArgs {
     /// How many jobs to run at once.
     #[arg(long, default_value_t = 1)]
     pub slots: u32,
+    /// Where jobs' working directories go. Default: $TMPDIR/kiln-agent/<instance id>.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// One running attempt, as the heartbeat reports it and as a stop reaches it.
+struct Running {
+    stop: Arc<Notify>,
+    why: Arc<Mutex<Option<Stopped>>>,
+}
+
+struct Shared {
+    client: Client,
+    slots: u32,
+    running: Mutex<HashMap<AttemptRef, Running>>,
+    /// A slot came free.
+    freed: Notify,
+    /// `enabled` or `disabled`, as the console last said.
+    mode: watch::Sender<String>,
+    /// Set once: the server is terminated, or the agent was told to stop.
+    exit: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn free_slots(&self) -> u32 {
+        self.slots
+            .saturating_sub(self.running.lock().expect("running lock").len() as u32)
+    }
+
+    fn stop(&self, attempt: &AttemptRef, why: Stopped) {
+        if let Some(r) = self.running.lock().expect("running lock").get(attempt) {
+            r.why.lock().expect("why lock").get_or_insert(why);
+            r.stop.notify_one();
+        }
+    }
+
+    fn stop_all(&self, why: Stopped) {
+        for r in self.running.lock().expect("running lock").values() {
+            r.why.lock().expect("why lock").get_or_insert(why);
+            r.stop.notify_one();
+        }
+    }
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    // Listen before saying we run, so that a SIGTERM right after the log line is not lost.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tracing::warn!(
-        url = %args.url,
-        instance_id = args.instance_id.as_deref().unwrap_or("-"),
-        "agent not implemented yet; waiting for SIGTERM"
-    );
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    if args.slots == 0 || args.slots > wire::MAX_SLOTS {
+        anyhow::bail!("--slots must be between 1 and {}", wire::MAX_SLOTS);
     }
-    tracing::info!("agent stopping");
+    let client = Client::new(&args.url)?;
+    let instance_id = match &args.instance_id {
+        Some(id) => id.clone(),
+        None => instance_id_from_imds().await?,
+    };
+
+    let registered = tokio::select! {
+        r = register(&client, &args, &instance_id) => r?,
+        _ = term.recv() => return Ok(()),
+        _ = int.recv() => return Ok(()),
+    };
+    tracing::info!(server = %registered.server_id, slots = args.slots, "agent registered");
+    let workdir = args.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir()
+            .join("kiln-agent")
+            .join(&registered.server_id)
+    });
+    let shared = Arc::new(Shared {
+        client: client.with_token(registered.agent_token.clone()),
+        slots: args.slots,
+        running: Mutex::new(HashMap::new()),
+        freed: Notify::new(),
+        mode: watch::channel("enabled".to_owned()).0,
+        exit: watch::channel(false).0,
+    });
+    let beat = tokio::spawn(heartbeats(
+        shared.clone(),
+        Duration::from_secs(registered.heartbeat_s.max(1)),
+    ));
+    let claims = tokio::spawn(claims(shared.clone(), workdir));
+    let mut exit = shared.exit.subscribe();
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = exit.wait_for(|e| *e) => tracing::info!("the server is terminated: exiting"),
+    }
+    let _ = shared.exit.send(true);
+    // The attempts in hand stop with us; the console requeues them (lost, not failed).
+    shared.stop_all(Stopped::Shutdown);
+    beat.abort();
+    claims.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(())
+}
+
+async fn register(
+    client: &Client,
+    args: &AgentArgs,
+    instance_id: &str,
+) -> anyhow::Result<Registered> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let body = Register {
+        protocol: wire::PROTOCOL,
+        enrollment_token: args.token.clone(),
+        instance_id: instance_id.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        slots: args.slots,
+        hostname,
+    };
+    let mut backoff = Backoff::new(Duration::from_secs(5));
+    loop {
+        match client
+            .post::<_, Registered>("register", &body, Duration::from_secs(30))
+            .await
+        {
+            Ok(r) => return Ok(r),
+            // The launch has not recorded this server yet: it will.
+            Err(CallError::Refused {
+                status: 404,
+                message,
+            }) => {
+                tracing::info!(%message, "not known to the console yet; retrying");
+            }
+            Err(e @ CallError::Refused { .. }) => {
+                anyhow::bail!("registration refused: {e}");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register yet; retrying"),
+        }
+        tokio::time::sleep(backoff.step()).await;
+    }
+}
+
+async fn heartbeats(shared: Arc<Shared>, every: Duration) {
+    let mut sampler = metrics::Sampler::new();
+    loop {
+        let running: Vec<AttemptRef> = shared
+            .running
+            .lock()
+            .expect("running lock")
+            .keys()
+            .copied()
+            .collect();
+        let body = Heartbeat {
+            running,
+            metrics: sampler.sample(),
+        };
+        match shared
+            .client
+            .post::<_, HeartbeatReply>("heartbeat", &body, Duration::from_secs(15))
+            .await
+        {
+            Ok(reply) => {
+                for attempt in &reply.stop {
+                    tracing::info!(
+                        job.id = attempt.job_id,
+                        attempt = attempt.attempt,
+                        "the console says this attempt no longer counts; stopping it"
+                    );
+                    shared.stop(attempt, Stopped::Superseded);
+                }
+                shared.mode.send_if_modified(|m| {
+                    let changed = *m != reply.mode;
+                    *m = reply.mode.clone();
+                    changed
+                });
+                if reply.terminate {
+                    let _ = shared.exit.send(true);
+                    return;
+                }
+            }
+            Err(CallError::Refused { status: 401, .. }) => {
+                tracing::error!(
+                    "the console no longer knows this agent's token (another agent registered for this server?); exiting"
+                );
+                let _ = shared.exit.send(true);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; running jobs carry on"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn claims(shared: Arc<Shared>, workdir: PathBuf) {
+    let mut backoff = Backoff::new(Duration::from_secs(10));
+    let mut mode = shared.mode.subscribe();
+    loop {
+        if mode.borrow_and_update().as_str() != "enabled" {
+            // Disabled: claim nothing until enabled again (the heartbeat tells us).
+            let _ = mode.changed().await;
+            continue;
+        }
+        let free = shared.free_slots();
+        if free == 0 {
+            shared.freed.notified().await;
+            continue;
+        }
+        let body = Claim {
+            slots: free,
+            wait_s: 25,
+        };
+        let reply = shared
+            .client
+            .post::<_, ClaimReply>("claim", &body, Duration::from_secs(25 + 15))
+            .await;
+        let reply = match reply {
+            Ok(r) => {
+                backoff.reset();
+                r
+            }
+            Err(CallError::Refused { status: 401, .. }) => {
+                let _ = shared.exit.send(true);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed; retrying");
+                tokio::time::sleep(backoff.step()).await;
+                continue;
+            }
+        };
+        if reply.terminate {
+            let _ = shared.exit.send(true);
+            return;
+        }
+        if reply.jobs.is_empty() && reply.mode != "enabled" {
+            shared.mode.send_replace(reply.mode);
+            continue;
+        }
+        for job in reply.jobs {
+            let attempt = AttemptRef {
+                job_id: job.job_id,
+                attempt: job.attempt,
+            };
+            let stop = Arc::new(Notify::new());
+            let why = Arc::new(Mutex::new(None));
+            shared.running.lock().expect("running lock").insert(
+                attempt,
+                Running {
+                    stop: stop.clone(),
+                    why: why.clone(),
+                },
+            );
+            tracing::info!(job.id = job.job_id, attempt = job.attempt, "running");
+            let shared = shared.clone();
+            let workdir = workdir.clone();
+            tokio::spawn(async move {
+                runner::run(shared.client.clone(), job, workdir, stop, why).await;
+                shared
+                    .running
+                    .lock()
+                    .expect("running lock")
+                    .remove(&attempt);
+                shared.freed.notify_one();
+            });
+        }
+    }
+}
+
+/// The instance id from EC2's instance metadata service (IMDSv2: a session token first).
+async fn instance_id_from_imds() -> anyhow::Result<String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let base = "http://169.254.169.254/latest";
+    let token = http
+        .put(format!("{base}/api/token"))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "300")
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no --instance-id given and EC2's metadata service did not answer ({e}); pass --instance-id"
+            )
+        })?
+        .text()
+        .await?;
+    let id = http
+        .get(format!("{base}/meta-data/instance-id"))
+        .header("X-aws-ec2-metadata-token", token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(id.trim().to_owned())
 }

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 pub const API_PREFIX: &str = "kiln_";
 pub const ENROLLMENT_PREFIX: &str = "kiln_enroll_";
+pub const AGENT_PREFIX: &str = "kiln_agent_";
 
 /// A freshly generated secret; its value is shown once and only its hash is stored.
 pub struct Secret(String);

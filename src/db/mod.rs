@@ -3,8 +3,10 @@
 //! `query!` macros, so that building needs no database; the integration tests exercise every
 //! query against a real PostgreSQL.
 
+pub mod agents;
 pub mod audit;
 pub mod images;
+pub mod jobs;
 pub mod login_failures;
 pub mod secrets;
 pub mod servers;

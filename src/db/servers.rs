@@ -19,7 +19,7 @@ pub struct ServerRow {
     pub launched_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_seen_at: Option<OffsetDateTime>,
-    /// Jobs running on it now (always 0 until the work queue lands).
+    /// Jobs running on it now.
     pub running_jobs: i64,
 }
 
@@ -36,7 +36,8 @@ macro_rules! select_servers {
     ($rest:literal) => {
         concat!(
             "SELECT s.id, s.image_id, i.version AS image_version, s.launch_id, s.instance_type, s.state, s.mode,
-                    s.purpose, s.adopted, s.launched_by, s.launched_at, s.last_seen_at, 0::BIGINT AS running_jobs
+                    s.purpose, s.adopted, s.launched_by, s.launched_at, s.last_seen_at,
+                    (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id) AS running_jobs
              FROM servers s LEFT JOIN images i ON i.id = s.image_id ",
             $rest
         )

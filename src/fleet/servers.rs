@@ -202,7 +202,10 @@ pub async fn act(
     source_ip: Option<String>,
     ids: &[String],
     action: Action,
+    drain_timeout: std::time::Duration,
 ) -> Result<Vec<Effect>, AppError> {
+    let drain_until =
+        time::OffsetDateTime::now_utc().unix_timestamp() + drain_timeout.as_secs() as i64;
     if ids.is_empty() {
         return Err(AppError::BadRequest("Select at least one server.".into()));
     }
@@ -258,14 +261,21 @@ pub async fn act(
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+                let force = action == Action::ForceTerminate;
                 let task = crate::tasks::terminate_server::TerminateServer {
                     server_id: id.clone(),
-                    force: action == Action::ForceTerminate,
+                    force,
+                    drain_until: Some(drain_until),
                 };
-                match crate::tasks::enqueue(&mut tx, &task, Some(&format!("terminate:{id}")))
-                    .await?
-                {
+                let key = format!("terminate:{id}");
+                match crate::tasks::enqueue(&mut tx, &task, Some(&key)).await? {
                     Some(_) => Effect::Queued,
+                    // A force while a graceful terminate is draining: the drain ends now.
+                    None if force
+                        && crate::tasks::terminate_server::escalate(&mut tx, &key).await? =>
+                    {
+                        Effect::Queued
+                    }
                     None => Effect::AlreadyDone,
                 }
             }

@@ -36,6 +36,10 @@ pub enum TaskError {
     /// Trying again cannot help (bad payload, the target is gone for good).
     #[error("{0:#}")]
     Fatal(anyhow::Error),
+    /// Not a failure: the task waits for something (a server to drain) and looks again
+    /// after the delay, without using up an attempt or holding a worker meanwhile.
+    #[error("{1}")]
+    NotYet(std::time::Duration, String),
 }
 
 impl From<sqlx::Error> for TaskError {
@@ -151,9 +155,6 @@ pub async fn enqueue<T: Task>(
     .bind(dedupe_key)
     .fetch_optional(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(queue::CHANNEL)
-        .execute(&mut *conn)
-        .await?;
+    queue::notify(conn).await?;
     Ok(id)
 }

@@ -71,6 +71,39 @@ pub async fn succeed(pool: &PgPool, task: &Claimed, worker: &str) -> sqlx::Resul
     Ok(done.rows_affected() == 1)
 }
 
+/// Wakes workers when the surrounding transaction commits.
+pub async fn notify(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Puts a task that is waiting for something back in the queue until `after`, giving back
+/// the attempt its claim counted.
+pub async fn defer(
+    pool: &PgPool,
+    task: &Claimed,
+    worker: &str,
+    note: &str,
+    after: Duration,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE tasks SET state = 'queued', run_at = now() + make_interval(secs => $5), last_error = $4,
+                attempts = attempts - 1, locked_by = NULL, lease_until = NULL, updated_at = now()
+         WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND state = 'running'",
+    )
+    .bind(task.id)
+    .bind(worker)
+    .bind(task.attempts)
+    .bind(note)
+    .bind(after.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Records a failed attempt: queued again after `backoff` when `retry`, otherwise failed.
 pub async fn fail(
     pool: &PgPool,

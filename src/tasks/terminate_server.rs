@@ -1,20 +1,49 @@
-//! TerminateServer: the server is already disabled (the action did that in its transaction);
-//! this terminates it at the provider and records the result. Graceful and forced differ in
-//! what happens to running jobs — a graceful terminate waits for them up to the drain timeout,
-//! a forced one requeues them — and jobs arrive with the work queue: until then no server runs
-//! any, so both terminate at once. Idempotent: a terminated server is left alone, and the
-//! provider treats a second terminate as a no-op.
+//! TerminateServer: the server is already disabled (the action did that in its transaction).
+//! A graceful terminate first waits, without holding a worker, until the server runs no job
+//! or its drain deadline passes (the task is deferred and looks again every couple of
+//! seconds); a forced one goes at once. Then it terminates the server at the provider and
+//! records the attempts still running there as `lost`, which puts their jobs back in the
+//! queue. Idempotent: a terminated server is left alone, and the provider treats a second
+//! terminate as a no-op.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 
 use super::{Context, Task, TaskError};
 use crate::cloud::{Provider, ServerFilter, describe_all};
 use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::db::jobs::Lose;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TerminateServer {
     pub server_id: String,
     pub force: bool,
+    /// Unix seconds after which a graceful terminate stops waiting for running jobs.
+    #[serde(default)]
+    pub drain_until: Option<i64>,
+}
+
+/// How often a draining server is looked at again.
+const DRAIN_POLL: Duration = Duration::from_secs(2);
+
+/// Turns a pending graceful terminate (by its dedupe key) into a forced one, due now.
+/// False when there is none left to escalate.
+pub async fn escalate(conn: &mut PgConnection, dedupe_key: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE tasks SET payload = jsonb_set(payload, '{force}', 'true'), run_at = now(), updated_at = now()
+         WHERE dedupe_key = $1 AND state IN ('queued', 'running') AND kind = $2
+           AND payload->>'force' = 'false'",
+    )
+    .bind(dedupe_key)
+    .bind(TerminateServer::KIND)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() > 0 {
+        crate::tasks::queue::notify(conn).await?;
+    }
+    Ok(done.rows_affected() > 0)
 }
 
 impl Task for TerminateServer {
@@ -30,6 +59,15 @@ impl Task for TerminateServer {
         };
         if server.state == "terminated" {
             return Ok(());
+        }
+        let running = crate::db::jobs::running_on(&ctx.pool, &self.server_id).await?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let draining = !self.force && running > 0 && self.drain_until.is_some_and(|d| now < d);
+        if draining {
+            return Err(TaskError::NotYet(
+                DRAIN_POLL,
+                format!("draining: {running} job(s) still running"),
+            ));
         }
         cloud
             .terminate(std::slice::from_ref(&self.server_id))
@@ -55,6 +93,12 @@ impl Task for TerminateServer {
         .bind(state)
         .execute(&mut *tx)
         .await?;
+        let why = if self.force {
+            "its server was force-terminated"
+        } else {
+            "its server's drain timeout passed"
+        };
+        let lost = crate::db::jobs::lose(&mut tx, Lose::OnServer(&self.server_id), why).await?;
         audit::record(
             &mut *tx,
             AuditEvent::system(
@@ -63,8 +107,13 @@ impl Task for TerminateServer {
                 Outcome::Ok,
             )
             .detail(format!(
-                "{} terminate; the provider reports it {state}",
-                if self.force { "forced" } else { "graceful" }
+                "{} terminate; the provider reports it {state}{}",
+                if self.force { "forced" } else { "graceful" },
+                if lost.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} running job(s) requeued", lost.len())
+                }
             )),
         )
         .await?;

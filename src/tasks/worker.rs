@@ -206,6 +206,10 @@ async fn run(shared: &Arc<Shared>, task: Claimed) {
 
     let recorded = match &outcome {
         Ok(()) => queue::succeed(&shared.pool, &task, &shared.name).await,
+        Err(TaskError::NotYet(after, note)) => {
+            tracing::debug!(task.id = task.id, task.kind = %task.kind, note = %note, "task deferred");
+            queue::defer(&shared.pool, &task, &shared.name, note, *after).await
+        }
         Err(TaskError::Retryable(e)) if task.attempts < task.max_attempts => {
             let delay = queue::backoff(shared.config.base_backoff, task.attempts);
             tracing::warn!(task.id = task.id, task.kind = %task.kind, attempt = task.attempts, error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "task failed; will retry");

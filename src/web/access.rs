@@ -28,6 +28,28 @@ pub enum Access {
     Public,
     /// Needs a user with at least this role.
     Role(Role),
+    /// Needs a registered agent's own token (`/agent/v1/…`); users' tokens do not do.
+    Agent,
+}
+
+/// The server whose agent made the request (set by `enforce` on `Access::Agent` routes).
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    pub server_id: String,
+}
+
+impl FromRequest for AgentIdentity {
+    type Error = AppError;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(
+            req.extensions()
+                .get::<AgentIdentity>()
+                .cloned()
+                .ok_or(AppError::Unauthorized),
+        )
+    }
 }
 
 /// The session key of the CSRF token.
@@ -52,8 +74,20 @@ pub async fn enforce(
         return Ok(req.error_response(error));
     }
 
-    let Access::Role(least) = access else {
-        return next.call(req).await;
+    let least = match access {
+        Access::Public => return next.call(req).await,
+        Access::Agent => {
+            return match agent_from_token(&req).await {
+                Ok(Some(agent)) => {
+                    tracing::Span::current().record("user", agent.server_id.as_str());
+                    req.extensions_mut().insert(agent);
+                    next.call(req).await
+                }
+                Ok(None) => Ok(req.error_response(AppError::Unauthorized)),
+                Err(error) => Ok(req.error_response(error)),
+            };
+        }
+        Access::Role(least) => least,
     };
 
     let principal = if api {
@@ -178,9 +212,8 @@ pub async fn session_principal(
     }
 }
 
-async fn principal_from_token(req: &ServiceRequest) -> Result<Option<Principal>, AppError> {
-    let Some(token) = req
-        .headers()
+fn bearer(req: &ServiceRequest) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -188,7 +221,20 @@ async fn principal_from_token(req: &ServiceRequest) -> Result<Option<Principal>,
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim)
-    else {
+}
+
+async fn agent_from_token(req: &ServiceRequest) -> Result<Option<AgentIdentity>, AppError> {
+    let Some(token) = bearer(req) else {
+        return Ok(None);
+    };
+    let state = state(req)?;
+    let server =
+        crate::db::agents::server_of(&state.pool, &crate::auth::token::hash(token)).await?;
+    Ok(server.map(|server_id| AgentIdentity { server_id }))
+}
+
+async fn principal_from_token(req: &ServiceRequest) -> Result<Option<Principal>, AppError> {
+    let Some(token) = bearer(req) else {
         return Ok(None);
     };
     let state = state(req)?;

@@ -20,6 +20,12 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A body over a limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// An agent of another protocol version (426).
+    #[error("{0}")]
+    WrongProtocol(String),
     #[error("{message}")]
     TooManyRequests { message: String, retry_after_s: u64 },
     #[error("Something went wrong on our side.")]
@@ -52,6 +58,8 @@ impl ResponseError for AppError {
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::WrongProtocol(_) => StatusCode::UPGRADE_REQUIRED,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -3,6 +3,7 @@
 //! rendering, sessions, and per-route access + CSRF checks).
 
 pub mod access;
+pub mod agent_api;
 pub mod api;
 pub mod assets;
 pub mod error;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub cloud: Arc<AnyProvider>,
     /// The console's own figures, served at /metrics.
     pub metrics: Arc<Registry>,
+    /// Wakes agents' waiting claims when jobs become claimable.
+    pub wakeups: crate::jobs::wakeups::Wakeups,
 }
 
 /// True for the routes that answer in JSON and authenticate by token, not by session.

@@ -8,7 +8,7 @@ use actix_web::middleware::from_fn;
 use actix_web::web;
 
 use super::access::{Access, enforce};
-use super::{api, assets, pages};
+use super::{agent_api, api, assets, pages};
 use crate::domain::Role;
 
 pub struct RouteSpec {
@@ -21,6 +21,7 @@ const PUBLIC: Access = Access::Public;
 const VIEWER: Access = Access::Role(Role::Viewer);
 const OPERATOR: Access = Access::Role(Role::Operator);
 const ADMIN: Access = Access::Role(Role::Admin);
+const AGENT: Access = Access::Agent;
 
 macro_rules! route_table {
     ($($method:ident $path:literal $access:ident => $handler:path;)*) => {
@@ -63,7 +64,11 @@ route_table! {
     POST "/servers/{id}/{action}"     OPERATOR => pages::servers::act;
     GET  "/rollouts"                  VIEWER => pages::coming_soon::show;
     GET  "/bakes"                     VIEWER => pages::coming_soon::show;
-    GET  "/jobs"                      VIEWER => pages::coming_soon::show;
+    GET  "/jobs"                      VIEWER => pages::jobs::list;
+    POST "/jobs"                      OPERATOR => pages::jobs::enqueue;
+    GET  "/jobs/{id}"                 VIEWER => pages::jobs::show;
+    POST "/jobs/{id}/cancel"          OPERATOR => pages::jobs::cancel;
+    POST "/jobs/{id}/retry"           OPERATOR => pages::jobs::retry;
     GET  "/dashboards"                VIEWER => pages::coming_soon::show;
     GET  "/alerts"                    VIEWER => pages::coming_soon::show;
     GET  "/audit"                     VIEWER => pages::audit::show;
@@ -88,4 +93,17 @@ route_table! {
     GET  "/api/v1/servers/{id}"       VIEWER => api::servers::show;
     POST "/api/v1/servers/{id}/{action}" OPERATOR => api::servers::act;
     GET  "/api/v1/launches/{id}"      VIEWER => api::servers::show_launch;
+    GET  "/api/v1/jobs"               VIEWER => api::jobs::list;
+    POST "/api/v1/jobs"               OPERATOR => api::jobs::enqueue;
+    GET  "/api/v1/jobs/{id}"          VIEWER => api::jobs::show;
+    GET  "/api/v1/jobs/{id}/log"      VIEWER => api::jobs::log;
+    POST "/api/v1/jobs/{id}/cancel"   OPERATOR => api::jobs::cancel;
+    POST "/api/v1/jobs/{id}/retry"    OPERATOR => api::jobs::retry;
+
+    POST "/agent/v1/register"         PUBLIC => agent_api::register;
+    POST "/agent/v1/heartbeat"        AGENT  => agent_api::heartbeat;
+    POST "/agent/v1/claim"            AGENT  => agent_api::claim;
+    POST "/agent/v1/log"              AGENT  => agent_api::log;
+    POST "/agent/v1/finish"           AGENT  => agent_api::finish;
+    GET  "/agent/v1/binary"           PUBLIC => agent_api::binary;
 }

@@ -14,6 +14,7 @@ mod health;
 mod helpers;
 mod images;
 mod invariants;
+mod jobs;
 mod login;
 mod moto;
 mod replicas;

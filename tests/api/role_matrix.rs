@@ -9,70 +9,96 @@ use reqwest::{Client, StatusCode};
 
 use crate::helpers::{TestApp, client, location, spawn_app};
 
-/// The least role each route needs; None = public.
-const EXPECTED: &[(&str, &str, Option<Role>)] = &[
-    ("GET", "/healthz", None),
-    ("GET", "/readyz", None),
-    ("GET", "/metrics", None),
-    ("GET", "/static/{path:.*}", None),
-    ("GET", "/login", None),
-    ("POST", "/login", None),
-    ("POST", "/logout", Some(Role::Viewer)),
-    ("GET", "/", Some(Role::Viewer)),
-    ("GET", "/images", Some(Role::Viewer)),
-    ("POST", "/images", Some(Role::Operator)),
-    ("GET", "/images/{id}", Some(Role::Viewer)),
-    ("POST", "/images/{id}/deregister", Some(Role::Operator)),
-    ("GET", "/servers", Some(Role::Viewer)),
-    ("POST", "/servers", Some(Role::Operator)),
-    ("GET", "/servers/{id}", Some(Role::Viewer)),
-    ("POST", "/servers/bulk", Some(Role::Operator)),
-    ("POST", "/servers/{id}/{action}", Some(Role::Operator)),
-    ("GET", "/rollouts", Some(Role::Viewer)),
-    ("GET", "/bakes", Some(Role::Viewer)),
-    ("GET", "/jobs", Some(Role::Viewer)),
-    ("GET", "/dashboards", Some(Role::Viewer)),
-    ("GET", "/alerts", Some(Role::Viewer)),
-    ("GET", "/audit", Some(Role::Viewer)),
-    ("GET", "/account", Some(Role::Viewer)),
-    ("POST", "/account/password", Some(Role::Viewer)),
-    ("GET", "/users", Some(Role::Admin)),
-    ("POST", "/users", Some(Role::Admin)),
-    ("POST", "/users/{id}/disable", Some(Role::Admin)),
-    ("POST", "/users/{id}/enable", Some(Role::Admin)),
-    ("POST", "/tokens", Some(Role::Admin)),
-    ("POST", "/tokens/{id}/revoke", Some(Role::Admin)),
-    ("GET", "/api/v1/audit", Some(Role::Viewer)),
-    ("GET", "/api/v1/images", Some(Role::Viewer)),
-    ("POST", "/api/v1/images", Some(Role::Operator)),
-    ("GET", "/api/v1/images/{id}", Some(Role::Viewer)),
+/// The access each route declares.
+const EXPECTED: &[(&str, &str, Access)] = &[
+    ("GET", "/healthz", Access::Public),
+    ("GET", "/readyz", Access::Public),
+    ("GET", "/metrics", Access::Public),
+    ("GET", "/static/{path:.*}", Access::Public),
+    ("GET", "/login", Access::Public),
+    ("POST", "/login", Access::Public),
+    ("POST", "/logout", Access::Role(Role::Viewer)),
+    ("GET", "/", Access::Role(Role::Viewer)),
+    ("GET", "/images", Access::Role(Role::Viewer)),
+    ("POST", "/images", Access::Role(Role::Operator)),
+    ("GET", "/images/{id}", Access::Role(Role::Viewer)),
+    (
+        "POST",
+        "/images/{id}/deregister",
+        Access::Role(Role::Operator),
+    ),
+    ("GET", "/servers", Access::Role(Role::Viewer)),
+    ("POST", "/servers", Access::Role(Role::Operator)),
+    ("GET", "/servers/{id}", Access::Role(Role::Viewer)),
+    ("POST", "/servers/bulk", Access::Role(Role::Operator)),
+    (
+        "POST",
+        "/servers/{id}/{action}",
+        Access::Role(Role::Operator),
+    ),
+    ("GET", "/rollouts", Access::Role(Role::Viewer)),
+    ("GET", "/bakes", Access::Role(Role::Viewer)),
+    ("GET", "/jobs", Access::Role(Role::Viewer)),
+    ("GET", "/dashboards", Access::Role(Role::Viewer)),
+    ("GET", "/alerts", Access::Role(Role::Viewer)),
+    ("GET", "/audit", Access::Role(Role::Viewer)),
+    ("GET", "/account", Access::Role(Role::Viewer)),
+    ("POST", "/account/password", Access::Role(Role::Viewer)),
+    ("GET", "/users", Access::Role(Role::Admin)),
+    ("POST", "/users", Access::Role(Role::Admin)),
+    ("POST", "/users/{id}/disable", Access::Role(Role::Admin)),
+    ("POST", "/users/{id}/enable", Access::Role(Role::Admin)),
+    ("POST", "/tokens", Access::Role(Role::Admin)),
+    ("POST", "/tokens/{id}/revoke", Access::Role(Role::Admin)),
+    ("GET", "/api/v1/audit", Access::Role(Role::Viewer)),
+    ("GET", "/api/v1/images", Access::Role(Role::Viewer)),
+    ("POST", "/api/v1/images", Access::Role(Role::Operator)),
+    ("GET", "/api/v1/images/{id}", Access::Role(Role::Viewer)),
     (
         "POST",
         "/api/v1/images/{id}/deregister",
-        Some(Role::Operator),
+        Access::Role(Role::Operator),
     ),
-    ("GET", "/api/v1/servers", Some(Role::Viewer)),
-    ("POST", "/api/v1/servers", Some(Role::Operator)),
-    ("GET", "/api/v1/servers/{id}", Some(Role::Viewer)),
+    ("GET", "/api/v1/servers", Access::Role(Role::Viewer)),
+    ("POST", "/api/v1/servers", Access::Role(Role::Operator)),
+    ("GET", "/api/v1/servers/{id}", Access::Role(Role::Viewer)),
     (
         "POST",
         "/api/v1/servers/{id}/{action}",
-        Some(Role::Operator),
+        Access::Role(Role::Operator),
     ),
-    ("GET", "/api/v1/launches/{id}", Some(Role::Viewer)),
+    ("GET", "/api/v1/launches/{id}", Access::Role(Role::Viewer)),
+    ("GET", "/jobs/{id}", Access::Role(Role::Viewer)),
+    ("POST", "/jobs", Access::Role(Role::Operator)),
+    ("POST", "/jobs/{id}/cancel", Access::Role(Role::Operator)),
+    ("POST", "/jobs/{id}/retry", Access::Role(Role::Operator)),
+    ("GET", "/api/v1/jobs", Access::Role(Role::Viewer)),
+    ("POST", "/api/v1/jobs", Access::Role(Role::Operator)),
+    ("GET", "/api/v1/jobs/{id}", Access::Role(Role::Viewer)),
+    ("GET", "/api/v1/jobs/{id}/log", Access::Role(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/jobs/{id}/cancel",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/api/v1/jobs/{id}/retry",
+        Access::Role(Role::Operator),
+    ),
+    ("POST", "/agent/v1/register", Access::Public),
+    ("POST", "/agent/v1/heartbeat", Access::Agent),
+    ("POST", "/agent/v1/claim", Access::Agent),
+    ("POST", "/agent/v1/log", Access::Agent),
+    ("POST", "/agent/v1/finish", Access::Agent),
+    ("GET", "/agent/v1/binary", Access::Public),
 ];
 
 #[test]
 fn the_matrix_covers_every_route() {
-    let declared: Vec<(&str, &str, Option<Role>)> = ROUTES
+    let declared: Vec<(&str, &str, Access)> = ROUTES
         .iter()
-        .map(|r| {
-            let least = match r.access {
-                Access::Public => None,
-                Access::Role(role) => Some(role),
-            };
-            (r.method, r.path, least)
-        })
+        .map(|r| (r.method, r.path, r.access))
         .collect();
     for route in &declared {
         assert!(
@@ -145,6 +171,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/images/{id}", &format!("/images/{}", f.image_id))
         .replace("/servers/{id}", "/servers/i-local-00000000000000000")
         .replace("/launches/{id}", "/launches/1")
+        .replace("/jobs/{id}", "/jobs/1")
         .replace("{action}", "disable")
 }
 
@@ -198,6 +225,14 @@ async fn every_route_answers_each_role_as_declared() {
             let status = res.status();
             let to_login = status == StatusCode::SEE_OTHER && location(&res).starts_with("/login");
             let outcome = match (route.access, who) {
+                // Nobody in the matrix holds an agent token; a user's API token is not one.
+                (Access::Agent, _) => {
+                    if status == StatusCode::UNAUTHORIZED {
+                        Ok(())
+                    } else {
+                        Err("expected 401 without an agent token")
+                    }
+                }
                 (Access::Public, _) => {
                     if status == StatusCode::UNAUTHORIZED
                         || status == StatusCode::FORBIDDEN

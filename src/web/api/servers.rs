@@ -3,18 +3,10 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::auth::Principal;
-use crate::db::servers::{LaunchRow, ServerQuery, ServerRow};
+use crate::db::servers::{LaunchRow, ServerQuery};
 use crate::fleet::servers::Launch;
 use crate::web::AppState;
 use crate::web::error::AppError;
-
-#[derive(serde::Serialize)]
-struct ServerJson {
-    #[serde(flatten)]
-    row: ServerRow,
-    /// Jobs arrive with the work queue; until then no server runs any.
-    running_jobs: i64,
-}
 
 #[derive(serde::Serialize)]
 struct LaunchJson {
@@ -55,14 +47,7 @@ pub async fn list(
 ) -> Result<HttpResponse, AppError> {
     let limit = super::limit(query.limit)?;
     let rows = crate::db::servers::list(&state.pool, &query.filters, None, limit).await?;
-    Ok(HttpResponse::Ok().json(
-        rows.into_iter()
-            .map(|row| ServerJson {
-                row,
-                running_jobs: 0,
-            })
-            .collect::<Vec<_>>(),
-    ))
+    Ok(HttpResponse::Ok().json(rows))
 }
 
 pub async fn show(
@@ -73,10 +58,7 @@ pub async fn show(
     let row = crate::db::servers::find(&state.pool, &id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("There is no server {id}.")))?;
-    Ok(HttpResponse::Ok().json(ServerJson {
-        row,
-        running_jobs: 0,
-    }))
+    Ok(HttpResponse::Ok().json(row))
 }
 
 /// `POST /api/v1/servers` -> 202 with the launch; its servers appear as the provider names them.
@@ -147,6 +129,7 @@ pub async fn act(
         ip,
         std::slice::from_ref(&id),
         action,
+        std::time::Duration::from_secs(state.settings.drain_timeout),
     )
     .await?;
     let row = crate::db::servers::find(&state.pool, &id)
@@ -157,8 +140,5 @@ pub async fn act(
     } else {
         HttpResponse::Ok()
     };
-    Ok(res.json(ServerJson {
-        row,
-        running_jobs: 0,
-    }))
+    Ok(res.json(row))
 }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod coming_soon;
 pub mod health;
 pub mod images;
+pub mod jobs;
 pub mod login;
 pub mod overview;
 pub mod servers;

@@ -420,6 +420,7 @@ pub async fn act(
         ip,
         std::slice::from_ref(&id),
         action,
+        std::time::Duration::from_secs(state.settings.drain_timeout),
     )
     .await?;
     let message = describe(action, &effects);
@@ -471,7 +472,15 @@ pub async fn bulk(
         })?;
     let action = crate::fleet::servers::Action::parse(action)?;
     let ip = source_ip(&req);
-    let effects = crate::fleet::servers::act(&state.pool, &principal, ip, &ids, action).await?;
+    let effects = crate::fleet::servers::act(
+        &state.pool,
+        &principal,
+        ip,
+        &ids,
+        action,
+        std::time::Duration::from_secs(state.settings.drain_timeout),
+    )
+    .await?;
     flash(&session, describe(action, &effects));
     Ok(see_other("/servers"))
 }
