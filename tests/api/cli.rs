@@ -295,7 +295,9 @@ async fn bad_cli_input_fails_with_a_message_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn the_agent_stub_runs_until_sigterm() {
+/// An agent whose console cannot be reached keeps trying (with backoff) and stops cleanly on
+/// SIGTERM.
+async fn an_agent_without_its_console_retries_until_sigterm() {
     let mut agent = Command::new(KILN)
         .args([
             "agent",
@@ -313,7 +315,8 @@ async fn the_agent_stub_runs_until_sigterm() {
         .unwrap();
     let mut stderr = BufReader::new(agent.stderr.take().unwrap()).lines();
 
-    line_with(&mut stderr, "agent not implemented yet").await;
+    line_with(&mut stderr, "cannot register yet; retrying").await;
+    line_with(&mut stderr, "cannot register yet; retrying").await;
 
     assert!(agent.try_wait().unwrap().is_none(), "still running");
     assert!(sigterm_and_wait(&mut agent).await.success());

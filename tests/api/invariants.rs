@@ -35,6 +35,31 @@ fn only_the_aws_provider_imports_the_aws_sdk() {
 }
 
 #[test]
+fn the_agent_knows_only_the_wire_protocol() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src/agent"), &mut files);
+    assert!(!files.is_empty());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for forbidden in [
+            "crate::db",
+            "crate::cloud",
+            "crate::web",
+            "crate::jobs",
+            "crate::fleet",
+            "sqlx",
+        ] {
+            assert!(
+                !text.contains(forbidden),
+                "{} uses {forbidden}: the agent may know only agent::wire and HTTP",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
 fn templates_have_no_inline_script_or_style() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
     let mut stack = vec![dir];

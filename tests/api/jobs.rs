@@ -631,3 +631,190 @@ async fn a_job_lost_three_times_fails() {
         "{j}"
     );
 }
+
+#[tokio::test]
+async fn a_graceful_terminate_waits_for_the_running_job_and_a_drain_timeout_requeues_it() {
+    let app = spawn_app_with(|s| {
+        s.heartbeat = 1;
+        s.job_lease = 4;
+        s.drain_timeout = 600;
+    })
+    .await;
+    let token = app.token_for("admin").await;
+    launch_agents(&app, &token, 2).await;
+    let id = enqueue(&app, &token, json!({"command": "sleep 2; echo drained"})).await;
+    let running = job_in(&app, &token, id, &["running"], 30).await;
+    let server = running["server_id"].as_str().unwrap().to_owned();
+    let res = post(
+        &app,
+        &token,
+        &format!("/api/v1/servers/{server}/terminate"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let done = job_in(&app, &token, id, &["succeeded", "failed"], 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["attempts"].as_array().unwrap().len(),
+        1,
+        "it finished where it ran"
+    );
+    eventually(30, "the drained server is terminated", || async {
+        let s = get_json(&app, &token, &format!("/api/v1/servers/{server}")).await;
+        (s["state"] == "terminated").then_some(())
+    })
+    .await;
+    stop_fleet(&app).await;
+}
+
+#[tokio::test]
+async fn past_the_drain_timeout_the_server_goes_and_its_job_runs_elsewhere() {
+    let app = spawn_app_with(|s| {
+        s.heartbeat = 1;
+        s.job_lease = 4;
+        s.drain_timeout = 1;
+    })
+    .await;
+    let token = app.token_for("admin").await;
+    launch_agents(&app, &token, 2).await;
+    // Long on its first attempt only.
+    let id = enqueue(
+        &app,
+        &token,
+        json!({"command": "if [ \"$KILN_JOB_ATTEMPT\" = 1 ]; then sleep 60; fi; echo second"}),
+    )
+    .await;
+    let running = job_in(&app, &token, id, &["running"], 30).await;
+    let server = running["server_id"].as_str().unwrap().to_owned();
+    let res = post(
+        &app,
+        &token,
+        &format!("/api/v1/servers/{server}/terminate"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let done = job_in(&app, &token, id, &["succeeded", "failed"], 60).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let attempts = done["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{done}");
+    assert_eq!(attempts[0]["state"], "lost");
+    assert!(
+        attempts[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("drain timeout"),
+        "{done}"
+    );
+    assert_ne!(attempts[1]["server_id"], server.as_str());
+    stop_fleet(&app).await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_console(db: &str, port: u16, fleet: &str) -> tokio::process::Child {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let bind = format!("127.0.0.1:{port}");
+    let mut child = crate::cli::serve_with(
+        db,
+        &[
+            ("KILN_BIND", &bind),
+            ("KILN_FLEET", fleet),
+            ("KILN_HEARTBEAT", "1"),
+            ("KILN_LEASE", "4"),
+            ("KILN_TASK_POLL", "1"),
+        ],
+    );
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    crate::cli::line_with(&mut stderr, "kiln console listening").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    child
+}
+
+#[tokio::test]
+async fn a_console_restart_mid_run_loses_no_job() {
+    let db = crate::helpers::fresh_database_url();
+    let fleet = format!("r-{}", uuid::Uuid::new_v4().simple());
+    let port = free_port();
+    let mut console = start_console(&db, port, &fleet).await;
+    let token = crate::cli::admin_token(&db).await;
+    let pool = kiln::db::connect(&db).await.unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let image: String =
+        sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let res = http
+        .post(format!("{base}/api/v1/servers"))
+        .bearer_auth(&token)
+        .json(&json!({"image_id": image, "count": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    eventually(60, "two agents register", || async {
+        (count("SELECT count(*) FROM agents").await == 2).then_some(())
+    })
+    .await;
+    for _ in 0..30 {
+        let res = http
+            .post(format!("{base}/api/v1/jobs"))
+            .bearer_auth(&token)
+            .json(&json!({"command": "sleep 0.3; echo $KILN_JOB_ID"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    eventually(60, "some jobs succeed", || async {
+        (count("SELECT count(*) FROM jobs WHERE state = 'succeeded'").await >= 4).then_some(())
+    })
+    .await;
+    // kill -9 the console mid-run; the agents carry on and wait for it.
+    console.kill().await.unwrap();
+    let mut console = start_console(&db, port, &fleet).await;
+    eventually(120, "every job finishes", || async {
+        (count("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')").await == 0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        count("SELECT count(*) FROM jobs WHERE state = 'succeeded'").await,
+        30
+    );
+    // Each counted once: exactly one succeeded attempt per job.
+    assert_eq!(
+        count("SELECT count(*) FROM job_attempts WHERE state = 'succeeded'").await,
+        30
+    );
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM local_instances WHERE pid IS NOT NULL")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for pid in pids {
+        // SAFETY: kill(2) on agents this test's console started.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    crate::cli::sigterm_and_wait(&mut console).await;
+}
