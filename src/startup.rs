@@ -89,6 +89,7 @@ impl Application {
             cloud: cloud.clone(),
             metrics,
             wakeups: wakeups.clone(),
+            agent_tokens: Default::default(),
         });
         let store = PgSessionStore::new(pool.clone(), settings.session_absolute_timeout);
 

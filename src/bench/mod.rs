@@ -16,8 +16,20 @@ use sqlx::PgPool;
 
 use crate::config::{Settings, default_database_url};
 
+pub mod queue;
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Suite {
+    /// The work queue: claim+finish cycles vs plain SQL, pickup latency, idle agents.
+    Queue(queue::QueueArgs),
+}
+
+/// `kiln bench` measures the fleet pages; `kiln bench queue` the work queue.
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub suite: Option<Suite>,
     #[arg(long, default_value_t = 5000)]
     pub servers: i64,
     #[arg(long, default_value_t = 1000)]
@@ -165,6 +177,9 @@ fn rss_mb() -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(Suite::Queue(q)) = args.suite {
+        return queue::run(q).await;
+    }
     let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| default_database_url());
     let mut url = url::Url::parse(&base).context("DATABASE_URL is not a URL")?;
     url.set_path(&format!("/kiln_bench_{}", uuid::Uuid::new_v4().simple()));
@@ -250,6 +265,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ms(b99)
         );
         ratios.push((name, ms(k50) / ms(b50), ms(k99) / ms(b99)));
+    }
+    // Where the time goes: the floor every console page pays (middleware; then session,
+    // principal and layout), measured the same way.
+    for (name, path) in [
+        ("floor: /healthz (middleware only)", "/healthz"),
+        ("floor: /account (session+auth+layout)", "/account"),
+    ] {
+        let (p50, p99) = time(&client, &format!("{kiln}{path}"), args.requests).await?;
+        println!(
+            "{:<28} {:>10.2} {:>10.2}",
+            name,
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0
+        );
     }
     for (name, p50, p99) in ratios {
         println!("ratio kiln/bare {name}: p50 {p50:.2}x, p99 {p99:.2}x (target <= 2x)");

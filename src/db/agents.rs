@@ -109,3 +109,23 @@ pub async fn standing(db: impl PgExecutor<'_>, server_id: &str) -> sqlx::Result<
         .fetch_optional(db)
         .await
 }
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AgentRow {
+    pub version: String,
+    pub slots: i32,
+    pub hostname: String,
+    pub cpu_percent: Option<f64>,
+    pub mem_percent: Option<f64>,
+    pub load1: Option<f64>,
+    pub disk_percent: Option<f64>,
+}
+
+pub async fn find(db: impl PgExecutor<'_>, server_id: &str) -> sqlx::Result<Option<AgentRow>> {
+    sqlx::query_as(
+        "SELECT version, slots, hostname, cpu_percent, mem_percent, load1, disk_percent FROM agents WHERE server_id = $1",
+    )
+    .bind(server_id)
+    .fetch_optional(db)
+    .await
+}

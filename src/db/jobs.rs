@@ -196,22 +196,33 @@ pub struct Claimed {
     pub timeout_s: i32,
 }
 
-/// Gives up to `slots` queued jobs to a server, as new attempts, in one statement: only an
-/// enabled, live server gets any; a builder gets only the jobs pinned to it, a worker only
-/// unpinned ones. Concurrent claims skip each other's rows (SKIP LOCKED).
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    mode: String,
+    state: String,
+    id: Option<i64>,
+    attempt: Option<i32>,
+    command: Option<String>,
+    timeout_s: Option<i32>,
+}
+
+/// Gives up to `slots` queued jobs to a server, as new attempts, in one statement that also
+/// says where the server stands (None: no such server): only an enabled, live server gets
+/// any; a builder gets only the jobs pinned to it, a worker only unpinned ones. Concurrent
+/// claims skip each other's rows (SKIP LOCKED).
 pub async fn claim(
     db: impl PgExecutor<'_>,
     server_id: &str,
     slots: i64,
     lease_s: u64,
-) -> sqlx::Result<Vec<Claimed>> {
-    sqlx::query_as(
+) -> sqlx::Result<Option<(crate::db::agents::Standing, Vec<Claimed>)>> {
+    let rows: Vec<ClaimRow> = sqlx::query_as(
         "WITH srv AS (
-             SELECT id, purpose FROM servers
-             WHERE id = $1 AND mode = 'enabled' AND state IN ('pending', 'running')
+             SELECT id, purpose, mode, state FROM servers WHERE id = $1
          ), picked AS (
              SELECT j.id FROM jobs j, srv
-             WHERE j.state = 'queued'
+             WHERE srv.mode = 'enabled' AND srv.state IN ('pending', 'running')
+               AND j.state = 'queued'
                AND ((srv.purpose = 'worker' AND j.pinned_server_id IS NULL) OR j.pinned_server_id = srv.id)
              ORDER BY j.id LIMIT $2
              FOR UPDATE OF j SKIP LOCKED
@@ -224,13 +235,33 @@ pub async fn claim(
          ), recorded AS (
              INSERT INTO job_attempts (job_id, n, server_id) SELECT id, attempt, $1 FROM taken
          )
-         SELECT id, attempt, command, timeout_s FROM taken ORDER BY id",
+         SELECT srv.mode, srv.state, t.id, t.attempt, t.command, t.timeout_s
+         FROM srv LEFT JOIN taken t ON TRUE ORDER BY t.id",
     )
     .bind(server_id)
     .bind(slots)
     .bind(lease_s as f64)
     .fetch_all(db)
-    .await
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let standing = crate::db::agents::Standing {
+        mode: first.mode.clone(),
+        state: first.state.clone(),
+    };
+    let jobs = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(Claimed {
+                id: r.id?,
+                attempt: r.attempt?,
+                command: r.command?,
+                timeout_s: r.timeout_s?,
+            })
+        })
+        .collect();
+    Ok(Some((standing, jobs)))
 }
 
 /// Renews the leases of the attempts a server's agent says it runs, and returns those of

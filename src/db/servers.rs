@@ -79,9 +79,10 @@ pub async fn find(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Option<Serv
         .await
 }
 
-/// Servers by state (terminated ones included), for the counts at the top of the page.
+/// Servers by state (terminated ones included), for the counts at the top of the page: read
+/// from `server_state_counts`, which triggers keep equal to a GROUP BY over `servers`.
 pub async fn counts_by_state(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
-    sqlx::query_as("SELECT state, count(*) FROM servers GROUP BY state ORDER BY state")
+    sqlx::query_as("SELECT state, n FROM server_state_counts WHERE n <> 0 ORDER BY state")
         .fetch_all(db)
         .await
 }

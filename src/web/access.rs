@@ -228,8 +228,14 @@ async fn agent_from_token(req: &ServiceRequest) -> Result<Option<AgentIdentity>,
         return Ok(None);
     };
     let state = state(req)?;
-    let server =
-        crate::db::agents::server_of(&state.pool, &crate::auth::token::hash(token)).await?;
+    let hash = crate::auth::token::hash(token);
+    if let Some(server_id) = state.agent_tokens.get(&hash) {
+        return Ok(Some(AgentIdentity { server_id }));
+    }
+    let server = crate::db::agents::server_of(&state.pool, &hash).await?;
+    if let Some(server_id) = &server {
+        state.agent_tokens.put(hash, server_id.clone());
+    }
     Ok(server.map(|server_id| AgentIdentity { server_id }))
 }
 

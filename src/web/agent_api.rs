@@ -121,6 +121,7 @@ pub async fn register(
     )
     .await?;
     tx.commit().await?;
+    state.agent_tokens.forget_server(&body.instance_id);
     Ok(HttpResponse::Ok().json(Registered {
         agent_token: secret.expose().to_owned(),
         server_id: body.instance_id,
@@ -146,13 +147,18 @@ pub async fn heartbeat(
         .await?
         .ok_or_else(|| AppError::NotFound(format!("There is no server {}.", agent.server_id)))?;
     let running: Vec<(i64, i32)> = body.running.iter().map(|r| (r.job_id, r.attempt)).collect();
-    let stop = crate::db::jobs::renew(
-        &state.pool,
-        &agent.server_id,
-        &running,
-        state.settings.job_lease,
-    )
-    .await?;
+    // An idle agent's heartbeat is one statement; leases are renewed only when there are some.
+    let stop = if running.is_empty() {
+        vec![]
+    } else {
+        crate::db::jobs::renew(
+            &state.pool,
+            &agent.server_id,
+            &running,
+            state.settings.job_lease,
+        )
+        .await?
+    };
     Ok(HttpResponse::Ok().json(HeartbeatReply {
         terminate: standing.terminating(),
         mode: standing.mode,
@@ -179,18 +185,20 @@ pub async fn claim(
     let wait = Duration::from_secs(body.wait_s.min(wire::MAX_WAIT_S));
     let deadline = tokio::time::Instant::now() + wait;
     let wakeups = &state.wakeups;
+    let mut was_woken = false;
     loop {
         // Registered for a wake-up before looking, so one arriving meanwhile is not missed.
         let woken = wakeups.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let jobs = crate::db::jobs::claim(
+        let (standing, jobs) = crate::db::jobs::claim(
             &state.pool,
             &agent.server_id,
             i64::from(body.slots),
             state.settings.job_lease,
         )
-        .await?;
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no server {}.", agent.server_id)))?;
         if !jobs.is_empty() {
             return Ok(HttpResponse::Ok().json(ClaimReply {
                 jobs: jobs
@@ -202,17 +210,16 @@ pub async fn claim(
                         timeout_s: j.timeout_s as u64,
                     })
                     .collect(),
-                mode: "enabled".into(),
+                mode: standing.mode,
                 terminate: false,
             }));
         }
-        let standing = crate::db::agents::standing(&state.pool, &agent.server_id)
-            .await?
-            .ok_or_else(|| {
-                AppError::NotFound(format!("There is no server {}.", agent.server_id))
-            })?;
         let can_work = standing.mode == "enabled" && !standing.terminating();
         if !can_work || wakeups.is_closing() || tokio::time::Instant::now() >= deadline {
+            if was_woken && !can_work {
+                // The wake-up meant a job for someone who can take it.
+                wakeups.pass_on();
+            }
             return Ok(HttpResponse::Ok().json(ClaimReply {
                 jobs: vec![],
                 terminate: standing.terminating(),
@@ -220,10 +227,20 @@ pub async fn claim(
             }));
         }
         // Wait for a wake-up or the deadline, holding no database connection.
-        tokio::select! {
-            _ = &mut woken => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+        let woke = tokio::select! {
+            _ = &mut woken => true,
+            _ = tokio::time::sleep_until(deadline) => false,
+        };
+        if !woke {
+            // Nothing was enqueued meanwhile (a lost LISTEN connection wakes every waiter),
+            // so there is nothing to look for: answer without another query.
+            return Ok(HttpResponse::Ok().json(ClaimReply {
+                jobs: vec![],
+                terminate: false,
+                mode: standing.mode,
+            }));
         }
+        was_woken = true;
     }
 }
 

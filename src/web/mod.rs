@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod agent_api;
+pub mod agent_tokens;
 pub mod api;
 pub mod assets;
 pub mod error;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub metrics: Arc<Registry>,
     /// Wakes agents' waiting claims when jobs become claimable.
     pub wakeups: crate::jobs::wakeups::Wakeups,
+    /// Agent tokens seen lately (see `agent_tokens.rs`).
+    pub agent_tokens: agent_tokens::AgentTokens,
 }
 
 /// True for the routes that answer in JSON and authenticate by token, not by session.

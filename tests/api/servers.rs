@@ -723,3 +723,33 @@ async fn a_viewer_sees_servers_without_action_controls() {
     assert_eq!(refused.status(), 403);
     stop_all(&app).await;
 }
+
+#[tokio::test]
+async fn the_counts_per_state_stay_equal_to_the_servers_table() {
+    let app = spawn_app().await;
+    let grouped = |pool: sqlx::PgPool| async move {
+        let mut g: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM servers GROUP BY state ORDER BY state")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        g.sort();
+        g
+    };
+    let steps = [
+        "INSERT INTO servers (id, image_id, state) SELECT 'i-c-' || g, 'ami-x', 'pending' FROM generate_series(1, 50) g",
+        "UPDATE servers SET state = 'running' WHERE id LIKE 'i-c-%' AND right(id, 1) IN ('1', '2', '3')",
+        "UPDATE servers SET mode = 'disabled' WHERE id LIKE 'i-c-%'",
+        "UPDATE servers SET state = 'terminated' WHERE id LIKE 'i-c-1%'",
+        "UPDATE servers SET state = 'running' WHERE id = 'i-c-nothing'",
+        "DELETE FROM servers WHERE id LIKE 'i-c-2%'",
+    ];
+    for sql in steps {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        let counted = kiln::db::servers::counts_by_state(&app.pool).await.unwrap();
+        assert_eq!(counted, grouped(app.pool.clone()).await, "after {sql}");
+    }
+}

@@ -69,6 +69,7 @@ impl From<JobRow> for JobView {
 pub struct Filters {
     state: Option<String>,
     label: Option<String>,
+    server: Option<String>,
     before: Option<i64>,
     #[serde(default)]
     live: bool,
@@ -76,15 +77,19 @@ pub struct Filters {
 
 impl Filters {
     fn encoded(&self) -> String {
-        let pairs: Vec<(&str, &str)> = [("state", &self.state), ("label", &self.label)]
-            .into_iter()
-            .filter_map(|(k, v)| {
-                v.as_deref()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|v| (k, v))
-            })
-            .collect();
+        let pairs: Vec<(&str, &str)> = [
+            ("state", &self.state),
+            ("label", &self.label),
+            ("server", &self.server),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|v| (k, v))
+        })
+        .collect();
         serde_urlencoded::to_string(pairs).unwrap_or_default()
     }
 }
@@ -125,7 +130,11 @@ struct JobsPage {
 }
 
 async fn live(state: &AppState, filters: &Filters) -> Result<JobsLive, AppError> {
-    let q = job_query(filters.state.as_deref(), filters.label.as_deref(), None)?;
+    let q = job_query(
+        filters.state.as_deref(),
+        filters.label.as_deref(),
+        filters.server.as_deref(),
+    )?;
     let (counts, mut rows) = tokio::try_join!(
         crate::db::jobs::counts(&state.pool),
         crate::db::jobs::list(&state.pool, &q, filters.before, PAGE + 1),

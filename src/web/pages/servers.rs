@@ -358,12 +358,50 @@ struct ServerRowPartial {
     s: ServerView,
 }
 
+pub struct AgentView {
+    pub version: String,
+    pub slots: i32,
+    pub hostname: String,
+    /// "CPU 12%, memory 40%, load 0.31, disk 55%": what the last heartbeat said.
+    pub figures: String,
+}
+
+impl From<crate::db::agents::AgentRow> for AgentView {
+    fn from(a: crate::db::agents::AgentRow) -> Self {
+        let mut parts = Vec::new();
+        if let Some(v) = a.cpu_percent {
+            parts.push(format!("CPU {v:.0}%"));
+        }
+        if let Some(v) = a.mem_percent {
+            parts.push(format!("memory {v:.0}%"));
+        }
+        if let Some(v) = a.load1 {
+            parts.push(format!("load {v:.2}"));
+        }
+        if let Some(v) = a.disk_percent {
+            parts.push(format!("disk {v:.0}%"));
+        }
+        Self {
+            version: a.version,
+            slots: a.slots,
+            hostname: a.hostname,
+            figures: if parts.is_empty() {
+                "not reported yet".into()
+            } else {
+                parts.join(", ")
+            },
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "server.html")]
 struct ServerPage {
     layout: Layout,
     server: ServerView,
     launch_id: Option<i64>,
+    agent: Option<AgentView>,
+    jobs: Vec<crate::web::pages::jobs::JobView>,
     events: Vec<EventView>,
 }
 
@@ -392,11 +430,21 @@ pub async fn show(
         );
         events.sort_by_key(|e| std::cmp::Reverse(e.id));
     }
+    let jobs_here = crate::db::jobs::JobQuery {
+        server_id: Some(id.clone()),
+        ..Default::default()
+    };
+    let (agent, jobs) = tokio::try_join!(
+        crate::db::agents::find(&state.pool, &id),
+        crate::db::jobs::list(&state.pool, &jobs_here, None, 20),
+    )?;
     super::html(
         &ServerPage {
             layout,
             server: row.into(),
             launch_id,
+            agent: agent.map(AgentView::from),
+            jobs: jobs.into_iter().map(Into::into).collect(),
             events,
         },
         StatusCode::OK,
