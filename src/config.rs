@@ -136,6 +136,10 @@ pub struct Settings {
     #[arg(long, env = "KILN_LOCAL_TERMINATE_GRACE", default_value_t = 10)]
     pub local_terminate_grace: u64,
 
+    /// Jobs each local server's agent runs at once.
+    #[arg(long, env = "KILN_LOCAL_SLOTS", default_value_t = 1)]
+    pub local_slots: u32,
+
     /// Directory for local servers' agent logs. Default: $TMPDIR/kiln-local/<fleet>.
     #[arg(long, env = "KILN_LOCAL_DIR")]
     pub local_dir: Option<std::path::PathBuf>,
@@ -161,6 +165,25 @@ pub struct Settings {
     /// the server anyway (those jobs then go back to the queue).
     #[arg(long, env = "KILN_DRAIN_TIMEOUT", default_value_t = 600)]
     pub drain_timeout: u64,
+
+    /// Seconds a rollout waits for a batch of replacements' agents to register and heartbeat
+    /// before it fails (and puts the fleet back on the previous image).
+    #[arg(long, env = "KILN_HEALTH_TIMEOUT", default_value_t = 300)]
+    pub health_timeout: u64,
+
+    /// Seconds a rollout keeps the servers it replaced running, disabled, so that a rollback
+    /// within it only enables them again; after it they are terminated once idle.
+    #[arg(long, env = "KILN_ROLLBACK_GRACE", default_value_t = 1800)]
+    pub rollback_grace: u64,
+
+    /// A rollout's default batch size: replacements launched at once (the surge).
+    #[arg(long, env = "KILN_ROLLOUT_BATCH", default_value_t = 5)]
+    pub rollout_batch: u32,
+
+    /// A rollout's default minimum healthy percentage: enabled, healthy workers never drop
+    /// below this share of the fleet while it runs.
+    #[arg(long, env = "KILN_MIN_HEALTHY", default_value_t = 100)]
+    pub min_healthy_percent: u32,
 
     /// Seconds a job attempt's lease lasts; agents' heartbeats renew it. An attempt whose
     /// lease runs out (server died, agent killed) is recorded `lost` and the job requeued.
@@ -247,6 +270,19 @@ impl Settings {
         }
         if !(1..=604_800).contains(&self.default_job_timeout) {
             anyhow::bail!("KILN_JOB_TIMEOUT must be between 1 and 604800 seconds.");
+        }
+        if !(1..=86_400).contains(&self.health_timeout) || self.rollback_grace > 604_800 {
+            anyhow::bail!(
+                "KILN_HEALTH_TIMEOUT must be between 1 and 86400 seconds, KILN_ROLLBACK_GRACE at most 604800."
+            );
+        }
+        if !(1..=64).contains(&self.local_slots) {
+            anyhow::bail!("KILN_LOCAL_SLOTS must be between 1 and 64.");
+        }
+        if !(1..=500).contains(&self.rollout_batch) || self.min_healthy_percent > 100 {
+            anyhow::bail!(
+                "KILN_ROLLOUT_BATCH must be between 1 and 500, KILN_MIN_HEALTHY between 0 and 100."
+            );
         }
         if self.ec2_max_attempts == 0 {
             anyhow::bail!("KILN_EC2_MAX_ATTEMPTS must be at least 1.");

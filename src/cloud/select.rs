@@ -116,6 +116,7 @@ pub async fn from_settings(
                 },
                 log_dir: settings.local_log_dir(),
                 terminate_grace: std::time::Duration::from_secs(settings.local_terminate_grace),
+                agent_slots: settings.local_slots,
             };
             Ok(AnyProvider::Local(
                 local::LocalProvider::new(pool, local).await?,

@@ -15,6 +15,8 @@ pub mod adopt_image;
 pub mod deregister_image;
 pub mod launch_servers;
 pub mod queue;
+pub mod retire_servers;
+pub mod rollout_step;
 pub mod terminate_server;
 pub mod worker;
 
@@ -133,6 +135,8 @@ pub fn registry() -> Registry {
         .register::<deregister_image::DeregisterImage>()
         .register::<launch_servers::LaunchServers>()
         .register::<terminate_server::TerminateServer>()
+        .register::<rollout_step::RolloutStep>()
+        .register::<retire_servers::RetireServers>()
 }
 
 /// Enqueues a task in the caller's transaction: it becomes visible, and the workers are woken,
@@ -143,9 +147,19 @@ pub async fn enqueue<T: Task>(
     task: &T,
     dedupe_key: Option<&str>,
 ) -> sqlx::Result<Option<i64>> {
+    enqueue_at(conn, task, dedupe_key, None).await
+}
+
+/// As [`enqueue`], due at `run_at` (a rollout's grace period, say).
+pub async fn enqueue_at<T: Task>(
+    conn: &mut PgConnection,
+    task: &T,
+    dedupe_key: Option<&str>,
+    run_at: Option<time::OffsetDateTime>,
+) -> sqlx::Result<Option<i64>> {
     let payload = serde_json::to_value(task).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO tasks (kind, payload, max_attempts, dedupe_key) VALUES ($1, $2, $3, $4)
+        "INSERT INTO tasks (kind, payload, max_attempts, dedupe_key, run_at) VALUES ($1, $2, $3, $4, COALESCE($5, now()))
          ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING
          RETURNING id",
     )
@@ -153,6 +167,7 @@ pub async fn enqueue<T: Task>(
     .bind(payload)
     .bind(T::MAX_ATTEMPTS)
     .bind(dedupe_key)
+    .bind(run_at)
     .fetch_optional(&mut *conn)
     .await?;
     queue::notify(conn).await?;

@@ -146,6 +146,17 @@ pub fn backoff(base: Duration, attempts: i32) -> Duration {
         .min(Duration::from_secs(600))
 }
 
+/// How long until the earliest queued task is due (zero if one already is); None when no task
+/// is queued.
+pub async fn next_due_in(pool: &PgPool) -> sqlx::Result<Option<Duration>> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (min(run_at) - now()))::DOUBLE PRECISION FROM tasks WHERE state = 'queued'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,9 +154,15 @@ async fn claim_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 run(&shared, task).instrument(span).await
             }
             Ok(None) => {
+                // Sleep until the next deferred task is due (a rollout looking again in a
+                // second), but never longer than the polling interval.
+                let nap = match queue::next_due_in(&shared.pool).await {
+                    Ok(Some(due)) => due.clamp(Duration::from_millis(20), shared.config.poll),
+                    _ => shared.config.poll,
+                };
                 tokio::select! {
                     _ = &mut woken => {}
-                    _ = tokio::time::sleep(shared.config.poll) => {}
+                    _ = tokio::time::sleep(nap) => {}
                     _ = stopped.changed() => return,
                 }
             }

@@ -24,6 +24,7 @@ pub fn settings(fleet: &str) -> LocalSettings {
         agent_exe: env!("CARGO_BIN_EXE_kiln").into(),
         log_dir: std::env::temp_dir().join("kiln-test-local").join(fleet),
         terminate_grace: Duration::from_secs(5),
+        agent_slots: 1,
     }
 }
 

@@ -22,11 +22,11 @@ async fn queue_app() -> (TestApp, String) {
     (app, token)
 }
 
-fn api(token: &str) -> (reqwest::Client, String) {
+pub(crate) fn api(token: &str) -> (reqwest::Client, String) {
     (reqwest::Client::new(), token.to_owned())
 }
 
-async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
+pub(crate) async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
     let (c, t) = api(token);
     c.post(app.url(path))
         .bearer_auth(t)
@@ -36,7 +36,7 @@ async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::R
         .unwrap()
 }
 
-async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
+pub(crate) async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
     let (c, t) = api(token);
     let res = c.get(app.url(path)).bearer_auth(t).send().await.unwrap();
     assert_eq!(res.status(), 200, "GET {path}");
@@ -44,7 +44,7 @@ async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
 }
 
 /// Polls `check` until it returns Some, for at most `secs` seconds.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -63,7 +63,7 @@ where
 }
 
 /// Launches `n` servers through the API and waits until each one's agent has registered.
-async fn launch_agents(app: &TestApp, token: &str, n: i64) -> Vec<String> {
+pub(crate) async fn launch_agents(app: &TestApp, token: &str, n: i64) -> Vec<String> {
     let image: String =
         sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
             .fetch_one(&app.pool)
@@ -93,7 +93,7 @@ async fn launch_agents(app: &TestApp, token: &str, n: i64) -> Vec<String> {
     .await
 }
 
-async fn enqueue(app: &TestApp, token: &str, body: Value) -> i64 {
+pub(crate) async fn enqueue(app: &TestApp, token: &str, body: Value) -> i64 {
     let res = post(app, token, "/api/v1/jobs", body).await;
     assert_eq!(res.status(), 201);
     let job: Value = res.json().await.unwrap();
@@ -101,11 +101,17 @@ async fn enqueue(app: &TestApp, token: &str, body: Value) -> i64 {
     job["id"].as_i64().unwrap()
 }
 
-async fn job(app: &TestApp, token: &str, id: i64) -> Value {
+pub(crate) async fn job(app: &TestApp, token: &str, id: i64) -> Value {
     get_json(app, token, &format!("/api/v1/jobs/{id}")).await
 }
 
-async fn job_in(app: &TestApp, token: &str, id: i64, states: &[&str], secs: u64) -> Value {
+pub(crate) async fn job_in(
+    app: &TestApp,
+    token: &str,
+    id: i64,
+    states: &[&str],
+    secs: u64,
+) -> Value {
     eventually(secs, &format!("job {id} in {states:?}"), || async {
         let j = job(app, token, id).await;
         states
@@ -115,7 +121,7 @@ async fn job_in(app: &TestApp, token: &str, id: i64, states: &[&str], secs: u64)
     .await
 }
 
-async fn stop_fleet(app: &TestApp) {
+pub(crate) async fn stop_fleet(app: &TestApp) {
     let live: Vec<String> =
         describe_all(app.cloud.as_ref(), &ServerFilter::fleet(app.cloud.fleet()))
             .await
@@ -127,7 +133,7 @@ async fn stop_fleet(app: &TestApp) {
     app.cloud.terminate(&live).await.unwrap();
 }
 
-async fn agent_pid(app: &TestApp, server: &str) -> i32 {
+pub(crate) async fn agent_pid(app: &TestApp, server: &str) -> i32 {
     sqlx::query_scalar("SELECT pid FROM local_instances WHERE id = $1")
         .bind(server)
         .fetch_one(&app.pool)
@@ -711,7 +717,7 @@ async fn past_the_drain_timeout_the_server_goes_and_its_job_runs_elsewhere() {
     stop_fleet(&app).await;
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -19,6 +19,7 @@ mod login;
 mod moto;
 mod replicas;
 mod role_matrix;
+mod rollouts;
 mod servers;
 mod tasks;
 mod throttle;

@@ -36,7 +36,19 @@ const EXPECTED: &[(&str, &str, Access)] = &[
         "/servers/{id}/{action}",
         Access::Role(Role::Operator),
     ),
+    ("POST", "/images/{id}/release", Access::Role(Role::Operator)),
+    (
+        "POST",
+        "/images/{id}/rollback",
+        Access::Role(Role::Operator),
+    ),
     ("GET", "/rollouts", Access::Role(Role::Viewer)),
+    ("GET", "/rollouts/{id}", Access::Role(Role::Viewer)),
+    (
+        "POST",
+        "/rollouts/{id}/{action}",
+        Access::Role(Role::Operator),
+    ),
     ("GET", "/bakes", Access::Role(Role::Viewer)),
     ("GET", "/jobs", Access::Role(Role::Viewer)),
     ("GET", "/dashboards", Access::Role(Role::Viewer)),
@@ -57,6 +69,23 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     (
         "POST",
         "/api/v1/images/{id}/deregister",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/api/v1/images/{id}/release",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/api/v1/images/{id}/rollback",
+        Access::Role(Role::Operator),
+    ),
+    ("GET", "/api/v1/rollouts", Access::Role(Role::Viewer)),
+    ("GET", "/api/v1/rollouts/{id}", Access::Role(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/rollouts/{id}/{action}",
         Access::Role(Role::Operator),
     ),
     ("GET", "/api/v1/servers", Access::Role(Role::Viewer)),
@@ -172,6 +201,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/servers/{id}", "/servers/i-local-00000000000000000")
         .replace("/launches/{id}", "/launches/1")
         .replace("/jobs/{id}", "/jobs/1")
+        .replace("/rollouts/{id}", "/rollouts/1")
         .replace("{action}", "disable")
 }
 

@@ -27,6 +27,8 @@ pub struct LocalSettings {
     pub log_dir: PathBuf,
     /// How long a terminate waits after SIGTERM before SIGKILL.
     pub terminate_grace: Duration,
+    /// Jobs each local server's agent runs at once (`kiln agent --slots`).
+    pub agent_slots: u32,
 }
 
 pub struct LocalProvider {
@@ -157,18 +159,24 @@ impl LocalProvider {
     /// Starts the process of every server of this launch that has none yet (a previous try
     /// may have stopped between recording them and starting them).
     async fn start_missing(&self, token: &str, request: &LaunchRequest) -> CloudResult<()> {
-        let unstarted: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM local_instances WHERE launch_token = $1 AND pid IS NULL AND state = 'pending' ORDER BY id")
+        // An image may name the agent its servers run (a broken image's never comes up).
+        let unstarted: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT i.id, img.agent_exe FROM local_instances i LEFT JOIN local_images img ON img.id = i.image_id
+                            WHERE i.launch_token = $1 AND i.pid IS NULL AND i.state = 'pending' ORDER BY i.id")
                 .bind(token)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_error)?;
-        for id in unstarted {
+        for (id, agent_exe) in unstarted {
+            let exe = agent_exe
+                .map(PathBuf::from)
+                .unwrap_or_else(|| self.settings.agent_exe.clone());
             let pid = process::spawn_agent(
-                &self.settings.agent_exe,
+                &exe,
                 &id,
                 &request.bootstrap.console_url,
                 &request.bootstrap.enrollment_token,
+                self.settings.agent_slots,
                 &self.settings.log_dir,
             )
             .map_err(|e| {

@@ -13,6 +13,7 @@ pub fn spawn_agent(
     server_id: &str,
     console_url: &str,
     token: &str,
+    slots: u32,
     log_dir: &PathBuf,
 ) -> std::io::Result<u32> {
     std::fs::create_dir_all(log_dir)?;
@@ -30,6 +31,8 @@ pub fn spawn_agent(
             console_url,
             "--token",
             token,
+            "--slots",
+            &slots.to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod images;
 pub mod jobs;
+pub mod rollouts;
 pub mod servers;
 
 /// `?limit=`: default 500, at most 5,000 (SPEC.md).

@@ -60,6 +60,9 @@ struct ImagesPage {
     aws: bool,
     form: AddImage,
     error: Option<String>,
+    can_act: bool,
+    csrf: String,
+    active: Option<crate::web::pages::rollouts::RolloutView>,
 }
 
 #[derive(Template)]
@@ -67,6 +70,8 @@ struct ImagesPage {
 struct ImageRows {
     images: Vec<ImageView>,
     any_pending: bool,
+    can_act: bool,
+    csrf: String,
 }
 
 /// The catalogue is small (SPEC: 1,000 images); one page shows it all.
@@ -79,19 +84,22 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let images: Vec<ImageView> = crate::db::images::list(&state.pool, MAX_IMAGES)
-        .await?
-        .into_iter()
-        .map(ImageView::from)
-        .collect();
+    let (images, active) = tokio::try_join!(
+        crate::db::images::list(&state.pool, MAX_IMAGES),
+        crate::db::rollouts::active(&state.pool),
+    )?;
+    let images: Vec<ImageView> = images.into_iter().map(ImageView::from).collect();
     let any_pending = images.iter().any(|i| i.state == "pending");
     let page = ImagesPage {
+        can_act: layout.can_act(),
+        csrf: layout.csrf.clone(),
         layout,
         any_pending,
         images,
         aws: state.cloud.name() == "aws",
         form,
         error,
+        active: active.map(Into::into),
     };
     super::html(&page, status)
 }
@@ -120,6 +128,8 @@ pub async fn list(
             &ImageRows {
                 images,
                 any_pending,
+                can_act: layout.can_act(),
+                csrf: layout.csrf.clone(),
             },
             StatusCode::OK,
         );
@@ -180,7 +190,9 @@ struct ImagePage {
     max_count: u32,
     image: ImageView,
     releases: Vec<ReleaseView>,
+    rollouts: Vec<crate::web::pages::rollouts::RolloutView>,
     events: Vec<EventView>,
+    defaults: crate::rollouts::RolloutSettings,
 }
 
 pub struct ReleaseView {
@@ -211,11 +223,12 @@ pub async fn show(
             at: when(r.at),
         })
         .collect();
-    let events = crate::db::audit::for_target(&state.pool, &format!("image:{id}"), 50)
-        .await?
-        .into_iter()
-        .map(EventView::from)
-        .collect();
+    let target = format!("image:{id}");
+    let (events, rollouts) = tokio::try_join!(
+        crate::db::audit::for_target(&state.pool, &target, 50),
+        crate::db::rollouts::list(&state.pool, Some(&id), None, 50),
+    )?;
+    let events = events.into_iter().map(EventView::from).collect();
     super::html(
         &ImagePage {
             layout,
@@ -223,7 +236,9 @@ pub async fn show(
             max_count: state.settings.max_servers,
             image: image.into(),
             releases,
+            rollouts: rollouts.into_iter().map(Into::into).collect(),
             events,
+            defaults: crate::rollouts::RolloutInput::default().resolve(&state.settings)?,
         },
         StatusCode::OK,
     )

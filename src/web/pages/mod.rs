@@ -8,6 +8,7 @@ pub mod images;
 pub mod jobs;
 pub mod login;
 pub mod overview;
+pub mod rollouts;
 pub mod servers;
 pub mod users;
 

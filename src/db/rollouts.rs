@@ -1,0 +1,165 @@
+//! Rollouts, their batches and the servers they touched, as stored. The rules live in
+//! src/rollouts/ and the state machine in src/tasks/rollout_step.rs.
+
+use sqlx::{PgConnection, PgExecutor};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RolloutRow {
+    pub id: i64,
+    pub kind: String,
+    pub release_id: i64,
+    pub from_image_id: Option<String>,
+    pub to_image_id: String,
+    pub state: String,
+    pub reason: String,
+    pub batch_size: i32,
+    pub min_healthy_percent: i32,
+    pub health_timeout_s: i32,
+    pub drain_timeout_s: i32,
+    pub grace_s: i32,
+    pub fleet_size: i32,
+    pub total: i32,
+    pub replaced: i32,
+    pub superseded_by: Option<i64>,
+    pub started_by: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub finished_at: Option<OffsetDateTime>,
+    pub cleaned_at: Option<OffsetDateTime>,
+    /// Filled by the queries: the images' versions, for display.
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+}
+
+impl RolloutRow {
+    pub fn is_active(&self) -> bool {
+        matches!(self.state.as_str(), "pending" | "running" | "paused")
+    }
+}
+
+macro_rules! select_rollouts {
+    ($rest:literal) => {
+        concat!(
+            "SELECT r.id, r.kind, r.release_id, r.from_image_id, r.to_image_id, r.state, r.reason, r.batch_size,
+                    r.min_healthy_percent, r.health_timeout_s, r.drain_timeout_s, r.grace_s, r.fleet_size, r.total,
+                    r.replaced, r.superseded_by, r.started_by, r.created_at, r.updated_at, r.finished_at, r.cleaned_at,
+                    fi.version AS from_version, ti.version AS to_version
+             FROM rollouts r LEFT JOIN images fi ON fi.id = r.from_image_id LEFT JOIN images ti ON ti.id = r.to_image_id ",
+            $rest
+        )
+    };
+}
+
+pub async fn find(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<RolloutRow>> {
+    sqlx::query_as(select_rollouts!("WHERE r.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Locks the rollout's row for the rest of the transaction: the step, pause, resume, cancel
+/// and a superseding rollback all take it, so they never interleave on one rollout.
+pub async fn lock(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<RolloutRow>> {
+    sqlx::query("SELECT 1 FROM rollouts WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    find(&mut *conn, id).await
+}
+
+/// Newest first; `before` is the previous page's last id; `image` keeps those to or from it.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    image: Option<&str>,
+    before: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<RolloutRow>> {
+    sqlx::query_as(select_rollouts!(
+        "WHERE ($1::TEXT IS NULL OR r.to_image_id = $1 OR r.from_image_id = $1)
+           AND ($2::BIGINT IS NULL OR r.id < $2)
+         ORDER BY r.id DESC LIMIT $3"
+    ))
+    .bind(image)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The rollout in progress (pending, running or paused), if any.
+pub async fn active(db: impl PgExecutor<'_>) -> sqlx::Result<Option<RolloutRow>> {
+    sqlx::query_as(select_rollouts!(
+        "WHERE r.state IN ('pending', 'running', 'paused') ORDER BY r.id DESC LIMIT 1"
+    ))
+    .fetch_optional(db)
+    .await
+}
+
+/// A server a rollout touched, with what the server is doing now.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RolloutServerRow {
+    pub server_id: String,
+    pub role: String,
+    pub state: String,
+    pub batch: i32,
+    pub at: OffsetDateTime,
+    pub image_id: String,
+    pub server_state: String,
+    pub mode: String,
+    pub running_jobs: i64,
+    pub last_heartbeat_at: Option<OffsetDateTime>,
+}
+
+pub async fn servers_of(
+    db: impl PgExecutor<'_>,
+    rollout_id: i64,
+) -> sqlx::Result<Vec<RolloutServerRow>> {
+    sqlx::query_as(
+        "SELECT rs.server_id, rs.role, rs.state, rs.batch, rs.at, s.image_id, s.state AS server_state, s.mode,
+                (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id) AS running_jobs,
+                a.last_heartbeat_at
+         FROM rollout_servers rs JOIN servers s ON s.id = rs.server_id
+         LEFT JOIN agents a ON a.server_id = rs.server_id
+         WHERE rs.rollout_id = $1 ORDER BY rs.batch, rs.role DESC, rs.server_id",
+    )
+    .bind(rollout_id)
+    .fetch_all(db)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchRow {
+    pub n: i32,
+    pub launch_id: Option<i64>,
+    pub size: i32,
+    pub deadline: OffsetDateTime,
+    pub done_at: Option<OffsetDateTime>,
+    pub launch_state: Option<String>,
+    pub launch_error: Option<String>,
+}
+
+pub async fn batches_of(db: impl PgExecutor<'_>, rollout_id: i64) -> sqlx::Result<Vec<BatchRow>> {
+    sqlx::query_as(
+        "SELECT b.n, b.launch_id, b.size, b.deadline, b.done_at, l.state AS launch_state, l.error AS launch_error
+         FROM rollout_batches b LEFT JOIN launches l ON l.id = b.launch_id
+         WHERE b.rollout_id = $1 ORDER BY b.n",
+    )
+    .bind(rollout_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Launches of a rollout the provider has not answered yet (pending or running).
+pub async fn unsettled_launches(
+    db: impl PgExecutor<'_>,
+    rollout_id: i64,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT l.id FROM rollout_batches b JOIN launches l ON l.id = b.launch_id
+         WHERE b.rollout_id = $1 AND l.state IN ('pending', 'running') ORDER BY l.id",
+    )
+    .bind(rollout_id)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,490 @@
+//! Releases, rollbacks and the rollouts that carry them out.
+//!
+//! A release makes an image current; a rollback makes current an image that was current
+//! before. Either moves the current image at once (in the transaction that creates the
+//! rollout, before the 202) and starts a rollout: the fleet's enabled workers not on the
+//! current image are replaced in batches (see [`advance`]). A rollout that fails or is
+//! cancelled moves the current image back and puts the fleet back ([`undo`]).
+//!
+//! One rollout at a time: a second release is refused; a rollback supersedes whatever rollout
+//! runs (it is cancelled and undone in the rollback's own transaction), so an operator under
+//! stress is never told to wait.
+
+pub mod advance;
+pub mod undo;
+
+use sqlx::PgConnection;
+
+use crate::auth::Principal;
+use crate::config::Settings;
+use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::db::rollouts::RolloutRow;
+use crate::tasks::rollout_step::RolloutStep;
+use crate::web::error::AppError;
+
+/// Release or rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Release,
+    Rollback,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Release => "release",
+            Kind::Rollback => "rollback",
+        }
+    }
+}
+
+/// A rollout's settings as a form or an API body gives them (numbers or numeric strings);
+/// each one left out takes its default from the console's settings.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct RolloutInput {
+    #[serde(default)]
+    pub batch_size: Option<serde_json::Value>,
+    #[serde(default)]
+    pub min_healthy_percent: Option<serde_json::Value>,
+    #[serde(default)]
+    pub health_timeout_s: Option<serde_json::Value>,
+    #[serde(default)]
+    pub drain_timeout_s: Option<serde_json::Value>,
+}
+
+/// Validated settings of one rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolloutSettings {
+    pub batch_size: i32,
+    pub min_healthy_percent: i32,
+    pub health_timeout_s: i32,
+    pub drain_timeout_s: i32,
+    pub grace_s: i32,
+}
+
+/// A whole number within `range`, from JSON or a form field; None when left out or blank.
+fn whole(
+    value: &Option<serde_json::Value>,
+    name: &str,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<Option<i32>, AppError> {
+    let bad = || {
+        AppError::BadRequest(format!(
+            "{name} must be a whole number from {} to {}.",
+            range.start(),
+            range.end()
+        ))
+    };
+    let n = match value {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().map_err(|_| bad())?,
+        Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(bad)?,
+        Some(_) => return Err(bad()),
+    };
+    if !range.contains(&n) {
+        return Err(bad());
+    }
+    Ok(Some(n as i32))
+}
+
+impl RolloutInput {
+    pub fn resolve(&self, settings: &Settings) -> Result<RolloutSettings, AppError> {
+        Ok(RolloutSettings {
+            batch_size: whole(&self.batch_size, "batch_size", 1..=500)?
+                .unwrap_or(settings.rollout_batch as i32),
+            min_healthy_percent: whole(&self.min_healthy_percent, "min_healthy_percent", 0..=100)?
+                .unwrap_or(settings.min_healthy_percent as i32),
+            health_timeout_s: whole(&self.health_timeout_s, "health_timeout_s", 1..=86_400)?
+                .unwrap_or(settings.health_timeout as i32),
+            drain_timeout_s: whole(&self.drain_timeout_s, "drain_timeout_s", 0..=86_400)?
+                .unwrap_or(settings.drain_timeout.min(86_400) as i32),
+            grace_s: settings.rollback_grace as i32,
+        })
+    }
+}
+
+/// Makes `image_id` current and starts its rollout. Returns the rollout and whether it was
+/// created now (false: the image was already current with its rollout in progress — a second
+/// click is a no-op, not an error).
+pub async fn start(
+    pool: &sqlx::PgPool,
+    settings: &Settings,
+    principal: &Principal,
+    source_ip: Option<String>,
+    image_id: &str,
+    kind: Kind,
+    input: &RolloutInput,
+) -> Result<(RolloutRow, bool), AppError> {
+    let chosen = input.resolve(settings)?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.releases'))")
+        .execute(&mut *tx)
+        .await?;
+    let image = crate::db::images::find(&mut *tx, image_id)
+        .await?
+        .ok_or_else(|| {
+            AppError::NotFound(format!("There is no image {image_id} in the catalogue."))
+        })?;
+    let active = crate::db::rollouts::active(&mut *tx).await?;
+    if image.current {
+        if let Some(a) = active.filter(|a| a.to_image_id == image.id) {
+            return Ok((a, false));
+        }
+        return Err(AppError::Conflict(format!(
+            "{image_id} is already the current image."
+        )));
+    }
+    if image.state != "available" {
+        return Err(AppError::Conflict(format!(
+            "{image_id} is {}; only available images can be released or rolled back to.",
+            image.state
+        )));
+    }
+    if kind == Kind::Rollback && !image.was_current {
+        return Err(AppError::Conflict(format!(
+            "{image_id} was never current, so there is nothing to roll back to: release it instead (Make current)."
+        )));
+    }
+    let mut superseded = None;
+    if let Some(a) = active {
+        if kind == Kind::Release {
+            return Err(AppError::Conflict(format!(
+                "Rollout #{} ({} of {}) is {}: wait for it to finish, cancel it, or roll back.",
+                a.id, a.kind, a.to_image_id, a.state
+            )));
+        }
+        // A rollback supersedes the rollout in progress: cancelled and undone right here.
+        let a = crate::db::rollouts::lock(&mut tx, a.id)
+            .await?
+            .expect("the active rollout exists");
+        finish(&mut tx, &a, "cancelled", "superseded by a rollback").await?;
+        undo::undo(&mut tx, a.id, a.drain_timeout_s).await?;
+        crate::tasks::enqueue(
+            &mut tx,
+            &RolloutStep { rollout_id: a.id },
+            Some(&step_key(a.id)),
+        )
+        .await?;
+        superseded = Some(a);
+    }
+    let current = crate::db::images::current_id(&mut *tx).await?;
+    let release_id: i64 = sqlx::query_scalar(
+        "INSERT INTO releases (image_id, previous_image_id, kind, released_by) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(&image.id)
+    .bind(&current)
+    .bind(kind.as_str())
+    .bind(&principal.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO rollouts (kind, release_id, from_image_id, to_image_id, batch_size, min_healthy_percent,
+                               health_timeout_s, drain_timeout_s, grace_s, started_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(kind.as_str())
+    .bind(release_id)
+    .bind(&current)
+    .bind(&image.id)
+    .bind(chosen.batch_size)
+    .bind(chosen.min_healthy_percent)
+    .bind(chosen.health_timeout_s)
+    .bind(chosen.drain_timeout_s)
+    .bind(chosen.grace_s)
+    .bind(&principal.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some(a) = &superseded {
+        sqlx::query("UPDATE rollouts SET superseded_by = $2, reason = $3 WHERE id = $1")
+            .bind(a.id)
+            .bind(id)
+            .bind(format!("superseded by rollback #{id} to {}", image.id))
+            .execute(&mut *tx)
+            .await?;
+        audit::record(
+            &mut *tx,
+            AuditEvent::by(
+                principal,
+                "rollout.cancel",
+                format!("rollout:{}", a.id),
+                Outcome::Ok,
+            )
+            .detail(format!("superseded by rollback #{id} to {}", image.id))
+            .from_ip(source_ip.clone()),
+        )
+        .await?;
+    }
+    crate::tasks::enqueue(
+        &mut tx,
+        &RolloutStep { rollout_id: id },
+        Some(&step_key(id)),
+    )
+    .await?;
+    audit::record(
+        &mut *tx,
+        AuditEvent::by(
+            principal,
+            &format!("image.{}", kind.as_str()),
+            format!("image:{}", image.id),
+            Outcome::Ok,
+        )
+        .detail(format!(
+            "rollout #{id} from {} (batch {}, min healthy {}%, health timeout {} s, drain timeout {} s)",
+            current.as_deref().unwrap_or("no image"),
+            chosen.batch_size,
+            chosen.min_healthy_percent,
+            chosen.health_timeout_s,
+            chosen.drain_timeout_s
+        ))
+        .from_ip(source_ip),
+    )
+    .await?;
+    let row = crate::db::rollouts::find(&mut *tx, id)
+        .await?
+        .expect("inserted above");
+    tx.commit().await?;
+    Ok((row, true))
+}
+
+/// The dedupe key of a rollout's step task: one unfinished step per rollout.
+pub fn step_key(rollout_id: i64) -> String {
+    format!("rollout:{rollout_id}")
+}
+
+/// Ends a rollout (succeeded, failed or cancelled) with its reason.
+pub(crate) async fn finish(
+    conn: &mut PgConnection,
+    r: &RolloutRow,
+    state: &str,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE rollouts SET state = $2, reason = $3, finished_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(r.id)
+    .bind(state)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves the current image back to the rollout's starting image, when the rollout's image is
+/// still the current one (a later release or rollback has not moved it since).
+pub(crate) async fn revert_current(
+    conn: &mut PgConnection,
+    r: &RolloutRow,
+    by: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.releases'))")
+        .execute(&mut *conn)
+        .await?;
+    let Some(from) = r.from_image_id.clone() else {
+        return Ok(None);
+    };
+    let current = crate::db::images::current_id(&mut *conn).await?;
+    if current.as_deref() != Some(r.to_image_id.as_str()) {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO releases (image_id, previous_image_id, kind, released_by) VALUES ($1, $2, 'revert', $3)",
+    )
+    .bind(&from)
+    .bind(&r.to_image_id)
+    .bind(by)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some(from))
+}
+
+/// What pause, resume and cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Done,
+    AlreadyDone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl Control {
+    pub fn parse(s: &str) -> Result<Self, AppError> {
+        match s {
+            "pause" => Ok(Control::Pause),
+            "resume" => Ok(Control::Resume),
+            "cancel" => Ok(Control::Cancel),
+            other => Err(AppError::BadRequest(format!(
+                "{other:?} is not a rollout action; use pause, resume or cancel."
+            ))),
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Control::Pause => "rollout.pause",
+            Control::Resume => "rollout.resume",
+            Control::Cancel => "rollout.cancel",
+        }
+    }
+}
+
+/// Pauses, resumes or cancels a rollout. Idempotent (pausing a paused rollout is a no-op);
+/// refused with the reason when the rollout's state forbids it.
+pub async fn control(
+    pool: &sqlx::PgPool,
+    principal: &Principal,
+    source_ip: Option<String>,
+    id: i64,
+    action: Control,
+) -> Result<(RolloutRow, Effect), AppError> {
+    let mut tx = pool.begin().await?;
+    let r = crate::db::rollouts::lock(&mut tx, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no rollout {id}.")))?;
+    let effect = match (action, r.state.as_str()) {
+        (Control::Pause, "paused") | (Control::Resume, "pending" | "running") => {
+            Effect::AlreadyDone
+        }
+        (Control::Cancel, "cancelled") => Effect::AlreadyDone,
+        (Control::Pause, "pending" | "running") => {
+            sqlx::query("UPDATE rollouts SET state = 'paused', updated_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            Effect::Done
+        }
+        (Control::Resume, "paused") => {
+            // The batch waiting for health gets its full timeout again from now.
+            sqlx::query("UPDATE rollouts SET state = 'running', updated_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE rollout_batches SET deadline = now() + make_interval(secs => $2)
+                 WHERE rollout_id = $1 AND done_at IS NULL",
+            )
+            .bind(id)
+            .bind(f64::from(r.health_timeout_s))
+            .execute(&mut *tx)
+            .await?;
+            crate::tasks::enqueue(
+                &mut tx,
+                &RolloutStep { rollout_id: id },
+                Some(&step_key(id)),
+            )
+            .await?;
+            Effect::Done
+        }
+        (Control::Cancel, "pending" | "running" | "paused") => {
+            finish(
+                &mut tx,
+                &r,
+                "cancelled",
+                &format!("cancelled by {}", principal.name),
+            )
+            .await?;
+            revert_current(&mut tx, &r, &principal.name).await?;
+            undo::undo(&mut tx, id, r.drain_timeout_s).await?;
+            crate::tasks::enqueue(
+                &mut tx,
+                &RolloutStep { rollout_id: id },
+                Some(&step_key(id)),
+            )
+            .await?;
+            Effect::Done
+        }
+        (_, state) => {
+            return Err(AppError::Conflict(match action {
+                Control::Cancel => format!(
+                    "Rollout #{id} has already {}; to undo it, roll back to the image it replaced.",
+                    if state == "succeeded" {
+                        "succeeded"
+                    } else {
+                        state
+                    }
+                ),
+                Control::Pause => {
+                    format!("Rollout #{id} is {state}; only a running rollout can be paused.")
+                }
+                Control::Resume => {
+                    format!("Rollout #{id} is {state}; only a paused rollout can be resumed.")
+                }
+            }));
+        }
+    };
+    audit::record(
+        &mut *tx,
+        AuditEvent::by(
+            principal,
+            action.verb(),
+            format!("rollout:{id}"),
+            Outcome::Ok,
+        )
+        .detail(if effect == Effect::AlreadyDone {
+            "already in effect"
+        } else {
+            ""
+        })
+        .from_ip(source_ip),
+    )
+    .await?;
+    let row = crate::db::rollouts::find(&mut *tx, id)
+        .await?
+        .expect("locked above");
+    tx.commit().await?;
+    Ok((row, effect))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_from_json_or_forms_with_defaults() {
+        let settings = Settings::with_defaults(String::new(), "127.0.0.1:0".parse().unwrap());
+        let all_default = RolloutInput::default().resolve(&settings).unwrap();
+        assert_eq!(all_default.batch_size, settings.rollout_batch as i32);
+        assert_eq!(all_default.health_timeout_s, 300);
+        assert_eq!(all_default.grace_s, 1800);
+        let given = RolloutInput {
+            batch_size: Some(serde_json::json!("3")),
+            min_healthy_percent: Some(serde_json::json!(50)),
+            health_timeout_s: Some(serde_json::json!("")),
+            drain_timeout_s: Some(serde_json::json!(0)),
+        }
+        .resolve(&settings)
+        .unwrap();
+        assert_eq!(
+            (
+                given.batch_size,
+                given.min_healthy_percent,
+                given.health_timeout_s,
+                given.drain_timeout_s
+            ),
+            (3, 50, 300, 0)
+        );
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(501),
+            serde_json::json!(1.5),
+            serde_json::json!("x"),
+            serde_json::json!([1]),
+        ] {
+            let input = RolloutInput {
+                batch_size: Some(bad.clone()),
+                ..Default::default()
+            };
+            assert!(input.resolve(&settings).is_err(), "{bad} accepted");
+        }
+        let over = RolloutInput {
+            min_healthy_percent: Some(serde_json::json!(101)),
+            ..Default::default()
+        };
+        assert!(over.resolve(&settings).is_err());
+    }
+}

@@ -1,0 +1,83 @@
+//! RetireServers: when a successful rollout's grace period ends, the old servers it kept
+//! (still disabled, not enabled again by a rollback) are terminated gracefully: each waits for
+//! its running jobs, up to the rollout's drain timeout, and past it those jobs are requeued.
+//! Enqueued with `run_at` at the end of the grace period; idempotent.
+
+use serde::{Deserialize, Serialize};
+
+use super::terminate_server::TerminateServer;
+use super::{Context, Task, TaskError};
+use crate::db::audit::{self, AuditEvent, Outcome};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RetireServers {
+    pub rollout_id: i64,
+}
+
+impl Task for RetireServers {
+    const KIND: &'static str = "retire_servers";
+
+    async fn run(&self, ctx: &Context) -> Result<(), TaskError> {
+        let mut tx = ctx.pool.begin().await?;
+        let Some(r) = crate::db::rollouts::lock(&mut tx, self.rollout_id).await? else {
+            return Err(TaskError::Fatal(anyhow::anyhow!(
+                "rollout {} does not exist",
+                self.rollout_id
+            )));
+        };
+        // Kept servers someone enabled again by hand are theirs now: left alone.
+        sqlx::query(
+            "UPDATE rollout_servers rs SET state = 'reused', at = now() FROM servers s
+             WHERE rs.rollout_id = $1 AND rs.role = 'old' AND rs.state = 'kept' AND s.id = rs.server_id
+               AND s.mode = 'enabled'",
+        )
+        .bind(r.id)
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE rollout_servers SET state = 'retired', at = now()
+             WHERE rollout_id = $1 AND role = 'old' AND state = 'kept' RETURNING server_id",
+        )
+        .bind(r.id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let drain_until =
+            time::OffsetDateTime::now_utc().unix_timestamp() + i64::from(r.drain_timeout_s);
+        let mut terminating = Vec::new();
+        for id in ids {
+            let live: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM servers WHERE id = $1 AND state <> 'terminated' FOR UPDATE",
+            )
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if live.is_none() {
+                continue;
+            }
+            super::enqueue(
+                &mut tx,
+                &TerminateServer {
+                    server_id: id.clone(),
+                    force: false,
+                    drain_until: Some(drain_until),
+                },
+                Some(&format!("terminate:{id}")),
+            )
+            .await?;
+            terminating.push(id);
+        }
+        if !terminating.is_empty() {
+            audit::record(
+                &mut *tx,
+                AuditEvent::system("rollout.retire", format!("rollout:{}", r.id), Outcome::Ok)
+                    .detail(format!(
+                        "grace period over; terminating once idle: {}",
+                        terminating.join(", ")
+                    )),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+//! RolloutStep: carries a rollout forward (see src/rollouts/advance.rs). One unfinished step
+//! per rollout (dedupe key `rollout:<id>`); while the rollout waits (a launch, agents'
+//! health) the step is deferred and looks again a second later, holding no worker. Every step
+//! runs in one transaction with the rollout's row locked, so a console killed mid-step leaves
+//! the rollout as it was before the step, and the step simply runs again.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Context, Task, TaskError};
+use crate::rollouts::advance::{Next, advance};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RolloutStep {
+    pub rollout_id: i64,
+}
+
+impl Task for RolloutStep {
+    const KIND: &'static str = "rollout_step";
+
+    async fn run(&self, ctx: &Context) -> Result<(), TaskError> {
+        let heartbeat = ctx.settings()?.heartbeat;
+        let mut tx = ctx.pool.begin().await?;
+        let next = advance(&mut tx, self.rollout_id, heartbeat).await?;
+        tx.commit().await?;
+        match next {
+            Next::Done => Ok(()),
+            Next::Wait(after, why) => Err(TaskError::NotYet(after, why)),
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The Rollouts page (current and past releases and rollbacks with their progress), a
+//! rollout's own page (progress, batches, servers; pause, resume, cancel; refreshed every
+//! second while it runs), and the release / rollback forms posted from the Images pages.
+
+use actix_session::Session;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+
+use super::{is_htmx, see_other, source_ip};
+use crate::auth::Principal;
+use crate::db::rollouts::{BatchRow, RolloutRow, RolloutServerRow};
+use crate::rollouts::{Control, Effect, Kind, RolloutInput};
+use crate::web::AppState;
+use crate::web::error::AppError;
+use crate::web::layout::{Layout, flash};
+use crate::web::view::{When, when, when_opt};
+
+pub struct RolloutView {
+    pub id: i64,
+    pub kind: String,
+    pub state: String,
+    pub reason: String,
+    pub from: String,
+    pub from_version: String,
+    pub to: String,
+    pub to_version: String,
+    pub replaced: i32,
+    pub total: i32,
+    pub percent: i32,
+    pub fleet_size: i32,
+    pub batch_size: i32,
+    pub min_healthy_percent: i32,
+    pub health_timeout_s: i32,
+    pub drain_timeout_s: i32,
+    pub grace_s: i32,
+    pub superseded_by: Option<i64>,
+    pub started_by: String,
+    pub created: When,
+    pub finished: Option<When>,
+    pub active: bool,
+}
+
+impl From<RolloutRow> for RolloutView {
+    fn from(r: RolloutRow) -> Self {
+        let percent = if r.total > 0 {
+            (r.replaced * 100 / r.total).clamp(0, 100)
+        } else if r.state == "succeeded" {
+            100
+        } else {
+            0
+        };
+        Self {
+            active: r.is_active(),
+            id: r.id,
+            kind: r.kind,
+            state: r.state,
+            reason: r.reason,
+            from: r.from_image_id.unwrap_or_default(),
+            from_version: r.from_version.unwrap_or_default(),
+            to: r.to_image_id,
+            to_version: r.to_version.unwrap_or_default(),
+            replaced: r.replaced,
+            total: r.total,
+            percent,
+            fleet_size: r.fleet_size,
+            batch_size: r.batch_size,
+            min_healthy_percent: r.min_healthy_percent,
+            health_timeout_s: r.health_timeout_s,
+            drain_timeout_s: r.drain_timeout_s,
+            grace_s: r.grace_s,
+            superseded_by: r.superseded_by,
+            started_by: r.started_by,
+            created: when(r.created_at),
+            finished: when_opt(r.finished_at),
+        }
+    }
+}
+
+pub struct RolloutServerView {
+    pub id: String,
+    pub role: String,
+    pub state: String,
+    pub batch: i32,
+    pub image_id: String,
+    pub server_state: String,
+    pub mode: String,
+    pub running_jobs: i64,
+    pub last_heartbeat: Option<When>,
+}
+
+impl From<RolloutServerRow> for RolloutServerView {
+    fn from(s: RolloutServerRow) -> Self {
+        Self {
+            id: s.server_id,
+            role: s.role,
+            state: s.state,
+            batch: s.batch,
+            image_id: s.image_id,
+            server_state: s.server_state,
+            mode: s.mode,
+            running_jobs: s.running_jobs,
+            last_heartbeat: when_opt(s.last_heartbeat_at),
+        }
+    }
+}
+
+pub struct BatchView {
+    pub n: i32,
+    pub launch_id: Option<i64>,
+    pub size: i32,
+    pub state: String,
+    pub deadline: When,
+}
+
+impl From<BatchRow> for BatchView {
+    fn from(b: BatchRow) -> Self {
+        Self {
+            state: if b.done_at.is_some() {
+                "done".into()
+            } else if b.launch_id.is_none() {
+                "re-enabling".into()
+            } else {
+                match b.launch_state.as_deref() {
+                    Some("pending" | "running") => "launching".into(),
+                    Some("succeeded") => "waiting for agents".into(),
+                    Some(other) => format!("launch {other}"),
+                    None => "waiting for agents".into(),
+                }
+            },
+            n: b.n,
+            launch_id: b.launch_id,
+            size: b.size,
+            deadline: when(b.deadline),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "rollouts.html")]
+struct RolloutsPage {
+    layout: Layout,
+    rollouts: Vec<RolloutView>,
+    next: Option<i64>,
+}
+
+#[derive(Template)]
+#[template(path = "partials/rollout_live.html")]
+struct RolloutLive {
+    rollout: RolloutView,
+    batches: Vec<BatchView>,
+    servers: Vec<RolloutServerView>,
+    can_act: bool,
+    csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "rollout.html")]
+struct RolloutPage {
+    layout: Layout,
+    live: RolloutLive,
+}
+
+const PAGE: i64 = 50;
+
+#[derive(serde::Deserialize)]
+pub struct ListQuery {
+    before: Option<i64>,
+}
+
+pub async fn list(
+    layout: Layout,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, AppError> {
+    let mut rows = crate::db::rollouts::list(&state.pool, None, query.before, PAGE + 1).await?;
+    let next = if rows.len() as i64 > PAGE {
+        rows.truncate(PAGE as usize);
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    let rollouts = rows.into_iter().map(RolloutView::from).collect();
+    super::html(
+        &RolloutsPage {
+            layout,
+            rollouts,
+            next,
+        },
+        StatusCode::OK,
+    )
+}
+
+fn rollout_id(raw: &str) -> Result<i64, AppError> {
+    raw.parse()
+        .map_err(|_| AppError::NotFound(format!("There is no rollout {raw}.")))
+}
+
+async fn live(state: &AppState, layout: &Layout, id: i64) -> Result<RolloutLive, AppError> {
+    let (row, batches, servers) = tokio::try_join!(
+        crate::db::rollouts::find(&state.pool, id),
+        crate::db::rollouts::batches_of(&state.pool, id),
+        crate::db::rollouts::servers_of(&state.pool, id),
+    )?;
+    let row = row.ok_or_else(|| AppError::NotFound(format!("There is no rollout {id}.")))?;
+    Ok(RolloutLive {
+        rollout: row.into(),
+        batches: batches.into_iter().map(BatchView::from).collect(),
+        servers: servers.into_iter().map(RolloutServerView::from).collect(),
+        can_act: layout.can_act(),
+        csrf: layout.csrf.clone(),
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct ShowQuery {
+    #[serde(default)]
+    live: bool,
+}
+
+pub async fn show(
+    req: HttpRequest,
+    layout: Layout,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<ShowQuery>,
+) -> Result<HttpResponse, AppError> {
+    let id = rollout_id(&id)?;
+    let live = live(&state, &layout, id).await?;
+    if query.live && is_htmx(&req) {
+        return super::html(&live, StatusCode::OK);
+    }
+    super::html(&RolloutPage { layout, live }, StatusCode::OK)
+}
+
+/// `POST /rollouts/{id}/{pause|resume|cancel}` from the rollout's page.
+pub async fn control(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AppError> {
+    let (id, action) = path.into_inner();
+    let action = Control::parse(&action)?;
+    let id = rollout_id(&id)?;
+    let (_, effect) =
+        crate::rollouts::control(&state.pool, &principal, source_ip(&req), id, action).await?;
+    let done = match action {
+        Control::Pause => "paused",
+        Control::Resume => "resumed",
+        Control::Cancel => "cancelled: the fleet goes back to the previous image",
+    };
+    flash(
+        &session,
+        match effect {
+            Effect::Done => format!("Rollout #{id} {done}."),
+            Effect::AlreadyDone => format!("Rollout #{id} was already {}.", action_state(action)),
+        },
+    );
+    Ok(see_other(&format!("/rollouts/{id}")))
+}
+
+fn action_state(action: Control) -> &'static str {
+    match action {
+        Control::Pause => "paused",
+        Control::Resume => "running",
+        Control::Cancel => "cancelled",
+    }
+}
+
+async fn start(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    form: web::Form<RolloutInput>,
+    kind: Kind,
+) -> Result<HttpResponse, AppError> {
+    let (row, created) = crate::rollouts::start(
+        &state.pool,
+        &state.settings,
+        &principal,
+        source_ip(&req),
+        id.as_str(),
+        kind,
+        &form,
+    )
+    .await?;
+    flash(
+        &session,
+        if created {
+            match kind {
+                Kind::Release => {
+                    format!("Released {}: rollout #{} started.", row.to_image_id, row.id)
+                }
+                Kind::Rollback => format!(
+                    "Rolling back to {}: rollout #{} started.",
+                    row.to_image_id, row.id
+                ),
+            }
+        } else {
+            format!(
+                "{} is already current; rollout #{} is in progress.",
+                row.to_image_id, row.id
+            )
+        },
+    );
+    Ok(see_other(&format!("/rollouts/{}", row.id)))
+}
+
+/// `POST /images/{id}/release` (Make current).
+pub async fn release(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    form: web::Form<RolloutInput>,
+) -> Result<HttpResponse, AppError> {
+    start(req, principal, session, state, id, form, Kind::Release).await
+}
+
+/// `POST /images/{id}/rollback` (Roll back to this).
+pub async fn rollback(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    form: web::Form<RolloutInput>,
+) -> Result<HttpResponse, AppError> {
+    start(req, principal, session, state, id, form, Kind::Rollback).await
+}
