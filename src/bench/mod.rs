@@ -17,11 +17,14 @@ use sqlx::PgPool;
 use crate::config::{Settings, default_database_url};
 
 pub mod queue;
+pub mod rollout;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Suite {
     /// The work queue: claim+finish cycles vs plain SQL, pickup latency, idle agents.
     Queue(queue::QueueArgs),
+    /// Rollouts: a full rollback of a local fleet with jobs running, and where its time goes.
+    Rollout(rollout::RolloutArgs),
 }
 
 /// `kiln bench` measures the fleet pages; `kiln bench queue` the work queue.
@@ -177,8 +180,10 @@ fn rss_mb() -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(Suite::Queue(q)) = args.suite {
-        return queue::run(q).await;
+    match args.suite {
+        Some(Suite::Queue(q)) => return queue::run(q).await,
+        Some(Suite::Rollout(r)) => return rollout::run(r).await,
+        None => {}
     }
     let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| default_database_url());
     let mut url = url::Url::parse(&base).context("DATABASE_URL is not a URL")?;

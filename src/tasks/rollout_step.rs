@@ -1,6 +1,6 @@
 //! RolloutStep: carries a rollout forward (see src/rollouts/advance.rs). One unfinished step
 //! per rollout (dedupe key `rollout:<id>`); while the rollout waits (a launch, agents'
-//! health) the step is deferred and looks again a second later, holding no worker. Every step
+//! health) the step is deferred and looks again a moment later, holding no worker. Every step
 //! runs in one transaction with the rollout's row locked, so a console killed mid-step leaves
 //! the rollout as it was before the step, and the step simply runs again.
 

@@ -24,7 +24,11 @@ fn when_at(t: OffsetDateTime, now: OffsetDateTime) -> When {
         .unwrap_or_default();
     let secs = (now - t).whole_seconds();
     let relative = match secs {
-        s if s < -60 => "in the future".to_owned(),
+        // Deadlines (a rollout batch's health timeout) are in the future.
+        s if s <= -86_400 => format!("in {} d", -s / 86_400),
+        s if s <= -3600 => format!("in {} h", -s / 3600),
+        s if s <= -60 => format!("in {} min", -s / 60),
+        s if s <= -10 => format!("in {} s", -s),
         s if s < 10 => "just now".to_owned(),
         s if s < 60 => format!("{s} s ago"),
         s if s < 3600 => format!("{} min ago", s / 60),
@@ -54,6 +58,10 @@ mod tests {
         assert_eq!(
             when_at(datetime!(2026-11-24 12:00:00 UTC), now).relative,
             "2 d ago"
+        );
+        assert_eq!(
+            when_at(datetime!(2026-11-26 12:05:00 UTC), now).relative,
+            "in 5 min"
         );
         assert_eq!(when_at(now, now).absolute, "2026-11-26 12:00:00 UTC");
     }

@@ -61,14 +61,30 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
         .iter()
         .map(|(s, m)| (s.as_str(), m.as_str()))
         .collect();
+    // Launch 3, disable 1, terminate 1; then a release replaced the enabled one and the
+    // rollback enabled it again (the release's server is kept, disabled).
     assert_eq!(
         states,
         [
             ("running", "disabled"),
+            ("running", "disabled"),
             ("running", "enabled"),
             ("terminated", "disabled")
         ],
-        "launch 3, disable 1, terminate 1"
+        "launch 3, disable 1, terminate 1, release, roll back"
+    );
+    let rollouts: Vec<(String, String)> =
+        sqlx::query_as("SELECT kind, state FROM rollouts ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rollouts,
+        [
+            ("release".to_owned(), "succeeded".to_owned()),
+            ("rollback".to_owned(), "succeeded".to_owned())
+        ],
+        "a release and a rollback from the browser"
     );
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM servers")
         .fetch_all(&app.pool)

@@ -627,6 +627,24 @@ async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_
         (count("SELECT count(*) FROM images WHERE state = 'available'").await == 2).then_some(())
     })
     .await;
+    // The new image's agents take 2 s to start, so each batch takes at least that long and
+    // the console is killed with three batches still to go.
+    let slow = std::env::temp_dir().join(format!("kiln-slow-agent-{fleet}.sh"));
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nsleep 2\nexec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_kiln")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sqlx::query("UPDATE local_images SET agent_exe = $2 WHERE id = $1")
+        .bind(&new)
+        .bind(slow.to_str().unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
     let res = post(
         format!("/api/v1/images/{new}/release"),
         json!({"batch_size": 1}),
@@ -637,6 +655,11 @@ async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_
         (count("SELECT count(*) FROM rollouts WHERE replaced >= 1").await == 1).then_some(())
     })
     .await;
+    assert_eq!(
+        count("SELECT count(*) FROM rollouts WHERE state = 'running' AND replaced < 4").await,
+        1,
+        "killed mid-rollout"
+    );
     // kill -9 the console mid-rollout, start it again.
     console.kill().await.unwrap();
     let mut console = start_console().await;

@@ -48,7 +48,6 @@ def main() -> int:
 
         page.goto(f"{base}/images")
         page.locator(".current-badge").first.wait_for()
-        page.screenshot(path=f"{out}/images.png", full_page=True)
         print("images page shows the current image")
 
         # Launch 3 servers from the form; the page refreshes itself (htmx) until they run.
@@ -69,8 +68,45 @@ def main() -> int:
         page.screenshot(path=f"{out}/servers.png", full_page=True)
         print("disabled one server and terminated another from the browser")
 
+        # Enqueue a job from the form; the running server's agent runs it.
+        page.goto(f"{base}/jobs")
+        page.fill("#job-command", "echo hello from the browser")
+        page.fill("#job-labels", "repo=console")
+        page.get_by_role("button", name="Enqueue").click()
+        page.wait_for_url(f"{base}/jobs/*")
+        page.locator("#job-state.state-succeeded").wait_for(timeout=30000)
+        page.get_by_text("hello from the browser").last.wait_for()
+        page.screenshot(path=f"{out}/job.png", full_page=True)
+        page.goto(f"{base}/jobs")
+        page.locator("#jobs-live .state-succeeded").first.wait_for()
+        page.screenshot(path=f"{out}/jobs.png", full_page=True)
+        print("enqueued a job from the form; it succeeded")
+
+        # Add a new image, release it, and watch the rollout's page until it succeeds.
+        page.goto(f"{base}/images")
+        old = page.locator(".current-row td.mono a").first.inner_text()
+        page.fill("#image-name", "worker")
+        page.fill("#image-version", "2")
+        page.get_by_role("button", name="Add image").click()
+        page.get_by_role("button", name="Make current").first.wait_for(timeout=30000)
+        page.get_by_role("button", name="Make current").first.click()
+        page.wait_for_url(f"{base}/rollouts/*")
+        page.locator("#rollout-state.state-succeeded").wait_for(timeout=60000)
+        page.screenshot(path=f"{out}/release.png", full_page=True)
+        print("released a new image; its rollout succeeded on its page")
+
+        # Roll back from the Images page: one click (confirmed), instant within the grace period.
+        page.goto(f"{base}/images")
+        page.locator("tr", has_text=old).get_by_role("button", name="Roll back to this").wait_for()
+        page.screenshot(path=f"{out}/images.png", full_page=True)
+        page.locator("tr", has_text=old).get_by_role("button", name="Roll back to this").click()
+        page.wait_for_url(f"{base}/rollouts/*")
+        page.locator("#rollout-state.state-succeeded").wait_for(timeout=60000)
+        page.screenshot(path=f"{out}/rollback.png", full_page=True)
         page.goto(f"{base}/rollouts")
-        assert "Not built yet" in page.content()
+        assert page.locator("#rollouts tbody tr").count() == 2
+        page.screenshot(path=f"{out}/rollouts.png", full_page=True)
+        print(f"rolled back to {old} from the Images page")
         browser.close()
     for e in errors:
         print(e)

@@ -110,6 +110,8 @@ pub struct BatchView {
     pub launch_id: Option<i64>,
     pub size: i32,
     pub state: String,
+    /// When it finished, or by when its replacements must be healthy.
+    pub done: Option<When>,
     pub deadline: When,
 }
 
@@ -128,6 +130,7 @@ impl From<BatchRow> for BatchView {
                     None => "waiting for agents".into(),
                 }
             },
+            done: when_opt(b.done_at),
             n: b.n,
             launch_id: b.launch_id,
             size: b.size,
