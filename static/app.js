@@ -9,7 +9,9 @@
     var form = event.target;
     if (!(form instanceof HTMLFormElement)) return;
     if (form.hasAttribute("hx-post") && window.htmx) return;
-    var question = form.getAttribute("data-confirm");
+    // A button may carry its own question (one shared form, a button per row).
+    var by = event.submitter;
+    var question = (by && by.getAttribute("data-confirm")) || form.getAttribute("data-confirm");
     if (question && !window.confirm(question)) {
       event.preventDefault();
     }

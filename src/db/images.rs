@@ -21,13 +21,13 @@ pub struct ImageRow {
     pub servers: i64,
 }
 
-// One pass over servers and releases for all images (a GROUP BY joined in), not a
-// correlated subquery per image: the Images page lists 1,000 images next to 5,000 servers.
+// Server counts come from `image_server_counts` (kept by triggers), not a GROUP BY over
+// servers: the Images page lists 1,000 images next to 5,000 servers.
 macro_rules! select_images {
     ($rest:literal) => {
         concat!(
             "WITH cur AS (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1),
-                  counts AS (SELECT image_id, count(*) AS n FROM servers WHERE state <> 'terminated' GROUP BY image_id),
+                  counts AS (SELECT image_id, n FROM image_server_counts),
                   released AS (SELECT DISTINCT image_id FROM releases)
              SELECT i.id, i.name, i.version, i.description, i.source_revision, i.state, i.state_reason, i.added_by,
                     i.created_at,

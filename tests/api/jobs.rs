@@ -725,19 +725,25 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-async fn start_console(db: &str, port: u16, fleet: &str) -> tokio::process::Child {
+/// `kiln serve` as a child process on a fixed port (so agents find it again after a
+/// restart), with fast heartbeats and task polling, plus `extra` settings.
+pub(crate) async fn start_console(
+    db: &str,
+    port: u16,
+    fleet: &str,
+    extra: &[(&str, &str)],
+) -> tokio::process::Child {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let bind = format!("127.0.0.1:{port}");
-    let mut child = crate::cli::serve_with(
-        db,
-        &[
-            ("KILN_BIND", &bind),
-            ("KILN_FLEET", fleet),
-            ("KILN_HEARTBEAT", "1"),
-            ("KILN_LEASE", "4"),
-            ("KILN_TASK_POLL", "1"),
-        ],
-    );
+    let mut env = vec![
+        ("KILN_BIND", bind.as_str()),
+        ("KILN_FLEET", fleet),
+        ("KILN_HEARTBEAT", "1"),
+        ("KILN_LEASE", "4"),
+        ("KILN_TASK_POLL", "1"),
+    ];
+    env.extend_from_slice(extra);
+    let mut child = crate::cli::serve_with(db, &env);
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     crate::cli::line_with(&mut stderr, "kiln console listening").await;
     tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
@@ -749,7 +755,7 @@ async fn a_console_restart_mid_run_loses_no_job() {
     let db = crate::helpers::fresh_database_url();
     let fleet = format!("r-{}", uuid::Uuid::new_v4().simple());
     let port = free_port();
-    let mut console = start_console(&db, port, &fleet).await;
+    let mut console = start_console(&db, port, &fleet, &[]).await;
     let token = crate::cli::admin_token(&db).await;
     let pool = kiln::db::connect(&db).await.unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -796,7 +802,7 @@ async fn a_console_restart_mid_run_loses_no_job() {
     .await;
     // kill -9 the console mid-run; the agents carry on and wait for it.
     console.kill().await.unwrap();
-    let mut console = start_console(&db, port, &fleet).await;
+    let mut console = start_console(&db, port, &fleet, &[]).await;
     eventually(120, "every job finishes", || async {
         (count("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')").await == 0)
             .then_some(())

@@ -91,6 +91,25 @@ async fn enabled_images(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
+/// Makes the local image's servers run `exe` as their agent (a broken image: `/bin/false`).
+async fn set_agent(pool: &sqlx::PgPool, image: &str, exe: &str) {
+    sqlx::query("UPDATE local_images SET agent_exe = $2 WHERE id = $1")
+        .bind(image)
+        .bind(exe)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Waits until no server is left on an image other than the current one.
+async fn only_current_image_left(app: &TestApp, what: &str) {
+    eventually(60, what, || async {
+        (app.count("SELECT count(*) FROM servers WHERE state <> 'terminated' AND image_id <> (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)").await == 0)
+            .then_some(())
+    })
+    .await;
+}
+
 async fn launches(app: &TestApp) -> i64 {
     app.count("SELECT count(*) FROM local_instances").await
 }
@@ -306,11 +325,7 @@ async fn a_rollback_during_a_release_supersedes_it() {
     launch_agents(&app, &token, 2).await;
     let new = add_image(&app, &token, "2").await;
     // The release's replacements never come up (a broken image): it stays mid-way.
-    sqlx::query("UPDATE local_images SET agent_exe = '/bin/false' WHERE id = $1")
-        .bind(&new)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    set_agent(&app.pool, &new, "/bin/false").await;
     let release = start(&app, &token, &new, "release", json!({"batch_size": 1})).await;
     let release_id = release["id"].as_i64().unwrap();
     eventually(30, "the release launches its first batch", || async {
@@ -342,10 +357,7 @@ async fn a_rollback_during_a_release_supersedes_it() {
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(current_image(&app).await, old);
     assert_eq!(enabled_images(&app).await, vec![old.clone(); 2]);
-    eventually(60, "the release's server is gone", || async {
-        (app.count("SELECT count(*) FROM servers WHERE image_id <> (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1) AND state <> 'terminated'").await == 0).then_some(())
-    })
-    .await;
+    only_current_image_left(&app, "the release's server is gone").await;
     stop_fleet(&app).await;
 }
 
@@ -355,11 +367,7 @@ async fn a_release_whose_agents_never_become_healthy_fails_and_leaves_the_fleet_
     let old = current_image(&app).await;
     launch_agents(&app, &token, 2).await;
     let new = add_image(&app, &token, "2").await;
-    sqlx::query("UPDATE local_images SET agent_exe = '/bin/false' WHERE id = $1")
-        .bind(&new)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    set_agent(&app.pool, &new, "/bin/false").await;
     let r = start(
         &app,
         &token,
@@ -390,10 +398,7 @@ async fn a_release_whose_agents_never_become_healthy_fails_and_leaves_the_fleet_
         "the current image moved back"
     );
     assert_eq!(enabled_images(&app).await, vec![old.clone(); 2]);
-    eventually(60, "the failed replacements are terminated", || async {
-        (app.count("SELECT count(*) FROM servers WHERE image_id <> (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1) AND state <> 'terminated'").await == 0).then_some(())
-    })
-    .await;
+    only_current_image_left(&app, "the failed replacements are terminated").await;
     let releases: Vec<String> = sqlx::query_scalar("SELECT kind FROM releases ORDER BY id")
         .fetch_all(&app.pool)
         .await
@@ -443,11 +448,7 @@ async fn pause_resume_cancel_and_bad_input() {
     assert_eq!(res.status(), 404);
 
     // Its agents never come up, so the rollout is still waiting when it is paused.
-    sqlx::query("UPDATE local_images SET agent_exe = '/bin/false' WHERE id = $1")
-        .bind(&new)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    set_agent(&app.pool, &new, "/bin/false").await;
     let r = start(&app, &token, &new, "release", json!({})).await;
     let id = r["id"].as_i64().unwrap();
     let res = post(
@@ -518,10 +519,7 @@ async fn pause_resume_cancel_and_bad_input() {
             .then_some(())
     })
     .await;
-    eventually(60, "no server of the cancelled rollout is left", || async {
-        (app.count("SELECT count(*) FROM servers WHERE image_id <> (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1) AND state <> 'terminated'").await == 0).then_some(())
-    })
-    .await;
+    only_current_image_left(&app, "no server of the cancelled rollout is left").await;
 
     // A viewer can read rollouts but not start, pause or cancel one.
     app.create_user("watcher", kiln::domain::Role::Viewer).await;
@@ -547,32 +545,11 @@ async fn pause_resume_cancel_and_bad_input() {
 
 #[tokio::test]
 async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_launches() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let db = crate::helpers::fresh_database_url();
     let fleet = format!("r-{}", uuid::Uuid::new_v4().simple());
     let port = crate::jobs::free_port();
-    let start_console = || {
-        let db = db.clone();
-        let fleet = fleet.clone();
-        async move {
-            let bind = format!("127.0.0.1:{port}");
-            let mut child = crate::cli::serve_with(
-                &db,
-                &[
-                    ("KILN_BIND", &bind),
-                    ("KILN_FLEET", &fleet),
-                    ("KILN_HEARTBEAT", "1"),
-                    ("KILN_LEASE", "4"),
-                    ("KILN_TASK_POLL", "1"),
-                    ("KILN_TASK_LEASE", "3"),
-                ],
-            );
-            let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-            crate::cli::line_with(&mut stderr, "kiln console listening").await;
-            tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-            child
-        }
-    };
+    let start_console =
+        || crate::jobs::start_console(&db, port, &fleet, &[("KILN_TASK_LEASE", "3")]);
     let mut console = start_console().await;
     let token = crate::cli::admin_token(&db).await;
     let pool = kiln::db::connect(&db).await.unwrap();
@@ -639,12 +616,7 @@ async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_
     )
     .unwrap();
     std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    sqlx::query("UPDATE local_images SET agent_exe = $2 WHERE id = $1")
-        .bind(&new)
-        .bind(slow.to_str().unwrap())
-        .execute(&pool)
-        .await
-        .unwrap();
+    set_agent(&pool, &new, slow.to_str().unwrap()).await;
     let res = post(
         format!("/api/v1/images/{new}/release"),
         json!({"batch_size": 1}),

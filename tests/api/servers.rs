@@ -725,7 +725,7 @@ async fn a_viewer_sees_servers_without_action_controls() {
 }
 
 #[tokio::test]
-async fn the_counts_per_state_stay_equal_to_the_servers_table() {
+async fn the_counts_per_state_and_per_image_stay_equal_to_the_servers_table() {
     let app = spawn_app().await;
     let grouped = |pool: sqlx::PgPool| async move {
         let mut g: Vec<(String, i64)> =
@@ -743,7 +743,20 @@ async fn the_counts_per_state_stay_equal_to_the_servers_table() {
         "UPDATE servers SET state = 'terminated' WHERE id LIKE 'i-c-1%'",
         "UPDATE servers SET state = 'running' WHERE id = 'i-c-nothing'",
         "DELETE FROM servers WHERE id LIKE 'i-c-2%'",
+        "UPDATE servers SET image_id = 'ami-y' WHERE id LIKE 'i-c-3%'",
+        "UPDATE servers SET state = 'pending', image_id = 'ami-z' WHERE id LIKE 'i-c-1%'",
+        "INSERT INTO servers (id, image_id, state) VALUES ('i-c-gone', 'ami-x', 'terminated')",
     ];
+    // Live servers per image, as the Images page counts them.
+    let per_image = |pool: sqlx::PgPool| async move {
+        let g: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT image_id, count(*) FROM servers WHERE state <> 'terminated' GROUP BY image_id ORDER BY image_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        g
+    };
     for sql in steps {
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&app.pool)
@@ -751,5 +764,16 @@ async fn the_counts_per_state_stay_equal_to_the_servers_table() {
             .unwrap();
         let counted = kiln::db::servers::counts_by_state(&app.pool).await.unwrap();
         assert_eq!(counted, grouped(app.pool.clone()).await, "after {sql}");
+        let kept: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT image_id, n FROM image_server_counts WHERE n <> 0 ORDER BY image_id",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            kept,
+            per_image(app.pool.clone()).await,
+            "per image, after {sql}"
+        );
     }
 }

@@ -71,7 +71,6 @@ struct ImageRows {
     images: Vec<ImageView>,
     any_pending: bool,
     can_act: bool,
-    csrf: String,
 }
 
 /// The catalogue is small (SPEC: 1,000 images); one page shows it all.
@@ -129,7 +128,6 @@ pub async fn list(
                 images,
                 any_pending,
                 can_act: layout.can_act(),
-                csrf: layout.csrf.clone(),
             },
             StatusCode::OK,
         );

@@ -1,8 +1,13 @@
+//! The Overview page: the fleet at a glance (servers by state, the current image, the queue,
+//! the rollout in progress) and the last audit events.
+
 use actix_web::web;
 use askama::Template;
 use askama_web::WebTemplate;
 
 use super::audit::EventView;
+use super::rollouts::RolloutView;
+use crate::db::jobs::QueueCounts;
 use crate::web::AppState;
 use crate::web::error::AppError;
 use crate::web::layout::Layout;
@@ -13,15 +18,37 @@ pub struct OverviewPage {
     layout: Layout,
     events: Vec<EventView>,
     users: i64,
+    servers: Vec<(String, i64)>,
+    live_servers: i64,
+    current: Option<String>,
+    queue: QueueCounts,
+    rollout: Option<RolloutView>,
 }
 
 pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<OverviewPage, AppError> {
-    let mut rows = crate::db::audit::page(&state.pool, None, 10).await?;
+    let pool = &state.pool;
+    let (rows, users, servers, current, queue, rollout) = tokio::try_join!(
+        crate::db::audit::page(pool, None, 10),
+        crate::db::users::count(pool),
+        crate::db::servers::counts_by_state(pool),
+        crate::db::images::current_id(pool),
+        crate::db::jobs::counts(pool),
+        crate::db::rollouts::active(pool),
+    )?;
+    let mut rows = rows;
     rows.truncate(10);
-    let users = crate::db::users::count(&state.pool).await?;
+    let servers: Vec<(String, i64)> = servers
+        .into_iter()
+        .filter(|(state, _)| state != "terminated")
+        .collect();
     Ok(OverviewPage {
         layout,
         events: rows.into_iter().map(EventView::from).collect(),
         users,
+        live_servers: servers.iter().map(|(_, n)| n).sum(),
+        servers,
+        current,
+        queue,
+        rollout: rollout.map(Into::into),
     })
 }
