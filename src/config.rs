@@ -190,6 +190,14 @@ pub struct Settings {
     #[arg(long, env = "KILN_LEASE", default_value_t = 60)]
     pub job_lease: u64,
 
+    /// Seconds between metric rollup passes (1-minute and 1-hour rollups of new points).
+    #[arg(long, env = "KILN_METRICS_ROLLUP_INTERVAL", default_value_t = 10)]
+    pub metrics_rollup_interval: u64,
+
+    /// Days raw metric points are kept (and how old a submitted measurement may be).
+    #[arg(long, env = "KILN_METRICS_RETENTION_DAYS", default_value_t = 7)]
+    pub metrics_retention_days: u64,
+
     /// Seconds between an agent's heartbeats (told to agents when they register).
     #[arg(long, env = "KILN_HEARTBEAT", default_value_t = 5)]
     pub heartbeat: u64,
@@ -214,6 +222,17 @@ pub enum ProviderKind {
 }
 
 impl Settings {
+    /// Raw points for KILN_METRICS_RETENTION_DAYS; 1-minute rollups 30 days (at least as long);
+    /// 1-hour rollups 400 days.
+    pub fn metrics_retention(&self) -> crate::metrics::rollup::Retention {
+        let raw_s = (self.metrics_retention_days * 86_400) as i64;
+        crate::metrics::rollup::Retention {
+            raw_s,
+            minute_s: raw_s.max(30 * 86_400),
+            hour_s: raw_s.max(400 * 86_400),
+        }
+    }
+
     pub fn public_url(&self) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
@@ -274,6 +293,11 @@ impl Settings {
         if !(1..=86_400).contains(&self.health_timeout) || self.rollback_grace > 604_800 {
             anyhow::bail!(
                 "KILN_HEALTH_TIMEOUT must be between 1 and 86400 seconds, KILN_ROLLBACK_GRACE at most 604800."
+            );
+        }
+        if self.metrics_rollup_interval == 0 || !(1..=3650).contains(&self.metrics_retention_days) {
+            anyhow::bail!(
+                "KILN_METRICS_ROLLUP_INTERVAL must be at least 1 second, KILN_METRICS_RETENTION_DAYS between 1 and 3650."
             );
         }
         if !(1..=64).contains(&self.local_slots) {

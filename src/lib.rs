@@ -14,6 +14,7 @@ pub mod db;
 pub mod domain;
 pub mod fleet;
 pub mod jobs;
+pub mod metrics;
 pub mod rollouts;
 pub mod startup;
 pub mod tasks;

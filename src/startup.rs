@@ -188,6 +188,12 @@ impl Application {
             sweep_every,
             stop_reconciler.subscribe(),
         ));
+        let rollups = tokio::spawn(crate::metrics::rollup::run(
+            self.pool.clone(),
+            Duration::from_secs(self.settings.metrics_rollup_interval),
+            self.settings.metrics_retention(),
+            stop_reconciler.subscribe(),
+        ));
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
@@ -204,6 +210,7 @@ impl Application {
         let _ = reconciler.await;
         let _ = listener.await;
         let _ = sweeper.await;
+        let _ = rollups.await;
         janitor.abort();
         // Let the tasks in hand finish (a task cut short is claimed again after its lease).
         workers.stop().await;

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod images;
 pub mod jobs;
 pub mod login_failures;
+pub mod metrics;
 pub mod rollouts;
 pub mod secrets;
 pub mod servers;

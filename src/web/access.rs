@@ -239,10 +239,30 @@ async fn agent_from_token(req: &ServiceRequest) -> Result<Option<AgentIdentity>,
     Ok(server.map(|server_id| AgentIdentity { server_id }))
 }
 
+/// An API token from `Authorization: Bearer TOKEN`, or from HTTP basic auth's password (how
+/// Librato clients send it: `user:token`, the user part is not checked).
+fn api_token(req: &ServiceRequest) -> Option<String> {
+    if let Some(token) = bearer(req) {
+        return Some(token.to_owned());
+    }
+    use base64::Engine;
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let pair = String::from_utf8(decoded).ok()?;
+    let (_, password) = pair.split_once(':')?;
+    Some(password.to_owned())
+}
+
 async fn principal_from_token(req: &ServiceRequest) -> Result<Option<Principal>, AppError> {
-    let Some(token) = bearer(req) else {
+    let Some(token) = api_token(req) else {
         return Ok(None);
     };
+    let token = token.as_str();
     let state = state(req)?;
     let owner = crate::db::tokens::owner_of(&state.pool, &crate::auth::token::hash(token)).await?;
     Ok(owner.map(|o| Principal {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod assets;
 pub mod error;
 pub mod layout;
+pub mod metrics_api;
 pub mod middleware;
 pub mod pages;
 pub mod routes;

@@ -8,7 +8,7 @@ use actix_web::middleware::from_fn;
 use actix_web::web;
 
 use super::access::{Access, enforce};
-use super::{agent_api, api, assets, pages};
+use super::{agent_api, api, assets, metrics_api, pages};
 use crate::domain::Role;
 
 pub struct RouteSpec {
@@ -108,6 +108,11 @@ route_table! {
     GET  "/api/v1/jobs/{id}/log"      VIEWER => api::jobs::log;
     POST "/api/v1/jobs/{id}/cancel"   OPERATOR => api::jobs::cancel;
     POST "/api/v1/jobs/{id}/retry"    OPERATOR => api::jobs::retry;
+
+    GET  "/api/v1/series"             VIEWER => metrics_api::get_series;
+    POST "/v1/metrics"                OPERATOR => metrics_api::legacy;
+    POST "/v1/measurements"           OPERATOR => metrics_api::tagged;
+    POST "/v1/annotations/{stream}"   OPERATOR => metrics_api::annotate;
 
     POST "/agent/v1/register"         PUBLIC => agent_api::register;
     POST "/agent/v1/heartbeat"        AGENT  => agent_api::heartbeat;

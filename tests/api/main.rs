@@ -16,6 +16,7 @@ mod images;
 mod invariants;
 mod jobs;
 mod login;
+mod metrics;
 mod moto;
 mod replicas;
 mod role_matrix;

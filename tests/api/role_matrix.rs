@@ -82,6 +82,14 @@ const EXPECTED: &[(&str, &str, Access)] = &[
         Access::Role(Role::Operator),
     ),
     ("GET", "/api/v1/rollouts", Access::Role(Role::Viewer)),
+    ("GET", "/api/v1/series", Access::Role(Role::Viewer)),
+    ("POST", "/v1/metrics", Access::Role(Role::Operator)),
+    ("POST", "/v1/measurements", Access::Role(Role::Operator)),
+    (
+        "POST",
+        "/v1/annotations/{stream}",
+        Access::Role(Role::Operator),
+    ),
     ("GET", "/api/v1/rollouts/{id}", Access::Role(Role::Viewer)),
     (
         "POST",
@@ -203,6 +211,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/jobs/{id}", "/jobs/1")
         .replace("/rollouts/{id}", "/rollouts/1")
         .replace("{action}", "disable")
+        .replace("{stream}", "deploys")
 }
 
 /// A fresh client for `who` (fresh, because some routes log out or disable), and a CSRF

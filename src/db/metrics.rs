@@ -1,0 +1,296 @@
+//! Metrics as stored: series, raw points, rollups, annotations. See src/metrics/.
+
+use sqlx::{PgConnection, PgExecutor};
+use time::OffsetDateTime;
+
+use crate::metrics::ingest::Measurement;
+
+/// Stores a validated request in the caller's transaction: its series (created on first
+/// sight), its points, and the minute buckets the rollup task must recompute. Fails with
+/// the name of the series when a name+source already exists as the other kind.
+pub async fn store(
+    conn: &mut PgConnection,
+    measurements: &[Measurement],
+) -> sqlx::Result<Result<usize, String>> {
+    let mut keys: Vec<(&str, &str, &str, String)> = measurements
+        .iter()
+        .map(|m| {
+            (
+                m.name.as_str(),
+                m.source.as_str(),
+                m.kind.as_str(),
+                serde_json::to_string(&m.tags).unwrap_or_else(|_| "{}".into()),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    let names: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let sources: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let kinds: Vec<&str> = keys.iter().map(|k| k.2).collect();
+    let tags: Vec<&str> = keys.iter().map(|k| k.3.as_str()).collect();
+    // Sorted input: concurrent requests create shared series in the same order. Then a
+    // separate statement reads them all (it sees series a concurrent request just committed).
+    sqlx::query(
+        "INSERT INTO metric_series (name, source, kind, tags)
+         SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::JSONB[]) ORDER BY 1, 2
+         ON CONFLICT (name, source) DO NOTHING",
+    )
+    .bind(&names)
+    .bind(&sources)
+    .bind(&kinds)
+    .bind(&tags)
+    .execute(&mut *conn)
+    .await?;
+    let series: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT s.id, s.name, s.source, s.kind FROM metric_series s
+         JOIN unnest($1::TEXT[], $2::TEXT[]) AS i(name, source) ON i.name = s.name AND i.source = s.source",
+    )
+    .bind(&names)
+    .bind(&sources)
+    .fetch_all(&mut *conn)
+    .await?;
+    let lookup: std::collections::HashMap<(&str, &str), (i64, &str)> = series
+        .iter()
+        .map(|(id, n, s, k)| ((n.as_str(), s.as_str()), (*id, k.as_str())))
+        .collect();
+    let mut ids = Vec::with_capacity(measurements.len());
+    for m in measurements {
+        let Some(&(id, kind)) = lookup.get(&(m.name.as_str(), m.source.as_str())) else {
+            return Ok(Err(format!("series {} could not be created", m.name)));
+        };
+        if kind != m.kind.as_str() {
+            return Ok(Err(format!(
+                "{}{} is a {kind}; it cannot also be sent as a {}",
+                m.name,
+                if m.source.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (source {})", m.source)
+                },
+                m.kind.as_str()
+            )));
+        }
+        ids.push(id);
+    }
+    let times: Vec<OffsetDateTime> = measurements
+        .iter()
+        .map(|m| OffsetDateTime::from_unix_timestamp(m.time).unwrap_or(OffsetDateTime::UNIX_EPOCH))
+        .collect();
+    let counts: Vec<i64> = measurements.iter().map(|m| m.count).collect();
+    let sums: Vec<f64> = measurements.iter().map(|m| m.sum).collect();
+    let mins: Vec<f64> = measurements.iter().map(|m| m.min).collect();
+    let maxs: Vec<f64> = measurements.iter().map(|m| m.max).collect();
+    let lasts: Vec<f64> = measurements.iter().map(|m| m.last).collect();
+    sqlx::query(
+        "WITH p AS (
+             INSERT INTO metric_points (series_id, t, count, sum, min, max, last)
+             SELECT * FROM unnest($1::BIGINT[], $2::TIMESTAMPTZ[], $3::BIGINT[], $4::FLOAT8[], $5::FLOAT8[], $6::FLOAT8[], $7::FLOAT8[])
+             RETURNING series_id, t)
+         INSERT INTO metric_dirty (series_id, minute)
+         SELECT DISTINCT series_id, date_trunc('minute', t) FROM p ORDER BY 1, 2
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&times)
+    .bind(&counts)
+    .bind(&sums)
+    .bind(&mins)
+    .bind(&maxs)
+    .bind(&lasts)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(measurements.len()))
+}
+
+/// Recomputes the 1-minute rollups of up to `limit` dirty minutes from the raw points, then
+/// the 1-hour rollups of their hours from the minutes. Returns the minutes done.
+pub async fn roll_up(conn: &mut PgConnection, limit: i64) -> sqlx::Result<usize> {
+    let hours: Vec<(i64, OffsetDateTime)> = sqlx::query_as(
+        "WITH d AS (
+             DELETE FROM metric_dirty WHERE (series_id, minute) IN (
+                 SELECT series_id, minute FROM metric_dirty ORDER BY series_id, minute LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING series_id, minute),
+         m AS (
+             SELECT p.series_id, d.minute AS t, sum(p.count)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min,
+                    max(p.max) AS max, (array_agg(p.last ORDER BY p.t DESC))[1] AS last, max(p.t) AS last_t
+             FROM d JOIN metric_points p ON p.series_id = d.series_id AND p.t >= d.minute AND p.t < d.minute + interval '1 minute'
+             GROUP BY p.series_id, d.minute),
+         up AS (
+             INSERT INTO metric_rollups (resolution, series_id, t, count, sum, min, max, last, last_t)
+             SELECT 60, series_id, t, count, sum, min, max, last, last_t FROM m ORDER BY series_id, t
+             ON CONFLICT (resolution, series_id, t) DO UPDATE SET count = EXCLUDED.count, sum = EXCLUDED.sum,
+                 min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, last_t = EXCLUDED.last_t
+             RETURNING series_id, t)
+         SELECT DISTINCT series_id, date_trunc('hour', t) FROM up",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    if hours.is_empty() {
+        return Ok(0);
+    }
+    let (series, starts): (Vec<i64>, Vec<OffsetDateTime>) = hours.iter().cloned().unzip();
+    sqlx::query(
+        "INSERT INTO metric_rollups (resolution, series_id, t, count, sum, min, max, last, last_t)
+         SELECT 3600, r.series_id, h.hour, sum(r.count)::BIGINT, sum(r.sum), min(r.min), max(r.max),
+                (array_agg(r.last ORDER BY r.last_t DESC))[1], max(r.last_t)
+         FROM unnest($1::BIGINT[], $2::TIMESTAMPTZ[]) AS h(series_id, hour)
+         JOIN metric_rollups r ON r.resolution = 60 AND r.series_id = h.series_id
+              AND r.t >= h.hour AND r.t < h.hour + interval '1 hour'
+         GROUP BY r.series_id, h.hour ORDER BY r.series_id, h.hour
+         ON CONFLICT (resolution, series_id, t) DO UPDATE SET count = EXCLUDED.count, sum = EXCLUDED.sum,
+             min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, last_t = EXCLUDED.last_t",
+    )
+    .bind(&series)
+    .bind(&starts)
+    .execute(&mut *conn)
+    .await?;
+    Ok(hours.len())
+}
+
+/// Drops raw points and rollups past their retention (seconds).
+pub async fn prune(db: &sqlx::PgPool, raw_s: i64, minute_s: i64, hour_s: i64) -> sqlx::Result<u64> {
+    let raw = sqlx::query("DELETE FROM metric_points WHERE t < now() - make_interval(secs => $1)")
+        .bind(raw_s as f64)
+        .execute(db)
+        .await?;
+    let rolled = sqlx::query(
+        "DELETE FROM metric_rollups WHERE (resolution = 60 AND t < now() - make_interval(secs => $1))
+                                      OR (resolution = 3600 AND t < now() - make_interval(secs => $2))",
+    )
+    .bind(minute_s as f64)
+    .bind(hour_s as f64)
+    .execute(db)
+    .await?;
+    Ok(raw.rows_affected() + rolled.rows_affected())
+}
+
+/// One bucket of one series, aggregated over the bucket.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Bucket {
+    pub source: String,
+    pub kind: String,
+    pub t: i64,
+    pub count: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub last: f64,
+}
+
+/// Where a series query reads: raw points, or the rollups of a resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Raw,
+    Rollup(i32),
+}
+
+/// The buckets of `resolution` seconds of every series named `name` whose source is LIKE
+/// `source_like`, over [from, to), ordered by source then time.
+pub async fn buckets(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    source_like: &str,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    resolution: i64,
+    table: Table,
+) -> sqlx::Result<Vec<Bucket>> {
+    match table {
+        Table::Raw => {
+            sqlx::query_as(
+                "SELECT s.source, s.kind, (floor(extract(epoch FROM p.t) / $5) * $5)::BIGINT AS t,
+                        sum(p.count)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min, max(p.max) AS max,
+                        (array_agg(p.last ORDER BY p.t DESC))[1] AS last
+                 FROM metric_series s JOIN metric_points p ON p.series_id = s.id
+                 WHERE s.name = $1 AND s.source LIKE $2 AND p.t >= $3 AND p.t < $4
+                 GROUP BY s.source, s.kind, 3 ORDER BY s.source, 3",
+            )
+            .bind(name)
+            .bind(source_like)
+            .bind(from)
+            .bind(to)
+            .bind(resolution as f64)
+            .fetch_all(db)
+            .await
+        }
+        Table::Rollup(r) => {
+            sqlx::query_as(
+                "SELECT s.source, s.kind, (floor(extract(epoch FROM p.t) / $5) * $5)::BIGINT AS t,
+                        sum(p.count)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min, max(p.max) AS max,
+                        (array_agg(p.last ORDER BY p.last_t DESC))[1] AS last
+                 FROM metric_series s JOIN metric_rollups p ON p.series_id = s.id AND p.resolution = $6
+                 WHERE s.name = $1 AND s.source LIKE $2 AND p.t >= $3 AND p.t < $4
+                 GROUP BY s.source, s.kind, 3 ORDER BY s.source, 3",
+            )
+            .bind(name)
+            .bind(source_like)
+            .bind(from)
+            .bind(to)
+            .bind(resolution as f64)
+            .bind(r)
+            .fetch_all(db)
+            .await
+        }
+    }
+}
+
+pub struct NewAnnotation<'a> {
+    pub stream: &'a str,
+    pub title: &'a str,
+    pub description: &'a str,
+    pub source: &'a str,
+    pub start_time: OffsetDateTime,
+    pub end_time: Option<OffsetDateTime>,
+    pub links: &'a serde_json::Value,
+    pub created_by: &'a str,
+}
+
+pub async fn insert_annotation(
+    conn: &mut PgConnection,
+    a: &NewAnnotation<'_>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO annotations (stream, title, description, source, start_time, end_time, links, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(a.stream)
+    .bind(a.title)
+    .bind(a.description)
+    .bind(a.source)
+    .bind(a.start_time)
+    .bind(a.end_time)
+    .bind(a.links)
+    .bind(a.created_by)
+    .fetch_one(conn)
+    .await
+}
+
+/// A marker on a chart: a posted annotation, or a release / rollback from the fleet's own
+/// records.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Marker {
+    pub t: i64,
+    pub title: String,
+    pub stream: String,
+}
+
+pub async fn markers(
+    db: impl PgExecutor<'_>,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> sqlx::Result<Vec<Marker>> {
+    sqlx::query_as(
+        "SELECT extract(epoch FROM start_time)::BIGINT AS t, title, stream FROM annotations
+         WHERE start_time >= $1 AND start_time < $2
+         UNION ALL
+         SELECT extract(epoch FROM r.created_at)::BIGINT, r.kind || ' #' || r.id || ' to ' || r.to_image_id, r.kind || 's'
+         FROM rollouts r WHERE r.created_at >= $1 AND r.created_at < $2
+         ORDER BY 1 LIMIT 500",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,7 @@
+//! Librato-style metrics: ingest (the two Librato formats, validated in `ingest`), storage in
+//! PostgreSQL (raw points + 1-minute and 1-hour rollups, kept by `rollup`), and series
+//! queries (`series`) that pick the coarsest stored resolution that still fills the chart.
+
+pub mod ingest;
+pub mod rollup;
+pub mod series;

@@ -1,0 +1,374 @@
+//! Librato-compatible ingest with Librato's own Python client, the series endpoint, rollups
+//! against the raw aggregates, and the refusals (bad measurements store nothing).
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+
+fn python() -> String {
+    std::env::var("KILN_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+async fn series(app: &TestApp, token: &str, query: &str) -> Value {
+    let res = reqwest::Client::new()
+        .get(app.url(&format!("/api/v1/series?{query}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{query}");
+    res.json().await.unwrap()
+}
+
+/// (source, points) of a series answer.
+fn points(answer: &Value) -> Vec<(String, Vec<(i64, f64)>)> {
+    answer["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["source"].as_str().unwrap().to_owned(),
+                s["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+async fn post_basic(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url(path))
+        .basic_auth("ops@example.com", Some(token))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn librato_s_python_client_submits_and_the_values_come_back() {
+    let app = spawn_app().await;
+    let token = app.token_for("admin").await;
+    let t = now() / 60 * 60;
+    let out = tokio::process::Command::new(python())
+        .arg(format!(
+            "{}/tests/metrics/librato_client.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([
+            app.address.trim_start_matches("http://"),
+            &token,
+            &t.to_string(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "librato client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Rollups run every KILN_METRICS_ROLLUP_INTERVAL; run them now rather than wait.
+    kiln::metrics::rollup::roll_up_all(&app.pool).await.unwrap();
+    let from = t - 600;
+    let to = t + 60;
+    let latency = series(
+        &app,
+        &token,
+        &format!("metric=app.latency&from={from}&to={to}&resolution=60"),
+    )
+    .await;
+    assert_eq!(latency["resolution"], 60);
+    assert_eq!(
+        points(&latency),
+        vec![
+            ("web1".to_owned(), vec![(t - 120, 120.5)]),
+            ("web2".to_owned(), vec![(t - 120, 80.5)])
+        ]
+    );
+    // A source glob.
+    let web2 = series(
+        &app,
+        &token,
+        &format!("metric=app.latency&source=*2&from={from}&to={to}&resolution=60"),
+    )
+    .await;
+    assert_eq!(points(&web2).len(), 1);
+    // Counters come back as the increase per interval.
+    let requests = series(
+        &app,
+        &token,
+        &format!("metric=app.requests&from={from}&to={to}&resolution=60"),
+    )
+    .await;
+    assert_eq!(
+        points(&requests),
+        vec![("web1".to_owned(), vec![(t - 180, 0.0), (t - 120, 60.0)])]
+    );
+    // Tagged: the host tag is the source.
+    let queue = series(
+        &app,
+        &token,
+        &format!("metric=app.queue&from={from}&to={to}&resolution=60"),
+    )
+    .await;
+    assert_eq!(
+        points(&queue),
+        vec![("worker-1".to_owned(), vec![(t - 60, 7.0)])]
+    );
+    // The queue's 450 values, sent in two requests, all stored.
+    for (aggregate, want) in [
+        ("count", 450.0),
+        ("sum", (0..450).sum::<i32>() as f64),
+        ("max", 449.0),
+        ("avg", 224.5),
+    ] {
+        let batch = series(
+            &app,
+            &token,
+            &format!("metric=app.batch&from={from}&to={to}&resolution=60&aggregate={aggregate}"),
+        )
+        .await;
+        assert_eq!(
+            points(&batch),
+            vec![("batch".to_owned(), vec![(t - 60, want)])],
+            "{aggregate}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rollups_equal_the_raw_aggregates() {
+    let app = spawn_app().await;
+    let token = app.token_for("admin").await;
+    let base = now() / 3600 * 3600 - 3600;
+    // 3 sources, a point every 7 s over 70 minutes, some sent late (out of order).
+    let mut gauges = Vec::new();
+    for i in 0..600 {
+        let at = base + i * 7;
+        if at > now() {
+            break;
+        }
+        gauges.push(json!({"name": "load", "source": format!("s{}", i % 3), "value": (i % 17) as f64 * 1.5, "measure_time": at}));
+    }
+    for chunk in gauges.chunks(300).rev() {
+        let res = post_basic(&app, &token, "/v1/metrics", json!({"gauges": chunk})).await;
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    }
+    kiln::metrics::rollup::roll_up_all(&app.pool).await.unwrap();
+    let from = base;
+    let to = base + 2 * 3600;
+    for aggregate in ["avg", "sum", "min", "max", "count"] {
+        for resolution in [60, 3600] {
+            // Read from the 1-minute and 1-hour rollups; compared with the raw points
+            // bucketed alike in plain SQL.
+            let rolled = points(
+                &series(&app, &token, &format!("metric=load&from={from}&to={to}&resolution={resolution}&aggregate={aggregate}")).await,
+            );
+            let agg = match aggregate {
+                "avg" => "sum(sum) / sum(count)",
+                "sum" => "sum(sum)",
+                "min" => "min(min)",
+                "max" => "max(max)",
+                _ => "sum(count)::FLOAT8",
+            };
+            let raw: Vec<(String, i64, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT s.source, (floor(extract(epoch FROM p.t) / {resolution}) * {resolution})::BIGINT AS b, {agg}
+                 FROM metric_points p JOIN metric_series s ON s.id = p.series_id
+                 WHERE s.name = 'load' GROUP BY 1, 2 ORDER BY 1, 2"
+            )))
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+            let flat: Vec<(String, i64, f64)> = rolled
+                .into_iter()
+                .flat_map(|(s, ps)| ps.into_iter().map(move |(t, v)| (s.clone(), t, v)))
+                .collect();
+            assert_eq!(flat.len(), raw.len(), "{aggregate} at {resolution}");
+            for (a, b) in flat.iter().zip(&raw) {
+                assert_eq!((&a.0, a.1), (&b.0, b.1), "{aggregate} at {resolution}");
+                assert!(
+                    (a.2 - b.2).abs() < 1e-9,
+                    "{aggregate} at {resolution}: {a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+    let stored: i64 = app
+        .count("SELECT count(*) FROM metric_rollups WHERE resolution = 3600")
+        .await;
+    assert!(stored >= 3, "hour rollups exist for each source");
+}
+
+#[tokio::test]
+async fn bad_measurements_are_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let token = app.token_for("admin").await;
+    let t = now();
+    let ok = json!({"name": "fine", "value": 1});
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"name": format!("m{i}"), "value": 1}))
+        .collect();
+    let cases = [
+        (
+            "/v1/metrics",
+            json!({"gauges": [ok, {"name": "cpu$", "value": 1}]}),
+            "gauges[1]",
+        ),
+        (
+            "/v1/metrics",
+            json!({"gauges": [{"name": "x".repeat(256), "value": 1}]}),
+            "name",
+        ),
+        (
+            "/v1/metrics",
+            json!({"gauges": [{"name": "cpu", "value": "NaN"}]}),
+            "finite number",
+        ),
+        (
+            "/v1/metrics",
+            json!({"gauges": [{"name": "cpu", "value": [1]}]}),
+            "finite number",
+        ),
+        ("/v1/metrics", json!({"gauges": many}), "1001"),
+        (
+            "/v1/metrics",
+            json!({"counters": [{"name": "c", "value": 1, "measure_time": t + 7200}]}),
+            "window",
+        ),
+        (
+            "/v1/measurements",
+            json!({"measurements": [{"name": "q", "value": 1, "tags": {"bad tag": "x"}}]}),
+            "tag",
+        ),
+        ("/v1/measurements", json!({"measurements": "all"}), "list"),
+    ];
+    for (path, body, says) in cases {
+        let res = post_basic(&app, &token, path, body.clone()).await;
+        assert_eq!(res.status(), 400, "{body}");
+        let text = res.text().await.unwrap();
+        assert!(text.contains(says), "{body} -> {text}");
+    }
+    // Not JSON at all; and NaN written literally (JSON has no NaN).
+    let res = reqwest::Client::new()
+        .post(app.url("/v1/metrics"))
+        .basic_auth("x", Some(&token))
+        .header("content-type", "application/json")
+        .body(r#"{"gauges": [{"name": "cpu", "value": NaN}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    // A series is a gauge or a counter, not both: the whole request is refused.
+    let res = post_basic(
+        &app,
+        &token,
+        "/v1/metrics",
+        json!({"gauges": [{"name": "dual", "value": 1}]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let res = post_basic(&app, &token, "/v1/metrics", json!({"gauges": [{"name": "other", "value": 1}], "counters": [{"name": "dual", "value": 1}]})).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        app.count("SELECT count(*) FROM metric_points").await,
+        1,
+        "only the one good request is stored"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM metric_series WHERE name = 'other'")
+            .await,
+        0
+    );
+
+    // Too large -> 413; wrong token -> 401; a viewer may read but not write.
+    let huge = "x".repeat(5 << 20);
+    let res = reqwest::Client::new()
+        .post(app.url("/v1/metrics"))
+        .basic_auth("x", Some(&token))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let res = post_basic(
+        &app,
+        "kiln_wrong",
+        "/v1/metrics",
+        json!({"gauges": [{"name": "a", "value": 1}]}),
+    )
+    .await;
+    assert_eq!(res.status(), 401);
+    app.create_user("reader", kiln::domain::Role::Viewer).await;
+    let viewer = app.token_for("reader").await;
+    let res = post_basic(
+        &app,
+        &viewer,
+        "/v1/metrics",
+        json!({"gauges": [{"name": "a", "value": 1}]}),
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    series(&app, &viewer, "metric=dual").await;
+    // Bad series queries.
+    for q in [
+        "metric=",
+        "metric=a&aggregate=median",
+        "metric=a&from=10&to=5",
+        "metric=a&from=0&to=86400&resolution=1",
+    ] {
+        let res = reqwest::Client::new()
+            .get(app.url(&format!("/api/v1/series?{q}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{q}");
+    }
+}
+
+#[tokio::test]
+async fn annotations_are_stored_with_their_stream() {
+    let app = spawn_app().await;
+    let token = app.token_for("admin").await;
+    let res = post_basic(
+        &app,
+        &token,
+        "/v1/annotations/deploys",
+        json!({"title": "deployed v42", "source": "ci", "start_time": now() - 30}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let res = post_basic(
+        &app,
+        &token,
+        "/v1/annotations/deploys",
+        json!({"description": "no title"}),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    let res = post_basic(
+        &app,
+        &token,
+        "/v1/annotations/bad%20stream",
+        json!({"title": "x"}),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        app.count("SELECT count(*) FROM annotations WHERE stream = 'deploys'")
+            .await,
+        1
+    );
+}
