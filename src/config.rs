@@ -194,6 +194,11 @@ pub struct Settings {
     #[arg(long, env = "KILN_METRICS_ROLLUP_INTERVAL", default_value_t = 10)]
     pub metrics_rollup_interval: u64,
 
+    /// Seconds between samples of the console's own figures (jobs, servers, agents' system
+    /// figures, EC2 calls), recorded as metrics.
+    #[arg(long, env = "KILN_METRICS_SAMPLE_INTERVAL", default_value_t = 10)]
+    pub metrics_sample_interval: u64,
+
     /// Days raw metric points are kept (and how old a submitted measurement may be).
     #[arg(long, env = "KILN_METRICS_RETENTION_DAYS", default_value_t = 7)]
     pub metrics_retention_days: u64,
@@ -295,7 +300,10 @@ impl Settings {
                 "KILN_HEALTH_TIMEOUT must be between 1 and 86400 seconds, KILN_ROLLBACK_GRACE at most 604800."
             );
         }
-        if self.metrics_rollup_interval == 0 || !(1..=3650).contains(&self.metrics_retention_days) {
+        if self.metrics_sample_interval == 0
+            || self.metrics_rollup_interval == 0
+            || !(1..=3650).contains(&self.metrics_retention_days)
+        {
             anyhow::bail!(
                 "KILN_METRICS_ROLLUP_INTERVAL must be at least 1 second, KILN_METRICS_RETENTION_DAYS between 1 and 3650."
             );

@@ -28,6 +28,8 @@ pub struct Application {
     cloud: Arc<crate::cloud::AnyProvider>,
     server: Server,
     wakeups: crate::jobs::wakeups::Wakeups,
+    /// The console's own figures (`/metrics`), also recorded as metrics.
+    registry: Arc<Registry>,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     pool: PgPool,
     /// Set when this start created the first admin: printed once, never stored in clear.
@@ -87,7 +89,7 @@ impl Application {
             pool: pool.clone(),
             settings: settings.clone(),
             cloud: cloud.clone(),
-            metrics,
+            metrics: metrics.clone(),
             wakeups: wakeups.clone(),
             agent_tokens: Default::default(),
         });
@@ -140,6 +142,7 @@ impl Application {
             cloud,
             server,
             wakeups,
+            registry: metrics,
             shutdown,
             pool,
             initial_admin_password,
@@ -194,6 +197,25 @@ impl Application {
             self.settings.metrics_retention(),
             stop_reconciler.subscribe(),
         ));
+        let recorder = tokio::spawn(crate::metrics::recorder::run(
+            self.pool.clone(),
+            self.registry.clone(),
+            // The process's name, as a metric source (only A-Z a-z 0-9 . : - _).
+            workers
+                .name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || ".:-_".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect(),
+            Duration::from_secs(self.settings.metrics_sample_interval),
+            self.settings.heartbeat,
+            stop_reconciler.subscribe(),
+        ));
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
@@ -211,6 +233,7 @@ impl Application {
         let _ = listener.await;
         let _ = sweeper.await;
         let _ = rollups.await;
+        let _ = recorder.await;
         janitor.abort();
         // Let the tasks in hand finish (a task cut short is claimed again after its lease).
         workers.stop().await;

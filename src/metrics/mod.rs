@@ -3,5 +3,6 @@
 //! queries (`series`) that pick the coarsest stored resolution that still fills the chart.
 
 pub mod ingest;
+pub mod recorder;
 pub mod rollup;
 pub mod series;

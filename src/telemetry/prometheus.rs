@@ -65,6 +65,16 @@ impl Registry {
             .sum()
     }
 
+    /// A summary's (count, sum) over every label set.
+    pub fn summary(&self, name: &str) -> (u64, f64) {
+        self.summaries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .fold((0, 0.0), |(c, s), (_, (dc, ds))| (c + dc, s + ds))
+    }
+
     pub fn render(&self) -> String {
         let help = self.help.lock().unwrap().clone();
         let mut out = String::new();

@@ -372,3 +372,48 @@ async fn annotations_are_stored_with_their_stream() {
         1
     );
 }
+
+#[tokio::test]
+async fn the_console_records_its_own_figures_as_metrics() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.heartbeat = 1;
+        s.job_lease = 4;
+        s.metrics_sample_interval = 1;
+    })
+    .await;
+    let token = app.token_for("admin").await;
+    let servers = crate::jobs::launch_agents(&app, &token, 1).await;
+    let job = crate::jobs::enqueue(&app, &token, json!({"command": "echo hi"})).await;
+    crate::jobs::job_in(&app, &token, job, &["succeeded"], 30).await;
+    let image: String = sqlx::query_scalar("SELECT image_id FROM servers LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let from = now() - 120;
+    // Raw points (a 10 s resolution reads them), so no wait for the rollups.
+    crate::jobs::eventually(
+        30,
+        "the job's success, its duration and the agent's CPU are recorded",
+        || async {
+            let to = now() + 60;
+            let q = |m: &str| format!("metric={m}&from={from}&to={to}&resolution=10&aggregate=max");
+            let succeeded = points(&series(&app, &token, &q("kiln.jobs.succeeded")).await);
+            let duration = points(&series(&app, &token, &q("kiln.job.duration")).await);
+            let cpu = points(&series(&app, &token, &q("system.cpu")).await);
+            let fleet = points(&series(&app, &token, &q("kiln.servers")).await);
+            let counted = succeeded
+                .iter()
+                .flat_map(|(_, p)| p)
+                .map(|(_, v)| *v)
+                .sum::<f64>()
+                >= 1.0;
+            (counted
+                && !duration.is_empty()
+                && cpu.iter().any(|(s, _)| *s == servers[0])
+                && fleet.iter().any(|(s, _)| *s == format!("running:{image}")))
+            .then_some(())
+        },
+    )
+    .await;
+    crate::jobs::stop_fleet(&app).await;
+}

@@ -13,7 +13,7 @@
 //!   1,000 instances takes at most two DescribeInstances calls (EC2 counts MaxResults in
 //!   instances; the second call only when it hands back a NextToken).
 
-mod calls;
+pub mod calls;
 mod errors;
 
 use std::sync::Arc;
