@@ -73,7 +73,9 @@ route_table! {
     GET  "/jobs/{id}"                 VIEWER => pages::jobs::show;
     POST "/jobs/{id}/cancel"          OPERATOR => pages::jobs::cancel;
     POST "/jobs/{id}/retry"           OPERATOR => pages::jobs::retry;
-    GET  "/dashboards"                VIEWER => pages::coming_soon::show;
+    GET  "/dashboards"                VIEWER => pages::dashboards::show;
+    GET  "/dashboards/series"         VIEWER => metrics_api::get_series;
+    GET  "/dashboards/markers"        VIEWER => pages::dashboards::markers;
     GET  "/alerts"                    VIEWER => pages::coming_soon::show;
     GET  "/audit"                     VIEWER => pages::audit::show;
 

@@ -52,6 +52,8 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     ("GET", "/bakes", Access::Role(Role::Viewer)),
     ("GET", "/jobs", Access::Role(Role::Viewer)),
     ("GET", "/dashboards", Access::Role(Role::Viewer)),
+    ("GET", "/dashboards/series", Access::Role(Role::Viewer)),
+    ("GET", "/dashboards/markers", Access::Role(Role::Viewer)),
     ("GET", "/alerts", Access::Role(Role::Viewer)),
     ("GET", "/audit", Access::Role(Role::Viewer)),
     ("GET", "/account", Access::Role(Role::Viewer)),

@@ -107,6 +107,18 @@ def main() -> int:
         assert page.locator("#rollouts tbody tr").count() == 2
         page.screenshot(path=f"{out}/rollouts.png", full_page=True)
         print(f"rolled back to {old} from the Images page")
+
+        # The Fleet dashboard: uPlot draws the console's own figures, with the release and
+        # the rollback as markers.
+        page.goto(f"{base}/dashboards")
+        page.locator("#charts[data-ready='1']").wait_for(timeout=30000)
+        drawn = page.locator("figure.chart[data-drawn='lines']").count()
+        assert drawn >= 3, f"only {drawn} charts drew lines"
+        marked = page.locator("figure.chart[data-markers='2']").count()
+        assert marked >= 1, "no chart shows the release and rollback markers"
+        assert page.locator("figure.chart canvas").count() >= 3
+        page.screenshot(path=f"{out}/dashboards.png", full_page=True)
+        print(f"dashboard: {drawn} charts with lines, markers drawn")
         browser.close()
     for e in errors:
         print(e)

@@ -42,11 +42,6 @@ const PAGES: &[(&str, &str, &str)] = &[
         "the work queue: queue depth, running jobs, recent results and each job's live log",
     ),
     (
-        "/dashboards",
-        "Metrics",
-        "dashboards of graphs mixing app and server metrics, with releases and bakes as markers",
-    ),
-    (
         "/alerts",
         "Alerts",
         "alert rules on metrics, their state and history",
