@@ -64,7 +64,7 @@
     };
   }
 
-  function draw(figure, from, to, markers) {
+  function draw(figure, from, to, markers, height) {
     var specs = JSON.parse(figure.getAttribute("data-series") || "[]");
     var requests = specs.map(function (spec) {
       var url = "/dashboards/series?" + query({
@@ -90,7 +90,7 @@
       }));
       var opts = {
         width: Math.max(300, plot.clientWidth),
-        height: 220,
+        height: height,
         series: series,
         scales: { x: { time: true, min: from, max: to } },
         cursor: { drag: { x: true, y: false } },
@@ -108,12 +108,13 @@
     if (!root || !window.uPlot) return;
     var from = Number(root.getAttribute("data-from"));
     var to = Number(root.getAttribute("data-to"));
+    var height = Number(root.getAttribute("data-height")) || 220;
     getJSON("/dashboards/markers?" + query({ from: from, to: to }))
       .catch(function () { return []; })
       .then(function (markers) {
         var figures = Array.prototype.slice.call(root.querySelectorAll("figure.chart"));
         return Promise.all(figures.map(function (f) {
-          return draw(f, from, to, markers).catch(function (e) {
+          return draw(f, from, to, markers, height).catch(function (e) {
             f.querySelector(".chart-empty").textContent = "Could not load this chart: " + e.message;
             f.querySelector(".chart-empty").hidden = false;
             f.setAttribute("data-drawn", "error");

@@ -82,6 +82,12 @@ pub fn fleet() -> Vec<Chart> {
     ]
 }
 
+/// The Overview's three small graphs (the last hour).
+pub fn overview() -> Vec<Chart> {
+    let fleet = fleet();
+    [0usize, 3, 4].iter().map(|&i| fleet[i].clone()).collect()
+}
+
 /// The ranges a chart offers, in seconds.
 pub const RANGES: [(&str, i64); 5] = [
     ("1h", 3600),

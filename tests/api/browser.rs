@@ -35,10 +35,27 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
 
     let stdout = String::from_utf8_lossy(&result.stdout);
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(
-        result.status.success(),
-        "browser check failed:\n{stdout}\n{stderr}"
-    );
+    if !result.status.success() {
+        // What the console had done by then, to tell a slow step from a lost one.
+        let servers: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT id, state, mode FROM servers ORDER BY launched_at")
+                .fetch_all(&app.pool)
+                .await
+                .unwrap_or_default();
+        let tasks: Vec<(i64, String, String, i32, Option<String>)> =
+            sqlx::query_as("SELECT id, kind, state, attempts, last_error FROM tasks ORDER BY id")
+                .fetch_all(&app.pool)
+                .await
+                .unwrap_or_default();
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, n FROM server_state_counts ORDER BY state")
+                .fetch_all(&app.pool)
+                .await
+                .unwrap_or_default();
+        panic!(
+            "browser check failed:\n{stdout}\n{stderr}\nservers: {servers:?}\ncounts: {counts:?}\ntasks: {tasks:?}"
+        );
+    }
     assert!(stdout.contains("console errors: 0"), "{stdout}");
     assert!(
         std::fs::metadata(format!("{out}/overview.png"))

@@ -64,7 +64,11 @@ def main() -> int:
         page.get_by_text("Disabled 1 server").wait_for()
         rows.nth(1).get_by_role("button", name="Terminate").click()
         page.get_by_text("Terminating 1 server once idle.").wait_for()
-        page.locator("#servers-live .count .state-terminated + .num", has_text="1").wait_for(timeout=30000)
+        try:
+            page.locator("#servers-live .count .state-terminated + .num", has_text="1").wait_for(timeout=30000)
+        except Exception:
+            print(page.locator("#servers-live").evaluate("e => e.outerHTML")[:3000])
+            raise
         page.screenshot(path=f"{out}/servers.png", full_page=True)
         print("disabled one server and terminated another from the browser")
 

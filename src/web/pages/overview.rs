@@ -23,6 +23,9 @@ pub struct OverviewPage {
     current: Option<String>,
     queue: QueueCounts,
     rollout: Option<RolloutView>,
+    charts: Vec<super::dashboards::ChartView>,
+    from: i64,
+    to: i64,
 }
 
 pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<OverviewPage, AppError> {
@@ -50,5 +53,11 @@ pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<Overview
         current,
         queue,
         rollout: rollout.map(Into::into),
+        charts: crate::metrics::dashboards::overview()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        from: time::OffsetDateTime::now_utc().unix_timestamp() - 3600,
+        to: time::OffsetDateTime::now_utc().unix_timestamp(),
     })
 }

@@ -170,6 +170,8 @@ struct ServersLive {
     filters: String,
     next: Option<String>,
     first_page: bool,
+    /// Sent out of band, in an action's response.
+    oob: bool,
 }
 
 async fn live(
@@ -184,17 +186,24 @@ async fn live(
             .map(|s| (s.launched_at, s.id)),
         None => None,
     };
-    // Independent reads, each on its own pooled connection: the page waits for the slowest,
-    // not for the sum.
+    // What is still in flight is read first, then the servers: a launch or termination that
+    // finished before the first read is in the second, so the page never stops refreshing
+    // while it still shows a server as it was (the reads are separate snapshots). Each pair
+    // runs concurrently on its own pooled connections.
+    // A termination in flight, or one that ended in the last 10 s: the page keeps refreshing a
+    // little after the end, so a view rendered from a request that raced the end is replaced.
     let terminating = sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM tasks WHERE kind = 'terminate_server' AND state IN ('queued', 'running'))",
+        "SELECT EXISTS (SELECT 1 FROM tasks WHERE kind = 'terminate_server'
+                          AND (state IN ('queued', 'running') OR finished_at > now() - interval '10 seconds'))",
     )
     .fetch_one(&state.pool);
-    let (mut rows, by_state, launches, terminating) = tokio::try_join!(
-        crate::db::servers::list(&state.pool, &query, after, PAGE + 1),
-        crate::db::servers::counts_by_state(&state.pool),
+    let (launches, terminating) = tokio::try_join!(
         crate::db::servers::unfinished_launches(&state.pool),
         terminating,
+    )?;
+    let (mut rows, by_state) = tokio::try_join!(
+        crate::db::servers::list(&state.pool, &query, after, PAGE + 1),
+        crate::db::servers::counts_by_state(&state.pool),
     )?;
     let next = if rows.len() as i64 > PAGE {
         rows.truncate(PAGE as usize);
@@ -233,6 +242,7 @@ async fn live(
         filters: filters.encoded(),
         next,
         first_page: filters.after.is_none(),
+        oob: false,
     })
 }
 
@@ -454,6 +464,7 @@ pub async fn show(
 /// `POST /servers/{id}/{action}`: one server, from its row or its page.
 pub async fn act(
     req: HttpRequest,
+    layout: Layout,
     principal: Principal,
     session: Session,
     state: web::Data<AppState>,
@@ -473,24 +484,23 @@ pub async fn act(
     .await?;
     let message = describe(action, &effects);
     if is_htmx(&req) {
-        // The row swaps in place; the toast comes out of band, and the live region refreshes
-        // (counts, launches) on the event.
-        let row = crate::db::servers::find(&state.pool, &id)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("There is no server {id}.")))?;
-        let row = ServerRowPartial {
-            can_act: true,
-            s: row.into(),
-        };
+        // The whole live region (rows, counts, launches), rendered after the action committed,
+        // and the toast, both out of band; nothing else is swapped. Rendering it here rather
+        // than on an event means a refresh racing the action can never leave the page showing
+        // the fleet as it was before it.
+        let filters = current_filters(&req);
+        let mut region = live(&state, &layout, &filters).await?;
+        region.oob = true;
         let body = format!(
             "{}{}",
-            row.render()
+            region
+                .render()
                 .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
             super::toast_oob(&message)
         );
         return Ok(HttpResponse::Ok()
             .content_type("text/html; charset=utf-8")
-            .insert_header(("HX-Trigger", "servers-changed"))
+            .insert_header(("HX-Reswap", "none"))
             .body(body));
     }
     flash(&session, message);
@@ -569,6 +579,17 @@ fn describe(
 }
 
 /// Back to the page the form was on, when that was one of ours.
+/// The filters of the page an htmx request came from (its `HX-Current-URL`).
+fn current_filters(req: &HttpRequest) -> Filters {
+    req.headers()
+        .get("HX-Current-URL")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|u| url::Url::parse(u).ok())
+        .filter(|u| u.path() == "/servers")
+        .and_then(|u| serde_urlencoded::from_str::<Filters>(u.query().unwrap_or("")).ok())
+        .unwrap_or_default()
+}
+
 fn back_to(req: &HttpRequest, default: &str) -> String {
     req.headers()
         .get(actix_web::http::header::REFERER)
