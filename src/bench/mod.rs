@@ -16,6 +16,7 @@ use sqlx::PgPool;
 
 use crate::config::{Settings, default_database_url};
 
+pub mod metrics;
 pub mod queue;
 pub mod rollout;
 
@@ -25,6 +26,8 @@ pub enum Suite {
     Queue(queue::QueueArgs),
     /// Rollouts: a full rollback of a local fleet with jobs running, and where its time goes.
     Rollout(rollout::RolloutArgs),
+    /// Metrics: HTTP ingest vs COPY, chart query vs its SQL at 1M and 10M points, the page.
+    Metrics(metrics::MetricsArgs),
 }
 
 /// `kiln bench` measures the fleet pages; `kiln bench queue` the work queue.
@@ -183,6 +186,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.suite {
         Some(Suite::Queue(q)) => return queue::run(q).await,
         Some(Suite::Rollout(r)) => return rollout::run(r).await,
+        Some(Suite::Metrics(m)) => return metrics::run(m).await,
         None => {}
     }
     let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| default_database_url());
