@@ -111,11 +111,16 @@ pub async fn roll_up(conn: &mut PgConnection, limit: i64) -> sqlx::Result<usize>
              DELETE FROM metric_dirty WHERE (series_id, minute) IN (
                  SELECT series_id, minute FROM metric_dirty ORDER BY series_id, minute LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING series_id, minute),
+         -- LATERAL: one index range scan per dirty minute (a join would let the planner hash
+         -- on the series and compare every minute with every point of it).
          m AS (
-             SELECT p.series_id, d.minute AS t, sum(p.count)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min,
-                    max(p.max) AS max, (array_agg(p.last ORDER BY p.t DESC))[1] AS last, max(p.t) AS last_t
-             FROM d JOIN metric_points p ON p.series_id = d.series_id AND p.t >= d.minute AND p.t < d.minute + interval '1 minute'
-             GROUP BY p.series_id, d.minute),
+             SELECT d.series_id, d.minute AS t, x.count, x.sum, x.min, x.max, x.last, x.last_t
+             FROM d CROSS JOIN LATERAL (
+                 SELECT sum(p.count)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min, max(p.max) AS max,
+                        (array_agg(p.last ORDER BY p.t DESC))[1] AS last, max(p.t) AS last_t
+                 FROM metric_points p
+                 WHERE p.series_id = d.series_id AND p.t >= d.minute AND p.t < d.minute + interval '1 minute') x
+             WHERE x.count IS NOT NULL),
          up AS (
              INSERT INTO metric_rollups (resolution, series_id, t, count, sum, min, max, last, last_t)
              SELECT 60, series_id, t, count, sum, min, max, last, last_t FROM m ORDER BY series_id, t
@@ -133,12 +138,15 @@ pub async fn roll_up(conn: &mut PgConnection, limit: i64) -> sqlx::Result<usize>
     let (series, starts): (Vec<i64>, Vec<OffsetDateTime>) = hours.iter().cloned().unzip();
     sqlx::query(
         "INSERT INTO metric_rollups (resolution, series_id, t, count, sum, min, max, last, last_t)
-         SELECT 3600, r.series_id, h.hour, sum(r.count)::BIGINT, sum(r.sum), min(r.min), max(r.max),
-                (array_agg(r.last ORDER BY r.last_t DESC))[1], max(r.last_t)
+         SELECT 3600, h.series_id, h.hour, x.count, x.sum, x.min, x.max, x.last, x.last_t
          FROM unnest($1::BIGINT[], $2::TIMESTAMPTZ[]) AS h(series_id, hour)
-         JOIN metric_rollups r ON r.resolution = 60 AND r.series_id = h.series_id
-              AND r.t >= h.hour AND r.t < h.hour + interval '1 hour'
-         GROUP BY r.series_id, h.hour ORDER BY r.series_id, h.hour
+         CROSS JOIN LATERAL (
+             SELECT sum(r.count)::BIGINT AS count, sum(r.sum) AS sum, min(r.min) AS min, max(r.max) AS max,
+                    (array_agg(r.last ORDER BY r.last_t DESC))[1] AS last, max(r.last_t) AS last_t
+             FROM metric_rollups r
+             WHERE r.resolution = 60 AND r.series_id = h.series_id AND r.t >= h.hour AND r.t < h.hour + interval '1 hour') x
+         WHERE x.count IS NOT NULL
+         ORDER BY h.series_id, h.hour
          ON CONFLICT (resolution, series_id, t) DO UPDATE SET count = EXCLUDED.count, sum = EXCLUDED.sum,
              min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, last_t = EXCLUDED.last_t",
     )
