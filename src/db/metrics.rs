@@ -223,6 +223,22 @@ pub async fn buckets(
             .fetch_all(db)
             .await
         }
+        // At the rollup's own step a bucket is one rollup row: no grouping needed.
+        Table::Rollup(r) if i64::from(r) == resolution => {
+            sqlx::query_as(
+                "SELECT s.source, s.kind, extract(epoch FROM p.t)::BIGINT AS t, p.count, p.sum, p.min, p.max, p.last
+                 FROM metric_series s JOIN metric_rollups p ON p.series_id = s.id AND p.resolution = $5
+                 WHERE s.name = $1 AND s.source LIKE $2 AND p.t >= $3 AND p.t < $4
+                 ORDER BY s.source, p.t",
+            )
+            .bind(name)
+            .bind(source_like)
+            .bind(from)
+            .bind(to)
+            .bind(r)
+            .fetch_all(db)
+            .await
+        }
         Table::Rollup(r) => {
             sqlx::query_as(
                 "SELECT s.source, s.kind, (floor(extract(epoch FROM p.t) / $5) * $5)::BIGINT AS t,
