@@ -107,10 +107,13 @@ pub async fn store(
 /// the 1-hour rollups of their hours from the minutes. Returns the minutes done.
 pub async fn roll_up(conn: &mut PgConnection, limit: i64) -> sqlx::Result<usize> {
     let hours: Vec<(i64, OffsetDateTime)> = sqlx::query_as(
-        "WITH d AS (
-             DELETE FROM metric_dirty WHERE (series_id, minute) IN (
-                 SELECT series_id, minute FROM metric_dirty ORDER BY series_id, minute LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING series_id, minute),
+        "WITH pick AS MATERIALIZED (
+             SELECT series_id, minute FROM metric_dirty ORDER BY series_id, minute LIMIT $1 FOR UPDATE SKIP LOCKED),
+         -- A join on the picked keys (an IN over the locking subquery may be planned as a
+         -- rescan of it per dirty row when statistics are stale).
+         d AS (
+             DELETE FROM metric_dirty x USING pick WHERE x.series_id = pick.series_id AND x.minute = pick.minute
+             RETURNING x.series_id, x.minute),
          -- LATERAL: one index range scan per dirty minute (a join would let the planner hash
          -- on the series and compare every minute with every point of it).
          m AS (
