@@ -17,7 +17,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::config::{Settings, default_database_url};
+use crate::config::Settings;
 
 #[derive(Debug, Clone, Args)]
 pub struct MetricsArgs {
@@ -241,10 +241,8 @@ async fn chart(
 }
 
 pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
-    let base_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| default_database_url());
-    let mut url = url::Url::parse(&base_url).context("DATABASE_URL is not a URL")?;
-    url.set_path(&format!("/kiln_bench_{}", uuid::Uuid::new_v4().simple()));
-    let mut settings = Settings::with_defaults(url.to_string(), "127.0.0.1:0".parse()?);
+    let db = super::ThrowawayDb::new()?;
+    let mut settings = Settings::with_defaults(db.url.clone(), "127.0.0.1:0".parse()?);
     settings.fleet = format!("bench-metrics-{}", uuid::Uuid::new_v4().simple());
     settings.reconcile_interval = 3600;
     settings.metrics_rollup_interval = 3600;
@@ -394,11 +392,6 @@ pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
         ms(median(data)),
         args.requests
     );
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        url.path().trim_start_matches('/')
-    )))
-    .execute(&crate::db::connect(&base_url).await?)
-    .await;
+    db.drop_now().await?;
     Ok(())
 }

@@ -45,6 +45,41 @@ pub struct BenchArgs {
     pub requests: usize,
 }
 
+/// A database of its own for one benchmark run, next to DATABASE_URL's (created by the
+/// console on first connect), dropped again by [`ThrowawayDb::drop_now`].
+pub struct ThrowawayDb {
+    /// The server's own database, to drop from.
+    base: String,
+    name: String,
+    /// The throwaway database's URL.
+    pub url: String,
+}
+
+impl ThrowawayDb {
+    pub fn new() -> anyhow::Result<Self> {
+        let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| default_database_url());
+        let mut url = url::Url::parse(&base).context("DATABASE_URL is not a URL")?;
+        let name = format!("kiln_bench_{}", uuid::Uuid::new_v4().simple());
+        url.set_path(&format!("/{name}"));
+        Ok(Self {
+            base,
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    /// Drops the database, ending its connections (failures are ignored: it is a throwaway).
+    pub async fn drop_now(&self) -> anyhow::Result<()> {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&crate::db::connect(&self.base).await?)
+        .await;
+        Ok(())
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct BareServer {
     id: String,
@@ -189,10 +224,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Suite::Metrics(m)) => return metrics::run(m).await,
         None => {}
     }
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| default_database_url());
-    let mut url = url::Url::parse(&base).context("DATABASE_URL is not a URL")?;
-    url.set_path(&format!("/kiln_bench_{}", uuid::Uuid::new_v4().simple()));
-    let mut settings = Settings::with_defaults(url.to_string(), "127.0.0.1:0".parse()?);
+    let db = ThrowawayDb::new()?;
+    let mut settings = Settings::with_defaults(db.url.clone(), "127.0.0.1:0".parse()?);
     settings.fleet = "bench".into();
     settings.reconcile_interval = 3600;
     let app = crate::startup::Application::build(settings).await?;
@@ -298,11 +331,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rss_mb()
     );
     pool.close().await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        url.path().trim_start_matches('/')
-    )))
-    .execute(&crate::db::connect(&base).await?)
-    .await;
+    db.drop_now().await?;
     Ok(())
 }

@@ -17,7 +17,6 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::agent::wire::{ClaimReply, Registered};
-use crate::config::default_database_url;
 use crate::db::jobs::{JobResult, Labels, NewJob};
 
 #[derive(Debug, Clone, Args)]
@@ -357,11 +356,8 @@ async fn idle_window(pool: &PgPool, pid: u32, secs: u64) -> anyhow::Result<Idle>
 }
 
 pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
-    let base_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| default_database_url());
-    let mut url = url::Url::parse(&base_url).context("DATABASE_URL is not a URL")?;
-    let name = format!("kiln_bench_{}", uuid::Uuid::new_v4().simple());
-    url.set_path(&format!("/{name}"));
-    let db = url.to_string();
+    let throwaway = super::ThrowawayDb::new()?;
+    let db = throwaway.url.clone();
     let console = start_console(&db).await?;
     let pid = console.child.id().context("console pid")?;
     let pool = crate::db::connect(&db).await?;
@@ -469,10 +465,6 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     drop(console);
     pool.close().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&crate::db::connect(&base_url).await?)
-    .await;
+    throwaway.drop_now().await?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use clap::Args;
 use sqlx::PgPool;
 
 use crate::auth::{Principal, Via};
-use crate::config::{Settings, default_database_url};
+use crate::config::Settings;
 use crate::domain::Role;
 use crate::rollouts::{Kind, RolloutInput};
 
@@ -149,10 +149,8 @@ async fn breakdown(pool: &PgPool, id: i64) -> anyhow::Result<Vec<(i32, f64, f64)
 }
 
 pub async fn run(args: RolloutArgs) -> anyhow::Result<()> {
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| default_database_url());
-    let mut url = url::Url::parse(&base).context("DATABASE_URL is not a URL")?;
-    url.set_path(&format!("/kiln_bench_{}", uuid::Uuid::new_v4().simple()));
-    let mut settings = Settings::with_defaults(url.to_string(), "127.0.0.1:0".parse()?);
+    let db = super::ThrowawayDb::new()?;
+    let mut settings = Settings::with_defaults(db.url.clone(), "127.0.0.1:0".parse()?);
     settings.fleet = format!("bench-rollout-{}", uuid::Uuid::new_v4().simple());
     settings.heartbeat = 1;
     settings.job_lease = 10;
@@ -276,11 +274,6 @@ pub async fn run(args: RolloutArgs) -> anyhow::Result<()> {
     crate::cloud::Provider::terminate(cloud.as_ref(), &live).await?;
     // The console is still running in this process: the forced drop ends its connections,
     // and the process exits right after.
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        url.path().trim_start_matches('/')
-    )))
-    .execute(&crate::db::connect(&base).await?)
-    .await;
+    db.drop_now().await?;
     Ok(())
 }

@@ -267,7 +267,7 @@ pub async fn act(
                     force,
                     drain_until: Some(drain_until),
                 };
-                let key = format!("terminate:{id}");
+                let key = crate::tasks::terminate_server::dedupe_key(id);
                 match crate::tasks::enqueue(&mut tx, &task, Some(&key)).await? {
                     Some(_) => Effect::Queued,
                     // A force while a graceful terminate is draining: the drain ends now.

@@ -9,7 +9,7 @@
 
 use sqlx::PgConnection;
 
-use crate::tasks::terminate_server::TerminateServer;
+use crate::tasks::terminate_server::drain_and_terminate;
 
 /// Returns true when nothing is left to undo (the rollout is then marked cleaned).
 pub async fn undo(
@@ -79,26 +79,8 @@ pub async fn undo(
     .bind(rollout_id)
     .fetch_all(&mut *conn)
     .await?;
-    let drain_until = time::OffsetDateTime::now_utc().unix_timestamp() + i64::from(drain_timeout_s);
     for id in &launched {
-        let live = sqlx::query(
-            "UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = $1 AND state <> 'terminated'",
-        )
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-        if live.rows_affected() == 1 {
-            crate::tasks::enqueue(
-                conn,
-                &TerminateServer {
-                    server_id: id.clone(),
-                    force: false,
-                    drain_until: Some(drain_until),
-                },
-                Some(&format!("terminate:{id}")),
-            )
-            .await?;
-        }
+        drain_and_terminate(conn, id, drain_timeout_s).await?;
     }
 
     if !crate::db::rollouts::unsettled_launches(&mut *conn, rollout_id)

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::terminate_server::TerminateServer;
+use super::terminate_server::drain_and_terminate;
 use super::{Context, Task, TaskError};
 use crate::db::audit::{self, AuditEvent, Outcome};
 
@@ -41,30 +41,12 @@ impl Task for RetireServers {
         .bind(r.id)
         .fetch_all(&mut *tx)
         .await?;
-        let drain_until =
-            time::OffsetDateTime::now_utc().unix_timestamp() + i64::from(r.drain_timeout_s);
+        // Kept servers are already disabled; each waits for its jobs up to the drain timeout.
         let mut terminating = Vec::new();
         for id in ids {
-            let live: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM servers WHERE id = $1 AND state <> 'terminated' FOR UPDATE",
-            )
-            .bind(&id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if live.is_none() {
-                continue;
+            if drain_and_terminate(&mut tx, &id, r.drain_timeout_s).await? {
+                terminating.push(id);
             }
-            super::enqueue(
-                &mut tx,
-                &TerminateServer {
-                    server_id: id.clone(),
-                    force: false,
-                    drain_until: Some(drain_until),
-                },
-                Some(&format!("terminate:{id}")),
-            )
-            .await?;
-            terminating.push(id);
         }
         if !terminating.is_empty() {
             audit::record(

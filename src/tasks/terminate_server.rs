@@ -25,6 +25,41 @@ pub struct TerminateServer {
     pub drain_until: Option<i64>,
 }
 
+/// The dedupe key of a server's terminate task: one unfinished terminate per server.
+pub fn dedupe_key(server_id: &str) -> String {
+    format!("terminate:{server_id}")
+}
+
+/// Disables a server (unless it is already terminated) and enqueues its graceful terminate,
+/// which waits up to `drain_timeout_s` for its running jobs. False when the server is gone.
+pub async fn drain_and_terminate(
+    conn: &mut PgConnection,
+    server_id: &str,
+    drain_timeout_s: i32,
+) -> sqlx::Result<bool> {
+    let live = sqlx::query(
+        "UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = $1 AND state <> 'terminated'",
+    )
+    .bind(server_id)
+    .execute(&mut *conn)
+    .await?;
+    if live.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let drain_until = time::OffsetDateTime::now_utc().unix_timestamp() + i64::from(drain_timeout_s);
+    crate::tasks::enqueue(
+        conn,
+        &TerminateServer {
+            server_id: server_id.to_owned(),
+            force: false,
+            drain_until: Some(drain_until),
+        },
+        Some(&dedupe_key(server_id)),
+    )
+    .await?;
+    Ok(true)
+}
+
 /// How often a draining server is looked at again.
 const DRAIN_POLL: Duration = Duration::from_secs(2);
 

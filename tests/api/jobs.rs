@@ -717,6 +717,21 @@ async fn past_the_drain_timeout_the_server_goes_and_its_job_runs_elsewhere() {
     stop_fleet(&app).await;
 }
 
+/// SIGTERM to every agent a console in another process started (its fleet outlives it).
+pub(crate) async fn stop_agents(pool: &sqlx::PgPool) {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM local_instances WHERE pid IS NOT NULL")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    for pid in pids {
+        // SAFETY: kill(2) on agents this test's console started.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -760,11 +775,14 @@ async fn a_console_restart_mid_run_loses_no_job() {
     let pool = kiln::db::connect(&db).await.unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let image: String =
+    // The base image becomes current once the fresh console's adopt task has run.
+    let image: String = eventually(30, "the base image is current", || async {
         sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
-            .fetch_one(&pool)
+            .fetch_optional(&pool)
             .await
-            .unwrap();
+            .unwrap()
+    })
+    .await;
     let res = http
         .post(format!("{base}/api/v1/servers"))
         .bearer_auth(&token)
@@ -817,16 +835,6 @@ async fn a_console_restart_mid_run_loses_no_job() {
         count("SELECT count(*) FROM job_attempts WHERE state = 'succeeded'").await,
         30
     );
-    let pids: Vec<i32> =
-        sqlx::query_scalar("SELECT pid FROM local_instances WHERE pid IS NOT NULL")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    for pid in pids {
-        // SAFETY: kill(2) on agents this test's console started.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
+    crate::jobs::stop_agents(&pool).await;
     crate::cli::sigterm_and_wait(&mut console).await;
 }

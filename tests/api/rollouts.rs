@@ -577,10 +577,14 @@ async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_
                 .unwrap()
         }
     };
-    let old: String = sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    // The base image becomes current once the fresh console's adopt task has run.
+    let old: String = eventually(30, "the base image is current", || async {
+        sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
     let res = post(
         "/api/v1/servers".into(),
         json!({"image_id": old, "count": 4}),
@@ -646,16 +650,6 @@ async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_
         count("SELECT count(*) FROM servers WHERE mode = 'enabled' AND state = 'running' AND image_id = (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)").await,
         4
     );
-    let pids: Vec<i32> =
-        sqlx::query_scalar("SELECT pid FROM local_instances WHERE pid IS NOT NULL")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    for pid in pids {
-        // SAFETY: kill(2) on agents this test's console started.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
+    crate::jobs::stop_agents(&pool).await;
     crate::cli::sigterm_and_wait(&mut console).await;
 }
