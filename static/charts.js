@@ -37,6 +37,22 @@
     return data;
   }
 
+  // Stacked lines: each drawn at the sum of itself and the lines before it (a missing point
+  // adds nothing), so the top line is the total. Keeps the raw values for the legend.
+  function stackUp(data) {
+    var out = [data[0]];
+    var below = data[0].map(function () { return 0; });
+    for (var i = 1; i < data.length; i++) {
+      out.push(data[i].map(function (v, k) {
+        var anyHere = data.some(function (ys, j) { return j > 0 && ys[k] != null; });
+        if (!anyHere) return null;
+        below[k] += v == null ? 0 : v;
+        return below[k];
+      }));
+    }
+    return { data: out, raw: data };
+  }
+
   function markerPlugin(markers) {
     return {
       hooks: {
@@ -85,9 +101,23 @@
         figure.setAttribute("data-drawn", "empty");
         return;
       }
+      var data = align(lines);
+      var stacked = figure.getAttribute("data-stacked") === "1";
       var series = [{}].concat(lines.map(function (l, i) {
         return { label: l.label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true };
       }));
+      var bands = [];
+      if (stacked) {
+        var stack = stackUp(data);
+        data = stack.data;
+        series.forEach(function (s, i) {
+          if (i === 0) return;
+          s.fill = PALETTE[(i - 1) % PALETTE.length] + "40";
+          // The legend shows each line's own value, not the running total it is drawn at.
+          s.value = function (u, v, si, idx) { var raw = stack.raw[si][idx]; return raw == null ? "--" : raw; };
+          if (i > 1) bands.push({ series: [i, i - 1] });
+        });
+      }
       var opts = {
         width: Math.max(300, plot.clientWidth),
         height: height,
@@ -95,9 +125,10 @@
         scales: { x: { time: true, min: from, max: to } },
         cursor: { drag: { x: true, y: false } },
         legend: { live: true },
+        bands: bands,
         plugins: [markerPlugin(markers)]
       };
-      new uPlot(opts, align(lines), plot);
+      new uPlot(opts, data, plot);
       figure.setAttribute("data-drawn", "lines");
       figure.setAttribute("data-markers", String(markers.filter(function (m) { return m.t >= from && m.t <= to; }).length));
     });

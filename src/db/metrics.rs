@@ -309,10 +309,11 @@ pub async fn markers(
     to: OffsetDateTime,
 ) -> sqlx::Result<Vec<Marker>> {
     sqlx::query_as(
-        "SELECT extract(epoch FROM start_time)::BIGINT AS t, title, stream FROM annotations
+        // floor, not the cast's rounding: a marker stays inside a window that ends at its second.
+        "SELECT floor(extract(epoch FROM start_time))::BIGINT AS t, title, stream FROM annotations
          WHERE start_time >= $1 AND start_time < $2
          UNION ALL
-         SELECT extract(epoch FROM r.created_at)::BIGINT, r.kind || ' #' || r.id || ' to ' || r.to_image_id, r.kind || 's'
+         SELECT floor(extract(epoch FROM r.created_at))::BIGINT, r.kind || ' #' || r.id || ' to ' || r.to_image_id, r.kind || 's'
          FROM rollouts r WHERE r.created_at >= $1 AND r.created_at < $2
          ORDER BY 1 LIMIT 500",
     )

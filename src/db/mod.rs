@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod dashboards;
 pub mod images;
 pub mod jobs;
 pub mod login_failures;

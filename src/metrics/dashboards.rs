@@ -3,82 +3,95 @@
 //! drawn on every chart as markers.
 
 /// One line (or one line per matching source) on a chart.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SeriesSpec {
-    pub metric: &'static str,
-    pub source: &'static str,
-    pub aggregate: &'static str,
-    pub label: &'static str,
+    pub metric: String,
+    /// A source glob (`*` matches any run of characters).
+    pub source: String,
+    pub aggregate: String,
+    /// What the legend calls the line; empty: the source's name.
+    #[serde(default)]
+    pub label: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Chart {
-    pub title: &'static str,
-    pub unit: &'static str,
+    pub title: String,
+    pub unit: String,
+    /// Lines drawn on top of each other, the area under each filled (totals at a glance).
+    pub stacked: bool,
     pub series: Vec<SeriesSpec>,
 }
 
-const fn line(metric: &'static str, aggregate: &'static str, label: &'static str) -> SeriesSpec {
+fn line(metric: &str, aggregate: &str, label: &str) -> SeriesSpec {
     SeriesSpec {
-        metric,
-        source: "*",
-        aggregate,
-        label,
+        metric: metric.into(),
+        source: "*".into(),
+        aggregate: aggregate.into(),
+        label: label.into(),
+    }
+}
+
+fn chart(title: &str, unit: &str, series: Vec<SeriesSpec>) -> Chart {
+    Chart {
+        title: title.into(),
+        unit: unit.into(),
+        stacked: false,
+        series,
     }
 }
 
 /// The default dashboard: app and server metrics side by side.
 pub fn fleet() -> Vec<Chart> {
     vec![
-        Chart {
-            title: "Jobs queued and running",
-            unit: "jobs",
-            series: vec![
+        chart(
+            "Jobs queued and running",
+            "jobs",
+            vec![
                 line("kiln.jobs.queued", "max", "queued"),
                 line("kiln.jobs.running", "max", "running"),
             ],
-        },
-        Chart {
-            title: "Jobs finished",
-            unit: "jobs per interval",
-            series: vec![
+        ),
+        chart(
+            "Jobs finished",
+            "jobs per interval",
+            vec![
                 line("kiln.jobs.succeeded", "sum", "succeeded"),
                 line("kiln.jobs.failed", "sum", "failed"),
             ],
-        },
-        Chart {
-            title: "Job duration",
-            unit: "seconds",
-            series: vec![
+        ),
+        chart(
+            "Job duration",
+            "seconds",
+            vec![
                 line("kiln.job.duration", "avg", "average"),
                 line("kiln.job.duration", "max", "longest"),
             ],
-        },
+        ),
         Chart {
-            title: "Servers by state and image",
-            unit: "servers",
-            series: vec![line("kiln.servers", "max", "")],
+            stacked: true,
+            ..chart(
+                "Servers by state and image",
+                "servers",
+                vec![line("kiln.servers", "max", "")],
+            )
         },
-        Chart {
-            title: "CPU per server",
-            unit: "%",
-            series: vec![line("system.cpu", "avg", "")],
-        },
-        Chart {
-            title: "Memory per server",
-            unit: "%",
-            series: vec![line("system.mem", "avg", "")],
-        },
-        Chart {
-            title: "Load per server",
-            unit: "load (1 min)",
-            series: vec![line("system.load", "avg", "")],
-        },
-        Chart {
-            title: "EC2 calls",
-            unit: "calls per interval",
-            series: vec![line("kiln.ec2.calls", "sum", "")],
-        },
+        chart("CPU per server", "%", vec![line("system.cpu", "avg", "")]),
+        chart(
+            "Memory per server",
+            "%",
+            vec![line("system.mem", "avg", "")],
+        ),
+        chart(
+            "Load per server",
+            "load (1 min)",
+            vec![line("system.load", "avg", "")],
+        ),
+        chart(
+            "EC2 calls",
+            "calls per interval",
+            vec![line("kiln.ec2.calls", "sum", "")],
+        ),
     ]
 }
 
@@ -97,6 +110,123 @@ pub const RANGES: [(&str, i64); 5] = [
     ("30d", 30 * 86_400),
 ];
 
+/// The end of a chart window that ends now, in whole seconds: the next second, so an event of
+/// this very second (a rollback that finished a moment ago) is inside the window.
+pub fn window_end() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp() + 1
+}
+
 pub fn range(name: &str) -> Option<i64> {
     RANGES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// At most this many lines' specs on one chart (each may match many sources).
+pub const MAX_SERIES: usize = 10;
+/// At most this many charts on one dashboard: the page draws them all at once.
+pub const MAX_CHARTS: i64 = 30;
+pub const AGGREGATES: [&str; 5] = ["avg", "sum", "min", "max", "count"];
+
+/// A dashboard's name as typed: trimmed, 1 to 80 characters.
+pub fn dashboard_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    match name.chars().count() {
+        0 => Err("A dashboard needs a name.".into()),
+        n if n > 80 => Err(format!(
+            "A dashboard's name has at most 80 characters; this one has {n}."
+        )),
+        _ => Ok(name.to_owned()),
+    }
+}
+
+/// A chart's title (1 to 100 characters) and unit (up to 40; optional).
+pub fn chart_labels(title: &str, unit: &str) -> Result<(String, String), String> {
+    let (title, unit) = (title.trim(), unit.trim());
+    if title.is_empty() {
+        return Err("A chart needs a title.".into());
+    }
+    if title.chars().count() > 100 {
+        return Err("A chart's title has at most 100 characters.".into());
+    }
+    if unit.chars().count() > 40 {
+        return Err("A chart's unit has at most 40 characters.".into());
+    }
+    Ok((title.to_owned(), unit.to_owned()))
+}
+
+/// One series as typed on a form or sent by a script: a metric name as Librato allows it, a
+/// source glob (empty: every source), an aggregation, an optional legend label.
+pub fn series_spec(
+    metric: &str,
+    source: &str,
+    aggregate: &str,
+    label: &str,
+) -> Result<SeriesSpec, String> {
+    let metric = metric.trim();
+    crate::metrics::ingest::check_name("Metric", metric).map_err(|e| e.0)?;
+    let source = match source.trim() {
+        "" => "*",
+        s => s,
+    };
+    if source.len() > 255 || source.chars().any(char::is_control) {
+        return Err(format!(
+            "Source {source:?} is invalid: a source or a glob with * of at most 255 characters."
+        ));
+    }
+    let aggregate = aggregate.trim();
+    if !AGGREGATES.contains(&aggregate) {
+        return Err(format!(
+            "Aggregation {aggregate:?} is not one of avg, sum, min, max, count."
+        ));
+    }
+    let label = label.trim();
+    if label.chars().count() > 60 {
+        return Err("A series' label has at most 60 characters.".into());
+    }
+    Ok(SeriesSpec {
+        metric: metric.to_owned(),
+        source: source.to_owned(),
+        aggregate: aggregate.to_owned(),
+        label: label.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_specs_are_checked_like_ingest() {
+        let ok = series_spec(" kiln.jobs.queued ", "", "max", "queued").unwrap();
+        assert_eq!(ok.source, "*");
+        assert_eq!(ok.metric, "kiln.jobs.queued");
+        assert!(
+            series_spec("bad name", "*", "avg", "")
+                .unwrap_err()
+                .contains("Metric")
+        );
+        assert!(
+            series_spec("a", "*", "median", "")
+                .unwrap_err()
+                .contains("median")
+        );
+        assert!(series_spec("a", "x\ny", "avg", "").is_err());
+        assert!(series_spec("a", "*", "avg", &"l".repeat(61)).is_err());
+        assert!(dashboard_name("  ").is_err());
+        assert_eq!(dashboard_name(" Builds ").unwrap(), "Builds");
+        assert!(chart_labels("", "").is_err());
+    }
+
+    #[test]
+    fn the_fleet_dashboard_is_valid_input() {
+        for chart in fleet() {
+            chart_labels(&chart.title, &chart.unit).unwrap();
+            assert!(chart.series.len() <= MAX_SERIES);
+            for s in chart.series {
+                assert_eq!(
+                    series_spec(&s.metric, &s.source, &s.aggregate, &s.label).unwrap(),
+                    s
+                );
+            }
+        }
+    }
 }

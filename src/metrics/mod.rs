@@ -2,6 +2,7 @@
 //! PostgreSQL (raw points + 1-minute and 1-hour rollups, kept by `rollup`), and series
 //! queries (`series`) that pick the coarsest stored resolution that still fills the chart.
 
+pub mod dashboard_edits;
 pub mod dashboards;
 pub mod ingest;
 pub mod recorder;

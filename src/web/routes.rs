@@ -74,8 +74,19 @@ route_table! {
     POST "/jobs/{id}/cancel"          OPERATOR => pages::jobs::cancel;
     POST "/jobs/{id}/retry"           OPERATOR => pages::jobs::retry;
     GET  "/dashboards"                VIEWER => pages::dashboards::show;
+    POST "/dashboards"                OPERATOR => pages::dashboard_edit::create;
     GET  "/dashboards/series"         VIEWER => metrics_api::get_series;
     GET  "/dashboards/markers"        VIEWER => pages::dashboards::markers;
+    GET  "/dashboards/{id}"           VIEWER => pages::dashboards::show_custom;
+    POST "/dashboards/{id}/rename"    OPERATOR => pages::dashboard_edit::rename;
+    POST "/dashboards/{id}/delete"    OPERATOR => pages::dashboard_edit::delete;
+    POST "/dashboards/{id}/charts"    OPERATOR => pages::dashboard_edit::add_chart;
+    GET  "/dashboards/{id}/charts/{chart}" VIEWER => pages::dashboard_edit::show_chart;
+    POST "/dashboards/{id}/charts/{chart}" OPERATOR => pages::dashboard_edit::edit_chart;
+    POST "/dashboards/{id}/charts/{chart}/series" OPERATOR => pages::dashboard_edit::add_series;
+    POST "/dashboards/{id}/charts/{chart}/series/{n}/remove" OPERATOR => pages::dashboard_edit::remove_series;
+    POST "/dashboards/{id}/charts/{chart}/delete" OPERATOR => pages::dashboard_edit::delete_chart;
+    POST "/dashboards/{id}/charts/{chart}/move" OPERATOR => pages::dashboard_edit::move_chart;
     GET  "/alerts"                    VIEWER => pages::coming_soon::show;
     GET  "/audit"                     VIEWER => pages::audit::show;
 

@@ -20,6 +20,16 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
     );
     let app = spawn_app().await;
     app.create_user("browser-victim", Role::Viewer).await;
+    // A deploy annotation, posted the way a Librato client posts one: the dashboard draws it.
+    let token = app.token_for("admin").await;
+    let res = reqwest::Client::new()
+        .post(app.url("/v1/annotations/deploys"))
+        .basic_auth("admin", Some(&token))
+        .json(&serde_json::json!({"title": "api deployed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
     let out = format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(&out).unwrap();
 

@@ -10,6 +10,7 @@ mod cloud_aws;
 mod cloud_contract;
 mod cloud_local;
 mod csrf;
+mod dashboards;
 mod health;
 mod helpers;
 mod images;

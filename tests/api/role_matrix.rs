@@ -54,6 +54,53 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     ("GET", "/dashboards", Access::Role(Role::Viewer)),
     ("GET", "/dashboards/series", Access::Role(Role::Viewer)),
     ("GET", "/dashboards/markers", Access::Role(Role::Viewer)),
+    ("POST", "/dashboards", Access::Role(Role::Operator)),
+    ("GET", "/dashboards/{id}", Access::Role(Role::Viewer)),
+    (
+        "POST",
+        "/dashboards/{id}/rename",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/dashboards/{id}/delete",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/dashboards/{id}/charts",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "GET",
+        "/dashboards/{id}/charts/{chart}",
+        Access::Role(Role::Viewer),
+    ),
+    (
+        "POST",
+        "/dashboards/{id}/charts/{chart}",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/dashboards/{id}/charts/{chart}/series",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/dashboards/{id}/charts/{chart}/series/{n}/remove",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/dashboards/{id}/charts/{chart}/delete",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/dashboards/{id}/charts/{chart}/move",
+        Access::Role(Role::Operator),
+    ),
     ("GET", "/alerts", Access::Role(Role::Viewer)),
     ("GET", "/audit", Access::Role(Role::Viewer)),
     ("GET", "/account", Access::Role(Role::Viewer)),
@@ -212,6 +259,9 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/launches/{id}", "/launches/1")
         .replace("/jobs/{id}", "/jobs/1")
         .replace("/rollouts/{id}", "/rollouts/1")
+        .replace("/dashboards/{id}", "/dashboards/1")
+        .replace("{chart}", "1")
+        .replace("{n}", "0")
         .replace("{action}", "disable")
         .replace("{stream}", "deploys")
 }

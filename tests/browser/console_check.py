@@ -118,11 +118,32 @@ def main() -> int:
         page.locator("#charts[data-ready='1']").wait_for(timeout=30000)
         drawn = page.locator("figure.chart[data-drawn='lines']").count()
         assert drawn >= 3, f"only {drawn} charts drew lines"
-        marked = page.locator("figure.chart[data-markers='2']").count()
-        assert marked >= 1, "no chart shows the release and rollback markers"
+        # The annotation posted before the run, the release and the rollback.
+        marked = page.locator("figure.chart[data-markers='3']").count()
+        assert marked >= 1, "no chart shows the annotation, release and rollback markers"
         assert page.locator("figure.chart canvas").count() >= 3
         page.screenshot(path=f"{out}/dashboards.png", full_page=True)
         print(f"dashboard: {drawn} charts with lines, markers drawn")
+
+        # Build a dashboard of one stacked chart through the forms; it draws at once.
+        page.fill("#new-dashboard-name", "Browser")
+        page.get_by_role("button", name="Create dashboard").click()
+        page.locator("h1", has_text="Browser").wait_for()
+        page.fill("#chart-title", "Servers by state")
+        page.fill("#chart-metric", "kiln.servers")
+        page.select_option("#chart-aggregate", "max")
+        page.check("input[name=stacked]")
+        page.get_by_role("button", name="Add chart").click()
+        page.locator("#charts[data-ready='1']").wait_for(timeout=30000)
+        stacked = page.locator("figure.chart[data-stacked='1'][data-drawn='lines']")
+        assert stacked.count() == 1, "the new stacked chart drew no lines"
+        page.get_by_role("link", name="Edit").click()
+        page.fill("#series-metric", "kiln.jobs.running")
+        page.get_by_role("button", name="Add series").click()
+        page.get_by_text("Added kiln.jobs.running to the chart.").wait_for()
+        assert page.locator("#series tbody tr").count() == 2
+        page.screenshot(path=f"{out}/dashboard_chart.png", full_page=True)
+        print("built a dashboard with a stacked chart of two series")
         browser.close()
     for e in errors:
         print(e)

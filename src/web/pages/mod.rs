@@ -3,6 +3,7 @@
 pub mod account;
 pub mod audit;
 pub mod coming_soon;
+pub mod dashboard_edit;
 pub mod dashboards;
 pub mod health;
 pub mod images;

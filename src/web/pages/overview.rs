@@ -57,7 +57,7 @@ pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<Overview
             .into_iter()
             .map(Into::into)
             .collect(),
-        from: time::OffsetDateTime::now_utc().unix_timestamp() - 3600,
-        to: time::OffsetDateTime::now_utc().unix_timestamp(),
+        from: crate::metrics::dashboards::window_end() - 3600,
+        to: crate::metrics::dashboards::window_end(),
     })
 }
