@@ -92,6 +92,7 @@ impl Application {
             metrics: metrics.clone(),
             wakeups: wakeups.clone(),
             agent_tokens: Default::default(),
+            series_ids: Default::default(),
         });
         let store = PgSessionStore::new(pool.clone(), settings.session_absolute_timeout);
 

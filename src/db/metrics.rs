@@ -12,6 +12,20 @@ pub async fn store(
     conn: &mut PgConnection,
     measurements: &[Measurement],
 ) -> sqlx::Result<Result<usize, String>> {
+    let ids = match resolve_series(&mut *conn, measurements).await? {
+        Ok(ids) => ids,
+        Err(why) => return Ok(Err(why)),
+    };
+    insert_points(&mut *conn, measurements, &ids).await?;
+    Ok(Ok(measurements.len()))
+}
+
+/// The series id of each measurement, creating the series not seen before (in the caller's
+/// transaction); refused when a name+source exists as the other kind.
+pub async fn resolve_series(
+    conn: &mut PgConnection,
+    measurements: &[Measurement],
+) -> sqlx::Result<Result<Vec<i64>, String>> {
     let mut keys: Vec<(&str, &str, &str, String)> = measurements
         .iter()
         .map(|m| {
@@ -60,19 +74,20 @@ pub async fn store(
             return Ok(Err(format!("series {} could not be created", m.name)));
         };
         if kind != m.kind.as_str() {
-            return Ok(Err(format!(
-                "{}{} is a {kind}; it cannot also be sent as a {}",
-                m.name,
-                if m.source.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (source {})", m.source)
-                },
-                m.kind.as_str()
-            )));
+            return Ok(Err(crate::metrics::ingest::kind_clash(m, kind)));
         }
         ids.push(id);
     }
+    Ok(Ok(ids))
+}
+
+/// Appends the points (`ids[i]` is the series of `measurements[i]`) and marks their minutes
+/// dirty, in one statement: atomic even outside a transaction.
+pub async fn insert_points(
+    db: impl PgExecutor<'_>,
+    measurements: &[Measurement],
+    ids: &[i64],
+) -> sqlx::Result<()> {
     let times: Vec<OffsetDateTime> = measurements
         .iter()
         .map(|m| OffsetDateTime::from_unix_timestamp(m.time).unwrap_or(OffsetDateTime::UNIX_EPOCH))
@@ -91,16 +106,16 @@ pub async fn store(
          SELECT DISTINCT series_id, date_trunc('minute', t) FROM p ORDER BY 1, 2
          ON CONFLICT DO NOTHING",
     )
-    .bind(&ids)
+    .bind(ids)
     .bind(&times)
     .bind(&counts)
     .bind(&sums)
     .bind(&mins)
     .bind(&maxs)
     .bind(&lasts)
-    .execute(&mut *conn)
+    .execute(db)
     .await?;
-    Ok(Ok(measurements.len()))
+    Ok(())
 }
 
 /// Recomputes the 1-minute rollups of up to `limit` dirty minutes from the raw points, then

@@ -46,6 +46,20 @@ pub struct Measurement {
     pub last: f64,
 }
 
+/// The refusal of a measurement whose name+source exists as the other kind.
+pub fn kind_clash(m: &Measurement, existing: &str) -> String {
+    format!(
+        "{}{} is a {existing}; it cannot also be sent as a {}",
+        m.name,
+        if m.source.is_empty() {
+            String::new()
+        } else {
+            format!(" (source {})", m.source)
+        },
+        m.kind.as_str()
+    )
+}
+
 /// Why a request was refused: a sentence naming the item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid(pub String);

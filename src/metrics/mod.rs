@@ -8,3 +8,4 @@ pub mod ingest;
 pub mod recorder;
 pub mod rollup;
 pub mod series;
+pub mod series_ids;

@@ -48,14 +48,25 @@ async fn store(
     state: &AppState,
     measurements: Vec<ingest::Measurement>,
 ) -> Result<usize, AppError> {
-    let mut tx = state.pool.begin().await?;
-    match crate::db::metrics::store(&mut tx, &measurements).await? {
-        Ok(n) => {
-            tx.commit().await?;
-            Ok(n)
+    use crate::metrics::series_ids::Known;
+    match state.series_ids.lookup(&measurements) {
+        // The common case, a client sending the same series again: one statement.
+        Known::All(ids) => {
+            crate::db::metrics::insert_points(&state.pool, &measurements, &ids).await?;
+            return Ok(measurements.len());
         }
-        Err(why) => Err(AppError::BadRequest(why)),
+        Known::Clash(why) => return Err(AppError::BadRequest(why)),
+        Known::Incomplete => {}
     }
+    let mut tx = state.pool.begin().await?;
+    let ids = match crate::db::metrics::resolve_series(&mut tx, &measurements).await? {
+        Ok(ids) => ids,
+        Err(why) => return Err(AppError::BadRequest(why)),
+    };
+    crate::db::metrics::insert_points(&mut *tx, &measurements, &ids).await?;
+    tx.commit().await?;
+    state.series_ids.learn(&measurements, &ids);
+    Ok(measurements.len())
 }
 
 /// `POST /v1/metrics` -> 200 when every measurement was stored; 400 naming the first bad one

@@ -36,6 +36,8 @@ pub struct AppState {
     pub wakeups: crate::jobs::wakeups::Wakeups,
     /// Agent tokens seen lately (see `agent_tokens.rs`).
     pub agent_tokens: agent_tokens::AgentTokens,
+    /// Metric series ids seen by this process (ingest's fast path).
+    pub series_ids: crate::metrics::series_ids::SeriesIds,
 }
 
 /// True for the routes that answer in JSON and authenticate by token, not by session.

@@ -281,6 +281,17 @@ async fn bad_measurements_are_refused_and_nothing_is_stored() {
     assert_eq!(res.status(), 200);
     let res = post_basic(&app, &token, "/v1/metrics", json!({"gauges": [{"name": "other", "value": 1}], "counters": [{"name": "dual", "value": 1}]})).await;
     assert_eq!(res.status(), 400);
+    // The same clash when every series is already known to the console (its fast path).
+    let res = post_basic(
+        &app,
+        &token,
+        "/v1/metrics",
+        json!({"counters": [{"name": "dual", "value": 1}]}),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    let why: Value = res.json().await.unwrap();
+    assert!(why.to_string().contains("dual is a gauge"), "{why}");
     // (The console's own figures, `kiln.*`, are recorded alongside.)
     assert_eq!(
         app.count("SELECT count(*) FROM metric_points p JOIN metric_series s ON s.id = p.series_id WHERE s.name NOT LIKE 'kiln.%'").await,
