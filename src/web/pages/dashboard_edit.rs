@@ -39,6 +39,26 @@ fn message(e: AppError) -> String {
     }
 }
 
+/// An edit's answer: done -> `done`'s redirect; refused -> the form shown again by `again`
+/// with the reason and the status; anything else -> the error page.
+async fn answer<T, Again, Shown>(
+    result: Result<T, AppError>,
+    done: impl FnOnce(T) -> HttpResponse,
+    again: Again,
+) -> Result<HttpResponse, AppError>
+where
+    Again: FnOnce(String, StatusCode) -> Shown,
+    Shown: std::future::Future<Output = Result<HttpResponse, AppError>>,
+{
+    match result {
+        Ok(value) => Ok(done(value)),
+        Err(e) => match refused(&e) {
+            Some(status) => again(message(e), status).await,
+            None => Err(e),
+        },
+    }
+}
+
 #[derive(serde::Deserialize)]
 pub struct CreateForm {
     #[serde(default)]
@@ -60,36 +80,32 @@ pub async fn create(
 ) -> Result<HttpResponse, AppError> {
     let form = form.into_inner();
     let copy = form.copy_fleet.is_some();
-    match edits::create(&state.pool, &editor(&principal, &req), &form.name, copy).await {
-        Ok(id) => {
-            flash(
-                &session,
-                format!("Created dashboard {:?}.", form.name.trim()),
-            );
-            Ok(see_other(&format!("/dashboards/{id}")))
-        }
-        Err(e) => match refused(&e) {
-            Some(status) => {
-                let refusal = Refusal {
-                    at: FormAt::Create,
-                    message: message(e),
-                    create_name: form.name,
-                    ..Refusal::default()
-                };
-                let back = if form.from > 0
-                    && crate::db::dashboards::get(&state.pool, form.from)
-                        .await?
-                        .is_some()
-                {
-                    form.from
-                } else {
-                    0
-                };
-                render(layout, &state, back, None, refusal, status).await
-            }
-            None => Err(e),
+    let result = edits::create(&state.pool, &editor(&principal, &req), &form.name, copy).await;
+    let done = format!("Created dashboard {:?}.", form.name.trim());
+    answer(
+        result,
+        |id| {
+            flash(&session, done);
+            see_other(&format!("/dashboards/{id}"))
         },
-    }
+        |message, status| async move {
+            // Shown again on the dashboard it was sent from, if that still exists.
+            let back = match form.from {
+                0 => 0,
+                from => crate::db::dashboards::get(&state.pool, from)
+                    .await?
+                    .map_or(0, |d| d.id),
+            };
+            let refusal = Refusal {
+                at: FormAt::Create,
+                message,
+                create_name: form.name,
+                ..Refusal::default()
+            };
+            render(layout, &state, back, None, refusal, status).await
+        },
+    )
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -108,26 +124,24 @@ pub async fn rename(
     form: web::Form<RenameForm>,
 ) -> Result<HttpResponse, AppError> {
     let id = dashboard_id(&id)?;
-    match edits::rename(&state.pool, &editor(&principal, &req), id, &form.name).await {
-        Ok(()) => {
-            flash(
-                &session,
-                format!("Renamed the dashboard to {:?}.", form.name.trim()),
-            );
-            Ok(see_other(&format!("/dashboards/{id}")))
-        }
-        Err(e) => match refused(&e) {
-            Some(status) => {
-                let refusal = Refusal {
-                    at: FormAt::Rename,
-                    message: message(e),
-                    ..Refusal::default()
-                };
-                render(layout, &state, id, None, refusal, status).await
-            }
-            None => Err(e),
+    let result = edits::rename(&state.pool, &editor(&principal, &req), id, &form.name).await;
+    let done = format!("Renamed the dashboard to {:?}.", form.name.trim());
+    answer(
+        result,
+        |()| {
+            flash(&session, done);
+            see_other(&format!("/dashboards/{id}"))
         },
-    }
+        |message, status| async move {
+            let refusal = Refusal {
+                at: FormAt::Rename,
+                message,
+                ..Refusal::default()
+            };
+            render(layout, &state, id, None, refusal, status).await
+        },
+    )
+    .await
 }
 
 pub async fn delete(
@@ -171,27 +185,24 @@ pub async fn add_chart(
         }
         Err(e) => Err(e),
     };
-    match result {
-        Ok(chart) => {
-            flash(
-                &session,
-                format!("Added the chart {:?}.", form.title.trim()),
-            );
-            Ok(see_other(&format!("/dashboards/{id}#chart-{chart}")))
-        }
-        Err(e) => match refused(&e) {
-            Some(status) => {
-                let refusal = Refusal {
-                    at: FormAt::Chart,
-                    message: message(e),
-                    chart: form,
-                    ..Refusal::default()
-                };
-                render(layout, &state, id, None, refusal, status).await
-            }
-            None => Err(e),
+    let done = format!("Added the chart {:?}.", form.title.trim());
+    answer(
+        result,
+        |chart| {
+            flash(&session, done);
+            see_other(&format!("/dashboards/{id}#chart-{chart}"))
         },
-    }
+        |message, status| async move {
+            let refusal = Refusal {
+                at: FormAt::Chart,
+                message,
+                chart: form,
+                ..Refusal::default()
+            };
+            render(layout, &state, id, None, refusal, status).await
+        },
+    )
+    .await
 }
 
 pub struct SeriesView {
@@ -322,6 +333,42 @@ pub async fn show_chart(
     .await
 }
 
+/// The chart page an edit answers with.
+struct ChartPlace {
+    layout: Layout,
+    state: web::Data<AppState>,
+    id: i64,
+    chart: i64,
+}
+
+/// A chart edit's answer: done -> back to the chart's page with `done` as the toast; refused
+/// -> the chart's page with the refusal `again` makes of the reason.
+async fn chart_answer(
+    result: Result<(), AppError>,
+    session: &Session,
+    done: String,
+    place: ChartPlace,
+    again: impl FnOnce(String) -> ChartRefusal,
+) -> Result<HttpResponse, AppError> {
+    let ChartPlace {
+        layout,
+        state,
+        id,
+        chart,
+    } = place;
+    answer(
+        result,
+        |()| {
+            flash(session, done);
+            see_other(&format!("/dashboards/{id}/charts/{chart}"))
+        },
+        |message, status| async move {
+            render_chart(layout, &state, id, chart, again(message), status).await
+        },
+    )
+    .await
+}
+
 pub async fn edit_chart(
     req: HttpRequest,
     layout: Layout,
@@ -338,22 +385,18 @@ pub async fn edit_chart(
         unit: &form.unit,
         stacked: form.stacked.is_some(),
     };
-    match edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit).await {
-        Ok(()) => {
-            flash(&session, "Saved the chart.");
-            Ok(see_other(&format!("/dashboards/{id}/charts/{chart}")))
-        }
-        Err(e) => match refused(&e) {
-            Some(status) => {
-                let refusal = ChartRefusal {
-                    labels: Some((form, message(e))),
-                    ..ChartRefusal::default()
-                };
-                render_chart(layout, &state, id, chart, refusal, status).await
-            }
-            None => Err(e),
-        },
-    }
+    let result = edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit).await;
+    let again = |message| ChartRefusal {
+        labels: Some((form, message)),
+        ..ChartRefusal::default()
+    };
+    let place = ChartPlace {
+        layout,
+        state,
+        id,
+        chart,
+    };
+    chart_answer(result, &session, "Saved the chart.".into(), place, again).await
 }
 
 pub async fn add_series(
@@ -374,25 +417,18 @@ pub async fn add_series(
         }
         Err(e) => Err(e),
     };
-    match result {
-        Ok(()) => {
-            flash(
-                &session,
-                format!("Added {} to the chart.", form.metric.trim()),
-            );
-            Ok(see_other(&format!("/dashboards/{id}/charts/{chart}")))
-        }
-        Err(e) => match refused(&e) {
-            Some(status) => {
-                let refusal = ChartRefusal {
-                    series: Some((form, message(e))),
-                    ..ChartRefusal::default()
-                };
-                render_chart(layout, &state, id, chart, refusal, status).await
-            }
-            None => Err(e),
-        },
-    }
+    let done = format!("Added {} to the chart.", form.metric.trim());
+    let again = |message| ChartRefusal {
+        series: Some((form, message)),
+        ..ChartRefusal::default()
+    };
+    let place = ChartPlace {
+        layout,
+        state,
+        id,
+        chart,
+    };
+    chart_answer(result, &session, done, place, again).await
 }
 
 pub async fn remove_series(
@@ -409,22 +445,18 @@ pub async fn remove_series(
         .parse()
         .map_err(|_| AppError::NotFound(format!("This chart has no series {}.", path.2)))?;
     let edit = ChartEdit::RemoveSeries(n);
-    match edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit).await {
-        Ok(()) => {
-            flash(&session, "Removed the series.");
-            Ok(see_other(&format!("/dashboards/{id}/charts/{chart}")))
-        }
-        Err(e) => match refused(&e) {
-            Some(status) => {
-                let refusal = ChartRefusal {
-                    list: Some(message(e)),
-                    ..ChartRefusal::default()
-                };
-                render_chart(layout, &state, id, chart, refusal, status).await
-            }
-            None => Err(e),
-        },
-    }
+    let result = edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit).await;
+    let again = |message| ChartRefusal {
+        list: Some(message),
+        ..ChartRefusal::default()
+    };
+    let place = ChartPlace {
+        layout,
+        state,
+        id,
+        chart,
+    };
+    chart_answer(result, &session, "Removed the series.".into(), place, again).await
 }
 
 pub async fn delete_chart(
