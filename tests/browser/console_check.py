@@ -137,6 +137,7 @@ def main() -> int:
         page.locator("#charts[data-ready='1']").wait_for(timeout=30000)
         stacked = page.locator("figure.chart[data-stacked='1'][data-drawn='lines']")
         assert stacked.count() == 1, "the new stacked chart drew no lines"
+        page.screenshot(path=f"{out}/dashboard_custom.png", full_page=True)
         page.get_by_role("link", name="Edit").click()
         page.fill("#series-metric", "kiln.jobs.running")
         page.get_by_role("button", name="Add series").click()
