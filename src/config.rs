@@ -203,6 +203,19 @@ pub struct Settings {
     #[arg(long, env = "KILN_METRICS_RETENTION_DAYS", default_value_t = 7)]
     pub metrics_retention_days: u64,
 
+    /// The GitHub webhook's secret (`POST /hooks/github` checks each delivery's HMAC-SHA256
+    /// signature with it). Unset: the webhook refuses every delivery.
+    #[arg(long, env = "KILN_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Pushes to this branch start a bake; other branches are ignored.
+    #[arg(long, env = "KILN_WEBHOOK_BRANCH", default_value = "main")]
+    pub webhook_branch: String,
+
+    /// The recipe (by name) a push bakes.
+    #[arg(long, env = "KILN_WEBHOOK_RECIPE")]
+    pub webhook_recipe: Option<String>,
+
     /// Seconds between an agent's heartbeats (told to agents when they register).
     #[arg(long, env = "KILN_HEARTBEAT", default_value_t = 5)]
     pub heartbeat: u64,

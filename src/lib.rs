@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod bakes;
 pub mod bench;
 pub mod cli;
 pub mod cloud;

@@ -145,7 +145,8 @@ async fn ingest_copy(
 }
 
 /// Seeds `per_series` points for each of 50 series over the last 24 h (plus their dirty
-/// minutes), then rolls them up.
+/// minutes), then rolls them up. Points are written in time order, as ingest writes them
+/// (every source's point of a moment arrives together), so a minute's points share pages.
 async fn seed(pool: &PgPool, name: &str, per_series: i64) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO metric_series (name, source, kind) SELECT $1, 'host-' || g, 'gauge' FROM generate_series(0, 49) g
@@ -158,7 +159,8 @@ async fn seed(pool: &PgPool, name: &str, per_series: i64) -> anyhow::Result<()> 
         "INSERT INTO metric_points (series_id, t, count, sum, min, max, last)
          SELECT s.id, now() - make_interval(secs => 86400.0 * g / $2), 1, v, v, v, v
          FROM metric_series s, generate_series(1, $2) g, LATERAL (SELECT (g % 1000) / 10.0 AS v) x
-         WHERE s.name = $1",
+         WHERE s.name = $1
+         ORDER BY 2",
     )
     .bind(name)
     .bind(per_series)

@@ -97,13 +97,30 @@ pub async fn insert_points(
     let mins: Vec<f64> = measurements.iter().map(|m| m.min).collect();
     let maxs: Vec<f64> = measurements.iter().map(|m| m.max).collect();
     let lasts: Vec<f64> = measurements.iter().map(|m| m.last).collect();
+    // The (series, minute) pairs to mark, deduplicated here and sorted (concurrent requests
+    // mark shared minutes in the same order): usually a handful for hundreds of points.
+    let mut dirty: Vec<(i64, i64)> = ids
+        .iter()
+        .zip(measurements)
+        .map(|(&id, m)| (id, m.time.div_euclid(60) * 60))
+        .collect();
+    dirty.sort_unstable();
+    dirty.dedup();
+    let (dirty_ids, dirty_minutes): (Vec<i64>, Vec<OffsetDateTime>) = dirty
+        .into_iter()
+        .map(|(id, minute)| {
+            (
+                id,
+                OffsetDateTime::from_unix_timestamp(minute).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            )
+        })
+        .unzip();
     sqlx::query(
         "WITH p AS (
              INSERT INTO metric_points (series_id, t, count, sum, min, max, last)
-             SELECT * FROM unnest($1::BIGINT[], $2::TIMESTAMPTZ[], $3::BIGINT[], $4::FLOAT8[], $5::FLOAT8[], $6::FLOAT8[], $7::FLOAT8[])
-             RETURNING series_id, t)
+             SELECT * FROM unnest($1::BIGINT[], $2::TIMESTAMPTZ[], $3::BIGINT[], $4::FLOAT8[], $5::FLOAT8[], $6::FLOAT8[], $7::FLOAT8[]))
          INSERT INTO metric_dirty (series_id, minute)
-         SELECT DISTINCT series_id, date_trunc('minute', t) FROM p ORDER BY 1, 2
+         SELECT * FROM unnest($8::BIGINT[], $9::TIMESTAMPTZ[])
          ON CONFLICT DO NOTHING",
     )
     .bind(ids)
@@ -113,6 +130,8 @@ pub async fn insert_points(
     .bind(&mins)
     .bind(&maxs)
     .bind(&lasts)
+    .bind(&dirty_ids)
+    .bind(&dirty_minutes)
     .execute(db)
     .await?;
     Ok(())
@@ -123,11 +142,12 @@ pub async fn insert_points(
 pub async fn roll_up(conn: &mut PgConnection, limit: i64) -> sqlx::Result<usize> {
     let hours: Vec<(i64, OffsetDateTime)> = sqlx::query_as(
         "WITH pick AS MATERIALIZED (
-             SELECT series_id, minute FROM metric_dirty ORDER BY series_id, minute LIMIT $1 FOR UPDATE SKIP LOCKED),
-         -- A join on the picked keys (an IN over the locking subquery may be planned as a
-         -- rescan of it per dirty row when statistics are stale).
+             SELECT ctid AS tid FROM metric_dirty ORDER BY series_id, minute LIMIT $1 FOR UPDATE SKIP LOCKED),
+         -- By the picked rows' ctids (stable: they are locked): a TID scan whatever the
+         -- statistics say. A join on the keys was planned, with statistics stale after a
+         -- burst, as a nested loop over every dirty row per picked row (20 s per batch).
          d AS (
-             DELETE FROM metric_dirty x USING pick WHERE x.series_id = pick.series_id AND x.minute = pick.minute
+             DELETE FROM metric_dirty x WHERE x.ctid = ANY (ARRAY(SELECT tid FROM pick))
              RETURNING x.series_id, x.minute),
          -- LATERAL: one index range scan per dirty minute (a join would let the planner hash
          -- on the series and compare every minute with every point of it).

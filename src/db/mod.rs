@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod bakes;
 pub mod dashboards;
 pub mod images;
 pub mod jobs;

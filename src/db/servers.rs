@@ -101,12 +101,13 @@ pub async fn record_launched(
     server: &crate::cloud::Server,
     launch_id: i64,
     launched_by: &str,
+    purpose: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO servers (id, image_id, launch_id, instance_type, state, launched_by, launched_at)
-         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()))
+        "INSERT INTO servers (id, image_id, launch_id, instance_type, state, launched_by, launched_at, purpose)
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()), $8)
          ON CONFLICT (id) DO UPDATE SET launch_id = EXCLUDED.launch_id, adopted = FALSE,
-             launched_by = EXCLUDED.launched_by, updated_at = now()",
+             launched_by = EXCLUDED.launched_by, purpose = EXCLUDED.purpose, updated_at = now()",
     )
     .bind(&server.id)
     .bind(&server.image_id)
@@ -115,6 +116,7 @@ pub async fn record_launched(
     .bind(server.state.as_str())
     .bind(launched_by)
     .bind(server.launched_at)
+    .bind(purpose)
     .execute(conn)
     .await?;
     Ok(())
@@ -132,6 +134,9 @@ pub struct LaunchRow {
     pub requested_by: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// `worker`, or `builder` for a bake's builder.
+    #[serde(skip)]
+    pub purpose: String,
 }
 
 pub async fn insert_launch(
@@ -142,21 +147,44 @@ pub async fn insert_launch(
     instance_type: &str,
     requested_by: &str,
 ) -> sqlx::Result<LaunchRow> {
+    insert_launch_for(
+        conn,
+        token,
+        image_id,
+        count,
+        instance_type,
+        requested_by,
+        "worker",
+    )
+    .await
+}
+
+/// As [`insert_launch`], of servers with `purpose`.
+pub async fn insert_launch_for(
+    conn: &mut PgConnection,
+    token: &str,
+    image_id: &str,
+    count: i32,
+    instance_type: &str,
+    requested_by: &str,
+    purpose: &str,
+) -> sqlx::Result<LaunchRow> {
     sqlx::query_as(
-        "INSERT INTO launches (token, image_id, count, instance_type, requested_by) VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, token, image_id, count, instance_type, state, error, requested_by, created_at",
+        "INSERT INTO launches (token, image_id, count, instance_type, requested_by, purpose) VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, token, image_id, count, instance_type, state, error, requested_by, created_at, purpose",
     )
     .bind(token)
     .bind(image_id)
     .bind(count)
     .bind(instance_type)
     .bind(requested_by)
+    .bind(purpose)
     .fetch_one(conn)
     .await
 }
 
 pub async fn find_launch(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<LaunchRow>> {
-    sqlx::query_as("SELECT id, token, image_id, count, instance_type, state, error, requested_by, created_at FROM launches WHERE id = $1")
+    sqlx::query_as("SELECT id, token, image_id, count, instance_type, state, error, requested_by, created_at, purpose FROM launches WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await
@@ -187,7 +215,7 @@ pub async fn ids_of_launch(db: impl PgExecutor<'_>, launch_id: i64) -> sqlx::Res
 /// Recent launches that have not finished, for the Servers page.
 pub async fn unfinished_launches(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<LaunchRow>> {
     sqlx::query_as(
-        "SELECT id, token, image_id, count, instance_type, state, error, requested_by, created_at FROM launches
+        "SELECT id, token, image_id, count, instance_type, state, error, requested_by, created_at, purpose FROM launches
          WHERE state IN ('pending', 'running') OR (state IN ('failed', 'partial') AND updated_at > now() - interval '1 hour')
          ORDER BY id DESC LIMIT 20",
     )

@@ -58,26 +58,22 @@ impl TokenOwner {
 }
 
 pub async fn owner_of(pool: &PgPool, token_hash: &str) -> sqlx::Result<Option<TokenOwner>> {
-    let owner: Option<TokenOwner> = sqlx::query_as(
-        "SELECT t.id AS token_id, u.id AS user_id, u.name, u.role
-         FROM api_tokens t JOIN users u ON u.id = t.user_id
-         WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND NOT u.disabled",
+    // One round trip: the owner, and "last used" touched at most once a minute per token (no
+    // finer grain is needed, and a busy client must not turn every read into a write).
+    sqlx::query_as(
+        "WITH owner AS (
+             SELECT t.id AS token_id, u.id AS user_id, u.name, u.role
+             FROM api_tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND NOT u.disabled),
+         touched AS (
+             UPDATE api_tokens SET last_used_at = now()
+             WHERE id = (SELECT token_id FROM owner)
+               AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute'))
+         SELECT token_id, user_id, name, role FROM owner",
     )
     .bind(token_hash)
     .fetch_optional(pool)
-    .await?;
-    if let Some(owner) = &owner {
-        // At most one write a minute per token: "last used" needs no finer grain, and a busy
-        // client must not turn every read into a write.
-        sqlx::query(
-            "UPDATE api_tokens SET last_used_at = now()
-             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-        )
-        .bind(owner.token_id)
-        .execute(pool)
-        .await?;
-    }
-    Ok(owner)
+    .await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

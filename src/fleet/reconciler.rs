@@ -25,6 +25,8 @@ pub struct Summary {
     pub updated: usize,
     pub vanished: usize,
     pub adopted: usize,
+    /// Builders the janitor terminated (their bake is over).
+    pub builders_ended: usize,
 }
 
 /// One pass; None when another replica holds the lock.
@@ -73,15 +75,21 @@ async fn pass(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Summary> {
             }
             None if server.state != ServerState::Terminated => {
                 let mut tx = pool.begin().await?;
+                // A builder stays a builder (never a worker); the janitor then ends it.
+                let purpose = match server.tags.get("kiln:purpose").map(String::as_str) {
+                    Some("builder") => "builder",
+                    _ => "worker",
+                };
                 let inserted = sqlx::query(
-                    "INSERT INTO servers (id, image_id, instance_type, state, adopted, launched_by, launched_at)
-                     VALUES ($1, $2, $3, $4, TRUE, 'adopted', COALESCE($5, now())) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO servers (id, image_id, instance_type, state, adopted, launched_by, launched_at, purpose)
+                     VALUES ($1, $2, $3, $4, TRUE, 'adopted', COALESCE($5, now()), $6) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(&server.id)
                 .bind(&server.image_id)
                 .bind(&server.instance_type)
                 .bind(server.state.as_str())
                 .bind(server.launched_at)
+                .bind(purpose)
                 .execute(&mut *tx)
                 .await?;
                 if inserted.rows_affected() == 1 {
@@ -130,6 +138,7 @@ async fn pass(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Summary> {
         }
         tx.commit().await?;
     }
+    summary.builders_ended = crate::bakes::advance::sweep_builders(pool).await?;
     Ok(summary)
 }
 
@@ -142,7 +151,7 @@ pub async fn run_periodically(
 ) {
     loop {
         match run_once(&pool, &cloud).await {
-            Ok(Some(s)) if s.updated + s.vanished + s.adopted > 0 => {
+            Ok(Some(s)) if s.updated + s.vanished + s.adopted + s.builders_ended > 0 => {
                 tracing::info!(?s, "reconciled")
             }
             Ok(_) => {}

@@ -43,7 +43,7 @@ impl Task for LaunchServers {
             image_id: launch.image_id.clone(),
             count: launch.count as u32,
             instance_type: launch.instance_type.clone(),
-            tags: Tags::from([("kiln:purpose".to_owned(), "worker".to_owned())]),
+            tags: Tags::from([("kiln:purpose".to_owned(), launch.purpose.clone())]),
             bootstrap: AgentBootstrap {
                 console_url: settings.public_url(),
                 enrollment_token: enrollment.expose().to_owned(),
@@ -64,6 +64,7 @@ impl Task for LaunchServers {
                         server,
                         launch.id,
                         &launch.requested_by,
+                        &launch.purpose,
                     )
                     .await?;
                 }

@@ -12,6 +12,7 @@
 //! tested, with no schema or runtime of someone else's to fit (underway is on sqlx 0.8).
 
 pub mod adopt_image;
+pub mod bake_step;
 pub mod deregister_image;
 pub mod launch_servers;
 pub mod queue;
@@ -137,6 +138,7 @@ pub fn registry() -> Registry {
         .register::<terminate_server::TerminateServer>()
         .register::<rollout_step::RolloutStep>()
         .register::<retire_servers::RetireServers>()
+        .register::<bake_step::BakeStep>()
 }
 
 /// Enqueues a task in the caller's transaction: it becomes visible, and the workers are woken,

@@ -30,6 +30,9 @@ pub enum Access {
     Role(Role),
     /// Needs a registered agent's own token (`/agent/v1/…`); users' tokens do not do.
     Agent,
+    /// Open at the door; the handler checks the request's signature (the GitHub webhook's
+    /// HMAC) and answers 401 without a valid one.
+    Signed,
 }
 
 /// The server whose agent made the request (set by `enforce` on `Access::Agent` routes).
@@ -75,7 +78,7 @@ pub async fn enforce(
     }
 
     let least = match access {
-        Access::Public => return next.call(req).await,
+        Access::Public | Access::Signed => return next.call(req).await,
         Access::Agent => {
             return match agent_from_token(&req).await {
                 Ok(Some(agent)) => {

@@ -8,6 +8,7 @@ pub mod agent_tokens;
 pub mod api;
 pub mod assets;
 pub mod error;
+pub mod hooks;
 pub mod layout;
 pub mod metrics_api;
 pub mod middleware;

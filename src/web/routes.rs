@@ -8,7 +8,7 @@ use actix_web::middleware::from_fn;
 use actix_web::web;
 
 use super::access::{Access, enforce};
-use super::{agent_api, api, assets, metrics_api, pages};
+use super::{agent_api, api, assets, hooks, metrics_api, pages};
 use crate::domain::Role;
 
 pub struct RouteSpec {
@@ -22,6 +22,7 @@ const VIEWER: Access = Access::Role(Role::Viewer);
 const OPERATOR: Access = Access::Role(Role::Operator);
 const ADMIN: Access = Access::Role(Role::Admin);
 const AGENT: Access = Access::Agent;
+const SIGNED: Access = Access::Signed;
 
 macro_rules! route_table {
     ($($method:ident $path:literal $access:ident => $handler:path;)*) => {
@@ -121,6 +122,14 @@ route_table! {
     GET  "/api/v1/jobs/{id}/log"      VIEWER => api::jobs::log;
     POST "/api/v1/jobs/{id}/cancel"   OPERATOR => api::jobs::cancel;
     POST "/api/v1/jobs/{id}/retry"    OPERATOR => api::jobs::retry;
+
+    GET  "/api/v1/recipes"            VIEWER => api::bakes::list_recipes;
+    POST "/api/v1/recipes"            OPERATOR => api::bakes::create_recipe;
+    GET  "/api/v1/bakes"              VIEWER => api::bakes::list;
+    POST "/api/v1/bakes"              OPERATOR => api::bakes::start;
+    GET  "/api/v1/bakes/{id}"         VIEWER => api::bakes::show;
+    POST "/api/v1/bakes/{id}/cancel"  OPERATOR => api::bakes::cancel;
+    POST "/hooks/github"              SIGNED => hooks::github;
 
     GET  "/api/v1/series"             VIEWER => metrics_api::get_series;
     POST "/v1/metrics"                OPERATOR => metrics_api::legacy;

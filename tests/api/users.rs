@@ -220,6 +220,13 @@ async fn api_tokens_are_shown_once_stored_hashed_work_and_can_be_revoked() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    let used: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_tokens WHERE last_used_at > now() - interval '1 minute'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(used, 1, "a used token shows when it was last used");
 
     let id: i64 = sqlx::query_scalar("SELECT id FROM api_tokens")
         .fetch_one(&app.pool)

@@ -1,6 +1,7 @@
 //! The JSON API under /api/v1 (bearer API tokens; same rules and audit as the pages).
 
 pub mod audit;
+pub mod bakes;
 pub mod images;
 pub mod jobs;
 pub mod rollouts;

@@ -1,0 +1,610 @@
+//! A bake's state machine, one step per run of its `bake_step` task:
+//!
+//! launch (the builder's launch was enqueued with the bake; wait until its agent heartbeats)
+//! -> setup (a job pinned to the builder) -> test (another) -> create_image (found by its
+//! `kiln:bake` tag if an earlier try made it, else created) -> wait_image (until available;
+//! then the bake succeeds, the builder is terminated, and an auto-release starts) -> done.
+//!
+//! Database-only steps run in one transaction with the bake's row locked. Steps that call the
+//! provider call it outside any transaction and then record what they got under the lock, so
+//! a console killed between the call and the record simply makes the call again (and finds
+//! its image by tag). A bake that ended (failed, cancelled) is cleaned up by the same task:
+//! its jobs stopped, its builder terminated, a half-made image deregistered.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::cloud::{AnyProvider, ImageQuery, ImageState, Provider, Tags};
+use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::db::bakes::BakeRow;
+use crate::tasks::TaskError;
+use crate::tasks::terminate_server::{TerminateServer, dedupe_key};
+
+/// What the step task does next.
+pub enum Next {
+    Done,
+    Wait(Duration, String),
+}
+
+const SOON: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_secs(1);
+/// How long the provider may take to make an image available.
+const IMAGE_TIMEOUT_S: i64 = 3600;
+
+pub struct Env<'a> {
+    pub pool: &'a PgPool,
+    pub cloud: &'a AnyProvider,
+    pub settings: &'a crate::config::Settings,
+}
+
+fn fatal(why: String) -> TaskError {
+    TaskError::Fatal(anyhow::anyhow!(why))
+}
+
+pub async fn step(env: &Env<'_>, bake_id: i64) -> Result<Next, TaskError> {
+    let mut tx = env.pool.begin().await?;
+    let bake = crate::db::bakes::lock(&mut tx, bake_id)
+        .await?
+        .ok_or_else(|| fatal(format!("bake {bake_id} does not exist")))?;
+    if bake.state != "running" {
+        tx.commit().await?;
+        return clean_up(env, &bake).await;
+    }
+    match bake.step.as_str() {
+        "launch" => {
+            let next = launch(env, &mut tx, &bake).await?;
+            tx.commit().await?;
+            Ok(next)
+        }
+        "setup" | "test" => {
+            let next = run_job(env, &mut tx, &bake).await?;
+            tx.commit().await?;
+            Ok(next)
+        }
+        "create_image" => {
+            tx.commit().await?;
+            create_image(env, &bake).await
+        }
+        "wait_image" => {
+            tx.commit().await?;
+            wait_image(env, &bake).await
+        }
+        other => Err(fatal(format!(
+            "bake {bake_id} is at an unknown step {other}"
+        ))),
+    }
+}
+
+/// Ends the bake as failed at its current step (in the caller's transaction); the next run
+/// of the step task cleans up.
+async fn fail(conn: &mut PgConnection, bake: &BakeRow, why: &str) -> Result<Next, TaskError> {
+    crate::db::bakes::close_step(conn, bake.id, &bake.step, "failed", why).await?;
+    crate::db::bakes::finish(conn, bake.id, "failed", why).await?;
+    audit::record(
+        &mut *conn,
+        AuditEvent::system("bake.failed", format!("bake:{}", bake.id), Outcome::Failed)
+            .detail(format!("at {}: {why}", bake.step)),
+    )
+    .await?;
+    Ok(Next::Wait(SOON, "cleaning up after the failure".into()))
+}
+
+async fn launch(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskError> {
+    let launch_id = bake
+        .launch_id
+        .ok_or_else(|| fatal(format!("bake {} has no launch", bake.id)))?;
+    let launch = crate::db::servers::find_launch(&mut *tx, launch_id)
+        .await?
+        .ok_or_else(|| fatal(format!("launch {launch_id} does not exist")))?;
+    let builder: Option<(String, String, Option<bool>)> = sqlx::query_as(
+        "SELECT s.id, s.state,
+                a.last_heartbeat_at > now() - make_interval(secs => $2) AS healthy
+         FROM servers s LEFT JOIN agents a ON a.server_id = s.id
+         WHERE s.launch_id = $1 ORDER BY s.launched_at LIMIT 1",
+    )
+    .bind(launch_id)
+    .bind((env.settings.heartbeat * 3).max(15) as f64)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((server_id, state, healthy)) = builder else {
+        if launch.state == "failed" || (launch.state != "pending" && launch.state != "running") {
+            let why = format!(
+                "The builder could not be launched: {}",
+                if launch.error.is_empty() {
+                    "the provider gave no server"
+                } else {
+                    launch.error.as_str()
+                }
+            );
+            return fail(tx, bake, &why).await;
+        }
+        return Ok(Next::Wait(POLL, "waiting for the builder's launch".into()));
+    };
+    if bake.builder_id.is_none() {
+        crate::db::bakes::set_builder(tx, bake.id, &server_id).await?;
+    }
+    if state == "terminated" {
+        return fail(
+            tx,
+            bake,
+            &format!("The builder {server_id} was terminated."),
+        )
+        .await;
+    }
+    if healthy == Some(true) {
+        crate::db::bakes::close_step(tx, bake.id, "launch", "succeeded", &server_id).await?;
+        let recipe = crate::db::bakes::recipe(&mut *tx, bake.recipe_id)
+            .await?
+            .ok_or_else(|| fatal(format!("recipe {} does not exist", bake.recipe_id)))?;
+        let command = super::setup_command(&recipe, &bake.source_revision);
+        start_job(
+            tx,
+            bake,
+            &server_id,
+            "setup",
+            &command,
+            recipe.setup_timeout_s,
+        )
+        .await?;
+        return Ok(Next::Wait(SOON, "setup enqueued".into()));
+    }
+    let waited = (time::OffsetDateTime::now_utc() - bake.created_at).whole_seconds();
+    if waited > env.settings.health_timeout as i64 {
+        let why = format!(
+            "The builder {server_id}'s agent did not report within {} s.",
+            env.settings.health_timeout
+        );
+        return fail(tx, bake, &why).await;
+    }
+    Ok(Next::Wait(POLL, "waiting for the builder's agent".into()))
+}
+
+/// Enqueues a step's job, pinned to the builder, and enters the step.
+async fn start_job(
+    tx: &mut PgConnection,
+    bake: &BakeRow,
+    builder: &str,
+    step: &str,
+    command: &str,
+    timeout_s: i32,
+) -> Result<(), TaskError> {
+    let labels = crate::db::jobs::Labels::from([
+        ("bake".to_owned(), bake.id.to_string()),
+        ("step".to_owned(), step.to_owned()),
+        ("recipe".to_owned(), bake.recipe_name.clone()),
+    ]);
+    let job = crate::db::jobs::insert(
+        tx,
+        &crate::db::jobs::NewJob {
+            command,
+            labels: &labels,
+            timeout_s,
+            retries: 0,
+            pinned_server_id: Some(builder),
+            enqueued_by: &format!("bake {}", bake.id),
+        },
+    )
+    .await?;
+    crate::db::bakes::enter_step(tx, bake.id, step).await?;
+    crate::db::bakes::set_job(tx, bake.id, step == "setup", job.id).await?;
+    Ok(())
+}
+
+async fn run_job(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskError> {
+    let setup = bake.step == "setup";
+    let job_id = if setup {
+        bake.setup_job_id
+    } else {
+        bake.test_job_id
+    }
+    .ok_or_else(|| fatal(format!("bake {} has no {} job", bake.id, bake.step)))?;
+    let job = crate::db::jobs::find(&mut *tx, job_id)
+        .await?
+        .ok_or_else(|| fatal(format!("job {job_id} does not exist")))?;
+    let builder = bake.builder_id.clone().unwrap_or_default();
+    match job.state.as_str() {
+        "succeeded" => {
+            let took = match (job.started_at, job.finished_at) {
+                (Some(s), Some(f)) => {
+                    format!("job {job_id}, exit 0 in {} s", (f - s).whole_seconds())
+                }
+                _ => format!("job {job_id}, exit 0"),
+            };
+            crate::db::bakes::close_step(tx, bake.id, &bake.step, "succeeded", &took).await?;
+            if setup {
+                let recipe = crate::db::bakes::recipe(&mut *tx, bake.recipe_id)
+                    .await?
+                    .ok_or_else(|| fatal(format!("recipe {} does not exist", bake.recipe_id)))?;
+                start_job(
+                    tx,
+                    bake,
+                    &builder,
+                    "test",
+                    &recipe.test_command,
+                    recipe.test_timeout_s,
+                )
+                .await?;
+                Ok(Next::Wait(SOON, "tests enqueued".into()))
+            } else {
+                crate::db::bakes::enter_step(tx, bake.id, "create_image").await?;
+                Ok(Next::Wait(Duration::ZERO, "creating the image".into()))
+            }
+        }
+        "failed" | "cancelled" => {
+            let why = format!(
+                "The {} failed (job {job_id}{}{}).",
+                if setup { "setup" } else { "integration tests" },
+                job.exit_code
+                    .map(|c| format!(", exit code {c}"))
+                    .unwrap_or_default(),
+                if job.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", job.reason)
+                }
+            );
+            fail(tx, bake, &why).await
+        }
+        _ => {
+            let gone: Option<String> =
+                sqlx::query_scalar("SELECT state FROM servers WHERE id = $1")
+                    .bind(&builder)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if gone.as_deref() == Some("terminated") {
+                return fail(tx, bake, &format!("The builder {builder} was terminated.")).await;
+            }
+            let _ = env;
+            Ok(Next::Wait(
+                POLL,
+                format!("waiting for the {} job", bake.step),
+            ))
+        }
+    }
+}
+
+fn retryable(e: crate::cloud::CloudError) -> TaskError {
+    if e.is_retryable() {
+        TaskError::Retryable(e.into())
+    } else {
+        TaskError::Fatal(e.into())
+    }
+}
+
+/// The image a bake made, found by its `kiln:bake` tag (a retry after the provider answered
+/// but before the answer was recorded), else None.
+async fn made_before(env: &Env<'_>, bake_id: i64) -> Result<Option<String>, TaskError> {
+    let query = ImageQuery {
+        owners: vec!["self".into()],
+        tags: vec![("kiln:bake".into(), bake_id.to_string())],
+    };
+    let page = env
+        .cloud
+        .list_images(&query, None)
+        .await
+        .map_err(retryable)?;
+    Ok(page
+        .items
+        .into_iter()
+        .find(|i| i.state != ImageState::Deregistered)
+        .map(|i| i.id))
+}
+
+async fn create_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
+    let builder = bake.builder_id.clone().unwrap_or_default();
+    let image_id = match made_before(env, bake.id).await? {
+        Some(id) => id,
+        None => {
+            let tags = Tags::from([
+                ("kiln:bake".to_owned(), bake.id.to_string()),
+                ("kiln:recipe".to_owned(), bake.recipe_name.clone()),
+                ("kiln:version".to_owned(), bake.version.to_string()),
+                (
+                    "kiln:source-revision".to_owned(),
+                    bake.source_revision.clone(),
+                ),
+            ]);
+            let description = format!(
+                "Baked by Kiln: recipe {} v{}, bake {}",
+                bake.recipe_name, bake.version, bake.id
+            );
+            match env
+                .cloud
+                .create_image(&builder, &bake.image_name, &description, &tags)
+                .await
+            {
+                Ok(id) => id,
+                Err(e) if e.is_retryable() => return Err(TaskError::Retryable(e.into())),
+                Err(e) => {
+                    let mut tx = env.pool.begin().await?;
+                    let Some(now) = crate::db::bakes::lock(&mut tx, bake.id).await? else {
+                        return Ok(Next::Done);
+                    };
+                    let next = if now.state == "running" {
+                        fail(
+                            &mut tx,
+                            &now,
+                            &format!("The image could not be created: {}", e.message),
+                        )
+                        .await?
+                    } else {
+                        Next::Wait(SOON, "cleaning up".into())
+                    };
+                    tx.commit().await?;
+                    return Ok(next);
+                }
+            }
+        }
+    };
+    let mut tx = env.pool.begin().await?;
+    let Some(now) = crate::db::bakes::lock(&mut tx, bake.id).await? else {
+        return Ok(Next::Done);
+    };
+    // Recorded whatever happened meanwhile: a cancelled bake's clean-up deregisters it.
+    crate::db::bakes::set_image(&mut tx, bake.id, &image_id).await?;
+    sqlx::query(
+        "INSERT INTO images (id, name, version, description, source_revision, state, state_reason, added_by, bake_id)
+         VALUES ($1, $2, $3, $4, $5, 'pending', 'being baked', $6, $7)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&image_id)
+    .bind(&bake.recipe_name)
+    .bind(bake.version.to_string())
+    .bind(format!("bake {} of recipe {}", bake.id, bake.recipe_name))
+    .bind(&bake.source_revision)
+    .bind(format!("bake {}", bake.id))
+    .bind(bake.id)
+    .execute(&mut *tx)
+    .await?;
+    if now.state == "running" {
+        crate::db::bakes::close_step(&mut tx, bake.id, "create_image", "succeeded", &image_id)
+            .await?;
+        crate::db::bakes::enter_step(&mut tx, bake.id, "wait_image").await?;
+    }
+    tx.commit().await?;
+    Ok(Next::Wait(Duration::ZERO, "waiting for the image".into()))
+}
+
+async fn wait_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
+    let image_id = bake
+        .image_id
+        .clone()
+        .ok_or_else(|| fatal(format!("bake {} has no image", bake.id)))?;
+    let image = env.cloud.get_image(&image_id).await.map_err(retryable)?;
+    let state = image.as_ref().map(|i| i.state);
+    let mut tx = env.pool.begin().await?;
+    let Some(now) = crate::db::bakes::lock(&mut tx, bake.id).await? else {
+        return Ok(Next::Done);
+    };
+    if now.state != "running" {
+        tx.commit().await?;
+        return Ok(Next::Wait(SOON, "cleaning up".into()));
+    }
+    let next = match state {
+        Some(ImageState::Available) => {
+            crate::db::images::set_state(&mut *tx, &image_id, "available", "").await?;
+            crate::db::bakes::close_step(&mut tx, bake.id, "wait_image", "succeeded", &image_id)
+                .await?;
+            crate::db::bakes::enter_step(&mut tx, bake.id, "done").await?;
+            crate::db::bakes::close_step(&mut tx, bake.id, "done", "succeeded", "").await?;
+            crate::db::bakes::finish(&mut tx, bake.id, "succeeded", "").await?;
+            audit::record(
+                &mut *tx,
+                AuditEvent::system("bake.succeeded", format!("bake:{}", bake.id), Outcome::Ok)
+                    .detail(format!(
+                        "{image_id} ({} v{})",
+                        bake.recipe_name, bake.version
+                    )),
+            )
+            .await?;
+            Next::Wait(SOON, "terminating the builder".into())
+        }
+        Some(ImageState::Pending) => {
+            let waited = (time::OffsetDateTime::now_utc() - bake.created_at).whole_seconds();
+            if waited > IMAGE_TIMEOUT_S {
+                fail(
+                    &mut tx,
+                    &now,
+                    "The image did not become available within an hour.",
+                )
+                .await?
+            } else {
+                Next::Wait(Duration::from_secs(2), "waiting for the image".into())
+            }
+        }
+        Some(other) => {
+            fail(
+                &mut tx,
+                &now,
+                &format!("The provider reports the image {}.", other.as_str()),
+            )
+            .await?
+        }
+        None => fail(&mut tx, &now, "The provider no longer knows the image.").await?,
+    };
+    tx.commit().await?;
+    Ok(next)
+}
+
+/// After the bake ended: stop its jobs, terminate its builder, deregister an image that did
+/// not become a usable one; start the auto-release of a succeeded bake. Each part is
+/// idempotent, so this runs until it has nothing left to do.
+async fn clean_up(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
+    let mut tx = env.pool.begin().await?;
+    for job in [bake.setup_job_id, bake.test_job_id].into_iter().flatten() {
+        crate::db::jobs::cancel(&mut tx, job).await?;
+    }
+    let builders: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM servers WHERE state <> 'terminated' AND purpose = 'builder'
+           AND (launch_id = $1 OR id = $2)",
+    )
+    .bind(bake.launch_id)
+    .bind(&bake.builder_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &builders {
+        terminate_builder(&mut tx, id, &format!("bake {} {}", bake.id, bake.state)).await?;
+    }
+    let launch_settled: bool = match bake.launch_id {
+        Some(l) => crate::db::servers::find_launch(&mut *tx, l)
+            .await?
+            .is_none_or(|l| !matches!(l.state.as_str(), "pending" | "running")),
+        None => true,
+    };
+    let unusable_image = match &bake.image_id {
+        Some(id) if bake.state != "succeeded" => {
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            (state.as_deref() != Some("deregistered")).then(|| id.clone())
+        }
+        _ => None,
+    };
+    if let Some(id) = &unusable_image {
+        // Marked first: from now on nobody can launch or release it.
+        crate::db::images::set_state(
+            &mut *tx,
+            id,
+            "failed",
+            &format!("bake {} {}", bake.id, bake.state),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if let Some(id) = &unusable_image {
+        env.cloud.deregister_image(id).await.map_err(retryable)?;
+        crate::db::images::set_state(
+            env.pool,
+            id,
+            "deregistered",
+            &format!("bake {} {}", bake.id, bake.state),
+        )
+        .await?;
+    }
+    if !launch_settled {
+        // The builder may yet appear: look again once its launch has settled.
+        return Ok(Next::Wait(
+            POLL,
+            "waiting for the builder's launch to settle".into(),
+        ));
+    }
+    if bake.state == "succeeded" {
+        release_if_asked(env, bake).await?;
+    }
+    Ok(Next::Done)
+}
+
+async fn terminate_builder(conn: &mut PgConnection, id: &str, why: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let key = dedupe_key(id);
+    if crate::tasks::terminate_server::escalate(conn, &key).await? {
+        return Ok(());
+    }
+    let queued = crate::tasks::enqueue(
+        conn,
+        &TerminateServer {
+            server_id: id.to_owned(),
+            force: true,
+            drain_until: None,
+        },
+        Some(&key),
+    )
+    .await?;
+    if queued.is_some() {
+        audit::record(
+            &mut *conn,
+            AuditEvent::system("server.terminate", format!("server:{id}"), Outcome::Ok)
+                .detail(format!("builder of {why}")),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// An auto-release, on behalf of the recipe's author, once (a second try finds the image
+/// already current and its rollout running, which `rollouts::start` treats as done).
+async fn release_if_asked(env: &Env<'_>, bake: &BakeRow) -> Result<(), TaskError> {
+    let Some(recipe) = crate::db::bakes::recipe(env.pool, bake.recipe_id).await? else {
+        return Ok(());
+    };
+    let (Some(image_id), true) = (&bake.image_id, recipe.auto_release) else {
+        return Ok(());
+    };
+    let released: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM releases WHERE image_id = $1)")
+            .bind(image_id)
+            .fetch_one(env.pool)
+            .await?;
+    if released {
+        return Ok(());
+    }
+    let author = match recipe.created_by_id {
+        Some(id) => crate::db::users::find_by_id(env.pool, id).await?,
+        None => None,
+    };
+    let Some(author) = author.filter(|u| !u.disabled && u.role() >= crate::domain::Role::Operator)
+    else {
+        audit::record(
+            env.pool,
+            AuditEvent::system(
+                "bake.release",
+                format!("bake:{}", bake.id),
+                Outcome::Refused,
+            )
+            .detail("the recipe's author can no longer release; release it by hand"),
+        )
+        .await?;
+        return Ok(());
+    };
+    let principal = crate::auth::Principal {
+        user_id: author.id,
+        name: author.name.clone(),
+        role: author.role(),
+        via: crate::auth::Via::Session,
+    };
+    match crate::rollouts::start(
+        env.pool,
+        env.settings,
+        &principal,
+        None,
+        image_id,
+        crate::rollouts::Kind::Release,
+        &crate::rollouts::RolloutInput::default(),
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(crate::web::error::AppError::Conflict(why)) => {
+            audit::record(
+                env.pool,
+                AuditEvent::system(
+                    "bake.release",
+                    format!("bake:{}", bake.id),
+                    Outcome::Refused,
+                )
+                .detail(why),
+            )
+            .await?;
+            Ok(())
+        }
+        Err(e) => Err(TaskError::Retryable(anyhow::anyhow!("{e}"))),
+    }
+}
+
+/// The janitor: terminates every builder whose bake is over (or that has no bake), e.g. one
+/// adopted by the reconciler or left by a bake whose clean-up never ran.
+pub async fn sweep_builders(pool: &PgPool) -> sqlx::Result<usize> {
+    let stray = crate::db::bakes::stray_builders(pool).await?;
+    for id in &stray {
+        let mut tx = pool.begin().await?;
+        terminate_builder(&mut tx, id, "no running bake (janitor)").await?;
+        tx.commit().await?;
+    }
+    Ok(stray.len())
+}
