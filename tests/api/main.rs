@@ -4,6 +4,7 @@
 mod account;
 mod assets_and_headers;
 mod audit_api;
+mod bakes;
 mod browser;
 mod cli;
 mod cloud_aws;

@@ -1,0 +1,487 @@
+//! The bake pipeline end to end with the local provider: a real builder (a `kiln agent`
+//! process) runs the recipe's setup and tests as pinned jobs; a passing bake makes exactly
+//! one tagged image (and releases it when asked), a failing one leaves no launchable image
+//! and no builder; cancel; the GitHub webhook's signatures, branches and redeliveries.
+
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::helpers::{TestApp, spawn_app_with};
+use crate::jobs::{eventually, get_json, post, stop_fleet};
+
+async fn bake_app(configure: impl FnOnce(&mut kiln::config::Settings)) -> (TestApp, String) {
+    let app = spawn_app_with(|s| {
+        s.heartbeat = 1;
+        s.job_lease = 4;
+        s.reconcile_interval = 2;
+        s.task_poll = 1;
+        s.health_timeout = 60;
+        configure(s);
+    })
+    .await;
+    let token = app.token_for("admin").await;
+    (app, token)
+}
+
+async fn base_image(app: &TestApp) -> String {
+    eventually(30, "the base image is current", || async {
+        sqlx::query_scalar::<_, String>("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+async fn recipe(app: &TestApp, token: &str, body: Value) -> i64 {
+    let res = post(app, token, "/api/v1/recipes", body).await;
+    let status = res.status();
+    let recipe: Value = res.json().await.unwrap();
+    assert_eq!(status, 201, "{recipe}");
+    recipe["id"].as_i64().unwrap()
+}
+
+async fn bake(app: &TestApp, token: &str, recipe_id: i64) -> i64 {
+    let res = post(
+        app,
+        token,
+        "/api/v1/bakes",
+        json!({ "recipe_id": recipe_id }),
+    )
+    .await;
+    let status = res.status();
+    let bake: Value = res.json().await.unwrap();
+    assert_eq!(status, 202, "{bake}");
+    assert_eq!(bake["state"], "running");
+    bake["id"].as_i64().unwrap()
+}
+
+async fn bake_ends(app: &TestApp, token: &str, id: i64, secs: u64) -> Value {
+    eventually(secs, &format!("bake {id} ends"), || async {
+        let b = get_json(app, token, &format!("/api/v1/bakes/{id}")).await;
+        (b["state"] != "running").then_some(b)
+    })
+    .await
+}
+
+async fn builders_gone(app: &TestApp) {
+    eventually(30, "no builder is left running", || async {
+        let live = app
+            .count(
+                "SELECT count(*) FROM servers WHERE purpose = 'builder' AND state <> 'terminated'",
+            )
+            .await;
+        let local: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM local_instances i JOIN servers s ON s.id = i.id
+             WHERE s.purpose = 'builder' AND i.state <> 'terminated'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (live == 0 && local == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_passing_bake_makes_one_tagged_image_and_releases_it() {
+    let (app, token) = bake_app(|_| {}).await;
+    let base = base_image(&app).await;
+    let recipe_id = recipe(
+        &app,
+        &token,
+        json!({
+            "name": "ci-worker", "base_image_id": base,
+            "setup_script": "echo installing toolchain; echo setup-done > marker",
+            "test_command": "echo running vm-tester; test \"$(uname)\" = Linux",
+            "auto_release": true,
+        }),
+    )
+    .await;
+    let id = bake(&app, &token, recipe_id).await;
+    let done = bake_ends(&app, &token, id, 120).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let steps: Vec<(String, String)> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_owned(),
+                s["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "launch",
+            "setup",
+            "test",
+            "create_image",
+            "wait_image",
+            "done"
+        ]
+    );
+    assert!(
+        steps.iter().all(|(_, state)| state == "succeeded"),
+        "{steps:?}"
+    );
+
+    // Exactly one image, available, with its version and the bake's tags at the provider.
+    let image = done["image_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.count("SELECT count(*) FROM images WHERE bake_id IS NOT NULL")
+            .await,
+        1
+    );
+    let (state, version, name): (String, String, String) =
+        sqlx::query_as("SELECT state, version, name FROM images WHERE id = $1")
+            .bind(&image)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), version.as_str(), name.as_str()),
+        ("available", "1", "ci-worker")
+    );
+    let tags: Value = sqlx::query_scalar("SELECT tags FROM local_images WHERE id = $1")
+        .bind(&image)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(tags["kiln:bake"], id.to_string());
+    assert_eq!(tags["kiln:recipe"], "ci-worker");
+    assert_eq!(tags["kiln:version"], "1");
+    assert_eq!(
+        app.count("SELECT count(*) FROM local_images WHERE tags->>'kiln:bake' IS NOT NULL")
+            .await,
+        1,
+        "one image at the provider"
+    );
+
+    // The setup and the tests ran on the builder only, their output kept as the bake's log.
+    let builder = done["builder_id"].as_str().unwrap().to_owned();
+    let jobs: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT state, server_id, pinned_server_id FROM jobs WHERE labels->>'bake' = $1 ORDER BY id",
+    )
+    .bind(id.to_string())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(jobs.len(), 2);
+    for (state, server, pinned) in &jobs {
+        assert_eq!(state, "succeeded");
+        assert_eq!(server.as_deref(), Some(builder.as_str()));
+        assert_eq!(pinned.as_deref(), Some(builder.as_str()));
+    }
+    let log: String = sqlx::query_scalar(
+        "SELECT string_agg(o.data, '' ORDER BY o.job_id, o.seq) FROM job_output o JOIN jobs j ON j.id = o.job_id
+         WHERE j.labels->>'bake' = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        log.contains("installing toolchain") && log.contains("running vm-tester"),
+        "{log}"
+    );
+
+    // The builder is thrown away; the image became current through a release.
+    builders_gone(&app).await;
+    let current = base_image(&app).await;
+    assert_eq!(current, image, "auto-release made the baked image current");
+    let rollout: String = sqlx::query_scalar("SELECT kind FROM rollouts WHERE to_image_id = $1")
+        .bind(&image)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rollout, "release");
+
+    // A second bake of the same recipe gets the next version.
+    let second = bake(&app, &token, recipe_id).await;
+    let b = get_json(&app, &token, &format!("/api/v1/bakes/{second}")).await;
+    assert_eq!(b["version"], 2);
+    bake_ends(&app, &token, second, 120).await;
+    stop_fleet(&app).await;
+}
+
+#[tokio::test]
+async fn a_failing_test_leaves_no_launchable_image_and_no_builder() {
+    let (app, token) = bake_app(|_| {}).await;
+    let base = base_image(&app).await;
+    let recipe_id = recipe(
+        &app,
+        &token,
+        json!({
+            "name": "broken", "base_image_id": base,
+            "setup_script": "echo ok", "test_command": "echo 3 tests failed >&2; exit 3",
+            "auto_release": true,
+        }),
+    )
+    .await;
+    let id = bake(&app, &token, recipe_id).await;
+    let done = bake_ends(&app, &token, id, 120).await;
+    assert_eq!(done["state"], "failed");
+    assert_eq!(done["step"], "test");
+    let failure = done["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("integration tests failed") && failure.contains("exit code 3"),
+        "{failure}"
+    );
+    assert!(done["image_id"].is_null());
+    assert_eq!(
+        app.count("SELECT count(*) FROM images WHERE bake_id IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM local_images WHERE tags->>'kiln:bake' IS NOT NULL")
+            .await,
+        0
+    );
+    builders_gone(&app).await;
+    assert_eq!(base_image(&app).await, base, "nothing was released");
+    stop_fleet(&app).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_bake_stops_its_job_and_its_builder() {
+    let (app, token) = bake_app(|_| {}).await;
+    let base = base_image(&app).await;
+    let recipe_id = recipe(
+        &app,
+        &token,
+        json!({"name": "slow", "base_image_id": base, "setup_script": "sleep 600", "test_command": "true"}),
+    )
+    .await;
+    let id = bake(&app, &token, recipe_id).await;
+    eventually(60, "the setup runs", || async {
+        let b = get_json(&app, &token, &format!("/api/v1/bakes/{id}")).await;
+        (b["step"] == "setup").then_some(())
+    })
+    .await;
+    let res = post(
+        &app,
+        &token,
+        &format!("/api/v1/bakes/{id}/cancel"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let b: Value = res.json().await.unwrap();
+    assert_eq!(b["state"], "cancelled");
+    builders_gone(&app).await;
+    let setup: String = sqlx::query_scalar(
+        "SELECT state FROM jobs WHERE labels->>'bake' = $1 AND labels->>'step' = 'setup'",
+    )
+    .bind(id.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(setup, "cancelled");
+    // A second cancel is a no-op; the audit names who cancelled.
+    let res = post(
+        &app,
+        &token,
+        &format!("/api/v1/bakes/{id}/cancel"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        app.audit()
+            .await
+            .iter()
+            .any(|a| a.action == "bake.cancel" && a.actor == "admin")
+    );
+    stop_fleet(&app).await;
+}
+
+#[tokio::test]
+async fn bad_recipes_and_bakes_are_refused_and_change_nothing() {
+    let (app, token) = bake_app(|_| {}).await;
+    let base = base_image(&app).await;
+    for (body, status, says) in [
+        (
+            json!({"name": "Bad Name", "base_image_id": base, "setup_script": "x", "test_command": "y"}),
+            400,
+            "Recipe name",
+        ),
+        (
+            json!({"name": "a", "base_image_id": base, "test_command": "y"}),
+            400,
+            "setup script",
+        ),
+        (
+            json!({"name": "a", "base_image_id": base, "setup_script": "x"}),
+            400,
+            "test command",
+        ),
+        (
+            json!({"name": "a", "base_image_id": "ami-local-nope", "setup_script": "x", "test_command": "y"}),
+            400,
+            "no image",
+        ),
+        (
+            json!({"name": "a", "base_image_id": base, "setup_script": "x", "test_command": "y", "instance_type": "z9.huge"}),
+            400,
+            "Instance type",
+        ),
+        (
+            json!({"name": "a", "base_image_id": base, "setup_script": "x", "test_command": "y", "test_timeout_s": 0}),
+            400,
+            "test_timeout_s",
+        ),
+        (
+            json!({"name": "a", "base_image_id": base, "git_url": "ftp://x", "setup_path": "s.sh", "test_command": "y"}),
+            400,
+            "git repository URL",
+        ),
+        (
+            json!({"name": "a", "base_image_id": base, "git_url": "https://x/r.git", "setup_path": "../s.sh", "test_command": "y"}),
+            400,
+            "relative",
+        ),
+    ] {
+        let res = post(&app, &token, "/api/v1/recipes", body.clone()).await;
+        assert_eq!(res.status(), status, "{body}");
+        let why: Value = res.json().await.unwrap();
+        assert!(
+            why["error"].as_str().unwrap().contains(says),
+            "{why} for {body}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM recipes").await, 0);
+    recipe(
+        &app,
+        &token,
+        json!({"name": "a", "base_image_id": base, "setup_script": "x", "test_command": "y"}),
+    )
+    .await;
+    let res = post(
+        &app,
+        &token,
+        "/api/v1/recipes",
+        json!({"name": "a", "base_image_id": base, "setup_script": "x", "test_command": "y"}),
+    )
+    .await;
+    assert_eq!(res.status(), 409);
+
+    let res = post(&app, &token, "/api/v1/bakes", json!({"recipe_id": 999})).await;
+    assert_eq!(res.status(), 404);
+    let res = post(&app, &token, "/api/v1/bakes", json!({"recipe": 1})).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(app.count("SELECT count(*) FROM bakes").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM launches").await, 0);
+
+    // A viewer may read, not bake.
+    app.create_user("watcher", kiln::domain::Role::Viewer).await;
+    let viewer = app.token_for("watcher").await;
+    let res = post(&app, &viewer, "/api/v1/bakes", json!({"recipe_id": 1})).await;
+    assert_eq!(res.status(), 403);
+    let res = post(&app, &viewer, "/api/v1/recipes", json!({})).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        get_json(&app, &viewer, "/api/v1/recipes")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) FROM bakes").await, 0);
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn deliver(app: &TestApp, secret: &str, delivery: &str, body: &Value) -> reqwest::Response {
+    let bytes = serde_json::to_vec(body).unwrap();
+    reqwest::Client::new()
+        .post(app.url("/hooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", sign(secret, &bytes))
+        .header("Content-Type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_github_webhook_bakes_pushes_to_its_branch_once_per_delivery() {
+    let secret = "s3cret-for-tests";
+    let (app, token) = bake_app(|s| {
+        s.webhook_secret = Some(secret.into());
+        s.webhook_branch = "main".into();
+        s.webhook_recipe = Some("hooked".into());
+    })
+    .await;
+    let base = base_image(&app).await;
+    recipe(
+        &app,
+        &token,
+        json!({"name": "hooked", "base_image_id": base, "setup_script": "true", "test_command": "true"}),
+    )
+    .await;
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let push = json!({"ref": "refs/heads/main", "after": sha, "deleted": false});
+
+    // Bad or missing signatures: 401, nothing baked.
+    let bytes = serde_json::to_vec(&push).unwrap();
+    for signature in [
+        None,
+        Some("sha256=00".to_owned()),
+        Some(sign("wrong", &bytes)),
+    ] {
+        let mut req = reqwest::Client::new()
+            .post(app.url("/hooks/github"))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", "d-bad")
+            .body(bytes.clone());
+        if let Some(s) = signature {
+            req = req.header("X-Hub-Signature-256", s);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 401);
+    }
+    // Another branch: 202, no bake.
+    let other = json!({"ref": "refs/heads/feature", "after": sha});
+    assert_eq!(deliver(&app, secret, "d-other", &other).await.status(), 202);
+    assert_eq!(app.count("SELECT count(*) FROM bakes").await, 0);
+
+    // The branch: a bake at the pushed commit; the same delivery again: the same bake.
+    let res = deliver(&app, secret, "d-1", &push).await;
+    assert_eq!(res.status(), 202);
+    let first: Value = res.json().await.unwrap();
+    assert_eq!(first["source_revision"], sha);
+    let res = deliver(&app, secret, "d-1", &push).await;
+    assert_eq!(res.status(), 200);
+    let again: Value = res.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(app.count("SELECT count(*) FROM bakes").await, 1);
+    let (trigger, by): (String, String) = sqlx::query_as("SELECT trigger, started_by FROM bakes")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!((trigger.as_str(), by.as_str()), ("webhook", "github"));
+    let id = first["id"].as_i64().unwrap();
+    let done = bake_ends(&app, &token, id, 120).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let revision: String =
+        sqlx::query_scalar("SELECT source_revision FROM images WHERE bake_id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(revision, sha);
+    builders_gone(&app).await;
+    stop_fleet(&app).await;
+}
