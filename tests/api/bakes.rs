@@ -485,3 +485,203 @@ async fn the_github_webhook_bakes_pushes_to_its_branch_once_per_delivery() {
     builders_gone(&app).await;
     stop_fleet(&app).await;
 }
+
+/// `kiln_ec2_calls_total` per action, from the console's `/metrics`.
+async fn ec2_calls(base: &str) -> std::collections::BTreeMap<String, f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("kiln_ec2_calls_total{"))
+        .filter_map(|l| {
+            let action = l.split("action=\"").nth(1)?.split('"').next()?.to_owned();
+            let n: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((action, n))
+        })
+        .fold(Default::default(), |mut m, (a, n)| {
+            *m.entry(a).or_insert(0.0) += n;
+            m
+        })
+}
+
+/// The aws provider against moto. Moto runs no instance, so the test plays the builder's boot
+/// (what its user-data does on EC2): it starts `kiln agent` for the builder's instance id with
+/// an enrollment token. The bake makes exactly one AMI, named and tagged for its bake, and
+/// terminates the builder at the provider.
+#[tokio::test]
+async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
+    use kiln::cloud::{ImageQuery, Provider, ServerFilter, ServerState, describe_all};
+    use tokio::io::AsyncBufReadExt;
+
+    let db = crate::helpers::fresh_database_url();
+    let endpoint = format!("http://127.0.0.1:{}", crate::moto::moto_port());
+    let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
+    let mut console = crate::cli::serve_aws(
+        &db,
+        &endpoint,
+        &fleet,
+        &[("KILN_TASK_POLL", "1"), ("KILN_HEARTBEAT", "1")],
+    );
+    let mut stderr = tokio::io::BufReader::new(console.stderr.take().unwrap()).lines();
+    let listening = crate::cli::line_with(&mut stderr, "kiln console listening").await;
+    let port: u16 = listening
+        .split("port=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let base = format!("http://127.0.0.1:{port}");
+    let token = crate::cli::admin_token(&db).await;
+    let pool = kiln::db::connect(&db).await.unwrap();
+    let api = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        api.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let seeded = "ami-1e749f67";
+    let res = post(
+        "/api/v1/images",
+        json!({"id": seeded, "name": "ubuntu", "version": "1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    eventually(30, "the base AMI is adopted", || async {
+        let state: String = sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
+            .bind(seeded)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (state == "available").then_some(())
+    })
+    .await;
+    let res = post(
+        "/api/v1/recipes",
+        json!({"name": "aws-ci", "base_image_id": seeded, "setup_script": "echo set up",
+               "test_command": "echo tested", "instance_type": "t3.micro"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let recipe_id = res.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let before = ec2_calls(&base).await;
+    let res = post("/api/v1/bakes", json!({ "recipe_id": recipe_id }))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let get = |id: i64| {
+        let api = api.clone();
+        let url = format!("{base}/api/v1/bakes/{id}");
+        let token = token.clone();
+        async move {
+            api.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let builder: String = eventually(60, "the builder is launched", || async {
+        get(id).await["builder_id"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(builder.starts_with("i-"), "{builder}");
+
+    // The builder boots: its agent registers with an enrollment token for this instance.
+    let enrollment = kiln::auth::token::Secret::generate(kiln::auth::token::ENROLLMENT_PREFIX);
+    let mut conn = pool.acquire().await.unwrap();
+    kiln::db::tokens::create_enrollment(&mut conn, &enrollment.hash(), Some(&builder), 600)
+        .await
+        .unwrap();
+    drop(conn);
+    let _agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "agent",
+            "--url",
+            &base,
+            "--token",
+            enrollment.expose(),
+            "--instance-id",
+            &builder,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let done: Value = eventually(120, "the bake ends", || async {
+        let b = get(id).await;
+        (b["state"] != "running").then_some(b)
+    })
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let ami = done["image_id"].as_str().unwrap().to_owned();
+    assert!(ami.starts_with("ami-") && ami != seeded, "{ami}");
+
+    // At the provider: one AMI for this bake, with its name and tags.
+    let (aws, _) = crate::moto::provider(endpoint.clone(), &fleet, 3).await;
+    let query = ImageQuery {
+        owners: vec!["self".into()],
+        tags: vec![("kiln:bake".into(), id.to_string())],
+    };
+    let found = aws.list_images(&query, None).await.unwrap().items;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let image = &found[0];
+    assert_eq!(image.id, ami);
+    assert_eq!(image.name, format!("kiln/{fleet}/aws-ci/v1"));
+    assert_eq!(
+        image.tags.get("kiln:recipe").map(String::as_str),
+        Some("aws-ci")
+    );
+    assert_eq!(
+        image.tags.get("kiln:version").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        image.tags.get("kiln:fleet").map(String::as_str),
+        Some(fleet.as_str())
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
+        .bind(&ami)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "available");
+
+    // The builder is terminated at the provider.
+    eventually(60, "the builder is terminated at the provider", || async {
+        let filter = ServerFilter {
+            ids: vec![builder.clone()],
+            ..ServerFilter::fleet(&fleet)
+        };
+        let servers = describe_all(&aws, &filter).await.unwrap();
+        servers
+            .iter()
+            .all(|s| s.state == ServerState::Terminated)
+            .then_some(())
+    })
+    .await;
+    let after = ec2_calls(&base).await;
+    let used: Vec<String> = after
+        .iter()
+        .map(|(a, n)| (a, n - before.get(a).copied().unwrap_or(0.0)))
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(a, n)| format!("{a} {n}"))
+        .collect();
+    println!("EC2 calls for one bake (the reconciler's describes included): {used:?}");
+    assert_eq!(after.get("RunInstances"), Some(&1.0));
+    assert_eq!(after.get("CreateImage"), Some(&1.0));
+    console.kill().await.unwrap();
+}
