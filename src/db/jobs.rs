@@ -98,7 +98,15 @@ pub async fn insert(conn: &mut PgConnection, job: &NewJob<'_>) -> sqlx::Result<J
     .bind(job.enqueued_by)
     .fetch_one(&mut *conn)
     .await?;
-    notify(&mut *conn, 1).await?;
+    if job.pinned_server_id.is_some() {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(crate::jobs::wakeups::PINNED)
+            .execute(&mut *conn)
+            .await?;
+    } else {
+        notify(&mut *conn, 1).await?;
+    }
     Ok(row)
 }
 

@@ -17,6 +17,9 @@ use crate::db::jobs::CHANNEL;
 /// waiting claims worth waking one by one.
 const MAX_WAKEUPS_PER_NOTIFY: usize = 10_000;
 
+/// The payload of a notification for a job pinned to one server: every waiting claim looks.
+pub const PINNED: &str = "all";
+
 #[derive(Clone, Default)]
 pub struct Wakeups {
     notify: Arc<Notify>,
@@ -84,6 +87,10 @@ impl Wakeups {
             loop {
                 tokio::select! {
                     message = listener.recv() => match message {
+                        // "all": a job only one server may take (a builder's pinned step);
+                        // waking one waiter could wake another server, which would go back
+                        // to waiting with the wake-up spent.
+                        Ok(n) if n.payload() == PINNED => self.wake_all(),
                         Ok(n) => self.wake(n.payload().parse().unwrap_or(1)),
                         Err(e) => {
                             tracing::warn!(error = %e, "job wake-up listener lost its connection; reconnecting");

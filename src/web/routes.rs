@@ -68,7 +68,11 @@ route_table! {
     GET  "/rollouts"                  VIEWER => pages::rollouts::list;
     GET  "/rollouts/{id}"             VIEWER => pages::rollouts::show;
     POST "/rollouts/{id}/{action}"    OPERATOR => pages::rollouts::control;
-    GET  "/bakes"                     VIEWER => pages::coming_soon::show;
+    GET  "/bakes"                     VIEWER => pages::bakes::list;
+    POST "/bakes"                     OPERATOR => pages::bakes::start;
+    POST "/bakes/recipes"             OPERATOR => pages::bakes::create_recipe;
+    GET  "/bakes/{id}"                VIEWER => pages::bakes::show;
+    POST "/bakes/{id}/cancel"         OPERATOR => pages::bakes::cancel;
     GET  "/jobs"                      VIEWER => pages::jobs::list;
     POST "/jobs"                      OPERATOR => pages::jobs::enqueue;
     GET  "/jobs/{id}"                 VIEWER => pages::jobs::show;

@@ -685,3 +685,180 @@ async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
     assert_eq!(after.get("CreateImage"), Some(&1.0));
     console.kill().await.unwrap();
 }
+
+/// kill -9 of the console mid-bake: started again, it finishes the bake with one builder,
+/// one image.
+#[tokio::test]
+async fn a_console_killed_mid_bake_finishes_it_after_a_restart() {
+    let db = crate::helpers::fresh_database_url();
+    let fleet = format!("b-{}", uuid::Uuid::new_v4().simple());
+    let port = crate::jobs::free_port();
+    let start_console =
+        || crate::jobs::start_console(&db, port, &fleet, &[("KILN_TASK_LEASE", "3")]);
+    let mut console = start_console().await;
+    let token = crate::cli::admin_token(&db).await;
+    let pool = kiln::db::connect(&db).await.unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let image: String = eventually(30, "the base image is current", || async {
+        sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    let post = |path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let res = post(
+        "/api/v1/recipes",
+        json!({"name": "restart", "base_image_id": image,
+               "setup_script": "sleep 4; echo set up", "test_command": "echo tested"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let recipe_id = res.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let res = post("/api/v1/bakes", json!({ "recipe_id": recipe_id }))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    eventually(60, "the setup runs on the builder", || async {
+        (count("SELECT count(*) FROM bakes WHERE step = 'setup'").await == 1).then_some(())
+    })
+    .await;
+
+    console.kill().await.unwrap();
+    let mut console = start_console().await;
+    eventually(120, "the bake succeeds", || async {
+        (count("SELECT count(*) FROM bakes WHERE state = 'succeeded'").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count("SELECT count(*) FROM local_instances i JOIN servers s ON s.id = i.id WHERE s.purpose = 'builder'")
+            .await,
+        1,
+        "one builder, never a second"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM images WHERE bake_id IS NOT NULL AND state = 'available'")
+            .await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM local_images WHERE tags->>'kiln:bake' IS NOT NULL").await,
+        1
+    );
+    eventually(30, "the builder is terminated", || async {
+        (count("SELECT count(*) FROM servers WHERE purpose = 'builder' AND state <> 'terminated'")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    crate::jobs::stop_agents(&pool).await;
+    crate::cli::sigterm_and_wait(&mut console).await;
+}
+
+/// The Bakes page: a recipe added through the form (a refused one shown again with the
+/// reason and what was typed), baked with its button, watched on the bake's page.
+#[tokio::test]
+async fn the_bakes_page_adds_a_recipe_and_bakes_it() {
+    let (app, _token) = bake_app(|_| {}).await;
+    let base = base_image(&app).await;
+    let ops = app.user_client("ops", kiln::domain::Role::Operator).await;
+    let res = app
+        .post_form(
+            &ops,
+            "/bakes",
+            "/bakes/recipes",
+            &[
+                ("name", "Web Tier"),
+                ("base_image_id", &base),
+                ("setup_script", "true"),
+                ("test_command", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("form-error") && html.contains("Recipe name"),
+        "the reason is shown"
+    );
+    assert!(
+        html.contains("value=\"Web Tier\""),
+        "what was typed is kept"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM recipes").await, 0);
+
+    let res = app
+        .post_form(
+            &ops,
+            "/bakes",
+            "/bakes/recipes",
+            &[
+                ("name", "web"),
+                ("base_image_id", &base),
+                ("setup_script", "echo preparing web"),
+                ("test_command", "echo web tests ok"),
+                ("instance_type", "t3.small"),
+                ("setup_timeout_s", "600"),
+                ("test_timeout_s", "300"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let recipe_id: i64 = sqlx::query_scalar("SELECT id FROM recipes WHERE name = 'web'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let page = app.get(&ops, "/bakes").await.text().await.unwrap();
+    assert!(page.contains("Bake web"), "each recipe has its Bake button");
+    let res = app
+        .post_form(
+            &ops,
+            "/bakes",
+            "/bakes",
+            &[("recipe_id", &recipe_id.to_string())],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let location = crate::helpers::location(&res);
+    assert!(location.starts_with("/bakes/"), "{location}");
+    eventually(120, "the bake page shows it succeeded", || async {
+        let html = app.get(&ops, &location).await.text().await.unwrap();
+        (html.contains("id=\"bake-state\">succeeded") && html.contains("web tests ok"))
+            .then_some(())
+    })
+    .await;
+
+    // A viewer sees the bakes and recipes but no button or form.
+    let viewer = app.user_client("watcher", kiln::domain::Role::Viewer).await;
+    let page = app.get(&viewer, "/bakes").await.text().await.unwrap();
+    assert!(page.contains(">web</strong>"));
+    assert!(!page.contains("Bake web") && !page.contains("New recipe"));
+    let res = app
+        .post_form(
+            &viewer,
+            "/bakes",
+            "/bakes",
+            &[("recipe_id", &recipe_id.to_string())],
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    builders_gone(&app).await;
+    stop_fleet(&app).await;
+}

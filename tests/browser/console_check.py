@@ -145,6 +145,22 @@ def main() -> int:
         assert page.locator("#series tbody tr").count() == 2
         page.screenshot(path=f"{out}/dashboard_chart.png", full_page=True)
         print("built a dashboard with a stacked chart of two series")
+
+        # A recipe from the Bakes page, baked with its button; the bake page follows it live.
+        page.goto(f"{base}/bakes")
+        page.fill("#recipe-name", "browser-worker")
+        page.fill("#recipe-setup", "echo installing the toolchain")
+        page.fill("#recipe-test", "echo all integration tests passed")
+        page.get_by_role("button", name="Add recipe").click()
+        page.get_by_text("Added the recipe browser-worker.").wait_for()
+        page.get_by_role("button", name="Bake browser-worker").click()
+        page.wait_for_url(f"{base}/bakes/*")
+        page.locator("#bake-state.state-succeeded").wait_for(timeout=60000)
+        page.get_by_text("all integration tests passed").wait_for()
+        page.screenshot(path=f"{out}/bake.png", full_page=True)
+        page.goto(f"{base}/bakes")
+        page.screenshot(path=f"{out}/bakes.png", full_page=True)
+        print("baked an image from the Bakes page")
         browser.close()
     for e in errors:
         print(e)

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod bakes;
 pub mod coming_soon;
 pub mod dashboard_edit;
 pub mod dashboards;
