@@ -342,3 +342,27 @@ pub async fn stray_builders(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>
     .fetch_all(db)
     .await
 }
+
+/// The bake that made an image: (bake id, recipe name, version).
+pub async fn of_image(
+    db: impl PgExecutor<'_>,
+    image_id: &str,
+) -> sqlx::Result<Option<(i64, String, i32)>> {
+    sqlx::query_as(
+        "SELECT b.id, r.name, b.version FROM bakes b JOIN recipes r ON r.id = b.recipe_id
+         WHERE b.image_id = $1",
+    )
+    .bind(image_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Bakes in progress, for the Overview: (id, recipe, version, step).
+pub async fn running(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(i64, String, i32, String)>> {
+    sqlx::query_as(
+        "SELECT b.id, r.name, b.version, b.step FROM bakes b JOIN recipes r ON r.id = b.recipe_id
+         WHERE b.state = 'running' ORDER BY b.id DESC LIMIT 5",
+    )
+    .fetch_all(db)
+    .await
+}

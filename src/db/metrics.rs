@@ -329,8 +329,8 @@ pub async fn insert_annotation(
     .await
 }
 
-/// A marker on a chart: a posted annotation, or a release / rollback from the fleet's own
-/// records.
+/// A marker on a chart: a posted annotation, or a release / rollback / finished bake from the
+/// fleet's own records.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Marker {
     pub t: i64,
@@ -350,6 +350,10 @@ pub async fn markers(
          UNION ALL
          SELECT floor(extract(epoch FROM r.created_at))::BIGINT, r.kind || ' #' || r.id || ' to ' || r.to_image_id, r.kind || 's'
          FROM rollouts r WHERE r.created_at >= $1 AND r.created_at < $2
+         UNION ALL
+         SELECT floor(extract(epoch FROM b.finished_at))::BIGINT, 'bake #' || b.id || ' ' || r.name || ' v' || b.version, 'bakes'
+         FROM bakes b JOIN recipes r ON r.id = b.recipe_id
+         WHERE b.state = 'succeeded' AND b.finished_at >= $1 AND b.finished_at < $2
          ORDER BY 1 LIMIT 500",
     )
     .bind(from)

@@ -201,6 +201,39 @@ async fn a_passing_bake_makes_one_tagged_image_and_releases_it() {
         .unwrap();
     assert_eq!(rollout, "release");
 
+    // The image's page leads to its bake (log and test report).
+    let admin = app.admin().await;
+    let page = app
+        .get(&admin, &format!("/images/{image}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("href=\"/bakes/{id}\"")),
+        "the image links its bake"
+    );
+
+    // The Metrics page's charts draw the bake as a marker.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let markers: Value = app
+        .get(
+            &admin,
+            &format!("/dashboards/markers?from={}&to={}", now - 3600, now + 1),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        markers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["stream"] == "bakes" && m["title"] == format!("bake #{id} ci-worker v1")),
+        "{markers}"
+    );
+
     // A second bake of the same recipe gets the next version.
     let second = bake(&app, &token, recipe_id).await;
     let b = get_json(&app, &token, &format!("/api/v1/bakes/{second}")).await;
@@ -264,6 +297,12 @@ async fn a_cancelled_bake_stops_its_job_and_its_builder() {
         (b["step"] == "setup").then_some(())
     })
     .await;
+    let admin = app.admin().await;
+    let overview = app.get(&admin, "/").await.text().await.unwrap();
+    assert!(
+        overview.contains(&format!("href=\"/bakes/{id}\">#{id}</a> slow v1")),
+        "the Overview shows the bake in progress"
+    );
     let res = post(
         &app,
         &token,

@@ -191,6 +191,8 @@ struct ImagePage {
     rollouts: Vec<crate::web::pages::rollouts::RolloutView>,
     events: Vec<EventView>,
     defaults: crate::rollouts::RolloutSettings,
+    /// The bake that made it (its log and test report are on the bake's page).
+    bake: Option<(i64, String, i32)>,
 }
 
 pub struct ReleaseView {
@@ -222,9 +224,10 @@ pub async fn show(
         })
         .collect();
     let target = format!("image:{id}");
-    let (events, rollouts) = tokio::try_join!(
+    let (events, rollouts, bake) = tokio::try_join!(
         crate::db::audit::for_target(&state.pool, &target, 50),
         crate::db::rollouts::list(&state.pool, Some(&id), None, 50),
+        crate::db::bakes::of_image(&state.pool, &id),
     )?;
     let events = events.into_iter().map(EventView::from).collect();
     super::html(
@@ -237,6 +240,7 @@ pub async fn show(
             rollouts: rollouts.into_iter().map(Into::into).collect(),
             events,
             defaults: crate::rollouts::RolloutInput::default().resolve(&state.settings)?,
+            bake,
         },
         StatusCode::OK,
     )

@@ -23,6 +23,8 @@ pub struct OverviewPage {
     current: Option<String>,
     queue: QueueCounts,
     rollout: Option<RolloutView>,
+    /// Bakes in progress: (id, recipe, version, step).
+    bakes: Vec<(i64, String, i32, String)>,
     charts: Vec<super::dashboards::ChartView>,
     from: i64,
     to: i64,
@@ -30,13 +32,14 @@ pub struct OverviewPage {
 
 pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<OverviewPage, AppError> {
     let pool = &state.pool;
-    let (rows, users, servers, current, queue, rollout) = tokio::try_join!(
+    let (rows, users, servers, current, queue, rollout, bakes) = tokio::try_join!(
         crate::db::audit::page(pool, None, 10),
         crate::db::users::count(pool),
         crate::db::servers::counts_by_state(pool),
         crate::db::images::current_id(pool),
         crate::db::jobs::counts(pool),
         crate::db::rollouts::active(pool),
+        crate::db::bakes::running(pool),
     )?;
     let mut rows = rows;
     rows.truncate(10);
@@ -53,6 +56,7 @@ pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<Overview
         current,
         queue,
         rollout: rollout.map(Into::into),
+        bakes,
         charts: crate::metrics::dashboards::overview()
             .into_iter()
             .map(Into::into)
