@@ -123,6 +123,14 @@ pub struct Settings {
     #[arg(long, env = "KILN_MAX_SERVERS", default_value_t = 500)]
     pub max_servers: u32,
 
+    /// Old-image cleanup keeps the newest this many images of each name.
+    #[arg(long, env = "KILN_IMAGE_KEEP", default_value_t = 5)]
+    pub image_keep: u32,
+
+    /// Old-image cleanup keeps images younger than this many days.
+    #[arg(long, env = "KILN_IMAGE_MIN_AGE_DAYS", default_value_t = 14)]
+    pub image_min_age_days: u32,
+
     /// Instance types offered on the launch form (comma-separated; the local provider ignores them).
     #[arg(
         long,

@@ -1,6 +1,7 @@
 //! Fleet actions as users start them (pages and API alike): validate, write the database and
 //! enqueue the tasks in one transaction, audit — never call the cloud.
 
+pub mod image_cleanup;
 pub mod images;
 pub mod reconciler;
 pub mod servers;

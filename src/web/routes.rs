@@ -56,6 +56,8 @@ route_table! {
     GET  "/"                          VIEWER => pages::overview::show;
     GET  "/images"                    VIEWER => pages::images::list;
     POST "/images"                    OPERATOR => pages::images::add;
+    GET  "/images/cleanup"            VIEWER => pages::images::cleanup_preview;
+    POST "/images/cleanup"            OPERATOR => pages::images::cleanup;
     GET  "/images/{id}"               VIEWER => pages::images::show;
     POST "/images/{id}/deregister"    OPERATOR => pages::images::deregister;
     POST "/images/{id}/release"       OPERATOR => pages::rollouts::release;

@@ -901,3 +901,95 @@ async fn the_bakes_page_adds_a_recipe_and_bakes_it() {
     builders_gone(&app).await;
     stop_fleet(&app).await;
 }
+
+/// Old-image cleanup (Asgard's rule), previewed first: only images that are old, not current,
+/// not run by a server, not among the newest of their name and not a recipe's base go.
+#[tokio::test]
+async fn old_image_cleanup_previews_then_deregisters_only_what_qualifies() {
+    let (app, token) = bake_app(|s| {
+        s.image_keep = 1;
+        s.image_min_age_days = 7;
+    })
+    .await;
+    let base = base_image(&app).await;
+    // Four more images of one name: v1 and v2 old, v3 old but run by a server, v4 new.
+    let mut ids = Vec::new();
+    for v in 1..=4 {
+        let id = format!("ami-local-{v:017x}");
+        sqlx::query(
+            "INSERT INTO images (id, name, version, state, added_by, created_at)
+             VALUES ($1, 'api', $2, 'available', 'test', now() - make_interval(days => $3))",
+        )
+        .bind(&id)
+        .bind(v.to_string())
+        .bind(if v == 4 { 0 } else { 30 })
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    sqlx::query("INSERT INTO servers (id, image_id, state) VALUES ('i-local-00000000000000abc', $1, 'running')")
+        .bind(&ids[2])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // The base image is old too, but current and a recipe's base.
+    sqlx::query("UPDATE images SET created_at = now() - interval '60 days' WHERE id = $1")
+        .bind(&base)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    recipe(&app, &token, json!({"name": "keep-base", "base_image_id": base, "setup_script": "x", "test_command": "y"})).await;
+
+    let ops = app.user_client("ops", kiln::domain::Role::Operator).await;
+    let preview = app.get(&ops, "/images/cleanup").await.text().await.unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            preview.contains(id.as_str()),
+            i < 2,
+            "{id} in the preview: {}",
+            i < 2
+        );
+    }
+    assert!(!preview.contains(&format!("href=\"/images/{base}\"")));
+    assert!(preview.contains("Deregister these 2 images"));
+
+    // The confirmation deregisters what the preview showed and still qualifies; a forged id
+    // that does not qualify (the server's image) is left alone.
+    let list = format!("{},{},{}", ids[0], ids[1], ids[2]);
+    let res = app
+        .post_form(
+            &ops,
+            "/images/cleanup",
+            "/images/cleanup",
+            &[("ids", &list)],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let states: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, state FROM images WHERE name = 'api' ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let states: Vec<&str> = states.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(
+        states,
+        ["deregistered", "deregistered", "available", "available"]
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_events WHERE action = 'image.deregister' AND detail LIKE 'old-image cleanup%'")
+            .await,
+        2
+    );
+    let after = app.get(&ops, "/images/cleanup").await.text().await.unwrap();
+    assert!(after.contains("nothing to clean up"));
+    // A viewer sees the preview, not the button.
+    let viewer = app.user_client("watcher", kiln::domain::Role::Viewer).await;
+    let page = app
+        .get(&viewer, "/images/cleanup")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("Deregister these"));
+}

@@ -21,6 +21,8 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     ("GET", "/", Access::Role(Role::Viewer)),
     ("GET", "/images", Access::Role(Role::Viewer)),
     ("POST", "/images", Access::Role(Role::Operator)),
+    ("GET", "/images/cleanup", Access::Role(Role::Viewer)),
+    ("POST", "/images/cleanup", Access::Role(Role::Operator)),
     ("GET", "/images/{id}", Access::Role(Role::Viewer)),
     (
         "POST",

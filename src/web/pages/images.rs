@@ -267,3 +267,102 @@ pub async fn deregister(
     );
     Ok(see_other("/images"))
 }
+
+pub struct CleanupView {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub state: String,
+    pub created: When,
+}
+
+#[derive(Template)]
+#[template(path = "image_cleanup.html")]
+struct CleanupPage {
+    layout: Layout,
+    keep: u32,
+    min_age_days: u32,
+    images: Vec<CleanupView>,
+    ids: String,
+}
+
+fn cleanup_rule(state: &AppState) -> crate::fleet::image_cleanup::Rule {
+    crate::fleet::image_cleanup::Rule {
+        keep: state.settings.image_keep,
+        min_age_days: state.settings.image_min_age_days,
+    }
+}
+
+/// `GET /images/cleanup`: what the old-image cleanup would deregister now.
+pub async fn cleanup_preview(
+    layout: Layout,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let rule = cleanup_rule(&state);
+    let images: Vec<CleanupView> = crate::fleet::image_cleanup::candidates(&state.pool, rule)
+        .await?
+        .into_iter()
+        .map(|c| CleanupView {
+            id: c.id,
+            name: c.name,
+            version: c.version,
+            state: c.state,
+            created: when(c.created_at),
+        })
+        .collect();
+    let ids = images
+        .iter()
+        .map(|i| i.id.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    super::html(
+        &CleanupPage {
+            layout,
+            keep: rule.keep,
+            min_age_days: rule.min_age_days,
+            images,
+            ids,
+        },
+        StatusCode::OK,
+    )
+}
+
+#[derive(serde::Deserialize)]
+pub struct CleanupForm {
+    #[serde(default)]
+    ids: String,
+}
+
+/// `POST /images/cleanup`: deregisters the previewed images that still qualify.
+pub async fn cleanup(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    form: web::Form<CleanupForm>,
+) -> Result<HttpResponse, AppError> {
+    let ids: Vec<String> = form
+        .ids
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let gone = crate::fleet::image_cleanup::clean(
+        &state.pool,
+        &principal,
+        source_ip(&req),
+        cleanup_rule(&state),
+        &ids,
+    )
+    .await?;
+    flash(
+        &session,
+        match gone.len() {
+            0 => "Nothing was deregistered: none of those images qualifies any more.".to_owned(),
+            1 => "Deregistered 1 old image.".to_owned(),
+            n => format!("Deregistered {n} old images."),
+        },
+    );
+    Ok(see_other("/images"))
+}
