@@ -99,7 +99,7 @@ async fn launch(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<
         .ok_or_else(|| fatal(format!("launch {launch_id} does not exist")))?;
     let builder: Option<(String, String, Option<bool>)> = sqlx::query_as(
         "SELECT s.id, s.state,
-                a.last_heartbeat_at > now() - make_interval(secs => $2) AS healthy
+                coalesce(a.last_heartbeat_at, a.registered_at) > now() - make_interval(secs => $2) AS healthy
          FROM servers s LEFT JOIN agents a ON a.server_id = s.id
          WHERE s.launch_id = $1 ORDER BY s.launched_at LIMIT 1",
     )
@@ -607,4 +607,40 @@ pub async fn sweep_builders(pool: &PgPool) -> sqlx::Result<usize> {
         tx.commit().await?;
     }
     Ok(stray.len())
+}
+
+/// Tells a bake's step task, deferred while one of its jobs ran, to look now: called in the
+/// transaction that records the job's result, so a bake moves on as soon as its step's job
+/// ends rather than at its next scheduled look.
+pub async fn nudge_for_job(conn: &mut PgConnection, job_id: i64) -> sqlx::Result<()> {
+    let nudged = sqlx::query(
+        "UPDATE tasks SET run_at = now(), updated_at = now()
+         WHERE state = 'queued' AND run_at > now()
+           AND dedupe_key = (SELECT 'bake:' || (labels->>'bake') FROM jobs WHERE id = $1 AND labels ? 'bake')",
+    )
+    .bind(job_id)
+    .execute(&mut *conn)
+    .await?;
+    if nudged.rows_affected() > 0 {
+        crate::tasks::queue::notify(conn).await?;
+    }
+    Ok(())
+}
+
+/// Tells the bake whose builder's agent just registered to look now (its builder is up).
+pub async fn nudge_for_builder(conn: &mut PgConnection, server_id: &str) -> sqlx::Result<()> {
+    let nudged = sqlx::query(
+        "UPDATE tasks SET run_at = now(), updated_at = now()
+         WHERE state = 'queued' AND run_at > now()
+           AND dedupe_key IN (
+             SELECT 'bake:' || b.id FROM bakes b JOIN servers s ON s.launch_id = b.launch_id
+             WHERE s.id = $1 AND s.purpose = 'builder' AND b.state = 'running')",
+    )
+    .bind(server_id)
+    .execute(&mut *conn)
+    .await?;
+    if nudged.rows_affected() > 0 {
+        crate::tasks::queue::notify(conn).await?;
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 
 use crate::config::{Settings, default_database_url};
 
+pub mod bake;
 pub mod metrics;
 pub mod queue;
 pub mod rollout;
@@ -28,6 +29,8 @@ pub enum Suite {
     Rollout(rollout::RolloutArgs),
     /// Metrics: HTTP ingest vs COPY, chart query vs its SQL at 1M and 10M points, the page.
     Metrics(metrics::MetricsArgs),
+    /// Bakes: Kiln's own overhead per bake (all but the commands and the provider).
+    Bake(bake::BakeArgs),
 }
 
 /// `kiln bench` measures the fleet pages; `kiln bench queue` the work queue.
@@ -222,6 +225,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Suite::Queue(q)) => return queue::run(q).await,
         Some(Suite::Rollout(r)) => return rollout::run(r).await,
         Some(Suite::Metrics(m)) => return metrics::run(m).await,
+        Some(Suite::Bake(b)) => return bake::run(b).await,
         None => {}
     }
     let db = ThrowawayDb::new()?;

@@ -120,6 +120,7 @@ pub async fn register(
         .from_ip(crate::web::pages::source_ip(&req)),
     )
     .await?;
+    crate::bakes::advance::nudge_for_builder(&mut tx, &body.instance_id).await?;
     tx.commit().await?;
     state.agent_tokens.forget_server(&body.instance_id);
     Ok(HttpResponse::Ok().json(Registered {
@@ -346,6 +347,7 @@ pub async fn finish(
     .await?;
     match outcome {
         Finished::Recorded(job_state) => {
+            crate::bakes::advance::nudge_for_job(&mut tx, body.job_id).await?;
             tx.commit().await?;
             Ok(HttpResponse::Ok().json(serde_json::json!({ "job_state": job_state })))
         }
