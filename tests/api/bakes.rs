@@ -993,3 +993,56 @@ async fn old_image_cleanup_previews_then_deregisters_only_what_qualifies() {
         .unwrap();
     assert!(!page.contains("Deregister these"));
 }
+
+/// The janitor: a builder whose bake is over (or that has none, e.g. adopted with the builder
+/// tag) is terminated by the next reconcile.
+#[tokio::test]
+async fn the_janitor_terminates_a_builder_without_a_running_bake() {
+    let (app, token) = bake_app(|_| {}).await;
+    let base = base_image(&app).await;
+    let res = post(
+        &app,
+        &token,
+        "/api/v1/servers",
+        json!({"image_id": base, "count": 2}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let ids: Vec<String> = eventually(60, "two servers run", || async {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM servers WHERE state = 'running' ORDER BY id")
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        (ids.len() == 2).then_some(ids)
+    })
+    .await;
+    // One of them is a builder left behind (say, its bake's clean-up never ran).
+    sqlx::query("UPDATE servers SET purpose = 'builder' WHERE id = $1")
+        .bind(&ids[0])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    eventually(60, "the stray builder is terminated", || async {
+        let state: String = sqlx::query_scalar("SELECT state FROM servers WHERE id = $1")
+            .bind(&ids[0])
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        (state == "terminated").then_some(())
+    })
+    .await;
+    let worker: String = sqlx::query_scalar("SELECT state FROM servers WHERE id = $1")
+        .bind(&ids[1])
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(worker, "running", "workers are never the janitor's");
+    assert!(
+        app.audit()
+            .await
+            .iter()
+            .any(|a| a.action == "server.terminate" && a.detail.contains("janitor"))
+    );
+    stop_fleet(&app).await;
+}
