@@ -163,6 +163,66 @@ fn validate<'a>(input: &'a RecipeInput, settings: &'a Settings) -> Result<NewRec
     })
 }
 
+/// The base image must be in the catalogue and available.
+async fn check_base(conn: &mut sqlx::PgConnection, id: &str) -> Result<(), AppError> {
+    let base = crate::db::images::find(&mut *conn, id)
+        .await?
+        .ok_or_else(|| {
+            bad(format!(
+                "There is no image {id} in the catalogue to bake from."
+            ))
+        })?;
+    if base.state != "available" {
+        return Err(AppError::Conflict(format!(
+            "Image {} is {}; a recipe bakes from an available image.",
+            base.id, base.state
+        )));
+    }
+    Ok(())
+}
+
+/// Changes a recipe; bakes already started keep what they started with (their jobs and image
+/// name were fixed at their start), and its versions keep counting up.
+pub async fn update_recipe(
+    pool: &PgPool,
+    settings: &Settings,
+    principal: &Principal,
+    ip: Option<String>,
+    id: i64,
+    input: &RecipeInput,
+) -> Result<RecipeRow, AppError> {
+    let recipe = validate(input, settings)?;
+    let mut tx = pool.begin().await?;
+    check_base(&mut tx, recipe.base_image_id).await?;
+    match crate::db::bakes::update_recipe(&mut tx, id, &recipe).await? {
+        None => {
+            return Err(AppError::Conflict(format!(
+                "There is already a recipe called {:?}.",
+                recipe.name
+            )));
+        }
+        Some(false) => return Err(AppError::NotFound(format!("There is no recipe {id}."))),
+        Some(true) => {}
+    }
+    audit::record(
+        &mut *tx,
+        AuditEvent::by(
+            principal,
+            "recipe.update",
+            format!("recipe:{id}"),
+            Outcome::Ok,
+        )
+        .detail(format!("{:?} from {}", recipe.name, recipe.base_image_id))
+        .from_ip(ip),
+    )
+    .await?;
+    let row = crate::db::bakes::recipe(&mut *tx, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no recipe {id}.")))?;
+    tx.commit().await?;
+    Ok(row)
+}
+
 pub async fn create_recipe(
     pool: &PgPool,
     settings: &Settings,
@@ -172,20 +232,7 @@ pub async fn create_recipe(
 ) -> Result<RecipeRow, AppError> {
     let recipe = validate(input, settings)?;
     let mut tx = pool.begin().await?;
-    let base = crate::db::images::find(&mut *tx, recipe.base_image_id)
-        .await?
-        .ok_or_else(|| {
-            bad(format!(
-                "There is no image {} in the catalogue to bake from.",
-                recipe.base_image_id
-            ))
-        })?;
-    if base.state != "available" {
-        return Err(AppError::Conflict(format!(
-            "Image {} is {}; a recipe bakes from an available image.",
-            base.id, base.state
-        )));
-    }
+    check_base(&mut tx, recipe.base_image_id).await?;
     let row = crate::db::bakes::insert_recipe(&mut tx, &recipe, &principal.name, principal.user_id)
         .await?
         .ok_or_else(|| {

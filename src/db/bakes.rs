@@ -77,6 +77,45 @@ pub async fn insert_recipe(
     .await
 }
 
+/// Replaces a recipe's definition (its version counter stays). `None` when the name is taken
+/// by another recipe; `Some(false)` when the recipe does not exist.
+pub async fn update_recipe(
+    conn: &mut PgConnection,
+    id: i64,
+    r: &NewRecipe<'_>,
+) -> sqlx::Result<Option<bool>> {
+    let taken: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM recipes WHERE name = $1 AND id <> $2)")
+            .bind(r.name)
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if taken {
+        return Ok(None);
+    }
+    let done = sqlx::query(
+        "UPDATE recipes SET name = $2, base_image_id = $3, setup_script = $4, git_url = $5, git_ref = $6,
+             setup_path = $7, test_command = $8, instance_type = $9, setup_timeout_s = $10,
+             test_timeout_s = $11, auto_release = $12, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(r.name)
+    .bind(r.base_image_id)
+    .bind(r.setup_script)
+    .bind(r.git_url)
+    .bind(r.git_ref)
+    .bind(r.setup_path)
+    .bind(r.test_command)
+    .bind(r.instance_type)
+    .bind(r.setup_timeout_s)
+    .bind(r.test_timeout_s)
+    .bind(r.auto_release)
+    .execute(conn)
+    .await?;
+    Ok(Some(done.rows_affected() == 1))
+}
+
 pub async fn recipes(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<RecipeRow>> {
     sqlx::query_as(concat!(
         "SELECT ",

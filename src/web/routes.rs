@@ -73,6 +73,8 @@ route_table! {
     GET  "/bakes"                     VIEWER => pages::bakes::list;
     POST "/bakes"                     OPERATOR => pages::bakes::start;
     POST "/bakes/recipes"             OPERATOR => pages::bakes::create_recipe;
+    GET  "/bakes/recipes/{id}"        VIEWER => pages::bakes::show_recipe;
+    POST "/bakes/recipes/{id}"        OPERATOR => pages::bakes::update_recipe;
     GET  "/bakes/{id}"                VIEWER => pages::bakes::show;
     POST "/bakes/{id}/cancel"         OPERATOR => pages::bakes::cancel;
     GET  "/jobs"                      VIEWER => pages::jobs::list;
@@ -131,6 +133,7 @@ route_table! {
 
     GET  "/api/v1/recipes"            VIEWER => api::bakes::list_recipes;
     POST "/api/v1/recipes"            OPERATOR => api::bakes::create_recipe;
+    POST "/api/v1/recipes/{id}"       OPERATOR => api::bakes::update_recipe;
     GET  "/api/v1/bakes"              VIEWER => api::bakes::list;
     POST "/api/v1/bakes"              OPERATOR => api::bakes::start;
     GET  "/api/v1/bakes/{id}"         VIEWER => api::bakes::show;

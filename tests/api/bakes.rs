@@ -410,6 +410,38 @@ async fn bad_recipes_and_bakes_are_refused_and_change_nothing() {
     .await;
     assert_eq!(res.status(), 409);
 
+    let second = recipe(
+        &app,
+        &token,
+        json!({"name": "b", "base_image_id": base, "setup_script": "x", "test_command": "y"}),
+    )
+    .await;
+    let res = post(
+        &app,
+        &token,
+        &format!("/api/v1/recipes/{second}"),
+        json!({"name": "a", "base_image_id": base, "setup_script": "x", "test_command": "y"}),
+    )
+    .await;
+    assert_eq!(res.status(), 409, "renaming onto another recipe's name");
+    let res = post(
+        &app,
+        &token,
+        &format!("/api/v1/recipes/{second}"),
+        json!({"name": "b", "base_image_id": base, "setup_script": "x2", "test_command": "y"}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["setup_script"], "x2");
+    let res = post(
+        &app,
+        &token,
+        "/api/v1/recipes/999",
+        json!({"name": "c", "base_image_id": base, "setup_script": "x", "test_command": "y"}),
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+
     let res = post(&app, &token, "/api/v1/bakes", json!({"recipe_id": 999})).await;
     assert_eq!(res.status(), 404);
     let res = post(&app, &token, "/api/v1/bakes", json!({"recipe": 1})).await;
@@ -430,7 +462,7 @@ async fn bad_recipes_and_bakes_are_refused_and_change_nothing() {
             .as_array()
             .unwrap()
             .len(),
-        1
+        2
     );
     assert_eq!(app.count("SELECT count(*) FROM bakes").await, 0);
 }
@@ -884,8 +916,55 @@ async fn the_bakes_page_adds_a_recipe_and_bakes_it() {
     })
     .await;
 
+    // Edit the recipe: a refused change is shown with the reason; a good one applies to the
+    // next bakes and keeps the version counting.
+    let edit = format!("/bakes/recipes/{recipe_id}");
+    let form = app.get(&ops, &edit).await.text().await.unwrap();
+    assert!(form.contains("echo web tests ok") && form.contains("Save recipe"));
+    let fields = |test: &'static str, timeout: &'static str| {
+        vec![
+            ("name", "web"),
+            ("base_image_id", base.as_str()),
+            ("setup_script", "echo preparing web"),
+            ("test_command", test),
+            ("instance_type", "t3.small"),
+            ("setup_timeout_s", "600"),
+            ("test_timeout_s", timeout),
+        ]
+    };
+    let res = app
+        .post_form(&ops, &edit, &edit, &fields("echo v2 tests", "soon"))
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("Test timeout must be a whole number")
+    );
+    let res = app
+        .post_form(&ops, &edit, &edit, &fields("echo v2 tests", "900"))
+        .await;
+    assert_eq!(res.status(), 303);
+    let (test, timeout, next): (String, i32, i32) = sqlx::query_as(
+        "SELECT test_command, test_timeout_s, next_version FROM recipes WHERE id = $1",
+    )
+    .bind(recipe_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((test.as_str(), timeout, next), ("echo v2 tests", 900, 2));
+    assert!(
+        app.audit()
+            .await
+            .iter()
+            .any(|a| a.action == "recipe.update" && a.actor == "ops")
+    );
+
     // A viewer sees the bakes and recipes but no button or form.
     let viewer = app.user_client("watcher", kiln::domain::Role::Viewer).await;
+    let page = app.get(&viewer, &edit).await.text().await.unwrap();
+    assert!(!page.contains("Save recipe") && page.contains("echo v2 tests"));
     let page = app.get(&viewer, "/bakes").await.text().await.unwrap();
     assert!(page.contains(">web</strong>"));
     assert!(!page.contains("Bake web") && !page.contains("New recipe"));

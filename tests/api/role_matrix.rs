@@ -54,6 +54,8 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     ("GET", "/bakes", Access::Role(Role::Viewer)),
     ("POST", "/bakes", Access::Role(Role::Operator)),
     ("POST", "/bakes/recipes", Access::Role(Role::Operator)),
+    ("GET", "/bakes/recipes/{id}", Access::Role(Role::Viewer)),
+    ("POST", "/bakes/recipes/{id}", Access::Role(Role::Operator)),
     ("GET", "/bakes/{id}", Access::Role(Role::Viewer)),
     ("POST", "/bakes/{id}/cancel", Access::Role(Role::Operator)),
     ("GET", "/jobs", Access::Role(Role::Viewer)),
@@ -140,6 +142,7 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/series", Access::Role(Role::Viewer)),
     ("GET", "/api/v1/recipes", Access::Role(Role::Viewer)),
     ("POST", "/api/v1/recipes", Access::Role(Role::Operator)),
+    ("POST", "/api/v1/recipes/{id}", Access::Role(Role::Operator)),
     ("GET", "/api/v1/bakes", Access::Role(Role::Viewer)),
     ("POST", "/api/v1/bakes", Access::Role(Role::Operator)),
     ("GET", "/api/v1/bakes/{id}", Access::Role(Role::Viewer)),
@@ -278,6 +281,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/rollouts/{id}", "/rollouts/1")
         .replace("/dashboards/{id}", "/dashboards/1")
         .replace("/bakes/{id}", "/bakes/1")
+        .replace("/recipes/{id}", "/recipes/1")
         .replace("{chart}", "1")
         .replace("{n}", "0")
         .replace("{action}", "disable")

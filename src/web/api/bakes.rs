@@ -34,6 +34,28 @@ pub async fn create_recipe(
     Ok(HttpResponse::Created().json(recipe))
 }
 
+/// `POST /api/v1/recipes/{id}` (the whole recipe, as for a new one) -> 200 with the recipe.
+pub async fn update_recipe(
+    req: HttpRequest,
+    principal: Principal,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| AppError::NotFound(format!("There is no recipe {id}.")))?;
+    let input: RecipeInput = json_body(
+        &body,
+        "a JSON object with name, base_image_id, setup_script (or git_url and setup_path) and test_command",
+    )?;
+    let ip = crate::web::pages::source_ip(&req);
+    let recipe =
+        crate::bakes::update_recipe(&state.pool, &state.settings, &principal, ip, id, &input)
+            .await?;
+    Ok(HttpResponse::Ok().json(recipe))
+}
+
 #[derive(serde::Serialize)]
 pub struct BakeJson {
     #[serde(flatten)]

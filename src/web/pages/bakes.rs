@@ -94,6 +94,41 @@ pub struct RecipeForm {
     auto_release: Option<String>,
 }
 
+impl RecipeForm {
+    /// The form as the recipe input it stands for.
+    fn input(&self) -> Result<RecipeInput, AppError> {
+        Ok(RecipeInput {
+            name: self.name.clone(),
+            base_image_id: self.base_image_id.clone(),
+            setup_script: optional(&self.setup_script.replace("\r\n", "\n")),
+            git_url: optional(&self.git_url),
+            git_ref: optional(&self.git_ref),
+            setup_path: optional(&self.setup_path),
+            test_command: self.test_command.replace("\r\n", "\n"),
+            instance_type: optional(&self.instance_type),
+            setup_timeout_s: number("Setup timeout", &self.setup_timeout_s)?,
+            test_timeout_s: number("Test timeout", &self.test_timeout_s)?,
+            auto_release: Some(self.auto_release.is_some()),
+        })
+    }
+
+    fn of(r: &RecipeRow) -> Self {
+        Self {
+            name: r.name.clone(),
+            base_image_id: r.base_image_id.clone(),
+            setup_script: r.setup_script.clone(),
+            git_url: r.git_url.clone(),
+            git_ref: r.git_ref.clone(),
+            setup_path: r.setup_path.clone(),
+            test_command: r.test_command.clone(),
+            instance_type: r.instance_type.clone(),
+            setup_timeout_s: r.setup_timeout_s.to_string(),
+            test_timeout_s: r.test_timeout_s.to_string(),
+            auto_release: r.auto_release.then(|| "on".to_owned()),
+        }
+    }
+}
+
 async fn render(
     layout: Layout,
     state: &AppState,
@@ -164,22 +199,7 @@ pub async fn create_recipe(
     form: web::Form<RecipeForm>,
 ) -> Result<HttpResponse, AppError> {
     let form = form.into_inner();
-    let input = (|| {
-        Ok::<_, AppError>(RecipeInput {
-            name: form.name.clone(),
-            base_image_id: form.base_image_id.clone(),
-            setup_script: optional(&form.setup_script.replace("\r\n", "\n")),
-            git_url: optional(&form.git_url),
-            git_ref: optional(&form.git_ref),
-            setup_path: optional(&form.setup_path),
-            test_command: form.test_command.replace("\r\n", "\n"),
-            instance_type: optional(&form.instance_type),
-            setup_timeout_s: number("Setup timeout", &form.setup_timeout_s)?,
-            test_timeout_s: number("Test timeout", &form.test_timeout_s)?,
-            auto_release: Some(form.auto_release.is_some()),
-        })
-    })();
-    let result = match input {
+    let result = match form.input() {
         Ok(input) => {
             crate::bakes::create_recipe(
                 &state.pool,
@@ -358,4 +378,123 @@ pub async fn cancel(
         },
     );
     Ok(see_other(&format!("/bakes/{id}")))
+}
+
+#[derive(Template)]
+#[template(path = "recipe.html")]
+struct RecipePage {
+    layout: Layout,
+    recipe: RecipeRow,
+    images: Vec<(String, String, String)>,
+    instance_types: Vec<String>,
+    form: RecipeForm,
+    error: Option<String>,
+}
+
+fn recipe_id(raw: &str) -> Result<i64, AppError> {
+    raw.parse()
+        .map_err(|_| AppError::NotFound(format!("There is no recipe {raw}.")))
+}
+
+async fn render_recipe(
+    layout: Layout,
+    state: &AppState,
+    id: i64,
+    form: Option<RecipeForm>,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let recipe = crate::db::bakes::recipe(&state.pool, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no recipe {id}.")))?;
+    let mut images: Vec<(String, String, String)> = crate::db::images::launchable(&state.pool)
+        .await?
+        .into_iter()
+        .map(|(id, name, version, _)| (id, name, version))
+        .collect();
+    // The recipe's own base may be older than the choices the launch form offers.
+    if !images.iter().any(|(i, _, _)| *i == recipe.base_image_id) {
+        images.push((
+            recipe.base_image_id.clone(),
+            "its base".into(),
+            String::new(),
+        ));
+    }
+    super::html(
+        &RecipePage {
+            layout,
+            form: form.unwrap_or_else(|| RecipeForm::of(&recipe)),
+            recipe,
+            images,
+            instance_types: state.settings.instance_types.clone(),
+            error,
+        },
+        status,
+    )
+}
+
+/// `GET /bakes/recipes/{id}`: the recipe, and its edit form.
+pub async fn show_recipe(
+    layout: Layout,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = recipe_id(&id)?;
+    render_recipe(layout, &state, id, None, None, StatusCode::OK).await
+}
+
+pub async fn update_recipe(
+    req: HttpRequest,
+    layout: Layout,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    form: web::Form<RecipeForm>,
+) -> Result<HttpResponse, AppError> {
+    let id = recipe_id(&id)?;
+    let form = form.into_inner();
+    let result = match form.input() {
+        Ok(input) => {
+            crate::bakes::update_recipe(
+                &state.pool,
+                &state.settings,
+                &principal,
+                source_ip(&req),
+                id,
+                &input,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(recipe) => {
+            flash(&session, format!("Saved the recipe {}.", recipe.name));
+            Ok(see_other("/bakes"))
+        }
+        Err(AppError::BadRequest(m)) => {
+            render_recipe(
+                layout,
+                &state,
+                id,
+                Some(form),
+                Some(m),
+                StatusCode::BAD_REQUEST,
+            )
+            .await
+        }
+        Err(AppError::Conflict(m)) => {
+            render_recipe(
+                layout,
+                &state,
+                id,
+                Some(form),
+                Some(m),
+                StatusCode::CONFLICT,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    }
 }
