@@ -4,6 +4,7 @@
 //! bake it started the first time.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -11,6 +12,26 @@ use sha2::Sha256;
 use crate::bakes::StartedBy;
 use crate::web::AppState;
 use crate::web::error::AppError;
+
+/// GitHub caps a delivery's payload at 25 MB; a push of many commits is well over actix's
+/// default 256 KiB.
+const MAX_BODY: usize = 25 << 20;
+
+async fn read_body(mut payload: web::Payload) -> Result<web::Bytes, AppError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| AppError::BadRequest(format!("The body could not be read: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(AppError::TooLarge(format!(
+                "A delivery has at most {} MiB.",
+                MAX_BODY >> 20
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
@@ -35,8 +56,9 @@ pub fn signature_ok(secret: &str, body: &[u8], signature: &str) -> bool {
 pub async fn github(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
+    let body = read_body(payload).await?;
     let settings = &state.settings;
     let refused = |why: &str| HttpResponse::Unauthorized().json(json!({ "error": why }));
     let Some(secret) = settings.webhook_secret.as_deref().filter(|s| !s.is_empty()) else {

@@ -523,6 +523,13 @@ async fn the_github_webhook_bakes_pushes_to_its_branch_once_per_delivery() {
         }
         assert_eq!(req.send().await.unwrap().status(), 401);
     }
+    // A push of many commits is larger than actix's default body limit: still read.
+    let commits: Vec<Value> = (0..3000)
+        .map(|i| json!({"id": format!("{i:040x}"), "message": "x".repeat(100)}))
+        .collect();
+    let big = json!({"ref": "refs/heads/feature", "after": sha, "commits": commits});
+    assert!(serde_json::to_vec(&big).unwrap().len() > 256 << 10);
+    assert_eq!(deliver(&app, secret, "d-big", &big).await.status(), 202);
     // Another branch: 202, no bake.
     let other = json!({"ref": "refs/heads/feature", "after": sha});
     assert_eq!(deliver(&app, secret, "d-other", &other).await.status(), 202);
