@@ -19,7 +19,6 @@ use crate::cloud::{AnyProvider, ImageQuery, ImageState, Provider, Tags};
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::bakes::BakeRow;
 use crate::tasks::TaskError;
-use crate::tasks::terminate_server::{TerminateServer, dedupe_key};
 
 /// What the step task does next.
 pub enum Next {
@@ -58,7 +57,7 @@ pub async fn step(env: &Env<'_>, bake_id: i64) -> Result<Next, TaskError> {
             Ok(next)
         }
         "setup" | "test" => {
-            let next = run_job(env, &mut tx, &bake).await?;
+            let next = run_job(&mut tx, &bake).await?;
             tx.commit().await?;
             Ok(next)
         }
@@ -191,7 +190,7 @@ async fn start_job(
     Ok(())
 }
 
-async fn run_job(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskError> {
+async fn run_job(tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskError> {
     let setup = bake.step == "setup";
     let job_id = if setup {
         bake.setup_job_id
@@ -255,7 +254,6 @@ async fn run_job(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result
             if gone.as_deref() == Some("terminated") {
                 return fail(tx, bake, &format!("The builder {builder} was terminated.")).await;
             }
-            let _ = env;
             Ok(Next::Wait(
                 POLL,
                 format!("waiting for the {} job", bake.step),
@@ -498,25 +496,8 @@ async fn clean_up(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
 }
 
 async fn terminate_builder(conn: &mut PgConnection, id: &str, why: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    let key = dedupe_key(id);
-    if crate::tasks::terminate_server::escalate(conn, &key).await? {
-        return Ok(());
-    }
-    let queued = crate::tasks::enqueue(
-        conn,
-        &TerminateServer {
-            server_id: id.to_owned(),
-            force: true,
-            drain_until: None,
-        },
-        Some(&key),
-    )
-    .await?;
-    if queued.is_some() {
+    use crate::tasks::terminate_server::{Requested, request};
+    if request(conn, id, true, None).await? == Requested::Queued {
         audit::record(
             &mut *conn,
             AuditEvent::system("server.terminate", format!("server:{id}"), Outcome::Ok)
@@ -613,34 +594,28 @@ pub async fn sweep_builders(pool: &PgPool) -> sqlx::Result<usize> {
 /// transaction that records the job's result, so a bake moves on as soon as its step's job
 /// ends rather than at its next scheduled look.
 pub async fn nudge_for_job(conn: &mut PgConnection, job_id: i64) -> sqlx::Result<()> {
-    let nudged = sqlx::query(
-        "UPDATE tasks SET run_at = now(), updated_at = now()
-         WHERE state = 'queued' AND run_at > now()
-           AND dedupe_key = (SELECT 'bake:' || (labels->>'bake') FROM jobs WHERE id = $1 AND labels ? 'bake')",
-    )
-    .bind(job_id)
-    .execute(&mut *conn)
-    .await?;
-    if nudged.rows_affected() > 0 {
-        crate::tasks::queue::notify(conn).await?;
+    let bake: Option<String> =
+        sqlx::query_scalar("SELECT labels->>'bake' FROM jobs WHERE id = $1 AND labels ? 'bake'")
+            .bind(job_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(id) = bake.and_then(|b| b.parse::<i64>().ok()) {
+        crate::tasks::queue::run_now(conn, &super::step_key(id)).await?;
     }
     Ok(())
 }
 
 /// Tells the bake whose builder's agent just registered to look now (its builder is up).
 pub async fn nudge_for_builder(conn: &mut PgConnection, server_id: &str) -> sqlx::Result<()> {
-    let nudged = sqlx::query(
-        "UPDATE tasks SET run_at = now(), updated_at = now()
-         WHERE state = 'queued' AND run_at > now()
-           AND dedupe_key IN (
-             SELECT 'bake:' || b.id FROM bakes b JOIN servers s ON s.launch_id = b.launch_id
-             WHERE s.id = $1 AND s.purpose = 'builder' AND b.state = 'running')",
+    let bake: Option<i64> = sqlx::query_scalar(
+        "SELECT b.id FROM bakes b JOIN servers s ON s.launch_id = b.launch_id
+         WHERE s.id = $1 AND s.purpose = 'builder' AND b.state = 'running'",
     )
     .bind(server_id)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    if nudged.rows_affected() > 0 {
-        crate::tasks::queue::notify(conn).await?;
+    if let Some(id) = bake {
+        crate::tasks::queue::run_now(conn, &super::step_key(id)).await?;
     }
     Ok(())
 }

@@ -289,9 +289,7 @@ pub async fn start(
     if let StartedBy::Webhook { delivery_id } = &started_by
         && let Some(id) = crate::db::bakes::by_delivery(&mut *tx, delivery_id).await?
     {
-        let bake = crate::db::bakes::find(&mut *tx, id)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("There is no bake {id}.")))?;
+        let bake = found(&mut *tx, id).await?;
         return Ok((bake, false));
     }
     let (recipe, version) = crate::db::bakes::take_version(&mut tx, recipe_id)
@@ -336,9 +334,7 @@ pub async fn start(
         let id = crate::db::bakes::by_delivery(pool, delivery_id.unwrap_or_default())
             .await?
             .ok_or_else(|| AppError::Conflict("That delivery is being handled.".into()))?;
-        let bake = crate::db::bakes::find(pool, id)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("There is no bake {id}.")))?;
+        let bake = found(pool, id).await?;
         return Ok((bake, false));
     };
     let launch = crate::db::servers::insert_launch_for(
@@ -386,11 +382,16 @@ pub async fn start(
         )),
     )
     .await?;
-    let bake = crate::db::bakes::find(&mut *tx, id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no bake {id}.")))?;
+    let bake = found(&mut *tx, id).await?;
     tx.commit().await?;
     Ok((bake, true))
+}
+
+/// The bake, or a 404 saying there is none.
+pub async fn found(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<BakeRow, AppError> {
+    crate::db::bakes::find(db, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no bake {id}.")))
 }
 
 /// The dedupe key of a bake's step task: one unfinished step per bake.
@@ -431,9 +432,7 @@ pub async fn cancel(
             .from_ip(ip),
     )
     .await?;
-    let bake = crate::db::bakes::find(&mut *tx, id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no bake {id}.")))?;
+    let bake = found(&mut *tx, id).await?;
     tx.commit().await?;
     Ok((bake, Cancelled::Now))
 }

@@ -137,6 +137,20 @@ pub async fn recipe(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<Rec
     .await
 }
 
+pub async fn recipe_by_name(
+    db: impl PgExecutor<'_>,
+    name: &str,
+) -> sqlx::Result<Option<RecipeRow>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        recipe_columns!(),
+        " FROM recipes WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(db)
+    .await
+}
+
 /// Locks the recipe and takes its next version (versions only ever increase).
 pub async fn take_version(
     conn: &mut PgConnection,

@@ -83,6 +83,17 @@ pub async fn notify(db: impl PgExecutor<'_>, claimable: i64) -> sqlx::Result<()>
     Ok(())
 }
 
+/// Wakes every waiting claim when the surrounding transaction commits: for a job only one
+/// server may take, where a single wake-up could land on another server and be spent.
+pub async fn notify_all(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(crate::jobs::wakeups::PINNED)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 pub async fn insert(conn: &mut PgConnection, job: &NewJob<'_>) -> sqlx::Result<JobRow> {
     let row: JobRow = sqlx::query_as(concat!(
         "INSERT INTO jobs (command, labels, timeout_s, retries, pinned_server_id, enqueued_by)
@@ -99,11 +110,7 @@ pub async fn insert(conn: &mut PgConnection, job: &NewJob<'_>) -> sqlx::Result<J
     .fetch_one(&mut *conn)
     .await?;
     if job.pinned_server_id.is_some() {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(crate::jobs::wakeups::PINNED)
-            .execute(&mut *conn)
-            .await?;
+        notify_all(&mut *conn).await?;
     } else {
         notify(&mut *conn, 1).await?;
     }

@@ -7,7 +7,7 @@ use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 
 use crate::auth::Principal;
-use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::db::audit::{AuditEvent, Outcome};
 use crate::web::error::AppError;
 
 #[derive(Debug, Clone, Copy)]
@@ -73,30 +73,18 @@ pub async fn clean(
         .filter(|id| ids.contains(id))
         .collect();
     for id in &gone {
-        crate::db::images::set_state(&mut *tx, id, "deregistered", "old-image cleanup").await?;
-        crate::tasks::enqueue(
-            &mut tx,
-            &crate::tasks::deregister_image::DeregisterImage {
-                image_id: id.clone(),
-            },
-            Some(&format!("deregister:{id}")),
+        let event = AuditEvent::by(
+            principal,
+            "image.deregister",
+            format!("image:{id}"),
+            Outcome::Ok,
         )
-        .await?;
-        audit::record(
-            &mut *tx,
-            AuditEvent::by(
-                principal,
-                "image.deregister",
-                format!("image:{id}"),
-                Outcome::Ok,
-            )
-            .detail(format!(
-                "old-image cleanup (keep {} per name, younger than {} days)",
-                rule.keep, rule.min_age_days
-            ))
-            .from_ip(ip.clone()),
-        )
-        .await?;
+        .detail(format!(
+            "old-image cleanup (keep {} per name, younger than {} days)",
+            rule.keep, rule.min_age_days
+        ))
+        .from_ip(ip.clone());
+        crate::fleet::images::mark_deregistered(&mut tx, id, "old-image cleanup", event).await?;
     }
     tx.commit().await?;
     Ok(gone)

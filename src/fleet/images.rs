@@ -205,26 +205,34 @@ pub async fn deregister(
             if image.servers == 1 { "" } else { "s" }
         )));
     }
-    crate::db::images::set_state(&mut *tx, id, "deregistered", "").await?;
+    let event = AuditEvent::by(
+        principal,
+        "image.deregister",
+        format!("image:{id}"),
+        Outcome::Ok,
+    )
+    .from_ip(source_ip);
+    mark_deregistered(&mut tx, id, "", event).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Marks an image deregistered in the catalogue (nobody can launch it from now on), enqueues
+/// its deregistration at the provider and audits `event`, in the caller's transaction.
+pub async fn mark_deregistered(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    reason: &str,
+    event: AuditEvent,
+) -> sqlx::Result<()> {
+    crate::db::images::set_state(&mut *conn, id, "deregistered", reason).await?;
     crate::tasks::enqueue(
-        &mut tx,
+        conn,
         &crate::tasks::deregister_image::DeregisterImage {
             image_id: id.to_owned(),
         },
         Some(&format!("deregister:{id}")),
     )
     .await?;
-    audit::record(
-        &mut *tx,
-        AuditEvent::by(
-            principal,
-            "image.deregister",
-            format!("image:{id}"),
-            Outcome::Ok,
-        )
-        .from_ip(source_ip),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(true)
+    audit::record(&mut *conn, event).await
 }

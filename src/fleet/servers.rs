@@ -254,29 +254,11 @@ pub async fn act(
                 }
             }
             Action::Terminate | Action::ForceTerminate => {
-                // Disabled at once: the server takes no new work while it is being terminated.
-                sqlx::query(
-                    "UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = $1",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+                use crate::tasks::terminate_server::{Requested, request};
                 let force = action == Action::ForceTerminate;
-                let task = crate::tasks::terminate_server::TerminateServer {
-                    server_id: id.clone(),
-                    force,
-                    drain_until: Some(drain_until),
-                };
-                let key = crate::tasks::terminate_server::dedupe_key(id);
-                match crate::tasks::enqueue(&mut tx, &task, Some(&key)).await? {
-                    Some(_) => Effect::Queued,
-                    // A force while a graceful terminate is draining: the drain ends now.
-                    None if force
-                        && crate::tasks::terminate_server::escalate(&mut tx, &key).await? =>
-                    {
-                        Effect::Queued
-                    }
-                    None => Effect::AlreadyDone,
+                match request(&mut tx, id, force, Some(drain_until)).await? {
+                    Requested::Queued | Requested::Escalated => Effect::Queued,
+                    Requested::AlreadyPending => Effect::AlreadyDone,
                 }
             }
         };

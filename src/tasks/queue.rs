@@ -80,6 +80,23 @@ pub async fn notify(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// Makes a deferred task (by its dedupe key) due now and wakes the workers when the
+/// surrounding transaction commits: what it waited for has happened. False when no such task
+/// is waiting.
+pub async fn run_now(conn: &mut sqlx::PgConnection, dedupe_key: &str) -> sqlx::Result<bool> {
+    let due = sqlx::query(
+        "UPDATE tasks SET run_at = now(), updated_at = now()
+         WHERE dedupe_key = $1 AND state = 'queued' AND run_at > now()",
+    )
+    .bind(dedupe_key)
+    .execute(&mut *conn)
+    .await?;
+    if due.rows_affected() > 0 {
+        notify(conn).await?;
+    }
+    Ok(due.rows_affected() > 0)
+}
+
 /// Puts a task that is waiting for something back in the queue until `after`, giving back
 /// the attempt its claim counted.
 pub async fn defer(

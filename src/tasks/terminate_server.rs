@@ -60,6 +60,45 @@ pub async fn drain_and_terminate(
     Ok(true)
 }
 
+/// What [`request`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    /// A terminate task was enqueued.
+    Queued,
+    /// A pending graceful terminate was turned into a forced one.
+    Escalated,
+    /// A terminate was already pending; nothing changed.
+    AlreadyPending,
+}
+
+/// Disables a server (it takes no new work while it is being terminated) and enqueues its
+/// terminate — graceful until `drain_until`, or forced; a force while a graceful terminate is
+/// still draining ends the drain now.
+pub async fn request(
+    conn: &mut PgConnection,
+    server_id: &str,
+    force: bool,
+    drain_until: Option<i64>,
+) -> sqlx::Result<Requested> {
+    sqlx::query("UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = $1")
+        .bind(server_id)
+        .execute(&mut *conn)
+        .await?;
+    let key = dedupe_key(server_id);
+    let task = TerminateServer {
+        server_id: server_id.to_owned(),
+        force,
+        drain_until,
+    };
+    Ok(
+        match crate::tasks::enqueue(conn, &task, Some(&key)).await? {
+            Some(_) => Requested::Queued,
+            None if force && escalate(conn, &key).await? => Requested::Escalated,
+            None => Requested::AlreadyPending,
+        },
+    )
+}
+
 /// How often a draining server is looked at again.
 const DRAIN_POLL: Duration = Duration::from_secs(2);
 

@@ -4,7 +4,6 @@
 //! bake it started the first time.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -16,22 +15,6 @@ use crate::web::error::AppError;
 /// GitHub caps a delivery's payload at 25 MB; a push of many commits is well over actix's
 /// default 256 KiB.
 const MAX_BODY: usize = 25 << 20;
-
-async fn read_body(mut payload: web::Payload) -> Result<web::Bytes, AppError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| AppError::BadRequest(format!("The body could not be read: {e}")))?;
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(AppError::TooLarge(format!(
-                "A delivery has at most {} MiB.",
-                MAX_BODY >> 20
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
@@ -58,7 +41,10 @@ pub async fn github(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    let body = read_body(payload).await?;
+    let body = super::body::read_limited(payload, MAX_BODY, || {
+        format!("A delivery has at most {} MiB.", MAX_BODY >> 20)
+    })
+    .await?;
     let settings = &state.settings;
     let refused = |why: &str| HttpResponse::Unauthorized().json(json!({ "error": why }));
     let Some(secret) = settings.webhook_secret.as_deref().filter(|s| !s.is_empty()) else {
@@ -104,10 +90,8 @@ pub async fn github(
         )));
     }
     let recipe_name = settings.webhook_recipe.as_deref().unwrap_or_default();
-    let recipe = crate::db::bakes::recipes(&state.pool)
+    let recipe = crate::db::bakes::recipe_by_name(&state.pool, recipe_name)
         .await?
-        .into_iter()
-        .find(|r| r.name == recipe_name)
         .ok_or_else(|| {
             AppError::Conflict(format!(
                 "KILN_WEBHOOK_RECIPE names no recipe ({recipe_name:?}); nothing was baked."

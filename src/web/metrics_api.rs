@@ -4,7 +4,6 @@
 //! admin's API token. Also `GET /api/v1/series`, which the charts read.
 
 use actix_web::{HttpResponse, web};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -19,19 +18,14 @@ use crate::web::error::AppError;
 pub const MAX_BODY: usize = 4 << 20;
 
 /// Reads the body up to [`MAX_BODY`] and parses it as JSON.
-async fn json_body(mut payload: web::Payload) -> Result<Value, AppError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| AppError::BadRequest(format!("The body could not be read: {e}")))?;
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(AppError::TooLarge(format!(
-                "The body is over {} MiB; send at most 1,000 measurements per request.",
-                MAX_BODY >> 20
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
+async fn json_body(payload: web::Payload) -> Result<Value, AppError> {
+    let body = super::body::read_limited(payload, MAX_BODY, || {
+        format!(
+            "The body is over {} MiB; send at most 1,000 measurements per request.",
+            MAX_BODY >> 20
+        )
+    })
+    .await?;
     serde_json::from_slice(&body)
         .map_err(|e| AppError::BadRequest(format!("The body is not valid JSON: {e}")))
 }

@@ -7,6 +7,7 @@ pub mod agent_api;
 pub mod agent_tokens;
 pub mod api;
 pub mod assets;
+pub mod body;
 pub mod error;
 pub mod hooks;
 pub mod layout;

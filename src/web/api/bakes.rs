@@ -114,9 +114,7 @@ pub async fn show(
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = bake_id(&id)?;
-    let bake = crate::db::bakes::find(&state.pool, id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no bake {id}.")))?;
+    let bake = crate::bakes::found(&state.pool, id).await?;
     Ok(HttpResponse::Ok().json(bake_json(&state, bake).await?))
 }
 

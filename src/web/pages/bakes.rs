@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use super::{is_htmx, see_other, source_ip};
+use super::{answer, is_htmx, see_other, source_ip};
 use crate::auth::Principal;
 use crate::bakes::{Cancelled, RecipeInput, StartedBy};
 use crate::db::bakes::{BakeRow, RecipeRow, StepRow};
@@ -212,19 +212,15 @@ pub async fn create_recipe(
         }
         Err(e) => Err(e),
     };
-    match result {
-        Ok(recipe) => {
+    answer(
+        result,
+        |recipe| {
             flash(&session, format!("Added the recipe {}.", recipe.name));
-            Ok(see_other("/bakes"))
-        }
-        Err(AppError::BadRequest(m)) => {
-            render(layout, &state, form, Some(m), StatusCode::BAD_REQUEST).await
-        }
-        Err(AppError::Conflict(m)) => {
-            render(layout, &state, form, Some(m), StatusCode::CONFLICT).await
-        }
-        Err(e) => Err(e),
-    }
+            see_other("/bakes")
+        },
+        |message, status| render(layout, &state, form, Some(message), status),
+    )
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -318,9 +314,7 @@ fn bake_id(raw: &str) -> Result<i64, AppError> {
 }
 
 async fn live(state: &AppState, layout: &Layout, id: i64) -> Result<BakeLive, AppError> {
-    let bake = crate::db::bakes::find(&state.pool, id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no bake {id}.")))?;
+    let bake = crate::bakes::found(&state.pool, id).await?;
     let steps = crate::db::bakes::steps(&state.pool, id).await?;
     let mut logs = Vec::new();
     for (step, job) in [("setup", bake.setup_job_id), ("test", bake.test_job_id)] {
@@ -468,33 +462,13 @@ pub async fn update_recipe(
         }
         Err(e) => Err(e),
     };
-    match result {
-        Ok(recipe) => {
+    answer(
+        result,
+        |recipe| {
             flash(&session, format!("Saved the recipe {}.", recipe.name));
-            Ok(see_other("/bakes"))
-        }
-        Err(AppError::BadRequest(m)) => {
-            render_recipe(
-                layout,
-                &state,
-                id,
-                Some(form),
-                Some(m),
-                StatusCode::BAD_REQUEST,
-            )
-            .await
-        }
-        Err(AppError::Conflict(m)) => {
-            render_recipe(
-                layout,
-                &state,
-                id,
-                Some(form),
-                Some(m),
-                StatusCode::CONFLICT,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    }
+            see_other("/bakes")
+        },
+        |message, status| render_recipe(layout, &state, id, Some(form), Some(message), status),
+    )
+    .await
 }

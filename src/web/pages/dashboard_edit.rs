@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
 use super::dashboards::{ChartForm, FormAt, Refusal, dashboard_id, render};
-use super::{see_other, source_ip};
+use super::{answer, see_other, source_ip};
 use crate::auth::Principal;
 use crate::metrics::dashboard_edits::{self as edits, ChartEdit, ChartInput, Editor};
 use crate::metrics::dashboards::{AGGREGATES, SeriesSpec, series_spec, window_end};
@@ -20,42 +20,6 @@ fn editor<'a>(principal: &'a Principal, req: &HttpRequest) -> Editor<'a> {
     Editor {
         principal,
         ip: source_ip(req),
-    }
-}
-
-/// The status a refused form is shown again with; anything else is an error page.
-fn refused(e: &AppError) -> Option<StatusCode> {
-    match e {
-        AppError::BadRequest(_) => Some(StatusCode::BAD_REQUEST),
-        AppError::Conflict(_) => Some(StatusCode::CONFLICT),
-        _ => None,
-    }
-}
-
-fn message(e: AppError) -> String {
-    match e {
-        AppError::BadRequest(m) | AppError::Conflict(m) => m,
-        other => other.to_string(),
-    }
-}
-
-/// An edit's answer: done -> `done`'s redirect; refused -> the form shown again by `again`
-/// with the reason and the status; anything else -> the error page.
-async fn answer<T, Again, Shown>(
-    result: Result<T, AppError>,
-    done: impl FnOnce(T) -> HttpResponse,
-    again: Again,
-) -> Result<HttpResponse, AppError>
-where
-    Again: FnOnce(String, StatusCode) -> Shown,
-    Shown: std::future::Future<Output = Result<HttpResponse, AppError>>,
-{
-    match result {
-        Ok(value) => Ok(done(value)),
-        Err(e) => match refused(&e) {
-            Some(status) => again(message(e), status).await,
-            None => Err(e),
-        },
     }
 }
 

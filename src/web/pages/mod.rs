@@ -68,3 +68,40 @@ pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
 pub fn source_ip(req: &HttpRequest) -> Option<String> {
     client_ip(req).map(|ip| ip.to_string())
 }
+
+/// The status a refused form is shown again with; anything else is an error page.
+fn refused(e: &crate::web::error::AppError) -> Option<actix_web::http::StatusCode> {
+    use crate::web::error::AppError;
+    match e {
+        AppError::BadRequest(_) => Some(actix_web::http::StatusCode::BAD_REQUEST),
+        AppError::Conflict(_) => Some(actix_web::http::StatusCode::CONFLICT),
+        _ => None,
+    }
+}
+
+/// A form's answer: done -> `done`'s redirect; refused (400, 409) -> the form shown again by
+/// `again` with the reason and the status; anything else -> the error page.
+pub async fn answer<T, Again, Shown>(
+    result: Result<T, crate::web::error::AppError>,
+    done: impl FnOnce(T) -> HttpResponse,
+    again: Again,
+) -> Result<HttpResponse, crate::web::error::AppError>
+where
+    Again: FnOnce(String, actix_web::http::StatusCode) -> Shown,
+    Shown: std::future::Future<Output = Result<HttpResponse, crate::web::error::AppError>>,
+{
+    use crate::web::error::AppError;
+    match result {
+        Ok(value) => Ok(done(value)),
+        Err(e) => match refused(&e) {
+            Some(status) => {
+                let message = match e {
+                    AppError::BadRequest(m) | AppError::Conflict(m) => m,
+                    other => other.to_string(),
+                };
+                again(message, status).await
+            }
+            None => Err(e),
+        },
+    }
+}
