@@ -94,7 +94,11 @@ impl Application {
             agent_tokens: Default::default(),
             series_ids: Default::default(),
         });
-        let store = PgSessionStore::new(pool.clone(), settings.session_absolute_timeout);
+        let store = PgSessionStore::new(
+            pool.clone(),
+            settings.session_absolute_timeout,
+            settings.session_idle_timeout,
+        );
 
         let server = HttpServer::new(move || {
             let sessions = SessionMiddleware::builder(store.clone(), key.clone())
@@ -108,7 +112,9 @@ impl Application {
                         .state_ttl(actix_web::cookie::time::Duration::seconds(
                             settings.session_idle_timeout as i64,
                         ))
-                        .state_ttl_extension_policy(TtlExtensionPolicy::OnEveryRequest),
+                        // Loading a session pushes its idle expiry forward (in the same
+                        // statement); an unchanged one needs no second write afterwards.
+                        .state_ttl_extension_policy(TtlExtensionPolicy::OnStateChanges),
                 )
                 .build();
             App::new()

@@ -46,30 +46,61 @@ macro_rules! select_servers {
 
 /// Newest first, keyset-paginated: `after` is the (launched_at, id) of the previous page's
 /// last row. Terminated servers are listed only when asked for by state.
+///
+/// Only the filters in use go into the statement. With `($1 IS NULL OR …)` for every filter,
+/// PostgreSQL planned the statement again on each execution (its generic plan looks dearer
+/// on paper): 0.3–0.5 ms of a statement that runs in well under 1 ms (the limit likewise). Each combination of
+/// filters is its own prepared statement (at most 2^5, inside sqlx's statement cache), and
+/// nothing the user typed is ever part of the SQL text: values are bound.
 pub async fn list(
     db: impl PgExecutor<'_>,
     q: &ServerQuery,
     after: Option<(OffsetDateTime, String)>,
     limit: i64,
 ) -> sqlx::Result<Vec<ServerRow>> {
-    let (after_at, after_id) = after.unzip();
-    sqlx::query_as(select_servers!(
-        "WHERE ($1::TEXT IS NULL OR s.image_id = $1)
-           AND (($2::TEXT IS NULL AND s.state <> 'terminated') OR s.state = $2)
-           AND ($3::TEXT IS NULL OR s.mode = $3)
-           AND ($4::TEXT IS NULL OR s.purpose = $4)
-           AND ($5::TIMESTAMPTZ IS NULL OR (s.launched_at, s.id) < ($5, $6))
-         ORDER BY s.launched_at DESC, s.id DESC LIMIT $7"
-    ))
-    .bind(&q.image)
-    .bind(&q.state)
-    .bind(&q.mode)
-    .bind(&q.purpose)
-    .bind(after_at)
-    .bind(after_id)
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    let mut conditions = Vec::with_capacity(5);
+    let mut placeholder = 0;
+    let mut next = || {
+        placeholder += 1;
+        placeholder
+    };
+    for (value, column) in [(&q.image, "s.image_id"), (&q.state, "s.state")] {
+        if value.is_some() {
+            conditions.push(format!("{column} = ${}", next()));
+        }
+    }
+    if q.state.is_none() {
+        conditions.push("s.state <> 'terminated'".to_owned());
+    }
+    for (value, column) in [(&q.mode, "s.mode"), (&q.purpose, "s.purpose")] {
+        if value.is_some() {
+            conditions.push(format!("{column} = ${}", next()));
+        }
+    }
+    if after.is_some() {
+        let (at, id) = (next(), next());
+        conditions.push(format!("(s.launched_at, s.id) < (${at}, ${id})"));
+    }
+    // The limit is written into the statement, not bound: with `LIMIT $n` PostgreSQL
+    // rejects its generic plan and plans the statement again on every execution. It is a
+    // number, and in practice one of two (the page size, the API's default).
+    let sql = format!(
+        "{} WHERE {} ORDER BY s.launched_at DESC, s.id DESC LIMIT {limit}",
+        select_servers!(""),
+        conditions.join(" AND "),
+    );
+    // Bound in the order the placeholders were numbered above.
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+    for value in [&q.image, &q.state, &q.mode, &q.purpose]
+        .into_iter()
+        .flatten()
+    {
+        query = query.bind(value);
+    }
+    if let Some((at, id)) = after {
+        query = query.bind(at).bind(id);
+    }
+    query.fetch_all(db).await
 }
 
 pub async fn find(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Option<ServerRow>> {

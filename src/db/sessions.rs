@@ -7,16 +7,73 @@ use sqlx::{PgExecutor, PgPool};
 
 pub type State = HashMap<String, String>;
 
-pub async fn load(pool: &PgPool, id_hash: &str, absolute_s: u64) -> sqlx::Result<Option<State>> {
-    let state: Option<sqlx::types::Json<State>> = sqlx::query_scalar(
-        "SELECT state FROM sessions
-         WHERE id_hash = $1 AND expires_at > now() AND created_at > now() - make_interval(secs => $2)",
+/// A session's user as the `users` table has it at load time.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+pub struct SessionUser {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub disabled: bool,
+}
+
+/// A live session: its state and, read in the same statement, the user it is logged in as.
+pub struct Loaded {
+    pub state: State,
+    /// The session's `user_id` and that user's row (None: the user is gone).
+    pub user: Option<(i64, Option<SessionUser>)>,
+}
+
+/// Loads a live session, its user and (at most once a minute) pushes its idle expiry forward,
+/// all in one statement: every console request starts here, so this is one round trip where
+/// it used to be three (the session, then its user, then the expiry after the handler).
+pub async fn load(
+    pool: &PgPool,
+    id_hash: &str,
+    absolute_s: u64,
+    idle_s: u64,
+) -> sqlx::Result<Option<Loaded>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        state: sqlx::types::Json<State>,
+        user_id: Option<i64>,
+        name: Option<String>,
+        role: Option<String>,
+        disabled: Option<bool>,
+    }
+    // A data-modifying WITH runs whether or not the outer query reads it; it writes only when
+    // the expiry would move by a minute or more.
+    let row: Option<Row> = sqlx::query_as(
+        "WITH live AS (
+             SELECT id_hash, state, user_id FROM sessions
+             WHERE id_hash = $1 AND expires_at > now() AND created_at > now() - make_interval(secs => $2)
+         ), extended AS (
+             UPDATE sessions t SET expires_at = now() + make_interval(secs => $3)
+             FROM live WHERE t.id_hash = live.id_hash
+               AND t.expires_at < now() + make_interval(secs => $3) - interval '1 minute'
+         )
+         SELECT live.state, live.user_id, u.name, u.role, u.disabled
+         FROM live LEFT JOIN users u ON u.id = live.user_id",
     )
     .bind(id_hash)
     .bind(absolute_s as f64)
+    .bind(idle_s as f64)
     .fetch_optional(pool)
     .await?;
-    Ok(state.map(|s| s.0))
+    Ok(row.map(|r| Loaded {
+        state: r.state.0,
+        user: r.user_id.map(|id| {
+            let user = match (r.name, r.role, r.disabled) {
+                (Some(name), Some(role), Some(disabled)) => Some(SessionUser {
+                    id,
+                    name,
+                    role,
+                    disabled,
+                }),
+                _ => None,
+            };
+            (id, user)
+        }),
+    }))
 }
 
 pub async fn insert(

@@ -18,8 +18,9 @@ use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, HttpResponse, web}
 
 use super::AppState;
 use super::error::AppError;
-use super::session_store::USER_ID;
+use super::session_store::{LOADED_USER, LoadedUser, USER_ID};
 use crate::auth::{Principal, Via};
+use crate::db::sessions::SessionUser;
 use crate::domain::Role;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,10 +201,25 @@ pub async fn session_principal(
     let Ok(Some(user_id)) = session.get::<i64>(USER_ID) else {
         return Ok(None);
     };
-    match crate::db::users::find(&state.pool, user_id).await? {
+    // Normally read with the session in the same statement; looked up only when the session
+    // changed hands during this request (a login) and the loaded user is not this one.
+    let user = match session.get::<LoadedUser>(LOADED_USER) {
+        Ok(Some(loaded)) if loaded.id == user_id => loaded.user,
+        _ => crate::db::users::find(&state.pool, user_id)
+            .await?
+            .map(|u| SessionUser {
+                id: u.id,
+                role: u.role().as_str().to_owned(),
+                name: u.name,
+                disabled: u.disabled,
+            }),
+    };
+    match user {
         Some(user) if !user.disabled => Ok(Some(Principal {
             user_id: user.id,
-            role: user.role(),
+            role: user.role.parse().map_err(|e| {
+                AppError::Internal(anyhow::anyhow!("user {} has a bad role: {e}", user.id))
+            })?,
             name: user.name,
             via: Via::Session,
         })),

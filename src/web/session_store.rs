@@ -1,8 +1,13 @@
 //! actix-session's `SessionStore` backed by the `sessions` table (tower-sessions has no actix
 //! adapter, and the published Postgres store targets older actix-session versions).
 //!
-//! The idle timeout is the store's TTL, extended on every request; the absolute timeout is
-//! enforced here at load time from the row's creation (which `renew` at login resets).
+//! The idle timeout is the store's TTL, pushed forward when a session is loaded (the
+//! middleware's own per-request extension would be a second statement after every handler);
+//! the absolute timeout is enforced at load time from the row's creation (which `renew` at
+//! login resets).
+//!
+//! The load also reads the session's user (one statement; see `db::sessions::load`) and hands
+//! it to the access check under a reserved key, [`LOADED_USER`], which is never written back.
 
 use std::collections::HashMap;
 
@@ -11,24 +16,44 @@ use actix_web::cookie::time::Duration;
 use sqlx::PgPool;
 
 use crate::auth::token::{Secret, hash};
-use crate::db::sessions;
+use crate::db::sessions::{self, SessionUser};
 
 /// The session key under which the logged-in user's id is kept.
 pub const USER_ID: &str = "user_id";
+
+/// Reserved state key: the session's user as it was read together with the session. Only
+/// the store sets it; `save` and `update` strip it, so it never outlives the request.
+pub const LOADED_USER: &str = "kiln.loaded_user";
+
+/// The value under [`LOADED_USER`]: the session row's user id and that user's row at load
+/// time (None: the user no longer exists).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct LoadedUser {
+    pub id: i64,
+    pub user: Option<SessionUser>,
+}
 
 #[derive(Clone)]
 pub struct PgSessionStore {
     pool: PgPool,
     absolute_timeout_s: u64,
+    idle_timeout_s: u64,
 }
 
 impl PgSessionStore {
-    pub fn new(pool: PgPool, absolute_timeout_s: u64) -> Self {
+    pub fn new(pool: PgPool, absolute_timeout_s: u64, idle_timeout_s: u64) -> Self {
         Self {
             pool,
             absolute_timeout_s,
+            idle_timeout_s,
         }
     }
+}
+
+/// The state as stored: without what only this request's load put in.
+fn persisted(mut state: HashMap<String, String>) -> HashMap<String, String> {
+    state.remove(LOADED_USER);
+    state
 }
 
 /// The user id is mirrored into its own column so that disabling a user can end its sessions.
@@ -51,9 +76,24 @@ impl SessionStore for PgSessionStore {
         &self,
         session_key: &SessionKey,
     ) -> Result<Option<HashMap<String, String>>, LoadError> {
-        sessions::load(&self.pool, &key_hash(session_key), self.absolute_timeout_s)
-            .await
-            .map_err(|e| LoadError::Other(e.into()))
+        let loaded = sessions::load(
+            &self.pool,
+            &key_hash(session_key),
+            self.absolute_timeout_s,
+            self.idle_timeout_s,
+        )
+        .await
+        .map_err(|e| LoadError::Other(e.into()))?;
+        let Some(loaded) = loaded else {
+            return Ok(None);
+        };
+        let mut state = loaded.state;
+        if let Some((id, user)) = loaded.user {
+            let value = serde_json::to_string(&LoadedUser { id, user })
+                .map_err(|e| LoadError::Other(e.into()))?;
+            state.insert(LOADED_USER.to_owned(), value);
+        }
+        Ok(Some(state))
     }
 
     async fn save(
@@ -61,6 +101,7 @@ impl SessionStore for PgSessionStore {
         state: HashMap<String, String>,
         ttl: &Duration,
     ) -> Result<SessionKey, SaveError> {
+        let state = persisted(state);
         let key = new_key();
         sessions::insert(
             &self.pool,
@@ -80,6 +121,7 @@ impl SessionStore for PgSessionStore {
         state: HashMap<String, String>,
         ttl: &Duration,
     ) -> Result<SessionKey, UpdateError> {
+        let state = persisted(state);
         let updated = sessions::update(
             &self.pool,
             &key_hash(&session_key),

@@ -274,6 +274,82 @@ async fn sessions_end_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn using_a_session_pushes_its_idle_expiry_forward() {
+    let app = spawn_app().await;
+    let c = app.admin().await;
+    sqlx::query("UPDATE sessions SET expires_at = now() + interval '2 minutes'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    assert_eq!(app.get(&c, "/servers").await.status(), 200);
+
+    let left: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM max(expires_at) - now())::FLOAT8 FROM sessions",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        left > 1800.0 - 60.0,
+        "the idle timeout (1,800 s) starts again: {left} s left"
+    );
+}
+
+#[tokio::test]
+async fn every_request_sees_the_user_as_the_database_has_it_now() {
+    let app = spawn_app().await;
+    let password = app.create_user("erin", Role::Admin).await;
+    let erin = client();
+    assert_eq!(app.login(&erin, "erin", &password).await.status(), 303);
+    assert_eq!(app.get(&erin, "/users").await.status(), 200);
+
+    // Changed behind the console's back (no session is ended): the next request knows.
+    sqlx::query("UPDATE users SET role = 'viewer' WHERE name = 'erin'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.get(&erin, "/users").await.status(), 403);
+    assert_eq!(app.get(&erin, "/servers").await.status(), 200);
+
+    sqlx::query("UPDATE users SET disabled = TRUE WHERE name = 'erin'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.get(&erin, "/servers").await.status(), 303);
+}
+
+#[tokio::test]
+async fn the_user_read_with_a_session_is_never_stored_in_it() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    // A request that changes the session (a flash message) writes its state back.
+    let res = app
+        .post_form(
+            &admin,
+            "/users",
+            "/users",
+            &[
+                ("name", "frank"),
+                ("role", "viewer"),
+                ("password", "a fine long password"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(app.get(&admin, "/users").await.status(), 200);
+
+    let states: Vec<String> = sqlx::query_scalar("SELECT state::TEXT FROM sessions")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(!states.is_empty());
+    for state in states {
+        assert!(!state.contains("kiln.loaded_user"), "{state}");
+    }
+}
+
+#[tokio::test]
 async fn sessions_end_after_the_absolute_timeout_even_when_active() {
     let app = spawn_app().await;
     let c = app.admin().await;

@@ -186,22 +186,21 @@ async fn live(
             .map(|s| (s.launched_at, s.id)),
         None => None,
     };
-    // What is still in flight is read first, then the servers: a launch or termination that
-    // finished before the first read is in the second, so the page never stops refreshing
-    // while it still shows a server as it was (the reads are separate snapshots). Each pair
-    // runs concurrently on its own pooled connections.
-    // A termination in flight, or one that ended in the last 10 s: the page keeps refreshing a
-    // little after the end, so a view rendered from a request that raced the end is replaced.
-    let terminating = sqlx::query_scalar::<_, bool>(
+    // Everything is read at once, each statement on its own pooled connection, so the
+    // reads are separate snapshots. A launch or termination that ends between them must
+    // not leave the page still and stale (a launch finished after the servers were read,
+    // before the launches were: its servers are missing and nothing is in flight any more),
+    // so one that ended in the last 10 s keeps the page refreshing; the next refresh, two
+    // seconds later, reads after the end.
+    let recently_busy = sqlx::query_scalar::<_, bool>(
         "SELECT EXISTS (SELECT 1 FROM tasks WHERE kind = 'terminate_server'
-                          AND (state IN ('queued', 'running') OR finished_at > now() - interval '10 seconds'))",
+                          AND (state IN ('queued', 'running') OR finished_at > now() - interval '10 seconds'))
+             OR EXISTS (SELECT 1 FROM launches WHERE updated_at > now() - interval '10 seconds')",
     )
     .fetch_one(&state.pool);
-    let (launches, terminating) = tokio::try_join!(
+    let (launches, recently_busy, mut rows, by_state) = tokio::try_join!(
         crate::db::servers::unfinished_launches(&state.pool),
-        terminating,
-    )?;
-    let (mut rows, by_state) = tokio::try_join!(
+        recently_busy,
         crate::db::servers::list(&state.pool, &query, after, PAGE + 1),
         crate::db::servers::counts_by_state(&state.pool),
     )?;
@@ -225,7 +224,7 @@ async fn live(
     let launches: Vec<LaunchView> = launches.into_iter().map(LaunchView::from).collect();
     let servers: Vec<ServerView> = rows.into_iter().map(ServerView::from).collect();
     // Terminations in flight keep the page refreshing until the servers are gone.
-    let busy = terminating
+    let busy = recently_busy
         || launches
             .iter()
             .any(|l| l.state == "pending" || l.state == "running")

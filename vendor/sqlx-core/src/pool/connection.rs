@@ -311,6 +311,15 @@ impl<DB: Database> Floating<DB, Live<DB>> {
         // returned to the pool; also of course, if it was dropped due to an error
         // this is simply a band-aid as SQLx-next connections should be able
         // to recover from cancellations
+        // Kiln's patch: ping only a connection that has writes queued (a dropped
+        // transaction's ROLLBACK, which must reach the server now, not when the connection
+        // is next lent out). A clean one is released as it is: the unconditional ping cost
+        // one more round trip per statement, and whatever a dropped statement left unread is
+        // drained by the next statement on the connection anyway (`wait_until_ready`).
+        if !self.raw.should_flush() {
+            self.release();
+            return true;
+        }
         if let Err(error) = self.raw.ping().await {
             tracing::warn!(
                 %error,
