@@ -35,10 +35,10 @@ pub struct ServerQuery {
 macro_rules! select_servers {
     ($rest:literal) => {
         concat!(
-            "SELECT s.id, s.image_id, i.version AS image_version, s.launch_id, s.instance_type, s.state, s.mode,
+            "SELECT s.id, s.image_id, s.image_version, s.launch_id, s.instance_type, s.state, s.mode,
                     s.purpose, s.adopted, s.launched_by, s.launched_at, s.last_seen_at,
                     (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id) AS running_jobs
-             FROM servers s LEFT JOIN images i ON i.id = s.image_id ",
+             FROM servers s ",
             $rest
         )
     };

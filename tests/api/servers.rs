@@ -777,3 +777,45 @@ async fn the_counts_per_state_and_per_image_stay_equal_to_the_servers_table() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_servers_page_shows_the_version_of_each_servers_image_even_one_catalogued_later() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    // Adopted from the provider while its image was not in the catalogue yet.
+    sqlx::query(
+        "INSERT INTO servers (id, image_id, instance_type, state, launched_by, adopted)
+         VALUES ('i-adopted-early', 'ami-later', 't3.micro', 'running', 'reconciler', TRUE)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let page = app.get(&admin, "/servers").await.text().await.unwrap();
+    assert!(page.contains("i-adopted-early"), "{page}");
+    assert!(!page.contains("v77"));
+
+    sqlx::query(
+        "INSERT INTO images (id, name, version, state, added_by)
+         VALUES ('ami-later', 'late', '77', 'available', 'admin')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let page = app.get(&admin, "/servers").await.text().await.unwrap();
+    assert!(page.contains("v77"), "the version arrives with the image");
+
+    // A server recorded after its image: the version at once.
+    sqlx::query(
+        "INSERT INTO servers (id, image_id, instance_type, state, launched_by)
+         VALUES ('i-launched-later', 'ami-later', 't3.micro', 'running', 'admin')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let versions: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT image_version FROM servers WHERE image_id = 'ami-later'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![Some("77".to_owned()); 2]);
+}
