@@ -189,7 +189,7 @@ pub async fn connect_tcp<Ws: WithSocket>(
     #[cfg(feature = "_rt-tokio")]
     if crate::rt::rt_tokio::available() {
         let stream = tokio::net::TcpStream::connect((host, port)).await?;
-        // Kiln's one change to sqlx-core 0.9.0 (see vendor/README.md): TCP_NODELAY, as sqlx
+        // Kiln's change to sqlx-core 0.9.0 (one of two; see vendor/README.md): TCP_NODELAY, as sqlx
         // 0.8 set it and upstream sets it again (sqlx#4335, PR #4336). Without it, Nagle's
         // algorithm and the server's delayed ACK stall a statement sent as several writes
         // (a large bind) for 40 ms.
