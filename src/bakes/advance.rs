@@ -526,7 +526,7 @@ async fn release_if_asked(env: &Env<'_>, bake: &BakeRow) -> Result<(), TaskError
         return Ok(());
     }
     let author = match recipe.created_by_id {
-        Some(id) => crate::db::users::find_by_id(env.pool, id).await?,
+        Some(id) => crate::db::users::find(env.pool, id).await?,
         None => None,
     };
     let Some(author) = author.filter(|u| !u.disabled && u.role() >= crate::domain::Role::Operator)

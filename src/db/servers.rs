@@ -58,24 +58,26 @@ pub async fn list(
     after: Option<(OffsetDateTime, String)>,
     limit: i64,
 ) -> sqlx::Result<Vec<ServerRow>> {
-    let mut conditions = Vec::with_capacity(5);
+    // Numbered and bound in this one order.
+    let filters = [
+        (&q.image, "s.image_id"),
+        (&q.state, "s.state"),
+        (&q.mode, "s.mode"),
+        (&q.purpose, "s.purpose"),
+    ];
+    let mut conditions = Vec::with_capacity(6);
     let mut placeholder = 0;
     let mut next = || {
         placeholder += 1;
         placeholder
     };
-    for (value, column) in [(&q.image, "s.image_id"), (&q.state, "s.state")] {
+    for (value, column) in filters {
         if value.is_some() {
             conditions.push(format!("{column} = ${}", next()));
         }
     }
     if q.state.is_none() {
         conditions.push("s.state <> 'terminated'".to_owned());
-    }
-    for (value, column) in [(&q.mode, "s.mode"), (&q.purpose, "s.purpose")] {
-        if value.is_some() {
-            conditions.push(format!("{column} = ${}", next()));
-        }
     }
     if after.is_some() {
         let (at, id) = (next(), next());
@@ -89,12 +91,8 @@ pub async fn list(
         select_servers!(""),
         conditions.join(" AND "),
     );
-    // Bound in the order the placeholders were numbered above.
     let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-    for value in [&q.image, &q.state, &q.mode, &q.purpose]
-        .into_iter()
-        .flatten()
-    {
+    for value in filters.into_iter().filter_map(|(value, _)| value.as_ref()) {
         query = query.bind(value);
     }
     if let Some((at, id)) = after {

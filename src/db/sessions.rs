@@ -5,22 +5,43 @@ use std::collections::HashMap;
 
 use sqlx::{PgExecutor, PgPool};
 
+use super::users::UserRow;
+use crate::domain::Role;
+
 pub type State = HashMap<String, String>;
 
 /// A session's user as the `users` table has it at load time.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionUser {
     pub id: i64,
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub disabled: bool,
+}
+
+impl From<UserRow> for SessionUser {
+    fn from(u: UserRow) -> Self {
+        Self {
+            id: u.id,
+            role: u.role(),
+            name: u.name,
+            disabled: u.disabled,
+        }
+    }
+}
+
+/// The user a session is logged in as: its `user_id` and that user's row (None: the user
+/// no longer exists).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct LoadedUser {
+    pub id: i64,
+    pub user: Option<SessionUser>,
 }
 
 /// A live session: its state and, read in the same statement, the user it is logged in as.
 pub struct Loaded {
     pub state: State,
-    /// The session's `user_id` and that user's row (None: the user is gone).
-    pub user: Option<(i64, Option<SessionUser>)>,
+    pub user: Option<LoadedUser>,
 }
 
 /// Loads a live session, its user and (at most once a minute) pushes its idle expiry forward,
@@ -59,20 +80,21 @@ pub async fn load(
     .bind(idle_s as f64)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| Loaded {
-        state: r.state.0,
-        user: r.user_id.map(|id| {
-            let user = match (r.name, r.role, r.disabled) {
-                (Some(name), Some(role), Some(disabled)) => Some(SessionUser {
-                    id,
-                    name,
-                    role,
-                    disabled,
-                }),
-                _ => None,
-            };
-            (id, user)
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let user = match (r.user_id, r.name, r.role, r.disabled) {
+        (Some(id), Some(name), Some(role), Some(disabled)) => Some(SessionUser {
+            id,
+            name,
+            role: role.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            disabled,
         }),
+        _ => None,
+    };
+    Ok(Some(Loaded {
+        state: r.state.0,
+        user: r.user_id.map(|id| LoadedUser { id, user }),
     }))
 }
 

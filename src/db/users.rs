@@ -70,13 +70,6 @@ pub async fn create(
     }
 }
 
-pub async fn find_by_id(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<UserRow>> {
-    sqlx::query_as(concat!("SELECT ", columns!(), " FROM users WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
-}
-
 pub async fn find_by_name(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<Option<UserRow>> {
     sqlx::query_as(concat!(
         "SELECT ",

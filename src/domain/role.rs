@@ -4,7 +4,9 @@ use std::str::FromStr;
 use super::ValidationError;
 
 /// What a user may do. Ordered: every role may do what the roles before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Sees every page but Users; changes nothing but its own password.

@@ -18,9 +18,9 @@ use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, HttpResponse, web}
 
 use super::AppState;
 use super::error::AppError;
-use super::session_store::{LOADED_USER, LoadedUser, USER_ID};
+use super::session_store::{LOADED_USER, USER_ID};
 use crate::auth::{Principal, Via};
-use crate::db::sessions::SessionUser;
+use crate::db::sessions::{LoadedUser, SessionUser};
 use crate::domain::Role;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,19 +207,12 @@ pub async fn session_principal(
         Ok(Some(loaded)) if loaded.id == user_id => loaded.user,
         _ => crate::db::users::find(&state.pool, user_id)
             .await?
-            .map(|u| SessionUser {
-                id: u.id,
-                role: u.role().as_str().to_owned(),
-                name: u.name,
-                disabled: u.disabled,
-            }),
+            .map(SessionUser::from),
     };
     match user {
         Some(user) if !user.disabled => Ok(Some(Principal {
             user_id: user.id,
-            role: user.role.parse().map_err(|e| {
-                AppError::Internal(anyhow::anyhow!("user {} has a bad role: {e}", user.id))
-            })?,
+            role: user.role,
             name: user.name,
             via: Via::Session,
         })),

@@ -16,22 +16,15 @@ use actix_web::cookie::time::Duration;
 use sqlx::PgPool;
 
 use crate::auth::token::{Secret, hash};
-use crate::db::sessions::{self, SessionUser};
+use crate::db::sessions;
 
 /// The session key under which the logged-in user's id is kept.
 pub const USER_ID: &str = "user_id";
 
-/// Reserved state key: the session's user as it was read together with the session. Only
-/// the store sets it; `save` and `update` strip it, so it never outlives the request.
+/// Reserved state key: the session's user (`sessions::LoadedUser`) as it was read together
+/// with the session. Only the store sets it; `save` and `update` strip it, so it never
+/// outlives the request.
 pub const LOADED_USER: &str = "kiln.loaded_user";
-
-/// The value under [`LOADED_USER`]: the session row's user id and that user's row at load
-/// time (None: the user no longer exists).
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct LoadedUser {
-    pub id: i64,
-    pub user: Option<SessionUser>,
-}
 
 #[derive(Clone)]
 pub struct PgSessionStore {
@@ -88,9 +81,8 @@ impl SessionStore for PgSessionStore {
             return Ok(None);
         };
         let mut state = loaded.state;
-        if let Some((id, user)) = loaded.user {
-            let value = serde_json::to_string(&LoadedUser { id, user })
-                .map_err(|e| LoadError::Other(e.into()))?;
+        if let Some(user) = loaded.user {
+            let value = serde_json::to_string(&user).map_err(|e| LoadError::Other(e.into()))?;
             state.insert(LOADED_USER.to_owned(), value);
         }
         Ok(Some(state))
