@@ -3,18 +3,41 @@
 (function () {
   "use strict";
 
-  // Plain (non-htmx) forms with data-confirm ask before submitting. htmx forms use hx-confirm,
-  // which htmx handles itself; skip them here so the question is asked once.
+  // The question a control asks before it acts, if any. Its own data-confirm; or, on long
+  // tables, data-ask="KEY": the question is written once on an ancestor's data-ask-KEY, with
+  // {id} standing for the row's data-id (a page of 1,000 rows carries it once, not 1,000
+  // times). A control that names a question nobody wrote still asks, in general words.
+  function questionOf(el) {
+    if (!el) return null;
+    var own = el.getAttribute("data-confirm");
+    if (own) return own;
+    var key = el.getAttribute("data-ask");
+    if (!key) return null;
+    var holder = el.closest("[data-ask-" + key + "]");
+    var row = el.closest("[data-id]");
+    if (!holder || !row) return "Are you sure?";
+    return holder.getAttribute("data-ask-" + key).split("{id}").join(row.getAttribute("data-id"));
+  }
+
+  // Plain (non-htmx) forms ask before submitting. htmx forms use hx-confirm, which htmx
+  // handles itself; skip them here so the question is asked once.
   document.addEventListener("submit", function (event) {
     var form = event.target;
     if (!(form instanceof HTMLFormElement)) return;
     if (form.hasAttribute("hx-post") && window.htmx) return;
     // A button may carry its own question (one shared form, a button per row).
-    var by = event.submitter;
-    var question = (by && by.getAttribute("data-confirm")) || form.getAttribute("data-confirm");
+    var question = questionOf(event.submitter) || questionOf(form);
     if (question && !window.confirm(question)) {
       event.preventDefault();
     }
+  });
+
+  // htmx controls with data-ask: the same questions, asked before htmx sends the request.
+  document.addEventListener("htmx:confirm", function (event) {
+    var el = event.detail.elt;
+    if (!el.hasAttribute("data-ask")) return;
+    event.preventDefault();
+    if (window.confirm(questionOf(el))) event.detail.issueRequest(true);
   });
 
   // Toasts fade after a while; errors stay until clicked.

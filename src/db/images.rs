@@ -86,23 +86,98 @@ pub async fn list(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Image
     sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(db).await
 }
 
+/// One image as the Images page lists it: only the columns the page shows.
+#[derive(Debug, Clone)]
+pub struct CatalogueRow {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub source_revision: String,
+    pub state: String,
+    pub state_reason: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// Read by position, in [`catalogue`]'s column order: by name, sqlx hashes each column's name
+/// on every row (7,000 lookups for the page).
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for CatalogueRow {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> sqlx::Result<Self> {
+        use sqlx::Row;
+        Ok(Self {
+            id: row.try_get(0)?,
+            name: row.try_get(1)?,
+            version: row.try_get(2)?,
+            source_revision: row.try_get(3)?,
+            state: row.try_get(4)?,
+            state_reason: row.try_get(5)?,
+            created_at: row.try_get(6)?,
+        })
+    }
+}
+
+/// What the Images page marks on its rows, read apart from the rows: the current image,
+/// every image that ever was current, and the live servers per image (only images with some).
+#[derive(Debug, Default)]
+pub struct CatalogueMarks {
+    pub current: Option<String>,
+    pub released: std::collections::HashSet<String>,
+    pub servers: std::collections::HashMap<String, i64>,
+}
+
+/// The Images page's rows, newest first, without the marks ([`catalogue_marks`]).
+///
+/// The page lists every image (1,000 on a big catalogue). Joined with the server counts and
+/// the release history in one statement, PostgreSQL spent twice as long as on the rows alone
+/// (hashing both sides, then sorting wider rows: pgbench 1.9 ms vs 0.9 ms for 1,000 images);
+/// the marks are a few hundred small values, joined in the page instead.
+pub async fn catalogue(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<CatalogueRow>> {
+    // The limit is written in, as in [`list`].
+    let sql = format!(
+        "SELECT id, name, version, source_revision, state, state_reason, created_at FROM images
+         ORDER BY created_at DESC, id DESC LIMIT {limit}"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(db).await
+}
+
+/// The marks of [`catalogue`]'s rows, in one statement.
+pub async fn catalogue_marks(db: impl PgExecutor<'_>) -> sqlx::Result<CatalogueMarks> {
+    let (current, released, counted, counts): (Option<String>, Vec<String>, Vec<String>, Vec<i64>) =
+        sqlx::query_as(
+            "SELECT (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1),
+                    ARRAY(SELECT DISTINCT image_id FROM releases),
+                    COALESCE(array_agg(image_id), '{}'), COALESCE(array_agg(n), '{}')
+             FROM image_server_counts WHERE n <> 0",
+        )
+        .fetch_one(db)
+        .await?;
+    Ok(CatalogueMarks {
+        current,
+        released: released.into_iter().collect(),
+        servers: counted.into_iter().zip(counts).collect(),
+    })
+}
+
+/// The launch form's choices (see [`launchable`]), as a statement for other statements to
+/// read from: `id, name, version, current, created_at`, in the form's order.
+pub const LAUNCHABLE_CHOICES: &str = "
+    WITH cur AS (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)
+    SELECT id, name, version, current, created_at FROM (
+        (SELECT i.id, i.name, i.version, TRUE AS current, i.created_at FROM images i JOIN cur ON cur.image_id = i.id
+         WHERE i.state = 'available')
+        UNION
+        (SELECT i.id, i.name, i.version, i.id = (SELECT image_id FROM cur) IS TRUE, i.created_at FROM images i
+         WHERE i.state = 'available' ORDER BY i.created_at DESC, i.id DESC LIMIT 25)
+    ) choices ORDER BY current DESC, created_at DESC, id DESC";
+
 /// The launch form's choices: the current image and the 25 newest available ones (id, name,
 /// version, current). Older images launch from their own page; a select of 1,000 is no help.
 pub async fn launchable(
     db: impl PgExecutor<'_>,
 ) -> sqlx::Result<Vec<(String, String, String, bool)>> {
-    sqlx::query_as(
-        "WITH cur AS (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)
-         SELECT id, name, version, current FROM (
-             (SELECT i.id, i.name, i.version, TRUE AS current, i.created_at FROM images i JOIN cur ON cur.image_id = i.id
-              WHERE i.state = 'available')
-             UNION
-             (SELECT i.id, i.name, i.version, i.id = (SELECT image_id FROM cur) IS TRUE, i.created_at FROM images i
-              WHERE i.state = 'available' ORDER BY i.created_at DESC, i.id DESC LIMIT 25)
-         ) choices ORDER BY current DESC, created_at DESC, id DESC",
-    )
-    .fetch_all(db)
-    .await
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("SELECT id, name, version, current FROM ({LAUNCHABLE_CHOICES}) c")
+    });
+    sqlx::query_as(SQL.as_str()).fetch_all(db).await
 }
 
 pub async fn set_state(

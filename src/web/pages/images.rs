@@ -51,11 +51,48 @@ impl From<ImageRow> for ImageView {
     }
 }
 
+/// One row of the Images page's table.
+pub struct CatalogueView {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub source_revision: String,
+    pub state: String,
+    pub state_reason: String,
+    pub created: When,
+    pub current: bool,
+    pub was_current: bool,
+    pub servers: i64,
+}
+
+/// The whole catalogue, newest first, each image marked (current, was current, servers).
+async fn catalogue(state: &AppState) -> Result<Vec<CatalogueView>, AppError> {
+    let (rows, marks) = tokio::try_join!(
+        crate::db::images::catalogue(&state.pool, MAX_IMAGES),
+        crate::db::images::catalogue_marks(&state.pool),
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|r| CatalogueView {
+            current: marks.current.as_deref() == Some(r.id.as_str()),
+            was_current: marks.released.contains(&r.id),
+            servers: marks.servers.get(&r.id).copied().unwrap_or(0),
+            id: r.id,
+            name: r.name,
+            version: r.version,
+            source_revision: r.source_revision,
+            state: r.state,
+            state_reason: r.state_reason,
+            created: when(r.created_at),
+        })
+        .collect())
+}
+
 #[derive(Template)]
 #[template(path = "images.html")]
 struct ImagesPage {
     layout: Layout,
-    images: Vec<ImageView>,
+    images: Vec<CatalogueView>,
     any_pending: bool,
     aws: bool,
     form: AddImage,
@@ -68,7 +105,7 @@ struct ImagesPage {
 #[derive(Template)]
 #[template(path = "partials/image_rows.html")]
 struct ImageRows {
-    images: Vec<ImageView>,
+    images: Vec<CatalogueView>,
     any_pending: bool,
     can_act: bool,
 }
@@ -83,11 +120,9 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let (images, active) = tokio::try_join!(
-        crate::db::images::list(&state.pool, MAX_IMAGES),
-        crate::db::rollouts::active(&state.pool),
-    )?;
-    let images: Vec<ImageView> = images.into_iter().map(ImageView::from).collect();
+    let (images, active) = tokio::try_join!(catalogue(state), async {
+        Ok(crate::db::rollouts::active(&state.pool).await?)
+    })?;
     let any_pending = images.iter().any(|i| i.state == "pending");
     let page = ImagesPage {
         can_act: layout.can_act(),
@@ -117,11 +152,7 @@ pub async fn list(
 ) -> Result<HttpResponse, AppError> {
     if query.rows && is_htmx(&req) {
         // The live refresh of the table while an image is pending.
-        let images: Vec<ImageView> = crate::db::images::list(&state.pool, MAX_IMAGES)
-            .await?
-            .into_iter()
-            .map(ImageView::from)
-            .collect();
+        let images = catalogue(&state).await?;
         let any_pending = images.iter().any(|i| i.state == "pending");
         return super::html(
             &ImageRows {

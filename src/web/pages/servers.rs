@@ -179,6 +179,15 @@ async fn live(
     layout: &Layout,
     filters: &Filters,
 ) -> Result<ServersLive, AppError> {
+    Ok(read(state, layout, filters).await?.0)
+}
+
+/// The page's live part and the launch form's choices (id, name, version, current).
+async fn read(
+    state: &AppState,
+    layout: &Layout,
+    filters: &Filters,
+) -> Result<(ServersLive, Vec<(String, String, String, bool)>), AppError> {
     let query = filters.query();
     let after = match filters.after.as_deref().filter(|s| !s.is_empty()) {
         Some(id) => crate::db::servers::find(&state.pool, id)
@@ -186,24 +195,22 @@ async fn live(
             .map(|s| (s.launched_at, s.id)),
         None => None,
     };
-    // Everything is read at once, each statement on its own pooled connection, so the
-    // reads are separate snapshots. A launch or termination that ends between them must
-    // not leave the page still and stale (a launch finished after the servers were read,
-    // before the launches were: its servers are missing and nothing is in flight any more),
-    // so one that ended in the last 10 s keeps the page refreshing; the next refresh, two
-    // seconds later, reads after the end.
-    let recently_busy = sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM tasks WHERE kind = 'terminate_server'
-                          AND (state IN ('queued', 'running') OR finished_at > now() - interval '10 seconds'))
-             OR EXISTS (SELECT 1 FROM launches WHERE updated_at > now() - interval '10 seconds')",
-    )
-    .fetch_one(&state.pool);
-    let (launches, recently_busy, mut rows, by_state) = tokio::try_join!(
-        crate::db::servers::unfinished_launches(&state.pool),
-        recently_busy,
+    // The list and the rest are read at once, each on its own pooled connection, so they are
+    // separate snapshots. A launch or termination that ends between them must not leave the
+    // page still and stale (a launch finished after the servers were read, before the
+    // launches were: its servers are missing and nothing is in flight any more), so one that
+    // ended in the last 10 s keeps the page refreshing (`recently_busy`); the next refresh,
+    // two seconds later, reads after the end.
+    let (context, mut rows) = tokio::try_join!(
+        crate::db::servers::page_context(&state.pool),
         crate::db::servers::list(&state.pool, &query, after, PAGE + 1),
-        crate::db::servers::counts_by_state(&state.pool),
     )?;
+    let crate::db::servers::PageContext {
+        counts: by_state,
+        launches,
+        recently_busy,
+        choices,
+    } = context;
     let next = if rows.len() as i64 > PAGE {
         rows.truncate(PAGE as usize);
         rows.last().map(|r| r.id.clone())
@@ -231,7 +238,7 @@ async fn live(
         || servers
             .iter()
             .any(|s| matches!(s.state.as_str(), "pending" | "stopping" | "shutting-down"));
-    Ok(ServersLive {
+    let live = ServersLive {
         can_act: layout.can_act(),
         csrf: layout.csrf.clone(),
         servers,
@@ -242,7 +249,8 @@ async fn live(
         next,
         first_page: filters.after.is_none(),
         oob: false,
-    })
+    };
+    Ok((live, choices))
 }
 
 async fn render(
@@ -252,10 +260,7 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let (images, live) = tokio::try_join!(
-        async { Ok::<_, AppError>(crate::db::images::launchable(&state.pool).await?) },
-        live(state, &layout, &filters),
-    )?;
+    let (live, images) = read(state, &layout, &filters).await?;
     let images = images
         .into_iter()
         .map(|(id, name, version, current)| ImageChoice {
