@@ -21,6 +21,20 @@ use crate::telemetry::prometheus::Registry;
 use crate::web::session_store::PgSessionStore;
 use crate::web::{AppState, middleware, routes};
 
+/// HTTP worker threads: one per core, at most this many (each holds its own pool).
+const MAX_HTTP_WORKERS: usize = 4;
+
+/// Connections each HTTP worker may hold (a page reads at most three at once). With the
+/// background work's pool of 16, one process holds at most 16 + 4 x 8 = 48.
+const WORKER_POOL_CONNECTIONS: u32 = 8;
+
+fn http_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .min(MAX_HTTP_WORKERS)
+}
+
 pub struct Application {
     port: u16,
     settings: Arc<Settings>,
@@ -85,23 +99,36 @@ impl Application {
         let settings = Arc::new(settings);
         let settings_for_tasks = settings.clone();
         let wakeups = crate::jobs::wakeups::Wakeups::new();
-        let state = web::Data::new(AppState {
-            pool: pool.clone(),
-            settings: settings.clone(),
-            cloud: cloud.clone(),
-            metrics: metrics.clone(),
-            wakeups: wakeups.clone(),
-            agent_tokens: Default::default(),
-            series_ids: Default::default(),
-        });
-        let store = PgSessionStore::new(
-            pool.clone(),
-            settings.session_absolute_timeout,
-            settings.session_idle_timeout,
+        let agent_tokens = Arc::new(crate::web::agent_tokens::AgentTokens::default());
+        let series_ids = crate::metrics::series_ids::SeriesIds::default();
+        let shared_pool = pool.clone();
+        let (http_cloud, http_metrics, http_wakeups, http_settings) = (
+            cloud.clone(),
+            metrics.clone(),
+            wakeups.clone(),
+            settings.clone(),
         );
 
         let server = HttpServer::new(move || {
-            let sessions = SessionMiddleware::builder(store.clone(), key.clone())
+            // Runs once on each worker's thread: its pool is its own (see db::worker_pool);
+            // everything else is shared by the whole process.
+            let worker_pool = crate::db::worker_pool(&shared_pool, WORKER_POOL_CONNECTIONS);
+            let settings = &http_settings;
+            let state = web::Data::new(AppState {
+                pool: worker_pool.clone(),
+                settings: settings.clone(),
+                cloud: http_cloud.clone(),
+                metrics: http_metrics.clone(),
+                wakeups: http_wakeups.clone(),
+                agent_tokens: agent_tokens.clone(),
+                series_ids: series_ids.clone(),
+            });
+            let store = PgSessionStore::new(
+                worker_pool,
+                settings.session_absolute_timeout,
+                settings.session_idle_timeout,
+            );
+            let sessions = SessionMiddleware::builder(store, key.clone())
                 .cookie_name("kiln_session".into())
                 .cookie_http_only(true)
                 .cookie_same_site(SameSite::Lax)
@@ -133,6 +160,7 @@ impl Application {
                 ))
                 .wrap(from_fn(middleware::request_id::assign))
         })
+        .workers(http_workers())
         .listen(listener)?
         .shutdown_timeout(10)
         // Our own signal handlers, installed before `build` returns: actix's would only be

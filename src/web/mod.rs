@@ -37,7 +37,7 @@ pub struct AppState {
     /// Wakes agents' waiting claims when jobs become claimable.
     pub wakeups: crate::jobs::wakeups::Wakeups,
     /// Agent tokens seen lately (see `agent_tokens.rs`).
-    pub agent_tokens: agent_tokens::AgentTokens,
+    pub agent_tokens: Arc<agent_tokens::AgentTokens>,
     /// Metric series ids seen by this process (ingest's fast path).
     pub series_ids: crate::metrics::series_ids::SeriesIds,
 }

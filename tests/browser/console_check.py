@@ -26,7 +26,9 @@ def main() -> int:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-        page.on("dialog", lambda d: d.accept())
+        # Every confirmation is accepted; its words are kept, to check it names its target.
+        questions = []
+        page.on("dialog", lambda d: (questions.append(d.message), d.accept()))
 
         page.goto(f"{base}/")
         assert page.url.startswith(f"{base}/login"), page.url
@@ -62,8 +64,10 @@ def main() -> int:
         # Disable the first, terminate the second (its confirmation is accepted).
         rows.nth(0).get_by_role("button", name="Disable").click()
         page.get_by_text("Disabled 1 server").wait_for()
+        doomed = rows.nth(1).get_attribute("data-id")
         rows.nth(1).get_by_role("button", name="Terminate").click()
         page.get_by_text("Terminating 1 server once idle.").wait_for()
+        assert questions[-1] == f"Terminate {doomed} once its running jobs finish?", questions
         try:
             page.locator("#servers-live .count .state-terminated + .num", has_text="1").wait_for(timeout=30000)
         except Exception:
@@ -88,13 +92,15 @@ def main() -> int:
 
         # Add a new image, release it, and watch the rollout's page until it succeeds.
         page.goto(f"{base}/images")
-        old = page.locator(".current-row td.mono a").first.inner_text()
+        old = page.locator(".current-row").first.get_attribute("data-id")
         page.fill("#image-name", "worker")
         page.fill("#image-version", "2")
         page.get_by_role("button", name="Add image").click()
         page.get_by_role("button", name="Make current").first.wait_for(timeout=30000)
+        new = page.locator("tr", has=page.get_by_role("button", name="Make current")).first.get_attribute("data-id")
         page.get_by_role("button", name="Make current").first.click()
         page.wait_for_url(f"{base}/rollouts/*")
+        assert questions[-1].startswith(f"Release {new}? "), questions
         page.locator("#rollout-state.state-succeeded").wait_for(timeout=60000)
         page.screenshot(path=f"{out}/release.png", full_page=True)
         print("released a new image; its rollout succeeded on its page")
@@ -105,6 +111,7 @@ def main() -> int:
         page.screenshot(path=f"{out}/images.png", full_page=True)
         page.locator("tr", has_text=old).get_by_role("button", name="Roll back to this").click()
         page.wait_for_url(f"{base}/rollouts/*")
+        assert questions[-1].startswith(f"Roll the fleet back to {old}? "), questions
         page.locator("#rollout-state.state-succeeded").wait_for(timeout=60000)
         page.screenshot(path=f"{out}/rollback.png", full_page=True)
         page.goto(f"{base}/rollouts")
