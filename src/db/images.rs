@@ -158,7 +158,8 @@ pub async fn catalogue_marks(db: impl PgExecutor<'_>) -> sqlx::Result<CatalogueM
 }
 
 /// The launch form's choices (see [`launchable`]), as a statement for other statements to
-/// read from: `id, name, version, current, created_at`, in the form's order.
+/// read from: `id, name, version, current, created_at`; the form lists them current first,
+/// then newest first.
 pub const LAUNCHABLE_CHOICES: &str = "
     WITH cur AS (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)
     SELECT id, name, version, current, created_at FROM (
@@ -167,7 +168,7 @@ pub const LAUNCHABLE_CHOICES: &str = "
         UNION
         (SELECT i.id, i.name, i.version, i.id = (SELECT image_id FROM cur) IS TRUE, i.created_at FROM images i
          WHERE i.state = 'available' ORDER BY i.created_at DESC, i.id DESC LIMIT 25)
-    ) choices ORDER BY current DESC, created_at DESC, id DESC";
+    ) choices";
 
 /// The launch form's choices: the current image and the 25 newest available ones (id, name,
 /// version, current). Older images launch from their own page; a select of 1,000 is no help.
@@ -175,7 +176,10 @@ pub async fn launchable(
     db: impl PgExecutor<'_>,
 ) -> sqlx::Result<Vec<(String, String, String, bool)>> {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!("SELECT id, name, version, current FROM ({LAUNCHABLE_CHOICES}) c")
+        format!(
+            "SELECT id, name, version, current FROM ({LAUNCHABLE_CHOICES}) c
+             ORDER BY current DESC, created_at DESC, id DESC"
+        )
     });
     sqlx::query_as(SQL.as_str()).fetch_all(db).await
 }
