@@ -6,7 +6,7 @@ use std::time::Duration;
 use kiln::domain::Role;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{TestApp, location, spawn_app};
+use crate::helpers::{TestApp, location, spawn_app, spawn_app_with};
 
 /// Waits (bounded) until the catalogue's `id` has `state`.
 async fn until_state(pool: &sqlx::PgPool, id: &str, state: &str) {
@@ -377,4 +377,99 @@ async fn deregister_refuses_the_current_image_and_one_servers_run_then_deregiste
         409,
         "nothing launches from a deregistered image"
     );
+}
+
+/// The row of `id` in the Images page's table.
+fn image_row<'p>(page: &'p str, id: &str) -> &'p str {
+    let start = page
+        .find(&format!("<tr data-id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no row for {id}:\n{page}"));
+    let end = start + page[start..].find("</tr>").expect("the row ends");
+    &page[start..end]
+}
+
+#[tokio::test]
+async fn the_images_page_marks_each_row_current_was_current_and_its_live_servers() {
+    let app = spawn_app_with(|s| s.fleet = "marks".into()).await;
+    let base: String = sqlx::query_scalar("SELECT id FROM images")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    until_state(&app.pool, &base, "available").await;
+    // Two more images; `older` was released once, then the fleet went back to the base image.
+    // The page reads only the database: rows written here are what it must show.
+    for (id, name) in [
+        ("ami-local-00000000000000000a1", "older"),
+        ("ami-local-00000000000000000a2", "never"),
+    ] {
+        sqlx::query(
+            "INSERT INTO images (id, name, version, state, added_by) VALUES ($1, $2, '7', 'available', 'test')",
+        )
+        .bind(id)
+        .bind(name)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO releases (image_id, previous_image_id, kind, released_by) VALUES
+             ('ami-local-00000000000000000a1', $1, 'release', 'test'),
+             ($1, 'ami-local-00000000000000000a1', 'rollback', 'test')",
+    )
+    .bind(&base)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // Two live servers on `older`, one terminated on `never` (not counted).
+    sqlx::query(
+        "INSERT INTO servers (id, image_id, instance_type, state, mode, launched_by) VALUES
+             ('i-marks-1', 'ami-local-00000000000000000a1', 't3.micro', 'running', 'disabled', 'test'),
+             ('i-marks-2', 'ami-local-00000000000000000a1', 't3.micro', 'running', 'disabled', 'test'),
+             ('i-marks-3', 'ami-local-00000000000000000a2', 't3.micro', 'terminated', 'enabled', 'test')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // The live ones exist at the local provider too (as the bench's do), so that a reconcile
+    // running meanwhile finds them and leaves them live.
+    sqlx::query(
+        "INSERT INTO local_instances (id, image_id, instance_type, state, tags, launch_token)
+         SELECT id, image_id, instance_type, 'pending', '{\"kiln:fleet\": \"marks\"}', 'test'
+         FROM servers WHERE id IN ('i-marks-1', 'i-marks-2')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let admin = app.admin().await;
+    let page = app.get(&admin, "/images").await.text().await.unwrap();
+    let current = image_row(&page, &base);
+    assert!(current.contains("current-badge"), "{current}");
+    assert!(
+        !current.contains("<button"),
+        "the current image offers no release: {current}"
+    );
+    let older = image_row(&page, "ami-local-00000000000000000a1");
+    assert!(older.contains("was current"), "{older}");
+    assert!(older.contains(">Roll back to this</button>"), "{older}");
+    assert!(older.contains("data-ask=\"rollback\""), "{older}");
+    assert!(
+        older.contains("<a href=\"/servers?image=ami-local-00000000000000000a1\">2</a>"),
+        "{older}"
+    );
+    let never = image_row(&page, "ami-local-00000000000000000a2");
+    assert!(
+        !never.contains("was current") && !never.contains("current-badge"),
+        "{never}"
+    );
+    assert!(never.contains(">Make current</button>"), "{never}");
+    assert!(
+        never.contains("<a href=\"/servers?image=ami-local-00000000000000000a2\">0</a>"),
+        "{never}"
+    );
+    // The questions the buttons name are on the table, with the row's image to fill in.
+    assert!(page.contains("data-ask-rollback=\"Roll the fleet back to {id}?"));
+    assert!(page.contains("data-ask-release=\"Release {id}?"));
+    // Newest first: the two added last come before the base image.
+    assert!(page.find("ami-local-00000000000000000a2") < page.find(&format!("data-id=\"{base}\"")));
 }
