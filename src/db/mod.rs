@@ -61,8 +61,9 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
 /// use. An actix worker runs its own single-threaded runtime, and a socket belongs to the
 /// runtime that opened it: a connection of the shared pool, opened on another thread, had
 /// every reply noticed by that thread's reactor and handed over to the worker (two wake-ups
-/// per statement, a third of the Servers page's time in a profile). Opened lazily from the
-/// worker's own requests, its connections are the worker's.
+/// per statement; the Servers page took 1.27–1.39 ms at p50 with the shared pool, about 1.0
+/// ms with its worker's). Opened lazily by the worker's own requests, its connections are
+/// the worker's.
 pub fn worker_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     pool_options(max_connections).connect_lazy_with((*pool.connect_options()).clone())
 }
