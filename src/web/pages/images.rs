@@ -51,14 +51,9 @@ impl From<ImageRow> for ImageView {
     }
 }
 
-/// One row of the Images page's table.
+/// One row of the Images page's table: the image and its marks.
 pub struct CatalogueView {
-    pub id: String,
-    pub name: String,
-    pub version: String,
-    pub source_revision: String,
-    pub state: String,
-    pub state_reason: String,
+    pub row: crate::db::images::CatalogueRow,
     pub created: When,
     pub current: bool,
     pub was_current: bool,
@@ -73,17 +68,12 @@ async fn catalogue(state: &AppState) -> Result<Vec<CatalogueView>, AppError> {
     )?;
     Ok(rows
         .into_iter()
-        .map(|r| CatalogueView {
-            current: marks.current.as_deref() == Some(r.id.as_str()),
-            was_current: marks.released.contains(&r.id),
-            servers: marks.servers.get(&r.id).copied().unwrap_or(0),
-            id: r.id,
-            name: r.name,
-            version: r.version,
-            source_revision: r.source_revision,
-            state: r.state,
-            state_reason: r.state_reason,
-            created: when(r.created_at),
+        .map(|row| CatalogueView {
+            current: marks.current.as_deref() == Some(row.id.as_str()),
+            was_current: marks.released.contains(&row.id),
+            servers: marks.servers.get(&row.id).copied().unwrap_or(0),
+            created: when(row.created_at),
+            row,
         })
         .collect())
 }
@@ -123,7 +113,7 @@ async fn render(
     let (images, active) = tokio::try_join!(catalogue(state), async {
         Ok(crate::db::rollouts::active(&state.pool).await?)
     })?;
-    let any_pending = images.iter().any(|i| i.state == "pending");
+    let any_pending = images.iter().any(|i| i.row.state == "pending");
     let page = ImagesPage {
         can_act: layout.can_act(),
         csrf: layout.csrf.clone(),
@@ -153,7 +143,7 @@ pub async fn list(
     if query.rows && is_htmx(&req) {
         // The live refresh of the table while an image is pending.
         let images = catalogue(&state).await?;
-        let any_pending = images.iter().any(|i| i.state == "pending");
+        let any_pending = images.iter().any(|i| i.row.state == "pending");
         return super::html(
             &ImageRows {
                 images,
