@@ -24,9 +24,10 @@ use crate::web::{AppState, middleware, routes};
 /// HTTP worker threads: one per core, at most this many (each holds its own pool).
 const MAX_HTTP_WORKERS: usize = 4;
 
-/// Connections each HTTP worker may hold (a page reads at most three at once). With the
-/// background work's pool of 16, one process holds at most 16 + 4 x 8 = 48.
-const WORKER_POOL_CONNECTIONS: u32 = 8;
+/// Connections each HTTP worker may hold (a page reads at most three at once; more requests
+/// wait their turn). With the background work's pool of 16, one process holds at most
+/// 16 + 4 x 4 = 32, so that three replicas stay under PostgreSQL's default 100.
+const WORKER_POOL_CONNECTIONS: u32 = 4;
 
 fn http_workers() -> usize {
     std::thread::available_parallelism()

@@ -262,7 +262,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let shared = pool.clone();
     let bare_own = HttpServer::new(move || {
         App::new()
-            .app_data(web::Data::new(crate::db::worker_pool(&shared, 8)))
+            .app_data(web::Data::new(crate::db::worker_pool(&shared, 4)))
             .route("/servers", web::get().to(bare_servers))
             .route("/images", web::get().to(bare_images))
     })
