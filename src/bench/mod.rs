@@ -140,6 +140,25 @@ async fn bare_images(pool: web::Data<PgPool>) -> HttpResponse {
         .body(BareImages { images }.render().unwrap())
 }
 
+/// Serves the bare handlers on a port of their own, each HTTP worker with the pool
+/// `pool_for_worker` gives it (called once per worker, on the worker's thread).
+fn serve_bare(
+    pool_for_worker: impl Fn() -> PgPool + Clone + Send + 'static,
+) -> anyhow::Result<u16> {
+    let bare = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(pool_for_worker()))
+            .route("/servers", web::get().to(bare_servers))
+            .route("/images", web::get().to(bare_images))
+    })
+    .workers(2)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))?;
+    let port = bare.addrs()[0].port();
+    tokio::spawn(bare.run());
+    Ok(port)
+}
+
 async fn seed(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO images (id, name, version, state, added_by, created_at)
@@ -245,32 +264,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The reference as such handlers are usually written: one pool, opened at startup and
     // shared by the HTTP workers.
-    let bare_pool = pool.clone();
-    let bare = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(bare_pool.clone()))
-            .route("/servers", web::get().to(bare_servers))
-            .route("/images", web::get().to(bare_images))
-    })
-    .workers(2)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))?;
-    let bare_port = bare.addrs()[0].port();
-    tokio::spawn(bare.run());
+    let shared = pool.clone();
+    let bare_port = serve_bare(move || shared.clone())?;
     // And with the console's own arrangement, a pool per HTTP worker (db::worker_pool), so
     // that the ratio against it shows what the pages themselves cost.
     let shared = pool.clone();
-    let bare_own = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(crate::db::worker_pool(&shared, 4)))
-            .route("/servers", web::get().to(bare_servers))
-            .route("/images", web::get().to(bare_images))
-    })
-    .workers(2)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))?;
-    let bare_own_port = bare_own.addrs()[0].port();
-    tokio::spawn(bare_own.run());
+    let bare_own_port = serve_bare(move || crate::db::worker_pool(&shared, 4))?;
 
     let client = reqwest::Client::builder()
         .cookie_store(true)

@@ -273,15 +273,19 @@ pub struct PageContext {
     pub counts: Vec<(String, i64)>,
     pub launches: Vec<LaunchRow>,
     pub recently_busy: bool,
-    /// [`crate::db::images::launchable`]'s choices: id, name, version, current.
+    /// [`crate::db::images::launchable`]'s choices: id, name, version, current (empty when
+    /// not asked for: the page's live refresh shows no launch form).
     pub choices: Vec<(String, String, String, bool)>,
 }
 
-/// The Servers page's [`PageContext`]. Five small reads as one statement: run as five, each
-/// on its own pooled connection, they cost more in round trips and wake-ups than in reading.
-pub async fn page_context(db: impl PgExecutor<'_>) -> sqlx::Result<PageContext> {
+/// The Servers page's [`PageContext`]. Its small reads as one statement: run apart, each on
+/// its own pooled connection, they cost more in round trips and wake-ups than in reading.
+pub async fn page_context(
+    db: impl PgExecutor<'_>,
+    with_choices: bool,
+) -> sqlx::Result<PageContext> {
     use sqlx::types::Json;
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    fn statement(choices: &str) -> String {
         format!(
             "SELECT ARRAY(SELECT state FROM server_state_counts WHERE n <> 0 ORDER BY state),
                     ARRAY(SELECT n FROM server_state_counts WHERE n <> 0 ORDER BY state),
@@ -294,12 +298,19 @@ pub async fn page_context(db: impl PgExecutor<'_>) -> sqlx::Result<PageContext> 
                     EXISTS (SELECT 1 FROM tasks WHERE kind = 'terminate_server'
                               AND (state IN ('queued', 'running') OR finished_at > now() - interval '10 seconds'))
                       OR EXISTS (SELECT 1 FROM launches WHERE updated_at > now() - interval '10 seconds'),
-                    (SELECT COALESCE(json_agg(json_build_array(c.id, c.name, c.version, c.current)
-                                              ORDER BY c.current DESC, c.created_at DESC, c.id DESC), '[]')
-                     FROM ({}) c)",
-            crate::db::images::LAUNCHABLE_CHOICES
+                    {choices}"
         )
+    }
+    static WITH_CHOICES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        statement(&format!(
+            "(SELECT COALESCE(json_agg(json_build_array(c.id, c.name, c.version, c.current)
+                                       ORDER BY c.current DESC, c.created_at DESC, c.id DESC), '[]')
+              FROM ({}) c)",
+            crate::db::images::LAUNCHABLE_CHOICES
+        ))
     });
+    static WITHOUT_CHOICES: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| statement("'[]'::json"));
     type Row = (
         Vec<String>,
         Vec<i64>,
@@ -307,8 +318,13 @@ pub async fn page_context(db: impl PgExecutor<'_>) -> sqlx::Result<PageContext> 
         bool,
         Json<Vec<(String, String, String, bool)>>,
     );
+    let sql = if with_choices {
+        &WITH_CHOICES
+    } else {
+        &WITHOUT_CHOICES
+    };
     let (states, ns, launches, recently_busy, choices): Row =
-        sqlx::query_as(SQL.as_str()).fetch_one(db).await?;
+        sqlx::query_as(sql.as_str()).fetch_one(db).await?;
     Ok(PageContext {
         counts: states.into_iter().zip(ns).collect(),
         launches: launches.0,

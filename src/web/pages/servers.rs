@@ -179,14 +179,16 @@ async fn live(
     layout: &Layout,
     filters: &Filters,
 ) -> Result<ServersLive, AppError> {
-    Ok(read(state, layout, filters).await?.0)
+    Ok(read(state, layout, filters, false).await?.0)
 }
 
-/// The page's live part and the launch form's choices (id, name, version, current).
+/// The page's live part and, when asked for, the launch form's choices (id, name, version,
+/// current).
 async fn read(
     state: &AppState,
     layout: &Layout,
     filters: &Filters,
+    with_choices: bool,
 ) -> Result<(ServersLive, Vec<(String, String, String, bool)>), AppError> {
     let query = filters.query();
     let after = match filters.after.as_deref().filter(|s| !s.is_empty()) {
@@ -202,7 +204,7 @@ async fn read(
     // ended in the last 10 s keeps the page refreshing (`recently_busy`); the next refresh,
     // two seconds later, reads after the end.
     let (context, mut rows) = tokio::try_join!(
-        crate::db::servers::page_context(&state.pool),
+        crate::db::servers::page_context(&state.pool, with_choices),
         crate::db::servers::list(&state.pool, &query, after, PAGE + 1),
     )?;
     let crate::db::servers::PageContext {
@@ -260,7 +262,7 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let (live, images) = read(state, &layout, &filters).await?;
+    let (live, images) = read(state, &layout, &filters, true).await?;
     let images = images
         .into_iter()
         .map(|(id, name, version, current)| ImageChoice {
