@@ -130,7 +130,7 @@ impl Application {
                 settings.session_idle_timeout,
             );
             let sessions = SessionMiddleware::builder(store, key.clone())
-                .cookie_name("kiln_session".into())
+                .cookie_name(crate::web::prefetch::SESSION_COOKIE.into())
                 .cookie_http_only(true)
                 .cookie_same_site(SameSite::Lax)
                 .cookie_secure(settings.secure_cookies())
@@ -145,16 +145,21 @@ impl Application {
                         .state_ttl_extension_policy(TtlExtensionPolicy::OnStateChanges),
                 )
                 .build();
+            let prefetch_key = key.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(web::FormConfig::default().limit(1 << 20))
                 .configure(routes::register)
                 .default_service(web::to(middleware::errors::not_found))
-                // Outermost last: request id -> security headers -> compression -> sessions ->
-                // errors. Errors render inside the session so that an error page's forms carry
-                // the session's live CSRF token.
+                // Outermost last: request id -> security headers -> compression -> prefetch ->
+                // sessions -> errors. Errors render inside the session so that an error page's
+                // forms carry the session's live CSRF token; the big pages' reads start before
+                // the session loads (web::prefetch).
                 .wrap(from_fn(middleware::errors::render))
                 .wrap(sessions)
+                .wrap(from_fn(move |req, next| {
+                    crate::web::prefetch::start(prefetch_key.clone(), req, next)
+                }))
                 .wrap(Compress::default())
                 .wrap(middleware::security_headers::headers(
                     settings.secure_cookies(),

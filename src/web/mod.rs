@@ -14,6 +14,7 @@ pub mod layout;
 pub mod metrics_api;
 pub mod middleware;
 pub mod pages;
+pub mod prefetch;
 pub mod routes;
 pub mod session_store;
 pub mod view;

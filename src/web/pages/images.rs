@@ -2,8 +2,9 @@
 //! page, and adding an image.
 
 use actix_session::Session;
+use actix_web::dev::ServiceRequest;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use askama::Template;
 
 use super::{is_htmx, see_other, source_ip};
@@ -61,10 +62,10 @@ pub struct CatalogueView {
 }
 
 /// The whole catalogue, newest first, each image marked (current, was current, servers).
-async fn catalogue(state: &AppState) -> Result<Vec<CatalogueView>, AppError> {
+async fn catalogue(pool: &sqlx::PgPool) -> Result<Vec<CatalogueView>, AppError> {
     let (rows, marks) = tokio::try_join!(
-        crate::db::images::catalogue(&state.pool, MAX_IMAGES),
-        crate::db::images::catalogue_marks(&state.pool),
+        crate::db::images::catalogue(pool, MAX_IMAGES),
+        crate::db::images::catalogue_marks(pool),
     )?;
     Ok(rows
         .into_iter()
@@ -103,6 +104,38 @@ struct ImageRows {
 /// The catalogue is small (SPEC: 1,000 images); one page shows it all.
 const MAX_IMAGES: i64 = 5000;
 
+/// What the page reads: the catalogue and, for the whole page, the rollout in progress.
+pub struct ImagesData {
+    images: Vec<CatalogueView>,
+    active: Option<crate::db::rollouts::RolloutRow>,
+}
+
+/// The page's reads (owned arguments: [`prefetch`] runs this in a task of its own).
+async fn fetch(pool: sqlx::PgPool, whole_page: bool) -> Result<ImagesData, AppError> {
+    let (images, active) = tokio::try_join!(catalogue(&pool), async {
+        if whole_page {
+            Ok(crate::db::rollouts::active(&pool).await?)
+        } else {
+            Ok(None)
+        }
+    })?;
+    Ok(ImagesData { images, active })
+}
+
+/// Whether a GET asks for the whole page or only the table's rows (its live refresh).
+fn whole_page(req: &HttpRequest, query: &RowsQuery) -> bool {
+    !(query.rows && is_htmx(req))
+}
+
+/// Starts the page's reads while the session loads (see `web::prefetch`).
+pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) -> Option<()> {
+    let query = web::Query::<RowsQuery>::from_query(req.query_string()).ok()?;
+    let reads = fetch(state.pool.clone(), whole_page(req.request(), &query));
+    req.extensions_mut()
+        .insert(crate::web::prefetch::spawn(reads));
+    Some(())
+}
+
 async fn render(
     layout: Layout,
     state: &AppState,
@@ -110,9 +143,19 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let (images, active) = tokio::try_join!(catalogue(state), async {
-        Ok(crate::db::rollouts::active(&state.pool).await?)
-    })?;
+    let data = fetch(state.pool.clone(), true).await?;
+    render_read(layout, state, data, form, error, status)
+}
+
+fn render_read(
+    layout: Layout,
+    state: &AppState,
+    data: ImagesData,
+    form: AddImage,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let ImagesData { images, active } = data;
     let any_pending = images.iter().any(|i| i.row.state == "pending");
     let page = ImagesPage {
         can_act: layout.can_act(),
@@ -140,9 +183,14 @@ pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<RowsQuery>,
 ) -> Result<HttpResponse, AppError> {
-    if query.rows && is_htmx(&req) {
+    let whole = whole_page(&req, &query);
+    let data = match crate::web::prefetch::take::<ImagesData>(&req).await {
+        Some(read) => read?,
+        None => fetch(state.pool.clone(), whole).await?,
+    };
+    if !whole {
         // The live refresh of the table while an image is pending.
-        let images = catalogue(&state).await?;
+        let images = data.images;
         let any_pending = images.iter().any(|i| i.row.state == "pending");
         return super::html(
             &ImageRows {
@@ -153,7 +201,14 @@ pub async fn list(
             StatusCode::OK,
         );
     }
-    render(layout, &state, AddImage::default(), None, StatusCode::OK).await
+    render_read(
+        layout,
+        &state,
+        data,
+        AddImage::default(),
+        None,
+        StatusCode::OK,
+    )
 }
 
 pub async fn add(

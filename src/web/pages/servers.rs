@@ -2,8 +2,9 @@
 //! refresh while anything is in motion) and a server's own page.
 
 use actix_session::Session;
+use actix_web::dev::ServiceRequest;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use askama::Template;
 
 use super::{is_htmx, see_other, source_ip};
@@ -179,20 +180,33 @@ async fn live(
     layout: &Layout,
     filters: &Filters,
 ) -> Result<ServersLive, AppError> {
-    Ok(read(state, layout, filters, false).await?.0)
+    let data = fetch(
+        state.pool.clone(),
+        filters.query(),
+        filters.after.clone(),
+        false,
+    )
+    .await?;
+    Ok(assemble(data, layout, filters).0)
 }
 
-/// The page's live part and, when asked for, the launch form's choices (id, name, version,
-/// current).
-async fn read(
-    state: &AppState,
-    layout: &Layout,
-    filters: &Filters,
+/// What the page reads: the rows of its page (one more, to know whether a next page exists)
+/// and everything around them.
+pub struct ServersData {
+    context: crate::db::servers::PageContext,
+    rows: Vec<crate::db::servers::ServerRow>,
+}
+
+/// The page's reads; the launch form's choices only when asked for (the live refresh shows
+/// no form). Owned arguments: [`prefetch`] runs this in a task of its own.
+async fn fetch(
+    pool: sqlx::PgPool,
+    query: ServerQuery,
+    after: Option<String>,
     with_choices: bool,
-) -> Result<(ServersLive, Vec<(String, String, String, bool)>), AppError> {
-    let query = filters.query();
-    let after = match filters.after.as_deref().filter(|s| !s.is_empty()) {
-        Some(id) => crate::db::servers::find(&state.pool, id)
+) -> Result<ServersData, AppError> {
+    let after = match after.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => crate::db::servers::find(&pool, id)
             .await?
             .map(|s| (s.launched_at, s.id)),
         None => None,
@@ -203,10 +217,43 @@ async fn read(
     // launches were: its servers are missing and nothing is in flight any more), so one that
     // ended in the last 10 s keeps the page refreshing (`recently_busy`); the next refresh,
     // two seconds later, reads after the end.
-    let (context, mut rows) = tokio::try_join!(
-        crate::db::servers::page_context(&state.pool, with_choices),
-        crate::db::servers::list(&state.pool, &query, after, PAGE + 1),
+    let (context, rows) = tokio::try_join!(
+        crate::db::servers::page_context(&pool, with_choices),
+        crate::db::servers::list(&pool, &query, after, PAGE + 1),
     )?;
+    Ok(ServersData { context, rows })
+}
+
+/// Whether a GET of the page shows the launch form (a full page) or only its live part.
+fn wants_choices(req: &HttpRequest, filters: &Filters) -> bool {
+    !(filters.live && is_htmx(req))
+}
+
+/// Starts the page's reads while the session loads (see `web::prefetch`).
+pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) -> Option<()> {
+    let filters = web::Query::<Filters>::from_query(req.query_string())
+        .ok()?
+        .into_inner();
+    let with_choices = wants_choices(req.request(), &filters);
+    let reads = fetch(
+        state.pool.clone(),
+        filters.query(),
+        filters.after.clone(),
+        with_choices,
+    );
+    req.extensions_mut()
+        .insert(crate::web::prefetch::spawn(reads));
+    Some(())
+}
+
+/// The page's live part and the launch form's choices (id, name, version, current), from
+/// what was read.
+fn assemble(
+    data: ServersData,
+    layout: &Layout,
+    filters: &Filters,
+) -> (ServersLive, Vec<(String, String, String, bool)>) {
+    let ServersData { context, mut rows } = data;
     let crate::db::servers::PageContext {
         counts: by_state,
         launches,
@@ -252,7 +299,7 @@ async fn read(
         first_page: filters.after.is_none(),
         oob: false,
     };
-    Ok((live, choices))
+    (live, choices)
 }
 
 async fn render(
@@ -262,7 +309,25 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let (live, images) = read(state, &layout, &filters, true).await?;
+    let data = fetch(
+        state.pool.clone(),
+        filters.query(),
+        filters.after.clone(),
+        true,
+    )
+    .await?;
+    render_read(layout, state, data, filters, error, status)
+}
+
+fn render_read(
+    layout: Layout,
+    state: &AppState,
+    data: ServersData,
+    filters: Filters,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let (live, images) = assemble(data, &layout, &filters);
     let images = images
         .into_iter()
         .map(|(id, name, version, current)| ImageChoice {
@@ -298,10 +363,23 @@ pub async fn list(
     filters: web::Query<Filters>,
 ) -> Result<HttpResponse, AppError> {
     let filters = filters.into_inner();
-    if filters.live && is_htmx(&req) {
-        return super::html(&live(&state, &layout, &filters).await?, StatusCode::OK);
+    let with_choices = wants_choices(&req, &filters);
+    let data = match crate::web::prefetch::take::<ServersData>(&req).await {
+        Some(read) => read?,
+        None => {
+            fetch(
+                state.pool.clone(),
+                filters.query(),
+                filters.after.clone(),
+                with_choices,
+            )
+            .await?
+        }
+    };
+    if !with_choices {
+        return super::html(&assemble(data, &layout, &filters).0, StatusCode::OK);
     }
-    render(layout, &state, filters, None, StatusCode::OK).await
+    render_read(layout, &state, data, filters, None, StatusCode::OK)
 }
 
 pub async fn launch(
