@@ -196,35 +196,48 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Requests each of `urls` `n` times (after 20 unmeasured ones each), taking turns: one
+/// request to each in order, then again. Taking turns, a machine that slows down or speeds up
+/// during the run does so for every page alike, and the ratios between them hold. Returns
+/// each url's p50 and p99.
 async fn time(
     client: &reqwest::Client,
-    url: &str,
+    urls: &[String],
     n: usize,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<Vec<(Duration, Duration)>> {
     for _ in 0..20 {
-        client
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
+        for url in urls {
+            client
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+        }
     }
-    let mut samples = Vec::with_capacity(n);
+    let mut samples = vec![Vec::with_capacity(n); urls.len()];
     for _ in 0..n {
-        let started = Instant::now();
-        let body = client
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        samples.push(started.elapsed());
-        anyhow::ensure!(!body.is_empty(), "{url} answered with an empty page");
+        for (url, samples) in urls.iter().zip(&mut samples) {
+            let started = Instant::now();
+            let body = client
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            samples.push(started.elapsed());
+            anyhow::ensure!(!body.is_empty(), "{url} answered with an empty page");
+        }
     }
-    samples.sort();
-    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
+    Ok(samples
+        .into_iter()
+        .map(|mut s| {
+            s.sort();
+            (percentile(&s, 0.5), percentile(&s, 0.99))
+        })
+        .collect())
 }
 
 fn rss_mb() -> f64 {
@@ -262,10 +275,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rss_before = rss_mb();
     tokio::spawn(app.run_until_stopped());
 
-    // The reference as such handlers are usually written: one pool, opened at startup and
-    // shared by the HTTP workers.
-    let shared = pool.clone();
-    let bare_port = serve_bare(move || shared.clone())?;
+    // The reference as such handlers are usually written: one pool of their own, opened at
+    // startup (with the console's pool settings: no ping before each statement) and shared
+    // by the HTTP workers.
+    let bare_pool = crate::db::connect(&db.url).await?;
+    let bare_port = serve_bare(move || bare_pool.clone())?;
     // And with the console's own arrangement, a pool per HTTP worker (db::worker_pool), so
     // that the ratio against it shows what the pages themselves cost.
     let shared = pool.clone();
@@ -311,18 +325,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("servers (first page+counts)", "/servers", "/servers"),
         ("images (all)", "/images", "/images"),
     ] {
-        let (k50, k99) = time(&client, &format!("{kiln}{ours}"), args.requests).await?;
-        let (b50, b99) = time(&client, &format!("{bare_url}{reference}"), args.requests).await?;
-        let (o50, o99) = time(
-            &client,
-            &format!("{bare_own_url}{reference}"),
-            args.requests,
-        )
-        .await?;
+        let urls = [
+            format!("{kiln}{ours}"),
+            format!("{bare_url}{reference}"),
+            format!("{bare_own_url}{reference}"),
+        ];
+        let timed = time(&client, &urls, args.requests).await?;
+        let [(k50, k99), (b50, b99), (o50, o99)] = timed[..] else {
+            unreachable!("one timing per url")
+        };
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         for (who, p50, p99) in [
             ("kiln", k50, k99),
-            ("bare", b50, b99),
+            ("bare, one pool", b50, b99),
             ("bare, pool per worker", o50, o99),
         ] {
             println!(
@@ -332,7 +347,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 ms(p99)
             );
         }
-        ratios.push((name, "bare", ms(k50) / ms(b50), ms(k99) / ms(b99)));
+        ratios.push((name, "bare, one pool", ms(k50) / ms(b50), ms(k99) / ms(b99)));
         ratios.push((
             name,
             "bare, pool per worker",
@@ -346,7 +361,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("floor: /healthz (middleware only)", "/healthz"),
         ("floor: /account (session+auth+layout)", "/account"),
     ] {
-        let (p50, p99) = time(&client, &format!("{kiln}{path}"), args.requests).await?;
+        let [(p50, p99)] = time(&client, &[format!("{kiln}{path}")], args.requests).await?[..]
+        else {
+            unreachable!("one timing per url")
+        };
         println!(
             "{:<28} {:>10.2} {:>10.2}",
             name,

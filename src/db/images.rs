@@ -120,8 +120,8 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for CatalogueRow {
 #[derive(Debug, Default)]
 pub struct CatalogueMarks {
     pub current: Option<String>,
-    pub released: std::collections::HashSet<String>,
-    pub servers: std::collections::HashMap<String, i64>,
+    pub released: std::collections::HashSet<String, foldhash::fast::RandomState>,
+    pub servers: std::collections::HashMap<String, i64, foldhash::fast::RandomState>,
 }
 
 /// The Images page's rows, newest first, without the marks ([`catalogue_marks`]).

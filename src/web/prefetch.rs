@@ -37,13 +37,15 @@ impl<T: Send + 'static> Drop for Prefetched<T> {
     }
 }
 
-/// Starts `reads` now, on the current worker's runtime.
+/// Starts `reads` now, on the current worker's runtime, in the request's span (its log lines
+/// keep the request id).
 pub fn spawn<T, F>(reads: F) -> Prefetched<T>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, AppError>> + Send + 'static,
 {
-    Prefetched(tokio::spawn(reads))
+    use tracing::Instrument;
+    Prefetched(tokio::spawn(reads.in_current_span()))
 }
 
 /// The result of the reads started for this request, if any were.

@@ -273,6 +273,59 @@ async fn sessions_end_after_the_idle_timeout() {
     assert_eq!(app.get(&c, "/").await.status(), 303);
 }
 
+/// The Servers and Images pages start their reads before the session is loaded
+/// (web::prefetch); an ended session must still see nothing of them.
+#[tokio::test]
+async fn an_ended_session_sees_nothing_of_the_pages_whose_reads_start_early() {
+    let app = spawn_app().await;
+    let c = app.admin().await;
+    let image: String = sqlx::query_scalar("SELECT id FROM images LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let images = app.get(&c, "/images").await;
+    assert_eq!(images.status(), 200);
+    assert!(images.text().await.unwrap().contains(&image));
+    let servers = app.get(&c, "/servers").await;
+    assert_eq!(servers.status(), 200);
+    assert!(
+        servers.text().await.unwrap().contains(&image),
+        "the launch form offers it"
+    );
+
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    for path in [
+        "/images",
+        "/servers",
+        "/servers?state=running",
+        "/images?rows=true",
+    ] {
+        let res = app.get(&c, path).await;
+        assert_eq!(res.status(), 303, "{path}");
+        assert!(location(&res).starts_with("/login"), "{path}");
+        let body = res.text().await.unwrap();
+        assert!(!body.contains(&image), "{path}: {body}");
+    }
+    for path in ["/servers?live=true", "/images?rows=true"] {
+        let res = c
+            .get(app.url(path))
+            .header("HX-Request", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(res.status(), 200, "{path}");
+        let body = res.text().await.unwrap();
+        assert!(!body.contains(&image), "{path}: {body}");
+    }
+    // The pages' reads were dropped with the refused requests; the console still reads.
+    let c = app.admin().await;
+    assert_eq!(app.get(&c, "/servers").await.status(), 200);
+}
+
 #[tokio::test]
 async fn using_a_session_pushes_its_idle_expiry_forward() {
     let app = spawn_app().await;
