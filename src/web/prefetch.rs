@@ -6,8 +6,10 @@
 //! but the address, so this middleware, placed outside the session middleware, starts them
 //! at once for a GET that carries a validly signed session cookie; they run on their own
 //! pooled connections while the session loads, and the handler picks the result up
-//! ([`take`]) instead of reading again. Measured with `kiln bench`: the session's round trip
-//! (~0.2 ms on this machine, mostly waking threads) no longer adds to those pages' time.
+//! ([`take`]) instead of reading again. The session's round trip costs ~0.2 ms here (a
+//! `/healthz` with a session cookie 0.24–0.33 ms, without one 0.09), mostly threads waking;
+//! measured with `ab` on 5,000 servers and 1,000 images, mean per request, before -> after:
+//! Servers 1.02–1.29 -> 0.80–1.01 ms, Images 3.48–3.82 -> 2.52–2.90 ms.
 //!
 //! Nothing is decided early: the access check still runs on the loaded session, and when it
 //! refuses, the request is dropped with the prefetched reads (aborted if still running), so
