@@ -205,28 +205,25 @@ async fn time(
     urls: &[String],
     n: usize,
 ) -> anyhow::Result<Vec<(Duration, Duration)>> {
+    async fn page(client: &reqwest::Client, url: &str) -> anyhow::Result<actix_web::web::Bytes> {
+        Ok(client
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?)
+    }
     for _ in 0..20 {
         for url in urls {
-            client
-                .get(url)
-                .send()
-                .await?
-                .error_for_status()?
-                .bytes()
-                .await?;
+            page(client, url).await?;
         }
     }
     let mut samples = vec![Vec::with_capacity(n); urls.len()];
     for _ in 0..n {
         for (url, samples) in urls.iter().zip(&mut samples) {
             let started = Instant::now();
-            let body = client
-                .get(url)
-                .send()
-                .await?
-                .error_for_status()?
-                .bytes()
-                .await?;
+            let body = page(client, url).await?;
             samples.push(started.elapsed());
             anyhow::ensure!(!body.is_empty(), "{url} answered with an empty page");
         }

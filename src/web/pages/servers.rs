@@ -180,13 +180,7 @@ async fn live(
     layout: &Layout,
     filters: &Filters,
 ) -> Result<ServersLive, AppError> {
-    let data = fetch(
-        state.pool.clone(),
-        filters.query(),
-        filters.after.clone(),
-        false,
-    )
-    .await?;
+    let data = reads(state.pool.clone(), filters, false).await?;
     Ok(assemble(data, layout, filters).0)
 }
 
@@ -224,6 +218,15 @@ async fn fetch(
     Ok(ServersData { context, rows })
 }
 
+/// [`fetch`] for these filters, owning what it needs (a `'static` future).
+fn reads(
+    pool: sqlx::PgPool,
+    filters: &Filters,
+    with_choices: bool,
+) -> impl std::future::Future<Output = Result<ServersData, AppError>> + Send + 'static {
+    fetch(pool, filters.query(), filters.after.clone(), with_choices)
+}
+
 /// Whether a GET of the page shows the launch form (a full page) or only its live part.
 fn wants_choices(req: &HttpRequest, filters: &Filters) -> bool {
     !(filters.live && is_htmx(req))
@@ -235,14 +238,8 @@ pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) -> Option<()> 
         .ok()?
         .into_inner();
     let with_choices = wants_choices(req.request(), &filters);
-    let reads = fetch(
-        state.pool.clone(),
-        filters.query(),
-        filters.after.clone(),
-        with_choices,
-    );
-    req.extensions_mut()
-        .insert(crate::web::prefetch::spawn(reads));
+    let started = crate::web::prefetch::spawn(reads(state.pool.clone(), &filters, with_choices));
+    req.extensions_mut().insert(started);
     Some(())
 }
 
@@ -309,13 +306,7 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let data = fetch(
-        state.pool.clone(),
-        filters.query(),
-        filters.after.clone(),
-        true,
-    )
-    .await?;
+    let data = reads(state.pool.clone(), &filters, true).await?;
     render_read(layout, state, data, filters, error, status)
 }
 
@@ -366,15 +357,7 @@ pub async fn list(
     let with_choices = wants_choices(&req, &filters);
     let data = match crate::web::prefetch::take::<ServersData>(&req).await {
         Some(read) => read?,
-        None => {
-            fetch(
-                state.pool.clone(),
-                filters.query(),
-                filters.after.clone(),
-                with_choices,
-            )
-            .await?
-        }
+        None => reads(state.pool.clone(), &filters, with_choices).await?,
     };
     if !with_choices {
         return super::html(&assemble(data, &layout, &filters).0, StatusCode::OK);
