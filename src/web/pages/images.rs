@@ -4,7 +4,7 @@
 use actix_session::Session;
 use actix_web::dev::ServiceRequest;
 use actix_web::http::StatusCode;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
 use super::{is_htmx, see_other, source_ip};
@@ -128,12 +128,14 @@ fn whole_page(req: &HttpRequest, query: &RowsQuery) -> bool {
 }
 
 /// Starts the page's reads while the session loads (see `web::prefetch`).
-pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) -> Option<()> {
-    let query = web::Query::<RowsQuery>::from_query(req.query_string()).ok()?;
-    let reads = fetch(state.pool.clone(), whole_page(req.request(), &query));
-    req.extensions_mut()
-        .insert(crate::web::prefetch::spawn(reads));
-    Some(())
+pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) {
+    let Ok(query) = web::Query::<RowsQuery>::from_query(req.query_string()) else {
+        return;
+    };
+    crate::web::prefetch::spawn(
+        req,
+        fetch(state.pool.clone(), whole_page(req.request(), &query)),
+    );
 }
 
 async fn render(
@@ -184,10 +186,7 @@ pub async fn list(
     query: web::Query<RowsQuery>,
 ) -> Result<HttpResponse, AppError> {
     let whole = whole_page(&req, &query);
-    let data = match crate::web::prefetch::take::<ImagesData>(&req).await {
-        Some(read) => read?,
-        None => fetch(state.pool.clone(), whole).await?,
-    };
+    let data = crate::web::prefetch::read(&req, fetch(state.pool.clone(), whole)).await?;
     if !whole {
         // The live refresh of the table while an image is pending.
         let images = data.images;

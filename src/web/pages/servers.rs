@@ -4,7 +4,7 @@
 use actix_session::Session;
 use actix_web::dev::ServiceRequest;
 use actix_web::http::StatusCode;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
 use super::{is_htmx, see_other, source_ip};
@@ -233,14 +233,12 @@ fn wants_choices(req: &HttpRequest, filters: &Filters) -> bool {
 }
 
 /// Starts the page's reads while the session loads (see `web::prefetch`).
-pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) -> Option<()> {
-    let filters = web::Query::<Filters>::from_query(req.query_string())
-        .ok()?
-        .into_inner();
+pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) {
+    let Ok(filters) = web::Query::<Filters>::from_query(req.query_string()) else {
+        return;
+    };
     let with_choices = wants_choices(req.request(), &filters);
-    let started = crate::web::prefetch::spawn(reads(state.pool.clone(), &filters, with_choices));
-    req.extensions_mut().insert(started);
-    Some(())
+    crate::web::prefetch::spawn(req, reads(state.pool.clone(), &filters, with_choices));
 }
 
 /// The page's live part and the launch form's choices (id, name, version, current), from
@@ -355,10 +353,8 @@ pub async fn list(
 ) -> Result<HttpResponse, AppError> {
     let filters = filters.into_inner();
     let with_choices = wants_choices(&req, &filters);
-    let data = match crate::web::prefetch::take::<ServersData>(&req).await {
-        Some(read) => read?,
-        None => reads(state.pool.clone(), &filters, with_choices).await?,
-    };
+    let data =
+        crate::web::prefetch::read(&req, reads(state.pool.clone(), &filters, with_choices)).await?;
     if !with_choices {
         return super::html(&assemble(data, &layout, &filters).0, StatusCode::OK);
     }
