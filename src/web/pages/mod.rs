@@ -25,7 +25,18 @@ pub fn html(
     template: &impl askama::Template,
     status: actix_web::http::StatusCode,
 ) -> Result<HttpResponse, crate::web::error::AppError> {
-    let body = template.render().map_err(|e| {
+    html_sized(template, status, 0)
+}
+
+/// [`html`], rendered into a buffer of at least `capacity` bytes: for the big pages, which
+/// know about how large they will be.
+pub fn html_sized<T: askama::Template>(
+    template: &T,
+    status: actix_web::http::StatusCode,
+    capacity: usize,
+) -> Result<HttpResponse, crate::web::error::AppError> {
+    let mut body = String::with_capacity(capacity.max(T::SIZE_HINT));
+    template.render_into(&mut body).map_err(|e| {
         crate::web::error::AppError::Internal(
             anyhow::Error::new(e).context("Failed to render a page"),
         )

@@ -9,7 +9,7 @@ use askama::Template;
 
 use super::{is_htmx, see_other, source_ip};
 use crate::auth::Principal;
-use crate::db::servers::{LaunchRow, ServerQuery, ServerRow};
+use crate::db::servers::{LaunchRow, ServerQuery, ServerRef};
 use crate::fleet::servers::Launch;
 use crate::web::AppState;
 use crate::web::error::AppError;
@@ -27,34 +27,35 @@ const STATES: [&str; 6] = [
     "terminated",
 ];
 
-pub struct ServerView {
-    pub id: String,
-    pub image_id: String,
-    pub image_version: String,
-    pub instance_type: String,
-    pub state: String,
-    pub mode: String,
-    pub purpose: String,
+/// A server as the pages show it, borrowing its text from the row it was read in.
+pub struct ServerView<'r> {
+    pub id: &'r str,
+    pub image_id: &'r str,
+    pub image_version: &'r str,
+    pub instance_type: &'r str,
+    pub state: &'r str,
+    pub mode: &'r str,
+    pub purpose: &'r str,
     pub adopted: bool,
-    pub launched_by: String,
+    pub launched_by: &'r str,
     pub launched: When,
     pub last_seen: Option<When>,
     pub running_jobs: i64,
 }
 
-impl ServerView {
+impl ServerView<'_> {
     /// SPEC.md's words: a disabled server still running jobs is *draining*.
     pub fn mode_label(&self) -> &str {
         if self.mode == "disabled" && self.running_jobs > 0 {
             "draining"
         } else {
-            &self.mode
+            self.mode
         }
     }
 }
 
-impl From<ServerRow> for ServerView {
-    fn from(r: ServerRow) -> Self {
+impl<'r> From<ServerRef<'r>> for ServerView<'r> {
+    fn from(r: ServerRef<'r>) -> Self {
         Self {
             id: r.id,
             image_id: r.image_id,
@@ -146,9 +147,9 @@ impl Filters {
 
 #[derive(Template)]
 #[template(path = "servers.html")]
-struct ServersPage {
+struct ServersPage<'r> {
     layout: Layout,
-    live: ServersLive,
+    live: ServersLive<'r>,
     images: Vec<ImageChoice>,
     instance_types: Vec<String>,
     max_count: u32,
@@ -161,10 +162,10 @@ struct ServersPage {
 
 #[derive(Template)]
 #[template(path = "partials/servers_live.html")]
-struct ServersLive {
+struct ServersLive<'r> {
     can_act: bool,
     csrf: String,
-    servers: Vec<ServerView>,
+    servers: Vec<ServerView<'r>>,
     counts: Vec<Count>,
     launches: Vec<LaunchView>,
     busy: bool,
@@ -175,20 +176,26 @@ struct ServersLive {
     oob: bool,
 }
 
-async fn live(
+/// The page's live part, read now and rendered to be sent out of band (an action's answer).
+async fn live_oob(
     state: &AppState,
     layout: &Layout,
     filters: &Filters,
-) -> Result<ServersLive, AppError> {
-    let data = reads(state.pool.clone(), filters, false).await?;
-    Ok(assemble(data, layout, filters).0)
+) -> Result<String, AppError> {
+    let ServersData { context, rows } = reads(state.pool.clone(), filters, false).await?;
+    let mut region = assemble(context, &rows, layout, filters)?.0;
+    region.oob = true;
+    region
+        .render()
+        .map_err(|e| AppError::Internal(anyhow::Error::new(e)))
 }
 
 /// What the page reads: the rows of its page (one more, to know whether a next page exists)
 /// and everything around them.
 pub struct ServersData {
     context: crate::db::servers::PageContext,
-    rows: Vec<crate::db::servers::ServerRow>,
+    /// As sent: the page borrows their text ([`ServerRef`]).
+    rows: Vec<sqlx::postgres::PgRow>,
 }
 
 /// The page's reads; the launch form's choices only when asked for (the live refresh shows
@@ -213,7 +220,7 @@ async fn fetch(
     // two seconds later, reads after the end.
     let (context, rows) = tokio::try_join!(
         crate::db::servers::page_context(&pool, with_choices),
-        crate::db::servers::list(&pool, &query, after, PAGE + 1),
+        crate::db::servers::list_rows(&pool, &query, after, PAGE + 1),
     )?;
     Ok(ServersData { context, rows })
 }
@@ -243,21 +250,25 @@ pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) {
 
 /// The page's live part and the launch form's choices (id, name, version, current), from
 /// what was read.
-fn assemble(
-    data: ServersData,
+fn assemble<'r>(
+    context: crate::db::servers::PageContext,
+    rows: &'r [sqlx::postgres::PgRow],
     layout: &Layout,
     filters: &Filters,
-) -> (ServersLive, Vec<(String, String, String, bool)>) {
-    let ServersData { context, mut rows } = data;
+) -> Result<(ServersLive<'r>, Vec<(String, String, String, bool)>), AppError> {
     let crate::db::servers::PageContext {
         counts: by_state,
         launches,
         recently_busy,
         choices,
     } = context;
-    let next = if rows.len() as i64 > PAGE {
-        rows.truncate(PAGE as usize);
-        rows.last().map(|r| r.id.clone())
+    let mut servers = rows
+        .iter()
+        .map(|row| ServerRef::decode(row).map(ServerView::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = if servers.len() as i64 > PAGE {
+        servers.truncate(PAGE as usize);
+        servers.last().map(|s| s.id.to_owned())
     } else {
         None
     };
@@ -273,7 +284,6 @@ fn assemble(
         })
         .collect();
     let launches: Vec<LaunchView> = launches.into_iter().map(LaunchView::from).collect();
-    let servers: Vec<ServerView> = rows.into_iter().map(ServerView::from).collect();
     // Terminations in flight keep the page refreshing until the servers are gone.
     let busy = recently_busy
         || launches
@@ -281,7 +291,7 @@ fn assemble(
             .any(|l| l.state == "pending" || l.state == "running")
         || servers
             .iter()
-            .any(|s| matches!(s.state.as_str(), "pending" | "stopping" | "shutting-down"));
+            .any(|s| matches!(s.state, "pending" | "stopping" | "shutting-down"));
     let live = ServersLive {
         can_act: layout.can_act(),
         csrf: layout.csrf.clone(),
@@ -294,7 +304,7 @@ fn assemble(
         first_page: filters.after.is_none(),
         oob: false,
     };
-    (live, choices)
+    Ok((live, choices))
 }
 
 async fn render(
@@ -316,7 +326,8 @@ fn render_read(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let (live, images) = assemble(data, &layout, &filters);
+    let ServersData { context, rows } = data;
+    let (live, images) = assemble(context, &rows, &layout, &filters)?;
     let images = images
         .into_iter()
         .map(|(id, name, version, current)| ImageChoice {
@@ -342,7 +353,13 @@ fn render_read(
         states: STATES,
         error,
     };
-    super::html(&page, status)
+    super::html_sized(&page, status, size_hint(rows.len()))
+}
+
+/// Bytes the page will take, about: rendered into a buffer this large, the page is not
+/// copied from buffer to ever larger buffer while it grows (2 KB, 4 KB, … 128 KB).
+fn size_hint(rows: usize) -> usize {
+    16 * 1024 + rows * 1200
 }
 
 pub async fn list(
@@ -356,7 +373,9 @@ pub async fn list(
     let data =
         crate::web::prefetch::read(&req, reads(state.pool.clone(), &filters, with_choices)).await?;
     if !with_choices {
-        return super::html(&assemble(data, &layout, &filters).0, StatusCode::OK);
+        let ServersData { context, rows } = data;
+        let live = assemble(context, &rows, &layout, &filters)?.0;
+        return super::html_sized(&live, StatusCode::OK, size_hint(rows.len()));
     }
     render_read(layout, &state, data, filters, None, StatusCode::OK)
 }
@@ -424,13 +443,6 @@ pub async fn launch(
     }
 }
 
-#[derive(Template)]
-#[template(path = "partials/server_row.html")]
-struct ServerRowPartial {
-    can_act: bool,
-    s: ServerView,
-}
-
 pub struct AgentView {
     pub version: String,
     pub slots: i32,
@@ -469,9 +481,9 @@ impl From<crate::db::agents::AgentRow> for AgentView {
 
 #[derive(Template)]
 #[template(path = "server.html")]
-struct ServerPage {
+struct ServerPage<'r> {
     layout: Layout,
-    server: ServerView,
+    server: ServerView<'r>,
     launch_id: Option<i64>,
     agent: Option<AgentView>,
     jobs: Vec<crate::web::pages::jobs::JobView>,
@@ -514,7 +526,7 @@ pub async fn show(
     super::html(
         &ServerPage {
             layout,
-            server: row.into(),
+            server: ServerView::from(row.as_ref()),
             launch_id,
             agent: agent.map(AgentView::from),
             jobs: jobs.into_iter().map(Into::into).collect(),
@@ -552,13 +564,9 @@ pub async fn act(
         // than on an event means a refresh racing the action can never leave the page showing
         // the fleet as it was before it.
         let filters = current_filters(&req);
-        let mut region = live(&state, &layout, &filters).await?;
-        region.oob = true;
         let body = format!(
             "{}{}",
-            region
-                .render()
-                .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?,
+            live_oob(&state, &layout, &filters).await?,
             super::toast_oob(&message)
         );
         return Ok(HttpResponse::Ok()
