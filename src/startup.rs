@@ -102,6 +102,7 @@ impl Application {
         let wakeups = crate::jobs::wakeups::Wakeups::new();
         let agent_tokens = Arc::new(crate::web::agent_tokens::AgentTokens::default());
         let series_ids = crate::metrics::series_ids::SeriesIds::default();
+        let launch_choices = Arc::new(crate::db::servers::ChoicesCache::default());
         let shared_pool = pool.clone();
         let (http_cloud, http_metrics, http_wakeups, http_settings) = (
             cloud.clone(),
@@ -123,6 +124,7 @@ impl Application {
                 wakeups: http_wakeups.clone(),
                 agent_tokens: agent_tokens.clone(),
                 series_ids: series_ids.clone(),
+                launch_choices: launch_choices.clone(),
             });
             let store = PgSessionStore::new(
                 worker_pool,

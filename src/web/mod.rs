@@ -41,6 +41,8 @@ pub struct AppState {
     pub agent_tokens: Arc<agent_tokens::AgentTokens>,
     /// Metric series ids seen by this process (ingest's fast path).
     pub series_ids: crate::metrics::series_ids::SeriesIds,
+    /// The Servers page's launch choices as last read (see `db::servers::ChoicesCache`).
+    pub launch_choices: Arc<crate::db::servers::ChoicesCache>,
 }
 
 /// True for the routes that answer in JSON and authenticate by token, not by session.

@@ -1,6 +1,8 @@
 //! The Servers page (filters, counts per state, keyset pagination, the launch form, live
 //! refresh while anything is in motion) and a server's own page.
 
+use std::sync::Arc;
+
 use actix_session::Session;
 use actix_web::dev::ServiceRequest;
 use actix_web::http::StatusCode;
@@ -9,7 +11,7 @@ use askama::Template;
 
 use super::{is_htmx, see_other, source_ip};
 use crate::auth::Principal;
-use crate::db::servers::{LaunchRow, ServerQuery, ServerRef};
+use crate::db::servers::{ChoicesCache, LaunchRow, ServerQuery, ServerRef};
 use crate::fleet::servers::Launch;
 use crate::web::AppState;
 use crate::web::error::AppError;
@@ -182,7 +184,7 @@ async fn live_oob(
     layout: &Layout,
     filters: &Filters,
 ) -> Result<String, AppError> {
-    let ServersData { context, rows } = reads(state.pool.clone(), filters, false).await?;
+    let ServersData { context, rows } = reads(state, filters, false).await?;
     let mut region = assemble(context, &rows, layout, filters)?.0;
     region.oob = true;
     region
@@ -204,7 +206,7 @@ async fn fetch(
     pool: sqlx::PgPool,
     query: ServerQuery,
     after: Option<String>,
-    with_choices: bool,
+    choices: Option<Arc<ChoicesCache>>,
 ) -> Result<ServersData, AppError> {
     let after = match after.as_deref().filter(|s| !s.is_empty()) {
         Some(id) => crate::db::servers::find(&pool, id)
@@ -219,7 +221,7 @@ async fn fetch(
     // ended in the last 10 s keeps the page refreshing (`recently_busy`); the next refresh,
     // two seconds later, reads after the end.
     let (context, rows) = tokio::try_join!(
-        crate::db::servers::page_context(&pool, with_choices),
+        crate::db::servers::page_context(&pool, choices.as_deref()),
         crate::db::servers::list_rows(&pool, &query, after, PAGE + 1),
     )?;
     Ok(ServersData { context, rows })
@@ -227,11 +229,16 @@ async fn fetch(
 
 /// [`fetch`] for these filters, owning what it needs (a `'static` future).
 fn reads(
-    pool: sqlx::PgPool,
+    state: &AppState,
     filters: &Filters,
     with_choices: bool,
 ) -> impl std::future::Future<Output = Result<ServersData, AppError>> + Send + 'static {
-    fetch(pool, filters.query(), filters.after.clone(), with_choices)
+    fetch(
+        state.pool.clone(),
+        filters.query(),
+        filters.after.clone(),
+        with_choices.then(|| state.launch_choices.clone()),
+    )
 }
 
 /// Whether a GET of the page shows the launch form (a full page) or only its live part.
@@ -245,7 +252,7 @@ pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) {
         return;
     };
     let with_choices = wants_choices(req.request(), &filters);
-    crate::web::prefetch::spawn(req, reads(state.pool.clone(), &filters, with_choices));
+    crate::web::prefetch::spawn(req, reads(&state, &filters, with_choices));
 }
 
 /// The page's live part and the launch form's choices (id, name, version, current), from
@@ -255,7 +262,7 @@ fn assemble<'r>(
     rows: &'r [sqlx::postgres::PgRow],
     layout: &Layout,
     filters: &Filters,
-) -> Result<(ServersLive<'r>, Vec<(String, String, String, bool)>), AppError> {
+) -> Result<(ServersLive<'r>, Arc<Vec<crate::db::servers::Choice>>), AppError> {
     let crate::db::servers::PageContext {
         counts: by_state,
         launches,
@@ -314,7 +321,7 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let data = reads(state.pool.clone(), &filters, true).await?;
+    let data = reads(state, &filters, true).await?;
     render_read(layout, state, data, filters, error, status)
 }
 
@@ -329,15 +336,15 @@ fn render_read(
     let ServersData { context, rows } = data;
     let (live, images) = assemble(context, &rows, &layout, &filters)?;
     let images = images
-        .into_iter()
+        .iter()
         .map(|(id, name, version, current)| ImageChoice {
             label: format!(
                 "{name} {version}{}",
-                if current { " (current)" } else { "" }
+                if *current { " (current)" } else { "" }
             )
             .replace("  ", " "),
-            id,
-            current,
+            id: id.clone(),
+            current: *current,
         })
         .collect();
     let q = filters.query();
@@ -370,8 +377,7 @@ pub async fn list(
 ) -> Result<HttpResponse, AppError> {
     let filters = filters.into_inner();
     let with_choices = wants_choices(&req, &filters);
-    let data =
-        crate::web::prefetch::read(&req, reads(state.pool.clone(), &filters, with_choices)).await?;
+    let data = crate::web::prefetch::read(&req, reads(&state, &filters, with_choices)).await?;
     if !with_choices {
         let ServersData { context, rows } = data;
         let live = assemble(context, &rows, &layout, &filters)?.0;
