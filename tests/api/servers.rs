@@ -819,3 +819,79 @@ async fn the_servers_page_shows_the_version_of_each_servers_image_even_one_catal
             .unwrap();
     assert_eq!(versions, vec![Some("77".to_owned()); 2]);
 }
+
+/// The launch form's choices are kept by the console between page views (read again only
+/// when the catalogue clock moved): every change to the catalogue or the release history,
+/// by this console or behind its back, shows on the next view.
+#[tokio::test]
+async fn the_launch_form_follows_the_catalogue_whoever_changes_it() {
+    let app = spawn_app().await;
+    let operator = app.user_client("olga", Role::Operator).await;
+    let base = base_image(&app).await;
+    let choices = |page: String| -> Vec<String> {
+        let form = page
+            .split("name=\"image_id\"")
+            .nth(1)
+            .and_then(|rest| rest.split("</select>").next())
+            .expect("the launch form's image select")
+            .to_owned();
+        form.split("<option value=\"")
+            .skip(1)
+            .map(|o| o.split('>').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let view = || async { choices(app.get(&operator, "/servers").await.text().await.unwrap()) };
+    assert_eq!(view().await, [format!("{base}\" selected")], "only the base image");
+    // Twice: the second view is served from what the first kept.
+    assert_eq!(view().await, [format!("{base}\" selected")]);
+
+    // Behind the console's back (another replica, or SQL): a new available image.
+    sqlx::query(
+        "INSERT INTO images (id, name, version, state, added_by) VALUES ('ami-local-newer', 'newer', '2', 'available', 'test')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        view().await,
+        [format!("{base}\" selected"), "ami-local-newer\"".to_owned()],
+        "a new image is a choice at once"
+    );
+
+    // No longer available: no longer a choice.
+    sqlx::query("UPDATE images SET state = 'failed' WHERE id = 'ami-local-newer'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(view().await, [format!("{base}\" selected")]);
+
+    // Available again and released: the current image, first and preselected.
+    sqlx::query("UPDATE images SET state = 'available' WHERE id = 'ami-local-newer'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO releases (image_id, previous_image_id, kind, released_by) VALUES ('ami-local-newer', $1, 'release', 'test')",
+    )
+    .bind(&base)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        view().await,
+        ["ami-local-newer\" selected".to_owned(), format!("{base}\"")],
+        "the released image is current"
+    );
+
+    // A transaction that changes the catalogue and rolls back leaves the choices as they were.
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("UPDATE images SET state = 'failed'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        view().await,
+        ["ami-local-newer\" selected".to_owned(), format!("{base}\"")]
+    );
+}
