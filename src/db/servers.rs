@@ -396,9 +396,18 @@ pub struct PageContext {
     pub choices: std::sync::Arc<Vec<Choice>>,
 }
 
+/// A session to read in the same statement as the page's context (see `web::prefetch`): its
+/// key's hash, and the absolute and idle timeouts in seconds.
+pub struct SessionToRead<'a> {
+    pub id_hash: &'a str,
+    pub absolute_s: u64,
+    pub idle_s: u64,
+}
+
 /// The Servers page's [`PageContext`], with the launch form's choices when given where to
-/// keep them. Its small reads as one statement: run apart, each on its own pooled
-/// connection, they cost more in round trips and wake-ups than in reading.
+/// keep them, and a session when given one to read (None in the result: no live session).
+/// Its small reads as one statement: run apart, each on its own pooled connection, they cost
+/// more in round trips and wake-ups than in reading.
 ///
 /// The choices were a third of this statement's cost for PostgreSQL and an eighth of the
 /// page's time (the page measured with and without them, side by side); they change far less
@@ -406,10 +415,26 @@ pub struct PageContext {
 pub async fn page_context(
     db: impl PgExecutor<'_>,
     choices: Option<&ChoicesCache>,
-) -> sqlx::Result<PageContext> {
+    session: Option<SessionToRead<'_>>,
+) -> sqlx::Result<(PageContext, Option<crate::db::sessions::SessionRead>)> {
+    use sqlx::Row;
     use sqlx::types::Json;
-    fn statement(choices: &str) -> String {
-        format!(
+    fn statement(with_choices: bool, with_session: bool) -> String {
+        // PostgreSQL runs a CASE branch's subquery only when the branch is taken.
+        let choices = if with_choices {
+            format!(
+                "CASE WHEN (SELECT ticks FROM catalogue_clock) = $1 THEN NULL ELSE
+                     (SELECT COALESCE(json_agg(json_build_array(c.id, c.name, c.version, c.current)
+                                               ORDER BY c.current DESC, c.created_at DESC, c.id DESC), '[]')
+                      FROM ({}) c)
+                 END,
+                 (SELECT ticks FROM catalogue_clock)",
+                crate::db::images::LAUNCHABLE_CHOICES
+            )
+        } else {
+            "NULL::json, 0::bigint".to_owned()
+        };
+        let context = format!(
             "SELECT ARRAY(SELECT state FROM server_state_counts WHERE n <> 0 ORDER BY state),
                     ARRAY(SELECT n FROM server_state_counts WHERE n <> 0 ORDER BY state),
                     (SELECT COALESCE(json_agg(l ORDER BY l.id DESC), '[]') FROM (
@@ -422,38 +447,58 @@ pub async fn page_context(
                               AND (state IN ('queued', 'running') OR finished_at > now() - interval '10 seconds'))
                       OR EXISTS (SELECT 1 FROM launches WHERE updated_at > now() - interval '10 seconds'),
                     {choices}"
+        );
+        if !with_session {
+            return context;
+        }
+        // The session's columns follow the context's (NULL when there is no live session).
+        let first = if with_choices { 2 } else { 1 };
+        format!(
+            "SELECT ctx.*, sess.* FROM ({context}) ctx LEFT JOIN ({}) sess ON TRUE",
+            crate::db::sessions::read_sql(first)
         )
     }
-    // PostgreSQL runs a CASE branch's subquery only when the branch is taken.
-    static WITH_CHOICES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        statement(&format!(
-            "CASE WHEN (SELECT ticks FROM catalogue_clock) = $1 THEN NULL ELSE
-                 (SELECT COALESCE(json_agg(json_build_array(c.id, c.name, c.version, c.current)
-                                           ORDER BY c.current DESC, c.created_at DESC, c.id DESC), '[]')
-                  FROM ({}) c)
-             END,
-             (SELECT ticks FROM catalogue_clock)",
-            crate::db::images::LAUNCHABLE_CHOICES
-        ))
+    static STATEMENTS: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+        [
+            statement(false, false),
+            statement(false, true),
+            statement(true, false),
+            statement(true, true),
+        ]
     });
-    static WITHOUT_CHOICES: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| statement("NULL::json, 0::bigint"));
-    type Row = (
-        Vec<String>,
-        Vec<i64>,
-        Json<Vec<LaunchRow>>,
-        bool,
-        Option<Json<Vec<Choice>>>,
-        i64,
-    );
     let kept = choices.and_then(ChoicesCache::get);
-    let query = match choices {
-        Some(_) => {
-            sqlx::query_as(WITH_CHOICES.as_str()).bind(kept.as_ref().map_or(-1, |(t, _)| *t))
-        }
-        None => sqlx::query_as(WITHOUT_CHOICES.as_str()),
+    let sql = &STATEMENTS[usize::from(choices.is_some()) * 2 + usize::from(session.is_some())];
+    let mut query = sqlx::query(sql.as_str());
+    if choices.is_some() {
+        query = query.bind(kept.as_ref().map_or(-1, |(t, _)| *t));
+    }
+    if let Some(s) = &session {
+        query = query
+            .bind(s.id_hash)
+            .bind(s.absolute_s as f64)
+            .bind(s.idle_s as f64);
+    }
+    let row = query.fetch_one(db).await?;
+    let states: Vec<String> = row.try_get(0)?;
+    let ns: Vec<i64> = row.try_get(1)?;
+    let launches: Json<Vec<LaunchRow>> = row.try_get(2)?;
+    let recently_busy: bool = row.try_get(3)?;
+    let read: Option<Json<Vec<Choice>>> = row.try_get(4)?;
+    let ticks: i64 = row.try_get(5)?;
+    let session_read = match session {
+        Some(_) => match row.try_get::<Option<Json<crate::db::sessions::State>>, _>(6)? {
+            Some(state) => Some(crate::db::sessions::SessionRead {
+                state,
+                user_id: row.try_get(7)?,
+                name: row.try_get(8)?,
+                role: row.try_get(9)?,
+                disabled: row.try_get(10)?,
+                extend: row.try_get(11)?,
+            }),
+            None => None,
+        },
+        None => None,
     };
-    let (states, ns, launches, recently_busy, read, ticks): Row = query.fetch_one(db).await?;
     let choices = match (choices, read, kept) {
         (None, _, _) => Default::default(),
         // Read again: the clock moved (or nothing was kept).
@@ -471,10 +516,11 @@ pub async fn page_context(
             ));
         }
     };
-    Ok(PageContext {
+    let context = PageContext {
         counts: states.into_iter().zip(ns).collect(),
         launches: launches.0,
         recently_busy,
         choices,
-    })
+    };
+    Ok((context, session_read))
 }

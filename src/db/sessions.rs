@@ -55,32 +55,55 @@ pub async fn load(
     absolute_s: u64,
     idle_s: u64,
 ) -> sqlx::Result<Option<Loaded>> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        state: sqlx::types::Json<State>,
-        user_id: Option<i64>,
-        name: Option<String>,
-        role: Option<String>,
-        disabled: Option<bool>,
-        extend: bool,
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| read_sql(1));
+    let row: Option<SessionRead> = sqlx::query_as(SQL.as_str())
+        .bind(id_hash)
+        .bind(absolute_s as f64)
+        .bind(idle_s as f64)
+        .fetch_optional(pool)
+        .await?;
+    match row {
+        Some(read) => loaded(pool, id_hash, idle_s, read).await.map(Some),
+        None => Ok(None),
     }
-    let row: Option<Row> = sqlx::query_as(
+}
+
+/// The statement [`load`] reads a session with (`id_hash`, the absolute and the idle timeout
+/// in seconds bound as `$first`, `$first + 1`, `$first + 2`), for a statement that reads a
+/// session along with other things (see `web::prefetch`); its rows are [`SessionRead`]s.
+pub fn read_sql(first: usize) -> String {
+    let (key, absolute, idle) = (first, first + 1, first + 2);
+    format!(
         "SELECT s.state, s.user_id, u.name, u.role, u.disabled,
-                s.expires_at < now() + make_interval(secs => $3) - interval '1 minute' AS extend
+                s.expires_at < now() + make_interval(secs => ${idle}) - interval '1 minute' AS extend
          FROM sessions s LEFT JOIN users u ON u.id = s.user_id
-         WHERE s.id_hash = $1 AND s.expires_at > now() AND s.created_at > now() - make_interval(secs => $2)",
+         WHERE s.id_hash = ${key} AND s.expires_at > now()
+           AND s.created_at > now() - make_interval(secs => ${absolute})"
     )
-    .bind(id_hash)
-    .bind(absolute_s as f64)
-    .bind(idle_s as f64)
-    .fetch_optional(pool)
-    .await?;
-    if row.as_ref().is_some_and(|r| r.extend) {
+}
+
+/// A live session as [`read_sql`] reads it.
+#[derive(sqlx::FromRow)]
+pub struct SessionRead {
+    pub state: sqlx::types::Json<State>,
+    pub user_id: Option<i64>,
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub disabled: Option<bool>,
+    /// Its idle expiry is due to be pushed forward.
+    pub extend: bool,
+}
+
+/// The session [`SessionRead`] read, its idle expiry pushed forward first when due.
+pub async fn loaded(
+    pool: &PgPool,
+    id_hash: &str,
+    idle_s: u64,
+    r: SessionRead,
+) -> sqlx::Result<Loaded> {
+    if r.extend {
         extend(pool, id_hash, idle_s as i64).await?;
     }
-    let Some(r) = row else {
-        return Ok(None);
-    };
     let user = match (r.user_id, r.name, r.role, r.disabled) {
         (Some(id), Some(name), Some(role), Some(disabled)) => Some(SessionUser {
             id,
@@ -90,10 +113,10 @@ pub async fn load(
         }),
         _ => None,
     };
-    Ok(Some(Loaded {
+    Ok(Loaded {
         state: r.state.0,
         user: r.user_id.map(|id| LoadedUser { id, user }),
-    }))
+    })
 }
 
 pub async fn insert(

@@ -28,6 +28,7 @@ use actix_web::{Error, HttpMessage, HttpRequest, web};
 
 use crate::web::AppState;
 use crate::web::error::AppError;
+use crate::web::session_store::{PrefetchedSession, with_prefetched};
 
 /// The name of the console's session cookie.
 pub const SESSION_COOKIE: &str = "kiln_session";
@@ -74,7 +75,9 @@ where
 
 /// A page that can start its reads from the request alone (it starts nothing when it
 /// cannot, say the address does not parse: the handler then reads, and answers, as usual).
-type Starter = fn(&ServiceRequest, web::Data<AppState>);
+/// Given the session key's hash, it may read the session too, in one of its own statements,
+/// and return that read for the session store.
+type Starter = fn(&ServiceRequest, web::Data<AppState>, String) -> Option<PrefetchedSession>;
 
 fn starter(path: &str) -> Option<Starter> {
     match path {
@@ -84,15 +87,15 @@ fn starter(path: &str) -> Option<Starter> {
     }
 }
 
-/// True when the request carries a session cookie signed with our key: a forged or
-/// garbled cookie starts nothing (the session middleware would not load it either).
-fn has_signed_session(req: &ServiceRequest, key: &Key) -> bool {
-    let Some(cookie) = req.cookie(SESSION_COOKIE) else {
-        return false;
-    };
+/// The hash of the session key the request's cookie carries, when the cookie is signed with
+/// our key: a forged or garbled cookie starts nothing (the session middleware would not load
+/// it either).
+fn signed_session(req: &ServiceRequest, key: &Key) -> Option<String> {
+    let cookie = req.cookie(SESSION_COOKIE)?;
     let mut jar = CookieJar::new();
     jar.add_original(cookie);
-    jar.signed(key).get(SESSION_COOKIE).is_some()
+    let verified = jar.signed(key).get(SESSION_COOKIE)?;
+    Some(crate::auth::token::hash(verified.value()))
 }
 
 pub async fn start(
@@ -102,10 +105,11 @@ pub async fn start(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     if req.method() == actix_web::http::Method::GET
         && let Some(start) = starter(req.path())
-        && has_signed_session(&req, &key)
+        && let Some(session) = signed_session(&req, &key)
         && let Some(state) = req.app_data::<web::Data<AppState>>().cloned()
+        && let Some(session) = start(&req, state, session)
     {
-        start(&req, state);
+        return with_prefetched(session, next.call(req)).await;
     }
     next.call(req).await
 }

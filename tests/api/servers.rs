@@ -841,7 +841,11 @@ async fn the_launch_form_follows_the_catalogue_whoever_changes_it() {
             .collect()
     };
     let view = || async { choices(app.get(&operator, "/servers").await.text().await.unwrap()) };
-    assert_eq!(view().await, [format!("{base}\" selected")], "only the base image");
+    assert_eq!(
+        view().await,
+        [format!("{base}\" selected")],
+        "only the base image"
+    );
     // Twice: the second view is served from what the first kept.
     assert_eq!(view().await, [format!("{base}\" selected")]);
 

@@ -127,15 +127,19 @@ fn whole_page(req: &HttpRequest, query: &RowsQuery) -> bool {
     !(query.rows && is_htmx(req))
 }
 
-/// Starts the page's reads while the session loads (see `web::prefetch`).
-pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) {
-    let Ok(query) = web::Query::<RowsQuery>::from_query(req.query_string()) else {
-        return;
-    };
+/// Starts the page's reads while the session loads (see `web::prefetch`); the session reads
+/// itself.
+pub fn prefetch(
+    req: &ServiceRequest,
+    state: web::Data<AppState>,
+    _session_id_hash: String,
+) -> Option<crate::web::session_store::PrefetchedSession> {
+    let query = web::Query::<RowsQuery>::from_query(req.query_string()).ok()?;
     crate::web::prefetch::spawn(
         req,
         fetch(state.pool.clone(), whole_page(req.request(), &query)),
     );
+    None
 }
 
 async fn render(

@@ -17,6 +17,7 @@ use crate::web::AppState;
 use crate::web::error::AppError;
 use crate::web::layout::{Layout, flash};
 use crate::web::pages::audit::EventView;
+use crate::web::session_store::PrefetchedSession;
 use crate::web::view::{When, when, when_opt};
 
 const PAGE: i64 = 100;
@@ -207,6 +208,7 @@ async fn fetch(
     query: ServerQuery,
     after: Option<String>,
     choices: Option<Arc<ChoicesCache>>,
+    session: Option<SessionRequest>,
 ) -> Result<ServersData, AppError> {
     let after = match after.as_deref().filter(|s| !s.is_empty()) {
         Some(id) => crate::db::servers::find(&pool, id)
@@ -220,11 +222,34 @@ async fn fetch(
     // launches were: its servers are missing and nothing is in flight any more), so one that
     // ended in the last 10 s keeps the page refreshing (`recently_busy`); the next refresh,
     // two seconds later, reads after the end.
+    let context = async {
+        let to_read = session.as_ref().map(|s| crate::db::servers::SessionToRead {
+            id_hash: &s.id_hash,
+            absolute_s: s.absolute_s,
+            idle_s: s.idle_s,
+        });
+        let (context, read) =
+            crate::db::servers::page_context(&pool, choices.as_deref(), to_read).await?;
+        // At once: the session middleware is waiting for it. (Dropped unsent on an error,
+        // and the store reads the session itself.)
+        if let Some(s) = session {
+            let _ = s.reply.send(read);
+        }
+        Ok::<_, sqlx::Error>(context)
+    };
     let (context, rows) = tokio::try_join!(
-        crate::db::servers::page_context(&pool, choices.as_deref()),
+        context,
         crate::db::servers::list_rows(&pool, &query, after, PAGE + 1),
     )?;
     Ok(ServersData { context, rows })
+}
+
+/// The session a prefetch reads along with the page's context, and where the read goes.
+struct SessionRequest {
+    id_hash: String,
+    absolute_s: u64,
+    idle_s: u64,
+    reply: tokio::sync::oneshot::Sender<Option<crate::db::sessions::SessionRead>>,
 }
 
 /// [`fetch`] for these filters, owning what it needs (a `'static` future).
@@ -233,11 +258,21 @@ fn reads(
     filters: &Filters,
     with_choices: bool,
 ) -> impl std::future::Future<Output = Result<ServersData, AppError>> + Send + 'static {
+    reads_with_session(state, filters, with_choices, None)
+}
+
+fn reads_with_session(
+    state: &AppState,
+    filters: &Filters,
+    with_choices: bool,
+    session: Option<SessionRequest>,
+) -> impl std::future::Future<Output = Result<ServersData, AppError>> + Send + 'static {
     fetch(
         state.pool.clone(),
         filters.query(),
         filters.after.clone(),
         with_choices.then(|| state.launch_choices.clone()),
+        session,
     )
 }
 
@@ -246,13 +281,30 @@ fn wants_choices(req: &HttpRequest, filters: &Filters) -> bool {
     !(filters.live && is_htmx(req))
 }
 
-/// Starts the page's reads while the session loads (see `web::prefetch`).
-pub fn prefetch(req: &ServiceRequest, state: web::Data<AppState>) {
-    let Ok(filters) = web::Query::<Filters>::from_query(req.query_string()) else {
-        return;
-    };
+/// Starts the page's reads before the session loads, the session's own read in the same
+/// statement as the page's context (see `web::prefetch`).
+pub fn prefetch(
+    req: &ServiceRequest,
+    state: web::Data<AppState>,
+    session_id_hash: String,
+) -> Option<PrefetchedSession> {
+    let filters = web::Query::<Filters>::from_query(req.query_string()).ok()?;
     let with_choices = wants_choices(req.request(), &filters);
-    crate::web::prefetch::spawn(req, reads(&state, &filters, with_choices));
+    let (reply, read) = tokio::sync::oneshot::channel();
+    let session = SessionRequest {
+        id_hash: session_id_hash.clone(),
+        absolute_s: state.settings.session_absolute_timeout,
+        idle_s: state.settings.session_idle_timeout,
+        reply,
+    };
+    crate::web::prefetch::spawn(
+        req,
+        reads_with_session(&state, &filters, with_choices, Some(session)),
+    );
+    Some(PrefetchedSession {
+        id_hash: session_id_hash,
+        read,
+    })
 }
 
 /// The page's live part and the launch form's choices (id, name, version, current), from
