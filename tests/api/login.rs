@@ -326,6 +326,48 @@ async fn an_ended_session_sees_nothing_of_the_pages_whose_reads_start_early() {
     assert_eq!(app.get(&c, "/servers").await.status(), 200);
 }
 
+/// The Servers page hands the session it read to the session store of the same request
+/// only: many requests at once, from users of different roles, each see their own.
+#[tokio::test]
+async fn requests_at_once_each_see_their_own_session() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let viewer = app.user_client("vera", Role::Viewer).await;
+    let anonymous = client();
+    let view = |c: &reqwest::Client| {
+        let c = c.clone();
+        let url = app.url("/servers");
+        async move {
+            let res = c.get(url).send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let mut requests = Vec::new();
+    for _ in 0..20 {
+        requests.push(view(&admin));
+        requests.push(view(&viewer));
+        requests.push(view(&anonymous));
+    }
+    let answers = futures_util::future::join_all(requests).await;
+    for (i, (status, page)) in answers.into_iter().enumerate() {
+        match i % 3 {
+            0 => assert!(
+                status == 200
+                    && page.contains("Launch servers")
+                    && page.contains("title=\"Your account\">admin</a>"),
+                "admin's view: {status}"
+            ),
+            1 => assert!(
+                status == 200
+                    && !page.contains("Launch servers")
+                    && page.contains("title=\"Your account\">vera</a>"),
+                "vera's view: {status}"
+            ),
+            _ => assert_eq!(status, 303, "no session, no page"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn using_a_session_pushes_its_idle_expiry_forward() {
     let app = spawn_app().await;
@@ -363,7 +405,15 @@ async fn every_request_sees_the_user_as_the_database_has_it_now() {
         .await
         .unwrap();
     assert_eq!(app.get(&erin, "/users").await.status(), 403);
-    assert_eq!(app.get(&erin, "/servers").await.status(), 200);
+    // The Servers page reads its session in the same statement as its own reads
+    // (web::prefetch): the same user, as the database has it now.
+    let servers = app.get(&erin, "/servers").await;
+    assert_eq!(servers.status(), 200);
+    let page = servers.text().await.unwrap();
+    assert!(
+        !page.contains("Launch servers") && !page.contains("Apply to selected"),
+        "a viewer now: no launch form, no actions"
+    );
 
     sqlx::query("UPDATE users SET disabled = TRUE WHERE name = 'erin'")
         .execute(&app.pool)
@@ -407,12 +457,19 @@ async fn sessions_end_after_the_absolute_timeout_even_when_active() {
     let app = spawn_app().await;
     let c = app.admin().await;
 
+    assert_eq!(app.get(&c, "/servers").await.status(), 200);
+
     sqlx::query("UPDATE sessions SET created_at = now() - interval '13 hours'")
         .execute(&app.pool)
         .await
         .unwrap();
 
-    assert_eq!(app.get(&c, "/").await.status(), 303);
+    // Every page, including those that read the session along with their own reads.
+    for path in ["/", "/servers", "/images"] {
+        let res = app.get(&c, path).await;
+        assert_eq!(res.status(), 303, "{path}");
+        assert!(location(&res).starts_with("/login"), "{path}");
+    }
 }
 
 fn session_cookie(res: &reqwest::Response) -> Option<String> {
