@@ -114,6 +114,9 @@ struct BareImages {
     images: Vec<BareImage>,
 }
 
+/// The Servers page again, once every server's agent has reported.
+const SERVERS_WITH_AGENTS: &str = "servers, agents seen";
+
 /// The reference: the least a handler can do to list the same rows.
 async fn bare_servers(pool: web::Data<PgPool>) -> HttpResponse {
     let servers: Vec<BareServer> = sqlx::query_as(
@@ -321,7 +324,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (name, ours, reference) in [
         ("servers (first page+counts)", "/servers", "/servers"),
         ("images (all)", "/images", "/images"),
+        (SERVERS_WITH_AGENTS, "/servers", "/servers"),
     ] {
+        if name == SERVERS_WITH_AGENTS {
+            // The seeded servers have no agents, and the page counts running jobs only where
+            // an agent was seen (a subquery per row); a fleet's servers all have one.
+            sqlx::query("UPDATE servers SET last_seen_at = now()")
+                .execute(&pool)
+                .await?;
+        }
         let urls = [
             format!("{kiln}{ours}"),
             format!("{bare_url}{reference}"),
