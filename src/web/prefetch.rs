@@ -21,8 +21,9 @@
 //! session key this request's cookie carries); the store takes it instead of reading. One
 //! round trip fewer per view: sending a statement wakes a PostgreSQL backend, and on this
 //! machine the three sends were 13–19% of the page's CPU in profiles. Measured with `ab`,
-//! side by side: 1.10–1.16 -> 0.78–0.88 ms per view, together with the kept launch choices
-//! (`db::servers::ChoicesCache`).
+//! side by side, with the page's other changes of the same day (the kept launch choices,
+//! `db::servers::ChoicesCache`; rows borrowed from the rows as sent): 1.10–1.16 -> 0.78–0.88
+//! ms per view.
 //!
 //! Nothing is decided early: the access check still runs on the loaded session, and when it
 //! refuses, the request is dropped with the prefetched reads (aborted if still running), so
