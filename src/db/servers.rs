@@ -398,8 +398,8 @@ pub struct PageContext {
 
 /// A session to read in the same statement as the page's context (see `web::prefetch`): its
 /// key's hash, and the absolute and idle timeouts in seconds.
-pub struct SessionToRead<'a> {
-    pub id_hash: &'a str,
+pub struct SessionToRead {
+    pub id_hash: String,
     pub absolute_s: u64,
     pub idle_s: u64,
 }
@@ -415,7 +415,7 @@ pub struct SessionToRead<'a> {
 pub async fn page_context(
     db: impl PgExecutor<'_>,
     choices: Option<&ChoicesCache>,
-    session: Option<SessionToRead<'_>>,
+    session: Option<&SessionToRead>,
 ) -> sqlx::Result<(PageContext, Option<crate::db::sessions::SessionRead>)> {
     use sqlx::Row;
     use sqlx::types::Json;
@@ -472,9 +472,9 @@ pub async fn page_context(
     if choices.is_some() {
         query = query.bind(kept.as_ref().map_or(-1, |(t, _)| *t));
     }
-    if let Some(s) = &session {
+    if let Some(s) = session {
         query = query
-            .bind(s.id_hash)
+            .bind(&s.id_hash)
             .bind(s.absolute_s as f64)
             .bind(s.idle_s as f64);
     }
@@ -485,19 +485,12 @@ pub async fn page_context(
     let recently_busy: bool = row.try_get(3)?;
     let read: Option<Json<Vec<Choice>>> = row.try_get(4)?;
     let ticks: i64 = row.try_get(5)?;
+    // The session's columns, by name (the context's are unnamed); NULL without a live one.
     let session_read = match session {
-        Some(_) => match row.try_get::<Option<Json<crate::db::sessions::State>>, _>(6)? {
-            Some(state) => Some(crate::db::sessions::SessionRead {
-                state,
-                user_id: row.try_get(7)?,
-                name: row.try_get(8)?,
-                role: row.try_get(9)?,
-                disabled: row.try_get(10)?,
-                extend: row.try_get(11)?,
-            }),
-            None => None,
-        },
-        None => None,
+        Some(_) if row.try_get::<Option<bool>, _>("extend")?.is_some() => {
+            Some(sqlx::FromRow::from_row(&row)?)
+        }
+        _ => None,
     };
     let choices = match (choices, read, kept) {
         (None, _, _) => Default::default(),

@@ -87,9 +87,9 @@ where
 
 /// A page that can start its reads from the request alone (it starts nothing when it
 /// cannot, say the address does not parse: the handler then reads, and answers, as usual).
-/// Given the session key's hash, it may read the session too, in one of its own statements,
-/// and return that read for the session store.
-type Starter = fn(&ServiceRequest, web::Data<AppState>, String) -> Option<PrefetchedSession>;
+/// Given the session key (the cookie's, its signature checked), it may read the session too,
+/// in one of its own statements, and return that read for the session store.
+type Starter = fn(&ServiceRequest, web::Data<AppState>, &str) -> Option<PrefetchedSession>;
 
 fn starter(path: &str) -> Option<Starter> {
     match path {
@@ -99,15 +99,13 @@ fn starter(path: &str) -> Option<Starter> {
     }
 }
 
-/// The hash of the session key the request's cookie carries, when the cookie is signed with
-/// our key: a forged or garbled cookie starts nothing (the session middleware would not load
-/// it either).
+/// The session key the request's cookie carries, when the cookie is signed with our key: a
+/// forged or garbled cookie starts nothing (the session middleware would not load it either).
 fn signed_session(req: &ServiceRequest, key: &Key) -> Option<String> {
     let cookie = req.cookie(SESSION_COOKIE)?;
     let mut jar = CookieJar::new();
     jar.add_original(cookie);
-    let verified = jar.signed(key).get(SESSION_COOKIE)?;
-    Some(crate::auth::token::hash(verified.value()))
+    Some(jar.signed(key).get(SESSION_COOKIE)?.value().to_owned())
 }
 
 pub async fn start(
@@ -119,7 +117,7 @@ pub async fn start(
         && let Some(start) = starter(req.path())
         && let Some(session) = signed_session(&req, &key)
         && let Some(state) = req.app_data::<web::Data<AppState>>().cloned()
-        && let Some(session) = start(&req, state, session)
+        && let Some(session) = start(&req, state, &session)
     {
         return with_prefetched(session, next.call(req)).await;
     }

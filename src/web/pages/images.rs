@@ -132,7 +132,7 @@ fn whole_page(req: &HttpRequest, query: &RowsQuery) -> bool {
 pub fn prefetch(
     req: &ServiceRequest,
     state: web::Data<AppState>,
-    _session_id_hash: String,
+    _session_key: &str,
 ) -> Option<crate::web::session_store::PrefetchedSession> {
     let query = web::Query::<RowsQuery>::from_query(req.query_string()).ok()?;
     crate::web::prefetch::spawn(

@@ -223,11 +223,7 @@ async fn fetch(
     // ended in the last 10 s keeps the page refreshing (`recently_busy`); the next refresh,
     // two seconds later, reads after the end.
     let context = async {
-        let to_read = session.as_ref().map(|s| crate::db::servers::SessionToRead {
-            id_hash: &s.id_hash,
-            absolute_s: s.absolute_s,
-            idle_s: s.idle_s,
-        });
+        let to_read = session.as_ref().map(|s| &s.session);
         let (context, read) =
             crate::db::servers::page_context(&pool, choices.as_deref(), to_read).await?;
         // At once: the session middleware is waiting for it. (Dropped unsent on an error,
@@ -246,9 +242,7 @@ async fn fetch(
 
 /// The session a prefetch reads along with the page's context, and where the read goes.
 struct SessionRequest {
-    id_hash: String,
-    absolute_s: u64,
-    idle_s: u64,
+    session: crate::db::servers::SessionToRead,
     reply: tokio::sync::oneshot::Sender<Option<crate::db::sessions::SessionRead>>,
 }
 
@@ -286,25 +280,25 @@ fn wants_choices(req: &HttpRequest, filters: &Filters) -> bool {
 pub fn prefetch(
     req: &ServiceRequest,
     state: web::Data<AppState>,
-    session_id_hash: String,
+    session_key: &str,
 ) -> Option<PrefetchedSession> {
     let filters = web::Query::<Filters>::from_query(req.query_string()).ok()?;
     let with_choices = wants_choices(req.request(), &filters);
     let (reply, read) = tokio::sync::oneshot::channel();
+    let id_hash = crate::auth::token::hash(session_key);
     let session = SessionRequest {
-        id_hash: session_id_hash.clone(),
-        absolute_s: state.settings.session_absolute_timeout,
-        idle_s: state.settings.session_idle_timeout,
+        session: crate::db::servers::SessionToRead {
+            id_hash: id_hash.clone(),
+            absolute_s: state.settings.session_absolute_timeout,
+            idle_s: state.settings.session_idle_timeout,
+        },
         reply,
     };
     crate::web::prefetch::spawn(
         req,
         reads_with_session(&state, &filters, with_choices, Some(session)),
     );
-    Some(PrefetchedSession {
-        id_hash: session_id_hash,
-        read,
-    })
+    Some(PrefetchedSession { id_hash, read })
 }
 
 /// The page's live part and the launch form's choices (id, name, version, current), from
