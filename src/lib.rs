@@ -13,6 +13,7 @@ pub mod cloud;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod error;
 pub mod fleet;
 pub mod jobs;
 pub mod metrics;

@@ -20,11 +20,7 @@ use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::bakes::BakeRow;
 use crate::tasks::TaskError;
 
-/// What the step task does next.
-pub enum Next {
-    Done,
-    Wait(Duration, String),
-}
+pub use crate::domain::Next;
 
 const SOON: Duration = Duration::from_millis(250);
 const POLL: Duration = Duration::from_secs(1);
@@ -103,7 +99,7 @@ async fn launch(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<
          WHERE s.launch_id = $1 ORDER BY s.launched_at LIMIT 1",
     )
     .bind(launch_id)
-    .bind((env.settings.heartbeat * 3).max(15) as f64)
+    .bind(crate::domain::agent_health_window(env.settings.heartbeat).as_secs_f64())
     .fetch_optional(&mut *tx)
     .await?;
     let Some((server_id, state, healthy)) = builder else {
@@ -262,14 +258,6 @@ async fn run_job(tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskErro
     }
 }
 
-fn retryable(e: crate::cloud::CloudError) -> TaskError {
-    if e.is_retryable() {
-        TaskError::Retryable(e.into())
-    } else {
-        TaskError::Fatal(e.into())
-    }
-}
-
 /// The image a bake made, found by its `kiln:bake` tag (a retry after the provider answered
 /// but before the answer was recorded), else None.
 async fn made_before(env: &Env<'_>, bake_id: i64) -> Result<Option<String>, TaskError> {
@@ -281,7 +269,7 @@ async fn made_before(env: &Env<'_>, bake_id: i64) -> Result<Option<String>, Task
         .cloud
         .list_images(&query, None)
         .await
-        .map_err(retryable)?;
+        .map_err(TaskError::from)?;
     Ok(page
         .items
         .into_iter()
@@ -369,7 +357,11 @@ async fn wait_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
         .image_id
         .clone()
         .ok_or_else(|| fatal(format!("bake {} has no image", bake.id)))?;
-    let image = env.cloud.get_image(&image_id).await.map_err(retryable)?;
+    let image = env
+        .cloud
+        .get_image(&image_id)
+        .await
+        .map_err(TaskError::from)?;
     let state = image.as_ref().map(|i| i.state);
     let mut tx = env.pool.begin().await?;
     let Some(now) = crate::db::bakes::lock(&mut tx, bake.id).await? else {
@@ -473,7 +465,10 @@ async fn clean_up(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
     }
     tx.commit().await?;
     if let Some(id) = &unusable_image {
-        env.cloud.deregister_image(id).await.map_err(retryable)?;
+        env.cloud
+            .deregister_image(id)
+            .await
+            .map_err(TaskError::from)?;
         crate::db::images::set_state(
             env.pool,
             id,
@@ -561,7 +556,7 @@ async fn release_if_asked(env: &Env<'_>, bake: &BakeRow) -> Result<(), TaskError
     .await
     {
         Ok(_) => Ok(()),
-        Err(crate::web::error::AppError::Conflict(why)) => {
+        Err(crate::error::Error::Conflict(why)) => {
             audit::record(
                 env.pool,
                 AuditEvent::system(
@@ -574,7 +569,7 @@ async fn release_if_asked(env: &Env<'_>, bake: &BakeRow) -> Result<(), TaskError
             .await?;
             Ok(())
         }
-        Err(e) => Err(TaskError::Retryable(anyhow::anyhow!("{e}"))),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -12,9 +12,9 @@ use crate::auth::Principal;
 use crate::config::Settings;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::bakes::{BakeRow, NewBake, NewRecipe, RecipeRow};
+use crate::error::Error;
 use crate::tasks::bake_step::BakeStep;
 use crate::tasks::launch_servers::LaunchServers;
-use crate::web::error::AppError;
 
 pub const DEFAULT_SETUP_TIMEOUT_S: i32 = 3600;
 pub const DEFAULT_TEST_TIMEOUT_S: i32 = 1800;
@@ -47,11 +47,11 @@ pub struct RecipeInput {
     pub auto_release: Option<bool>,
 }
 
-fn bad(message: impl Into<String>) -> AppError {
-    AppError::BadRequest(message.into())
+fn bad(message: impl Into<String>) -> Error {
+    Error::Invalid(message.into())
 }
 
-fn timeout(field: &str, value: Option<i64>, default: i32) -> Result<i32, AppError> {
+fn timeout(field: &str, value: Option<i64>, default: i32) -> Result<i32, Error> {
     match value {
         None => Ok(default),
         Some(v) if (1..=i64::from(MAX_TIMEOUT_S)).contains(&v) => Ok(v as i32),
@@ -66,7 +66,7 @@ fn trimmed(v: &Option<String>) -> &str {
 }
 
 /// Checks a recipe as sent; returns the values to store.
-fn validate<'a>(input: &'a RecipeInput, settings: &'a Settings) -> Result<NewRecipe<'a>, AppError> {
+fn validate<'a>(input: &'a RecipeInput, settings: &'a Settings) -> Result<NewRecipe<'a>, Error> {
     let name = input.name.trim();
     let name_ok = !name.is_empty()
         && name.len() <= 63
@@ -164,7 +164,7 @@ fn validate<'a>(input: &'a RecipeInput, settings: &'a Settings) -> Result<NewRec
 }
 
 /// The base image must be in the catalogue and available.
-async fn check_base(conn: &mut sqlx::PgConnection, id: &str) -> Result<(), AppError> {
+async fn check_base(conn: &mut sqlx::PgConnection, id: &str) -> Result<(), Error> {
     let base = crate::db::images::find(&mut *conn, id)
         .await?
         .ok_or_else(|| {
@@ -172,8 +172,8 @@ async fn check_base(conn: &mut sqlx::PgConnection, id: &str) -> Result<(), AppEr
                 "There is no image {id} in the catalogue to bake from."
             ))
         })?;
-    if base.state != "available" {
-        return Err(AppError::Conflict(format!(
+    if base.state != crate::domain::ImageState::Available {
+        return Err(Error::Conflict(format!(
             "Image {} is {}; a recipe bakes from an available image.",
             base.id, base.state
         )));
@@ -190,18 +190,18 @@ pub async fn update_recipe(
     ip: Option<String>,
     id: i64,
     input: &RecipeInput,
-) -> Result<RecipeRow, AppError> {
+) -> Result<RecipeRow, Error> {
     let recipe = validate(input, settings)?;
     let mut tx = pool.begin().await?;
     check_base(&mut tx, recipe.base_image_id).await?;
     match crate::db::bakes::update_recipe(&mut tx, id, &recipe).await? {
         None => {
-            return Err(AppError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "There is already a recipe called {:?}.",
                 recipe.name
             )));
         }
-        Some(false) => return Err(AppError::NotFound(format!("There is no recipe {id}."))),
+        Some(false) => return Err(Error::NotFound(format!("There is no recipe {id}."))),
         Some(true) => {}
     }
     audit::record(
@@ -218,7 +218,7 @@ pub async fn update_recipe(
     .await?;
     let row = crate::db::bakes::recipe(&mut *tx, id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no recipe {id}.")))?;
+        .ok_or_else(|| Error::NotFound(format!("There is no recipe {id}.")))?;
     tx.commit().await?;
     Ok(row)
 }
@@ -229,14 +229,14 @@ pub async fn create_recipe(
     principal: &Principal,
     ip: Option<String>,
     input: &RecipeInput,
-) -> Result<RecipeRow, AppError> {
+) -> Result<RecipeRow, Error> {
     let recipe = validate(input, settings)?;
     let mut tx = pool.begin().await?;
     check_base(&mut tx, recipe.base_image_id).await?;
     let row = crate::db::bakes::insert_recipe(&mut tx, &recipe, &principal.name, principal.user_id)
         .await?
         .ok_or_else(|| {
-            AppError::Conflict(format!(
+            Error::Conflict(format!(
                 "There is already a recipe called {:?}.",
                 recipe.name
             ))
@@ -284,7 +284,7 @@ pub async fn start(
     started_by: StartedBy<'_>,
     recipe_id: i64,
     source_revision: &str,
-) -> Result<(BakeRow, bool), AppError> {
+) -> Result<(BakeRow, bool), Error> {
     let mut tx = pool.begin().await?;
     if let StartedBy::Webhook { delivery_id } = &started_by
         && let Some(id) = crate::db::bakes::by_delivery(&mut *tx, delivery_id).await?
@@ -294,14 +294,14 @@ pub async fn start(
     }
     let (recipe, version) = crate::db::bakes::take_version(&mut tx, recipe_id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no recipe {recipe_id}.")))?;
+        .ok_or_else(|| Error::NotFound(format!("There is no recipe {recipe_id}.")))?;
     let base = crate::db::images::find(&mut *tx, &recipe.base_image_id).await?;
     if base.as_ref().map(|b| b.state.as_str()) != Some("available") {
-        return Err(AppError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "Recipe {} bakes from {}, which is not available (it is {}).",
             recipe.name,
             recipe.base_image_id,
-            base.map_or("gone".to_owned(), |b| b.state)
+            base.map_or("gone".to_owned(), |b| b.state.to_string())
         )));
     }
     let (trigger, who, delivery_id) = match &started_by {
@@ -333,7 +333,7 @@ pub async fn start(
         tx.rollback().await?;
         let id = crate::db::bakes::by_delivery(pool, delivery_id.unwrap_or_default())
             .await?
-            .ok_or_else(|| AppError::Conflict("That delivery is being handled.".into()))?;
+            .ok_or_else(|| Error::Conflict("That delivery is being handled.".into()))?;
         let bake = found(pool, id).await?;
         return Ok((bake, false));
     };
@@ -388,10 +388,10 @@ pub async fn start(
 }
 
 /// The bake, or a 404 saying there is none.
-pub async fn found(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<BakeRow, AppError> {
+pub async fn found(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<BakeRow, Error> {
     crate::db::bakes::find(db, id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no bake {id}.")))
+        .ok_or_else(|| Error::NotFound(format!("There is no bake {id}.")))
 }
 
 /// The dedupe key of a bake's step task: one unfinished step per bake.
@@ -413,11 +413,11 @@ pub async fn cancel(
     principal: &Principal,
     ip: Option<String>,
     id: i64,
-) -> Result<(BakeRow, Cancelled), AppError> {
+) -> Result<(BakeRow, Cancelled), Error> {
     let mut tx = pool.begin().await?;
     let bake = crate::db::bakes::lock(&mut tx, id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no bake {id}.")))?;
+        .ok_or_else(|| Error::NotFound(format!("There is no bake {id}.")))?;
     if bake.state != "running" {
         return Ok((bake, Cancelled::AlreadyOver));
     }

@@ -82,7 +82,7 @@ async fn add_image(
     wait_for("the image to be available", 30, async || {
         Ok(crate::db::images::find(pool, &id)
             .await?
-            .is_some_and(|i| i.state == "available"))
+            .is_some_and(|i| i.state == crate::domain::ImageState::Available))
     })
     .await?;
     Ok(id)
@@ -105,16 +105,18 @@ async fn roll(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let id = r.id;
-    let mut state = String::new();
+    let mut state = crate::domain::RolloutState::Pending;
     wait_for("the rollout to end", 600, async || {
-        state = crate::db::rollouts::find(pool, id)
-            .await?
-            .map(|r| r.state)
-            .unwrap_or_default();
-        Ok(!matches!(state.as_str(), "pending" | "running" | "paused"))
+        if let Some(r) = crate::db::rollouts::find(pool, id).await? {
+            state = r.state;
+        }
+        Ok(!state.is_active())
     })
     .await?;
-    anyhow::ensure!(state == "succeeded", "rollout {id} ended {state}");
+    anyhow::ensure!(
+        state == crate::domain::RolloutState::Succeeded,
+        "rollout {id} ended {state}"
+    );
     Ok((id, started.elapsed()))
 }
 

@@ -30,24 +30,8 @@ pub const LAUNCH_TOKEN_TAG: &str = "kiln:launch-token";
 
 pub type Tags = BTreeMap<String, String>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageState {
-    Pending,
-    Available,
-    Failed,
-    Deregistered,
-}
-
-impl ImageState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageState::Pending => "pending",
-            ImageState::Available => "available",
-            ImageState::Failed => "failed",
-            ImageState::Deregistered => "deregistered",
-        }
-    }
-}
+/// The states the provider reports are Kiln's own stored words.
+pub use crate::domain::{ImageState, ServerState};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
@@ -66,41 +50,6 @@ pub struct ImageQuery {
     pub owners: Vec<String>,
     /// Every (key, value) must match.
     pub tags: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerState {
-    Pending,
-    Running,
-    Stopping,
-    Stopped,
-    ShuttingDown,
-    Terminated,
-}
-
-impl ServerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServerState::Pending => "pending",
-            ServerState::Running => "running",
-            ServerState::Stopping => "stopping",
-            ServerState::Stopped => "stopped",
-            ServerState::ShuttingDown => "shutting-down",
-            ServerState::Terminated => "terminated",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => ServerState::Pending,
-            "running" => ServerState::Running,
-            "stopping" => ServerState::Stopping,
-            "stopped" => ServerState::Stopped,
-            "shutting-down" => ServerState::ShuttingDown,
-            "terminated" => ServerState::Terminated,
-            _ => return None,
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

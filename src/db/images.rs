@@ -10,7 +10,7 @@ pub struct ImageRow {
     pub version: String,
     pub description: String,
     pub source_revision: String,
-    pub state: String,
+    pub state: crate::domain::ImageState,
     pub state_reason: String,
     pub added_by: String,
     pub created_at: OffsetDateTime,
@@ -93,7 +93,7 @@ pub struct CatalogueRow {
     pub name: String,
     pub version: String,
     pub source_revision: String,
-    pub state: String,
+    pub state: crate::domain::ImageState,
     pub state_reason: String,
     pub created_at: OffsetDateTime,
 }

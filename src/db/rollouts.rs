@@ -1,17 +1,22 @@
 //! Rollouts, their batches and the servers they touched, as stored. The rules live in
-//! src/rollouts/ and the state machine in src/tasks/rollout_step.rs.
+//! `rollouts::decide`, the steps that apply them in `rollouts::advance`.
 
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
+use crate::domain::{
+    LaunchState, RolloutKind, RolloutRole, RolloutServerState, RolloutState, ServerMode,
+    ServerState,
+};
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RolloutRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: RolloutKind,
     pub release_id: i64,
     pub from_image_id: Option<String>,
     pub to_image_id: String,
-    pub state: String,
+    pub state: RolloutState,
     pub reason: String,
     pub batch_size: i32,
     pub min_healthy_percent: i32,
@@ -34,7 +39,7 @@ pub struct RolloutRow {
 
 impl RolloutRow {
     pub fn is_active(&self) -> bool {
-        matches!(self.state.as_str(), "pending" | "running" | "paused")
+        self.state.is_active()
     }
 }
 
@@ -100,13 +105,13 @@ pub async fn active(db: impl PgExecutor<'_>) -> sqlx::Result<Option<RolloutRow>>
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RolloutServerRow {
     pub server_id: String,
-    pub role: String,
-    pub state: String,
+    pub role: RolloutRole,
+    pub state: RolloutServerState,
     pub batch: i32,
     pub at: OffsetDateTime,
     pub image_id: String,
-    pub server_state: String,
-    pub mode: String,
+    pub server_state: ServerState,
+    pub mode: ServerMode,
     pub running_jobs: i64,
     pub last_heartbeat_at: Option<OffsetDateTime>,
 }
@@ -135,7 +140,7 @@ pub struct BatchRow {
     pub size: i32,
     pub deadline: OffsetDateTime,
     pub done_at: Option<OffsetDateTime>,
-    pub launch_state: Option<String>,
+    pub launch_state: Option<LaunchState>,
     pub launch_error: Option<String>,
 }
 

@@ -1,13 +1,22 @@
 //! Validated domain types. Nothing here does I/O: parsing turns user input into values that
 //! are correct by construction, and every error is a sentence a user can act on.
 
+mod health;
 mod names;
+mod next;
 mod password;
 mod role;
+pub mod states;
 
+pub use health::agent_health_window;
 pub use names::{TokenName, UserName};
+pub use next::Next;
 pub use password::Password;
 pub use role::Role;
+pub use states::{
+    ImageState, LaunchState, RolloutKind, RolloutRole, RolloutServerState, RolloutState,
+    ServerMode, ServerPurpose, ServerState,
+};
 
 /// Input that failed validation; the message is shown to the user as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::auth::Principal;
 use crate::db::audit::{AuditEvent, Outcome};
-use crate::web::error::AppError;
+use crate::error::Error;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Rule {
@@ -56,9 +56,9 @@ pub async fn clean(
     ip: Option<String>,
     rule: Rule,
     ids: &[String],
-) -> Result<Vec<String>, AppError> {
+) -> Result<Vec<String>, Error> {
     if ids.is_empty() {
-        return Err(AppError::BadRequest(
+        return Err(Error::Invalid(
             "Nothing to clean up: preview the cleanup, then confirm its list.".into(),
         ));
     }

@@ -7,8 +7,8 @@ use crate::cloud::{AnyProvider, Provider};
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::images::{ImageRow, NewImage};
 use crate::domain::ValidationError;
+use crate::error::Error;
 use crate::tasks::adopt_image::AdoptImage;
-use crate::web::error::AppError;
 
 /// What a user asks to add: an existing AMI by id (aws), or a new local image (no id).
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -48,7 +48,7 @@ pub async fn add(
     principal: &Principal,
     source_ip: Option<String>,
     input: &AddImage,
-) -> Result<ImageRow, AppError> {
+) -> Result<ImageRow, Error> {
     let name = text(&input.name, "name", 128, true)?;
     let version = text(
         input.version.as_deref().unwrap_or_default(),
@@ -72,19 +72,19 @@ pub async fn add(
             crate::cloud::local::random_hex(17)
         ),
         ("local", Some(_)) => {
-            return Err(AppError::BadRequest(
+            return Err(Error::Invalid(
                 "The local provider names its own images: leave the id empty.".into(),
             ));
         }
         (_, None) => {
-            return Err(AppError::BadRequest(
+            return Err(Error::Invalid(
                 "Give the id of the AMI to add, e.g. ami-0123456789abcdef0.".into(),
             ));
         }
         (_, Some(id)) => {
             cloud
                 .check_image_id(id)
-                .map_err(|e| AppError::BadRequest(e.message))?;
+                .map_err(|e| Error::Invalid(e.message))?;
             id.to_owned()
         }
     };
@@ -103,7 +103,7 @@ pub async fn add(
     )
     .await?;
     if !inserted {
-        return Err(AppError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "Image {id} is already in the catalogue."
         )));
     }
@@ -182,24 +182,24 @@ pub async fn deregister(
     principal: &Principal,
     source_ip: Option<String>,
     id: &str,
-) -> Result<bool, AppError> {
+) -> Result<bool, Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.releases'))")
         .execute(&mut *tx)
         .await?;
     let image = crate::db::images::find(&mut *tx, id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no image {id} in the catalogue.")))?;
-    if image.state == "deregistered" {
+        .ok_or_else(|| Error::NotFound(format!("There is no image {id} in the catalogue.")))?;
+    if image.state == crate::domain::ImageState::Deregistered {
         return Ok(false);
     }
     if image.current {
-        return Err(AppError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "{id} is the current image: make another image current before deregistering it."
         )));
     }
     if image.servers > 0 {
-        return Err(AppError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "{} server{} still run {id}: terminate or replace them first.",
             image.servers,
             if image.servers == 1 { "" } else { "s" }

@@ -8,8 +8,8 @@ use crate::cloud::{AgentBootstrap, AnyProvider, LaunchRequest, Tags, validate_la
 use crate::config::Settings;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::servers::LaunchRow;
+use crate::error::Error;
 use crate::tasks::launch_servers::LaunchServers;
-use crate::web::error::AppError;
 
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct Launch {
@@ -22,9 +22,8 @@ pub struct Launch {
 }
 
 /// Accepts a count as a JSON number or a form's string, refusing anything else plainly.
-fn count_of(value: &Option<serde_json::Value>) -> Result<u32, AppError> {
-    let bad =
-        || AppError::BadRequest("The count must be a whole number of servers, 1 or more.".into());
+fn count_of(value: &Option<serde_json::Value>) -> Result<u32, Error> {
+    let bad = || Error::Invalid("The count must be a whole number of servers, 1 or more.".into());
     let n = match value {
         None => return Ok(1),
         Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(bad)?,
@@ -33,7 +32,7 @@ fn count_of(value: &Option<serde_json::Value>) -> Result<u32, AppError> {
         Some(_) => return Err(bad()),
     };
     if n < 1 {
-        return Err(AppError::BadRequest("Launch at least one server.".into()));
+        return Err(Error::Invalid("Launch at least one server.".into()));
     }
     u32::try_from(n).map_err(|_| bad())
 }
@@ -45,7 +44,7 @@ pub async fn launch(
     principal: &Principal,
     source_ip: Option<String>,
     input: &Launch,
-) -> Result<LaunchRow, AppError> {
+) -> Result<LaunchRow, Error> {
     let image_id = input.image_id.trim().to_owned();
     let count = count_of(&input.count)?;
     let instance_type = input
@@ -74,16 +73,16 @@ pub async fn launch(
         client_token: token.clone(),
     };
     validate_launch(cloud.as_ref(), &settings.launch_limits(), &request)
-        .map_err(|e| AppError::BadRequest(e.message))?;
+        .map_err(|e| Error::Invalid(e.message))?;
 
     let mut tx = pool.begin().await?;
     let image = crate::db::images::find(&mut *tx, &image_id)
         .await?
         .ok_or_else(|| {
-            AppError::NotFound(format!("There is no image {image_id} in the catalogue."))
+            Error::NotFound(format!("There is no image {image_id} in the catalogue."))
         })?;
-    if image.state != "available" {
-        return Err(AppError::Conflict(format!(
+    if image.state != crate::domain::ImageState::Available {
+        return Err(Error::Conflict(format!(
             "Image {image_id} is {}; only available images can be launched.",
             image.state
         )));
@@ -98,7 +97,7 @@ pub async fn launch(
         .await?;
     let after = live + pending + i64::from(count);
     if after > i64::from(settings.max_servers) {
-        return Err(AppError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "Launching {count} would make the fleet {after} servers, over its cap of {} (KILN_MAX_SERVERS).",
             settings.max_servers
         )));
@@ -164,13 +163,13 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn parse(s: &str) -> Result<Self, AppError> {
+    pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "disable" => Ok(Action::Disable),
             "enable" => Ok(Action::Enable),
             "terminate" => Ok(Action::Terminate),
             "force_terminate" => Ok(Action::ForceTerminate),
-            other => Err(AppError::BadRequest(format!(
+            other => Err(Error::Invalid(format!(
                 "{other:?} is not a server action; use disable, enable, terminate or force_terminate."
             ))),
         }
@@ -203,14 +202,14 @@ pub async fn act(
     ids: &[String],
     action: Action,
     drain_timeout: std::time::Duration,
-) -> Result<Vec<Effect>, AppError> {
+) -> Result<Vec<Effect>, Error> {
     let drain_until =
         time::OffsetDateTime::now_utc().unix_timestamp() + drain_timeout.as_secs() as i64;
     if ids.is_empty() {
-        return Err(AppError::BadRequest("Select at least one server.".into()));
+        return Err(Error::Invalid("Select at least one server.".into()));
     }
     if ids.len() > 5000 {
-        return Err(AppError::BadRequest(
+        return Err(Error::Invalid(
             "Act on at most 5,000 servers at once.".into(),
         ));
     }
@@ -223,14 +222,14 @@ pub async fn act(
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some((state, mode)) = row else {
-            return Err(AppError::NotFound(format!("There is no server {id}.")));
+            return Err(Error::NotFound(format!("There is no server {id}.")));
         };
         if state == "terminated" {
             if matches!(action, Action::Terminate | Action::ForceTerminate) {
                 effects.push(Effect::AlreadyDone);
                 continue;
             }
-            return Err(AppError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "Server {id} is terminated; it cannot be {}d.",
                 &action.verb()[7..]
             )));

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use crate::auth::Principal;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::jobs::{JobRow, Labels, NewJob};
-use crate::web::error::AppError;
+use crate::error::Error;
 
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 pub const MAX_LABELS: usize = 50;
@@ -30,8 +30,8 @@ pub struct Enqueue {
 }
 
 /// Checks an enqueue request; every message names what was wrong.
-pub fn validate(input: &Enqueue, default_timeout_s: u64) -> Result<(i32, i32), AppError> {
-    let bad = |m: String| Err(AppError::BadRequest(m));
+pub fn validate(input: &Enqueue, default_timeout_s: u64) -> Result<(i32, i32), Error> {
+    let bad = |m: String| Err(Error::Invalid(m));
     if input.command.trim().is_empty() {
         return bad("command is required: the shell command the job runs.".into());
     }
@@ -82,7 +82,7 @@ pub async fn enqueue(
     ip: Option<String>,
     input: &Enqueue,
     default_timeout_s: u64,
-) -> Result<JobRow, AppError> {
+) -> Result<JobRow, Error> {
     let (timeout_s, retries) = validate(input, default_timeout_s)?;
     let mut tx = pool.begin().await?;
     let job = crate::db::jobs::insert(
@@ -140,16 +140,16 @@ pub async fn cancel(
     principal: &Principal,
     ip: Option<String>,
     id: i64,
-) -> Result<Change, AppError> {
+) -> Result<Change, Error> {
     let mut tx = pool.begin().await?;
     let before = crate::db::jobs::cancel(&mut tx, id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no job {id}.")))?;
+        .ok_or_else(|| Error::NotFound(format!("There is no job {id}.")))?;
     let change = match before.as_str() {
         "queued" | "running" => Change::Done,
         "cancelled" => Change::AlreadySo,
         other => {
-            return Err(AppError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "Job {id} has already {other}; there is nothing to cancel."
             )));
         }
@@ -174,13 +174,13 @@ pub async fn retry(
     principal: &Principal,
     ip: Option<String>,
     id: i64,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     let mut tx = pool.begin().await?;
     let before = crate::db::jobs::retry(&mut tx, id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no job {id}.")))?;
+        .ok_or_else(|| Error::NotFound(format!("There is no job {id}.")))?;
     if before != "failed" && before != "cancelled" {
-        return Err(AppError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "Job {id} is {before}; only a failed or cancelled job can be retried."
         )));
     }

@@ -8,10 +8,10 @@ use sqlx::{PgPool, Postgres, Transaction};
 use crate::auth::Principal;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::dashboards::{self as db, ChartRow, NewChart};
+use crate::error::Error;
 use crate::metrics::dashboards::{
     MAX_CHARTS, MAX_SERIES, SeriesSpec, chart_labels, dashboard_name, fleet,
 };
-use crate::web::error::AppError;
 
 /// Who asks, for the audit log.
 pub struct Editor<'a> {
@@ -26,7 +26,7 @@ impl Editor<'_> {
         action: &str,
         target: String,
         detail: String,
-    ) -> Result<(), AppError> {
+    ) -> Result<(), Error> {
         audit::record(
             &mut **tx,
             AuditEvent::by(self.principal, action, target, Outcome::Ok)
@@ -38,25 +38,22 @@ impl Editor<'_> {
     }
 }
 
-fn bad(message: String) -> AppError {
-    AppError::BadRequest(message)
+fn bad(message: String) -> Error {
+    Error::Invalid(message)
 }
 
-fn taken(name: &str) -> AppError {
-    AppError::Conflict(format!(
+fn taken(name: &str) -> Error {
+    Error::Conflict(format!(
         "There is already a dashboard called {name:?}; pick another name."
     ))
 }
 
 /// Opens the edit's transaction with the dashboard locked; 404 when it is gone.
-async fn begin(
-    pool: &PgPool,
-    dashboard_id: i64,
-) -> Result<Transaction<'static, Postgres>, AppError> {
+async fn begin(pool: &PgPool, dashboard_id: i64) -> Result<Transaction<'static, Postgres>, Error> {
     let mut tx = pool.begin().await?;
     db::lock(&mut tx, dashboard_id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no dashboard {dashboard_id}.")))?;
+        .ok_or_else(|| Error::NotFound(format!("There is no dashboard {dashboard_id}.")))?;
     Ok(tx)
 }
 
@@ -64,11 +61,11 @@ async fn chart_in(
     tx: &mut Transaction<'_, Postgres>,
     dashboard_id: i64,
     chart_id: i64,
-) -> Result<ChartRow, AppError> {
+) -> Result<ChartRow, Error> {
     db::chart(&mut **tx, dashboard_id, chart_id)
         .await?
         .ok_or_else(|| {
-            AppError::NotFound(format!("Dashboard {dashboard_id} has no chart {chart_id}."))
+            Error::NotFound(format!("Dashboard {dashboard_id} has no chart {chart_id}."))
         })
 }
 
@@ -78,7 +75,7 @@ pub async fn create(
     editor: &Editor<'_>,
     name: &str,
     copy_fleet: bool,
-) -> Result<i64, AppError> {
+) -> Result<i64, Error> {
     let name = dashboard_name(name).map_err(bad)?;
     let mut tx = pool.begin().await?;
     let id = db::create(&mut tx, &name, &editor.principal.name)
@@ -121,7 +118,7 @@ pub async fn rename(
     editor: &Editor<'_>,
     dashboard_id: i64,
     name: &str,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     let name = dashboard_name(name).map_err(bad)?;
     let mut tx = begin(pool, dashboard_id).await?;
     if db::name_taken(&mut *tx, &name, dashboard_id).await? {
@@ -140,7 +137,7 @@ pub async fn rename(
     Ok(())
 }
 
-pub async fn delete(pool: &PgPool, editor: &Editor<'_>, dashboard_id: i64) -> Result<(), AppError> {
+pub async fn delete(pool: &PgPool, editor: &Editor<'_>, dashboard_id: i64) -> Result<(), Error> {
     let mut tx = begin(pool, dashboard_id).await?;
     let name = db::get(&mut *tx, dashboard_id)
         .await?
@@ -172,11 +169,11 @@ pub async fn add_chart(
     editor: &Editor<'_>,
     dashboard_id: i64,
     input: ChartInput<'_>,
-) -> Result<i64, AppError> {
+) -> Result<i64, Error> {
     let (title, unit) = chart_labels(input.title, input.unit).map_err(bad)?;
     let mut tx = begin(pool, dashboard_id).await?;
     if db::chart_count(&mut tx, dashboard_id).await? >= MAX_CHARTS {
-        return Err(AppError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "A dashboard holds at most {MAX_CHARTS} charts; this one is full. Delete a chart or start another dashboard."
         )));
     }
@@ -222,7 +219,7 @@ pub async fn edit_chart(
     dashboard_id: i64,
     chart_id: i64,
     edit: ChartEdit<'_>,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     let labels = match &edit {
         ChartEdit::Labels { title, unit, .. } => Some(chart_labels(title, unit).map_err(bad)?),
         _ => None,
@@ -239,7 +236,7 @@ pub async fn edit_chart(
         }
         ChartEdit::AddSeries(spec) => {
             if series.len() >= MAX_SERIES {
-                return Err(AppError::Conflict(format!(
+                return Err(Error::Conflict(format!(
                     "A chart holds at most {MAX_SERIES} series; remove one first."
                 )));
             }
@@ -252,13 +249,13 @@ pub async fn edit_chart(
         }
         ChartEdit::RemoveSeries(n) => {
             if n >= series.len() {
-                return Err(AppError::NotFound(format!(
+                return Err(Error::NotFound(format!(
                     "This chart has no series number {}.",
                     n + 1
                 )));
             }
             if series.len() == 1 {
-                return Err(AppError::Conflict(
+                return Err(Error::Conflict(
                     "A chart needs at least one series; delete the chart instead.".into(),
                 ));
             }
@@ -297,7 +294,7 @@ pub async fn delete_chart(
     editor: &Editor<'_>,
     dashboard_id: i64,
     chart_id: i64,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     let mut tx = begin(pool, dashboard_id).await?;
     let chart = chart_in(&mut tx, dashboard_id, chart_id).await?;
     db::delete_chart(&mut tx, chart_id).await?;
@@ -320,7 +317,7 @@ pub async fn move_chart(
     dashboard_id: i64,
     chart_id: i64,
     up: bool,
-) -> Result<bool, AppError> {
+) -> Result<bool, Error> {
     let mut tx = begin(pool, dashboard_id).await?;
     chart_in(&mut tx, dashboard_id, chart_id).await?;
     let moved = db::move_chart(&mut tx, dashboard_id, chart_id, up).await?;

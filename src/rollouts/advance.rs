@@ -1,33 +1,22 @@
-//! One step of a rollout, in one transaction with the rollout's row locked: look at where it
-//! stands and take every step that can be taken now; say what it waits for otherwise.
-//!
-//! Per batch (at most `batch_size` servers): bring in replacements on the target image —
-//! kept servers of an earlier rollout (disabled, agent still heartbeating) are enabled again
-//! at once, otherwise a launch is made (its task and launch token make a retried step never
-//! launch twice) — wait until every replacement's agent heartbeats (healthy), then disable as
-//! many old servers (idle ones first). Replacements come before removals, so capacity stays
-//! at the fleet's size; with `min_healthy_percent` below 100, old servers beyond that share
-//! are disabled as soon as their batch starts. A batch not healthy by its deadline fails the
-//! rollout, which then moves the current image back and puts the fleet back (see `undo`).
+//! One step of a rollout, in one transaction with the rollout's row locked: read a snapshot,
+//! ask [`decide`](super::decide::decide) what to do, apply it, and look again until the
+//! decision is to stop or to wait. The policy lives in `decide`; this file only reads and
+//! writes.
 //!
 //! The step never calls the cloud: launches and terminations are tasks of their own.
 
 use std::time::Duration;
 
 use sqlx::PgConnection;
+use time::OffsetDateTime;
 
+use super::decide::{
+    self, BatchLaunch, Decision, OpenBatch, Policy, Replacement, Snapshot, Source,
+};
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::rollouts::RolloutRow;
+use crate::domain::{LaunchState, Next, RolloutState};
 use crate::tasks::launch_servers::LaunchServers;
-
-/// What the step does next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    /// Nothing more to do (finished, paused, or put back).
-    Done,
-    /// Look again after the delay; the note says what it waits for.
-    Wait(Duration, String),
-}
 
 /// How soon a waiting rollout looks again: often enough that a healthy batch moves on within
 /// a fraction of a second (one small transaction per look).
@@ -48,9 +37,22 @@ macro_rules! candidates {
     };
 }
 
-/// An agent is healthy when it heartbeated within three heartbeat intervals (at least 15 s).
-fn health_window(heartbeat_s: u64) -> f64 {
-    (heartbeat_s * 3).max(15) as f64
+/// Kept servers of earlier rollouts on the target image that can serve again at once: their
+/// agent heartbeats and nothing is terminating them.
+macro_rules! reusable_kept {
+    ($select:literal, $rest:literal) => {
+        concat!(
+            $select,
+            " FROM rollout_servers rs
+             JOIN servers s ON s.id = rs.server_id JOIN agents a ON a.server_id = s.id
+             WHERE rs.role = 'old' AND rs.state = 'kept' AND rs.rollout_id <> $1
+               AND s.image_id = $2 AND s.mode = 'disabled' AND s.state = 'running' AND s.purpose = 'worker'
+               AND a.last_heartbeat_at > now() - make_interval(secs => $3)
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = 'terminate:' || s.id
+                               AND t.state IN ('queued', 'running')) ",
+            $rest
+        )
+    };
 }
 
 pub async fn advance(
@@ -58,274 +60,162 @@ pub async fn advance(
     rollout_id: i64,
     heartbeat_s: u64,
 ) -> sqlx::Result<Next> {
-    let window = health_window(heartbeat_s);
+    let policy = Policy::for_heartbeat(heartbeat_s);
     loop {
         let Some(r) = crate::db::rollouts::lock(conn, rollout_id).await? else {
             return Ok(Next::Done);
         };
-        match r.state.as_str() {
-            "paused" | "succeeded" => return Ok(Next::Done),
-            "failed" | "cancelled" => {
-                if r.cleaned_at.is_some()
-                    || super::undo::undo(conn, r.id, r.drain_timeout_s).await?
-                {
-                    return Ok(Next::Done);
-                }
-                return Ok(Next::Wait(
-                    LOOK_AGAIN,
-                    "waiting for a launch to finish before removing its servers".into(),
-                ));
-            }
-            "pending" => {
-                // A superseded rollout puts its servers back first, so that this one sees
-                // the fleet as it will be.
-                let unclean: Option<i64> = sqlx::query_scalar(
-                    "SELECT id FROM rollouts WHERE state IN ('failed', 'cancelled') AND cleaned_at IS NULL AND id <> $1 LIMIT 1",
-                )
-                .bind(r.id)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if let Some(other) = unclean {
-                    return Ok(Next::Wait(
-                        LOOK_AGAIN,
-                        format!("waiting for rollout #{other} to put its servers back"),
-                    ));
-                }
-                sqlx::query(
-                    "UPDATE rollouts SET state = 'running', updated_at = now(),
-                         fleet_size = (SELECT count(*) FROM servers WHERE purpose = 'worker' AND mode = 'enabled'
-                                       AND state IN ('pending', 'running'))
-                     WHERE id = $1",
-                )
-                .bind(r.id)
-                .execute(&mut *conn)
-                .await?;
-                audit::record(
-                    &mut *conn,
-                    AuditEvent::system("rollout.started", format!("rollout:{}", r.id), Outcome::Ok)
-                        .detail(format!("{} to {}", r.kind, r.to_image_id)),
-                )
-                .await?;
-            }
-            _ => {
-                if let Some(next) = step_running(conn, &r, window).await? {
-                    return Ok(next);
-                }
-            }
+        let (snapshot, now) = read_snapshot(conn, &r, &policy).await?;
+        let decision = decide::decide(&snapshot, now, &policy);
+        if let Some(next) = apply(conn, &r, &policy, decision).await? {
+            return Ok(next);
         }
     }
 }
 
-/// One transition of a running rollout; None when another can follow at once.
-async fn step_running(
+/// Reads what `decide` needs for the rollout's state (and only that), with the database's
+/// clock, so that every console judges deadlines and heartbeats by the same time.
+async fn read_snapshot(
+    conn: &mut PgConnection,
+    r: &RolloutRow,
+    policy: &Policy,
+) -> sqlx::Result<(Snapshot, OffsetDateTime)> {
+    let now: OffsetDateTime = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let window = policy.health_window.as_secs_f64();
+    let mut s = Snapshot {
+        state: r.state,
+        cleaned: r.cleaned_at.is_some(),
+        batch_size: r.batch_size,
+        min_healthy_percent: r.min_healthy_percent,
+        health_timeout_s: r.health_timeout_s,
+        fleet_size: r.fleet_size,
+        replaced: r.replaced,
+        unclean_other: None,
+        open_batch: None,
+        remaining: 0,
+        next_batch: 1,
+        reusable_kept: 0,
+        healthy_workers: 0,
+        common_instance_type: None,
+    };
+    match r.state {
+        RolloutState::Pending => {
+            s.unclean_other = sqlx::query_scalar(
+                "SELECT id FROM rollouts WHERE state IN ('failed', 'cancelled') AND cleaned_at IS NULL AND id <> $1 LIMIT 1",
+            )
+            .bind(r.id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        }
+        RolloutState::Running => {
+            let batches = crate::db::rollouts::batches_of(&mut *conn, r.id).await?;
+            s.next_batch = batches.iter().map(|b| b.n).max().unwrap_or(0) + 1;
+            if let Some(b) = batches.into_iter().find(|b| b.done_at.is_none()) {
+                s.open_batch = Some(read_open_batch(conn, r.id, b).await?);
+            } else {
+                read_fleet(conn, r, window, &mut s).await?;
+            }
+        }
+        RolloutState::Paused
+        | RolloutState::Succeeded
+        | RolloutState::Failed
+        | RolloutState::Cancelled => {}
+    }
+    Ok((s, now))
+}
+
+async fn read_open_batch(
+    conn: &mut PgConnection,
+    rollout_id: i64,
+    b: crate::db::rollouts::BatchRow,
+) -> sqlx::Result<OpenBatch> {
+    let launch = match (b.launch_id, b.launch_state) {
+        (Some(id), Some(state)) => Some(BatchLaunch {
+            id,
+            state,
+            error: b.launch_error.unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let unrecorded: i64 = match &launch {
+        Some(l) if l.state == LaunchState::Succeeded => {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM servers s WHERE s.launch_id = $2
+                   AND NOT EXISTS (SELECT 1 FROM rollout_servers rs WHERE rs.rollout_id = $1 AND rs.server_id = s.id)",
+            )
+            .bind(rollout_id)
+            .bind(l.id)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+        _ => 0,
+    };
+    let replacements: Vec<(bool, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT s.state = 'running' AND s.mode = 'enabled', a.last_heartbeat_at
+         FROM rollout_servers rs JOIN servers s ON s.id = rs.server_id
+         LEFT JOIN agents a ON a.server_id = s.id
+         WHERE rs.rollout_id = $1 AND rs.batch = $2 AND rs.role = 'new'",
+    )
+    .bind(rollout_id)
+    .bind(b.n)
+    .fetch_all(&mut *conn)
+    .await?;
+    let disabled_early: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rollout_servers WHERE rollout_id = $1 AND batch = $2 AND role = 'old'",
+    )
+    .bind(rollout_id)
+    .bind(b.n)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(OpenBatch {
+        n: b.n,
+        size: b.size,
+        deadline: b.deadline,
+        launch,
+        unrecorded,
+        replacements: replacements
+            .into_iter()
+            .map(|(serving, last_heartbeat_at)| Replacement {
+                serving,
+                last_heartbeat_at,
+            })
+            .collect(),
+        disabled_early,
+    })
+}
+
+/// What the next batch needs to know of the fleet.
+async fn read_fleet(
     conn: &mut PgConnection,
     r: &RolloutRow,
     window: f64,
-) -> sqlx::Result<Option<Next>> {
-    let open = crate::db::rollouts::batches_of(&mut *conn, r.id)
-        .await?
-        .into_iter()
-        .find(|b| b.done_at.is_none());
-    let now = time::OffsetDateTime::now_utc();
-    if let Some(b) = open {
-        if b.launch_id.is_some() {
-            match b.launch_state.as_deref() {
-                Some("pending" | "running") => {
-                    if now > b.deadline {
-                        fail(
-                            conn,
-                            r,
-                            &format!(
-                                "Batch {}'s launch did not finish within {} s.",
-                                b.n, r.health_timeout_s
-                            ),
-                        )
-                        .await?;
-                        return Ok(None);
-                    }
-                    return Ok(Some(Next::Wait(
-                        LOOK_AGAIN,
-                        format!("launching batch {}", b.n),
-                    )));
-                }
-                Some("failed") => {
-                    fail(
-                        conn,
-                        r,
-                        &format!(
-                            "Launching batch {} failed: {}",
-                            b.n,
-                            b.launch_error.unwrap_or_default()
-                        ),
-                    )
-                    .await?;
-                    return Ok(None);
-                }
-                Some("partial") => {
-                    fail(
-                        conn,
-                        r,
-                        &format!(
-                            "The provider launched fewer servers than batch {} asked for: {}",
-                            b.n,
-                            b.launch_error.unwrap_or_default()
-                        ),
-                    )
-                    .await?;
-                    return Ok(None);
-                }
-                _ => {}
-            }
-            sqlx::query(
-                "INSERT INTO rollout_servers (rollout_id, server_id, role, state, batch)
-                 SELECT $1, s.id, 'new', 'launched', $2 FROM servers s WHERE s.launch_id = $3
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(r.id)
-            .bind(b.n)
-            .bind(b.launch_id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        let healthy: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rollout_servers rs JOIN servers s ON s.id = rs.server_id
-             JOIN agents a ON a.server_id = s.id
-             WHERE rs.rollout_id = $1 AND rs.batch = $2 AND rs.role = 'new'
-               AND s.state = 'running' AND s.mode = 'enabled'
-               AND a.last_heartbeat_at > now() - make_interval(secs => $3)",
-        )
-        .bind(r.id)
-        .bind(b.n)
-        .bind(window)
-        .fetch_one(&mut *conn)
-        .await?;
-        if healthy < i64::from(b.size) {
-            if now > b.deadline {
-                fail(
-                    conn,
-                    r,
-                    &format!(
-                        "{} of batch {}'s {} replacement(s) had no healthy agent after {} s (health timeout).",
-                        i64::from(b.size) - healthy,
-                        b.n,
-                        b.size,
-                        r.health_timeout_s
-                    ),
-                )
-                .await?;
-                return Ok(None);
-            }
-            return Ok(Some(Next::Wait(
-                LOOK_AGAIN,
-                format!(
-                    "waiting for batch {}'s agents ({healthy} of {} healthy)",
-                    b.n, b.size
-                ),
-            )));
-        }
-        // Healthy: as many old servers leave as came in (less those disabled early).
-        let early: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rollout_servers WHERE rollout_id = $1 AND batch = $2 AND role = 'old'",
-        )
-        .bind(r.id)
-        .bind(b.n)
-        .fetch_one(&mut *conn)
-        .await?;
-        disable_old(conn, r, b.n, i64::from(b.size) - early).await?;
-        sqlx::query("UPDATE rollout_batches SET done_at = now() WHERE rollout_id = $1 AND n = $2")
-            .bind(r.id)
-            .bind(b.n)
-            .execute(&mut *conn)
-            .await?;
-        return Ok(None);
-    }
-
-    let remaining: i64 = sqlx::query_scalar(candidates!("SELECT count(*)", ""))
+    s: &mut Snapshot,
+) -> sqlx::Result<()> {
+    s.remaining = sqlx::query_scalar(candidates!("SELECT count(*)", ""))
         .bind(r.id)
         .bind(&r.to_image_id)
         .fetch_one(&mut *conn)
         .await?;
-    sqlx::query("UPDATE rollouts SET total = replaced + $2, updated_at = now() WHERE id = $1")
-        .bind(r.id)
-        .bind(remaining as i32)
-        .execute(&mut *conn)
-        .await?;
-    if remaining == 0 {
-        succeed(conn, r).await?;
-        return Ok(Some(Next::Done));
+    if s.remaining == 0 {
+        return Ok(());
     }
-    let k = remaining.min(i64::from(r.batch_size));
-    let n: i32 = sqlx::query_scalar(
-        "SELECT COALESCE(max(n), 0) + 1 FROM rollout_batches WHERE rollout_id = $1",
+    s.reusable_kept = sqlx::query_scalar(reusable_kept!("SELECT count(*)", ""))
+        .bind(r.id)
+        .bind(&r.to_image_id)
+        .bind(window)
+        .fetch_one(&mut *conn)
+        .await?;
+    s.healthy_workers = sqlx::query_scalar(
+        "SELECT count(*) FROM servers s JOIN agents a ON a.server_id = s.id
+         WHERE s.purpose = 'worker' AND s.mode = 'enabled' AND s.state = 'running'
+           AND a.last_heartbeat_at > now() - make_interval(secs => $1)",
     )
-    .bind(r.id)
+    .bind(window)
     .fetch_one(&mut *conn)
     .await?;
-
-    // Kept servers on the target image (an earlier rollout's, within its grace period): enabled
-    // again at once — an instant rollback.
-    let reused: Vec<String> = sqlx::query_scalar(
-        "WITH kept AS (
-             SELECT rs.rollout_id, rs.server_id FROM rollout_servers rs
-             JOIN servers s ON s.id = rs.server_id JOIN agents a ON a.server_id = s.id
-             WHERE rs.role = 'old' AND rs.state = 'kept' AND rs.rollout_id <> $1
-               AND s.image_id = $2 AND s.mode = 'disabled' AND s.state = 'running' AND s.purpose = 'worker'
-               AND a.last_heartbeat_at > now() - make_interval(secs => $4)
-               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = 'terminate:' || s.id
-                               AND t.state IN ('queued', 'running'))
-             ORDER BY s.launched_at DESC LIMIT $3 FOR UPDATE OF rs)
-         UPDATE rollout_servers u SET state = 'reused', at = now() FROM kept
-         WHERE u.rollout_id = kept.rollout_id AND u.server_id = kept.server_id
-         RETURNING u.server_id",
-    )
-    .bind(r.id)
-    .bind(&r.to_image_id)
-    .bind(k)
-    .bind(window)
-    .fetch_all(&mut *conn)
-    .await?;
-    if !reused.is_empty() {
-        for id in &reused {
-            sqlx::query("UPDATE servers SET mode = 'enabled', updated_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(
-                "INSERT INTO rollout_servers (rollout_id, server_id, role, state, batch) VALUES ($1, $2, 'new', 'reenabled', $3)",
-            )
-            .bind(r.id)
-            .bind(id)
-            .bind(n)
-            .execute(&mut *conn)
-            .await?;
-        }
-        sqlx::query(
-            "INSERT INTO rollout_batches (rollout_id, n, launch_id, size, deadline)
-             VALUES ($1, $2, NULL, $3, now() + make_interval(secs => $4))",
-        )
-        .bind(r.id)
-        .bind(n)
-        .bind(reused.len() as i32)
-        .bind(f64::from(r.health_timeout_s))
-        .execute(&mut *conn)
-        .await?;
-        audit::record(
-            &mut *conn,
-            AuditEvent::system("rollout.batch", format!("rollout:{}", r.id), Outcome::Ok).detail(
-                format!(
-                    "batch {n}: enabled {} kept server(s) on {}: {}",
-                    reused.len(),
-                    r.to_image_id,
-                    reused.join(", ")
-                ),
-            ),
-        )
-        .await?;
-        return Ok(None);
-    }
-
-    // Otherwise launch the batch, with the instance type most of the replaced servers have.
-    let instance_type: Option<String> = sqlx::query_scalar(candidates!(
+    s.common_instance_type = sqlx::query_scalar(candidates!(
         "SELECT s.instance_type",
         "GROUP BY s.instance_type ORDER BY count(*) DESC, s.instance_type LIMIT 1"
     ))
@@ -333,17 +223,201 @@ async fn step_running(
     .bind(&r.to_image_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let instance_type = instance_type
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| "t3.micro".into());
-    // Deterministic: the batch and its launch are written together, so one token per batch.
+    Ok(())
+}
+
+/// Applies a decision's effects; Some when the step ends here (stop or wait), None when the
+/// rollout should be looked at again at once.
+async fn apply(
+    conn: &mut PgConnection,
+    r: &RolloutRow,
+    policy: &Policy,
+    decision: Decision,
+) -> sqlx::Result<Option<Next>> {
+    match decision {
+        Decision::Stop => Ok(Some(Next::Done)),
+        Decision::Wait(why) => Ok(Some(Next::Wait(LOOK_AGAIN, why))),
+        Decision::Undo => {
+            if super::undo::undo(conn, r.id, r.drain_timeout_s).await? {
+                Ok(Some(Next::Done))
+            } else {
+                Ok(Some(Next::Wait(
+                    LOOK_AGAIN,
+                    "waiting for a launch to finish before removing its servers".into(),
+                )))
+            }
+        }
+        Decision::Start => {
+            sqlx::query(
+                "UPDATE rollouts SET state = 'running', updated_at = now(),
+                     fleet_size = (SELECT count(*) FROM servers WHERE purpose = 'worker' AND mode = 'enabled'
+                                   AND state IN ('pending', 'running'))
+                 WHERE id = $1",
+            )
+            .bind(r.id)
+            .execute(&mut *conn)
+            .await?;
+            audit::record(
+                &mut *conn,
+                AuditEvent::system("rollout.started", format!("rollout:{}", r.id), Outcome::Ok)
+                    .detail(format!("{} to {}", r.kind, r.to_image_id)),
+            )
+            .await?;
+            Ok(None)
+        }
+        Decision::Fail(reason) => {
+            fail(conn, r, &reason).await?;
+            Ok(None)
+        }
+        Decision::RecordLaunched { batch } => {
+            sqlx::query(
+                "INSERT INTO rollout_servers (rollout_id, server_id, role, state, batch)
+                 SELECT $1, s.id, 'new', 'launched', $2
+                 FROM rollout_batches b JOIN servers s ON s.launch_id = b.launch_id
+                 WHERE b.rollout_id = $1 AND b.n = $2
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(r.id)
+            .bind(batch)
+            .execute(&mut *conn)
+            .await?;
+            Ok(None)
+        }
+        Decision::CloseBatch { batch, disable } => {
+            disable_old(conn, r, batch, disable).await?;
+            sqlx::query(
+                "UPDATE rollout_batches SET done_at = now() WHERE rollout_id = $1 AND n = $2",
+            )
+            .bind(r.id)
+            .bind(batch)
+            .execute(&mut *conn)
+            .await?;
+            Ok(None)
+        }
+        Decision::Succeed { total } => {
+            set_total(conn, r.id, total).await?;
+            succeed(conn, r).await?;
+            Ok(Some(Next::Done))
+        }
+        Decision::StartBatch {
+            n,
+            count,
+            source: Source::Reuse,
+            total,
+            disable_early: _,
+        } => {
+            set_total(conn, r.id, total).await?;
+            reuse_kept(conn, r, policy, n, count).await?;
+            Ok(None)
+        }
+        Decision::StartBatch {
+            n,
+            count,
+            source: Source::Launch { instance_type },
+            total,
+            disable_early,
+        } => {
+            set_total(conn, r.id, total).await?;
+            launch_batch(conn, r, n, count, &instance_type).await?;
+            disable_old(conn, r, n, disable_early).await?;
+            Ok(Some(Next::Wait(LOOK_AGAIN, format!("launching batch {n}"))))
+        }
+    }
+}
+
+async fn set_total(conn: &mut PgConnection, rollout_id: i64, total: i32) -> sqlx::Result<()> {
+    sqlx::query("UPDATE rollouts SET total = $2, updated_at = now() WHERE id = $1")
+        .bind(rollout_id)
+        .bind(total)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Enables up to `count` kept servers of earlier rollouts on the target image as batch `n`
+/// (an instant rollback). Reads them again under their rows' locks: the batch is as large as
+/// what it got.
+async fn reuse_kept(
+    conn: &mut PgConnection,
+    r: &RolloutRow,
+    policy: &Policy,
+    n: i32,
+    count: i64,
+) -> sqlx::Result<()> {
+    let reused: Vec<String> = sqlx::query_scalar(concat!(
+        "WITH kept AS (",
+        reusable_kept!(
+            "SELECT rs.rollout_id, rs.server_id",
+            "ORDER BY s.launched_at DESC LIMIT $4 FOR UPDATE OF rs"
+        ),
+        ")
+         UPDATE rollout_servers u SET state = 'reused', at = now() FROM kept
+         WHERE u.rollout_id = kept.rollout_id AND u.server_id = kept.server_id
+         RETURNING u.server_id"
+    ))
+    .bind(r.id)
+    .bind(&r.to_image_id)
+    .bind(policy.health_window.as_secs_f64())
+    .bind(count)
+    .fetch_all(&mut *conn)
+    .await?;
+    if reused.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE servers SET mode = 'enabled', updated_at = now() WHERE id = ANY($1)")
+        .bind(&reused)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO rollout_servers (rollout_id, server_id, role, state, batch)
+         SELECT $1, id, 'new', 'reenabled', $3 FROM unnest($2::TEXT[]) AS id",
+    )
+    .bind(r.id)
+    .bind(&reused)
+    .bind(n)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO rollout_batches (rollout_id, n, launch_id, size, deadline)
+         VALUES ($1, $2, NULL, $3, now() + make_interval(secs => $4))",
+    )
+    .bind(r.id)
+    .bind(n)
+    .bind(reused.len() as i32)
+    .bind(f64::from(r.health_timeout_s))
+    .execute(&mut *conn)
+    .await?;
+    audit::record(
+        &mut *conn,
+        AuditEvent::system("rollout.batch", format!("rollout:{}", r.id), Outcome::Ok).detail(
+            format!(
+                "batch {n}: enabled {} kept server(s) on {}: {}",
+                reused.len(),
+                r.to_image_id,
+                reused.join(", ")
+            ),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Launches batch `n`: the batch and its launch are written together, so the launch token
+/// (`rollout-<id>-<n>`) is deterministic and a retried step never launches twice.
+async fn launch_batch(
+    conn: &mut PgConnection,
+    r: &RolloutRow,
+    n: i32,
+    count: i64,
+    instance_type: &str,
+) -> sqlx::Result<()> {
     let token = format!("rollout-{}-{n}", r.id);
     let launch = crate::db::servers::insert_launch(
         conn,
         &token,
         &r.to_image_id,
-        k as i32,
-        &instance_type,
+        count as i32,
+        instance_type,
         &format!("rollout #{}", r.id),
     )
     .await?;
@@ -362,35 +436,21 @@ async fn step_running(
     .bind(r.id)
     .bind(n)
     .bind(launch.id)
-    .bind(k as i32)
+    .bind(count as i32)
     .bind(f64::from(r.health_timeout_s))
     .execute(&mut *conn)
     .await?;
-    // Below 100% minimum healthy, old servers beyond that share leave at once.
-    let healthy_now: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM servers s JOIN agents a ON a.server_id = s.id
-         WHERE s.purpose = 'worker' AND s.mode = 'enabled' AND s.state = 'running'
-           AND a.last_heartbeat_at > now() - make_interval(secs => $1)",
-    )
-    .bind(window)
-    .fetch_one(&mut *conn)
-    .await?;
-    let need = (i64::from(r.fleet_size) * i64::from(r.min_healthy_percent) + 99) / 100;
-    let early = (healthy_now - need).clamp(0, k);
-    if early > 0 {
-        disable_old(conn, r, n, early).await?;
-    }
     audit::record(
         &mut *conn,
         AuditEvent::system("rollout.batch", format!("rollout:{}", r.id), Outcome::Ok).detail(
             format!(
-                "batch {n}: launching {k} × {instance_type} from {} (launch #{})",
+                "batch {n}: launching {count} × {instance_type} from {} (launch #{})",
                 r.to_image_id, launch.id
             ),
         ),
     )
     .await?;
-    Ok(Some(Next::Wait(LOOK_AGAIN, format!("launching batch {n}"))))
+    Ok(())
 }
 
 /// Disables up to `count` old servers (idle ones first) and records them as kept.
@@ -413,38 +473,38 @@ async fn disable_old(
     .bind(count)
     .fetch_all(&mut *conn)
     .await?;
-    for id in &ids {
-        sqlx::query("UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-            "INSERT INTO rollout_servers (rollout_id, server_id, role, state, batch) VALUES ($1, $2, 'old', 'kept', $3)",
-        )
-        .bind(r.id)
-        .bind(id)
-        .bind(batch)
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = ANY($1)")
+        .bind(&ids)
         .execute(&mut *conn)
         .await?;
-    }
+    sqlx::query(
+        "INSERT INTO rollout_servers (rollout_id, server_id, role, state, batch)
+         SELECT $1, id, 'old', 'kept', $3 FROM unnest($2::TEXT[]) AS id",
+    )
+    .bind(r.id)
+    .bind(&ids)
+    .bind(batch)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("UPDATE rollouts SET replaced = replaced + $2, updated_at = now() WHERE id = $1")
         .bind(r.id)
         .bind(ids.len() as i32)
         .execute(&mut *conn)
         .await?;
-    if !ids.is_empty() {
-        audit::record(
-            &mut *conn,
-            AuditEvent::system("rollout.disable", format!("rollout:{}", r.id), Outcome::Ok)
-                .detail(format!("batch {batch}: disabled {}", ids.join(", "))),
-        )
-        .await?;
-    }
+    audit::record(
+        &mut *conn,
+        AuditEvent::system("rollout.disable", format!("rollout:{}", r.id), Outcome::Ok)
+            .detail(format!("batch {batch}: disabled {}", ids.join(", "))),
+    )
+    .await?;
     Ok(())
 }
 
 async fn succeed(conn: &mut PgConnection, r: &RolloutRow) -> sqlx::Result<()> {
-    super::finish(conn, r, "succeeded", "").await?;
+    super::finish(conn, r, RolloutState::Succeeded, "").await?;
     let retire_at = time::OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(r.grace_s));
     crate::tasks::enqueue_at(
         conn,
@@ -470,7 +530,7 @@ async fn succeed(conn: &mut PgConnection, r: &RolloutRow) -> sqlx::Result<()> {
 }
 
 async fn fail(conn: &mut PgConnection, r: &RolloutRow, reason: &str) -> sqlx::Result<()> {
-    super::finish(conn, r, "failed", reason).await?;
+    super::finish(conn, r, RolloutState::Failed, reason).await?;
     let back = super::revert_current(conn, r, "kiln").await?;
     super::undo::undo(conn, r.id, r.drain_timeout_s).await?;
     audit::record(

@@ -11,6 +11,7 @@
 //! stress is never told to wait.
 
 pub mod advance;
+pub mod decide;
 pub mod undo;
 
 use sqlx::PgConnection;
@@ -19,24 +20,12 @@ use crate::auth::Principal;
 use crate::config::Settings;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::rollouts::RolloutRow;
+use crate::domain::RolloutState;
+use crate::error::Error;
 use crate::tasks::rollout_step::RolloutStep;
-use crate::web::error::AppError;
 
 /// Release or rollback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Release,
-    Rollback,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Release => "release",
-            Kind::Rollback => "rollback",
-        }
-    }
-}
+pub use crate::domain::RolloutKind as Kind;
 
 /// A rollout's settings as a form or an API body gives them (numbers or numeric strings);
 /// each one left out takes its default from the console's settings.
@@ -67,9 +56,9 @@ fn whole(
     value: &Option<serde_json::Value>,
     name: &str,
     range: std::ops::RangeInclusive<i64>,
-) -> Result<Option<i32>, AppError> {
+) -> Result<Option<i32>, Error> {
     let bad = || {
-        AppError::BadRequest(format!(
+        Error::Invalid(format!(
             "{name} must be a whole number from {} to {}.",
             range.start(),
             range.end()
@@ -89,7 +78,7 @@ fn whole(
 }
 
 impl RolloutInput {
-    pub fn resolve(&self, settings: &Settings) -> Result<RolloutSettings, AppError> {
+    pub fn resolve(&self, settings: &Settings) -> Result<RolloutSettings, Error> {
         Ok(RolloutSettings {
             batch_size: whole(&self.batch_size, "batch_size", 1..=500)?
                 .unwrap_or(settings.rollout_batch as i32),
@@ -115,7 +104,7 @@ pub async fn start(
     image_id: &str,
     kind: Kind,
     input: &RolloutInput,
-) -> Result<(RolloutRow, bool), AppError> {
+) -> Result<(RolloutRow, bool), Error> {
     let chosen = input.resolve(settings)?;
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.releases'))")
@@ -124,32 +113,32 @@ pub async fn start(
     let image = crate::db::images::find(&mut *tx, image_id)
         .await?
         .ok_or_else(|| {
-            AppError::NotFound(format!("There is no image {image_id} in the catalogue."))
+            Error::NotFound(format!("There is no image {image_id} in the catalogue."))
         })?;
     let active = crate::db::rollouts::active(&mut *tx).await?;
     if image.current {
         if let Some(a) = active.filter(|a| a.to_image_id == image.id) {
             return Ok((a, false));
         }
-        return Err(AppError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "{image_id} is already the current image."
         )));
     }
-    if image.state != "available" {
-        return Err(AppError::Conflict(format!(
+    if image.state != crate::domain::ImageState::Available {
+        return Err(Error::Conflict(format!(
             "{image_id} is {}; only available images can be released or rolled back to.",
             image.state
         )));
     }
     if kind == Kind::Rollback && !image.was_current {
-        return Err(AppError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "{image_id} was never current, so there is nothing to roll back to: release it instead (Make current)."
         )));
     }
     let mut superseded = None;
     if let Some(a) = active {
         if kind == Kind::Release {
-            return Err(AppError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "Rollout #{} ({} of {}) is {}: wait for it to finish, cancel it, or roll back.",
                 a.id, a.kind, a.to_image_id, a.state
             )));
@@ -158,7 +147,13 @@ pub async fn start(
         let a = crate::db::rollouts::lock(&mut tx, a.id)
             .await?
             .expect("the active rollout exists");
-        finish(&mut tx, &a, "cancelled", "superseded by a rollback").await?;
+        finish(
+            &mut tx,
+            &a,
+            RolloutState::Cancelled,
+            "superseded by a rollback",
+        )
+        .await?;
         undo::undo(&mut tx, a.id, a.drain_timeout_s).await?;
         crate::tasks::enqueue(
             &mut tx,
@@ -256,7 +251,7 @@ pub fn step_key(rollout_id: i64) -> String {
 pub(crate) async fn finish(
     conn: &mut PgConnection,
     r: &RolloutRow,
-    state: &str,
+    state: RolloutState,
     reason: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -305,20 +300,15 @@ pub enum Effect {
     AlreadyDone,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Pause,
-    Resume,
-    Cancel,
-}
+pub use decide::Control;
 
 impl Control {
-    pub fn parse(s: &str) -> Result<Self, AppError> {
+    pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "pause" => Ok(Control::Pause),
             "resume" => Ok(Control::Resume),
             "cancel" => Ok(Control::Cancel),
-            other => Err(AppError::BadRequest(format!(
+            other => Err(Error::Invalid(format!(
                 "{other:?} is not a rollout action; use pause, resume or cancel."
             ))),
         }
@@ -341,24 +331,22 @@ pub async fn control(
     source_ip: Option<String>,
     id: i64,
     action: Control,
-) -> Result<(RolloutRow, Effect), AppError> {
+) -> Result<(RolloutRow, Effect), Error> {
     let mut tx = pool.begin().await?;
     let r = crate::db::rollouts::lock(&mut tx, id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no rollout {id}.")))?;
-    let effect = match (action, r.state.as_str()) {
-        (Control::Pause, "paused") | (Control::Resume, "pending" | "running") => {
-            Effect::AlreadyDone
-        }
-        (Control::Cancel, "cancelled") => Effect::AlreadyDone,
-        (Control::Pause, "pending" | "running") => {
+        .ok_or_else(|| Error::NotFound(format!("There is no rollout {id}.")))?;
+    let decision = decide::decide_control(id, r.state, action).map_err(Error::Conflict)?;
+    let effect = match decision {
+        decide::ControlDecision::AlreadyDone => Effect::AlreadyDone,
+        decide::ControlDecision::Pause => {
             sqlx::query("UPDATE rollouts SET state = 'paused', updated_at = now() WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
             Effect::Done
         }
-        (Control::Resume, "paused") => {
+        decide::ControlDecision::Resume => {
             // The batch waiting for health gets its full timeout again from now.
             sqlx::query("UPDATE rollouts SET state = 'running', updated_at = now() WHERE id = $1")
                 .bind(id)
@@ -380,11 +368,11 @@ pub async fn control(
             .await?;
             Effect::Done
         }
-        (Control::Cancel, "pending" | "running" | "paused") => {
+        decide::ControlDecision::Cancel => {
             finish(
                 &mut tx,
                 &r,
-                "cancelled",
+                RolloutState::Cancelled,
                 &format!("cancelled by {}", principal.name),
             )
             .await?;
@@ -397,24 +385,6 @@ pub async fn control(
             )
             .await?;
             Effect::Done
-        }
-        (_, state) => {
-            return Err(AppError::Conflict(match action {
-                Control::Cancel => format!(
-                    "Rollout #{id} has already {}; to undo it, roll back to the image it replaced.",
-                    if state == "succeeded" {
-                        "succeeded"
-                    } else {
-                        state
-                    }
-                ),
-                Control::Pause => {
-                    format!("Rollout #{id} is {state}; only a running rollout can be paused.")
-                }
-                Control::Resume => {
-                    format!("Rollout #{id} is {state}; only a paused rollout can be resumed.")
-                }
-            }));
         }
     };
     audit::record(

@@ -27,7 +27,7 @@ impl Task for AdoptImage {
                 self.image_id
             )));
         };
-        if image.state != "pending" {
+        if image.state != crate::domain::ImageState::Pending {
             return Ok(());
         }
         if cloud.name() == "local" {

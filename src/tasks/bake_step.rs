@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Context, Task, TaskError};
-use crate::bakes::advance::{Env, Next, step};
+use crate::bakes::advance::{Env, step};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BakeStep {
@@ -22,9 +22,6 @@ impl Task for BakeStep {
             cloud: ctx.cloud()?,
             settings: ctx.settings()?,
         };
-        match step(&env, self.bake_id).await? {
-            Next::Done => Ok(()),
-            Next::Wait(after, why) => Err(TaskError::NotYet(after, why)),
-        }
+        TaskError::from_next(step(&env, self.bake_id).await?)
     }
 }

@@ -65,12 +65,34 @@ impl Context {
     }
 }
 
+/// The core's errors: a wrong request or a forbidding state ends the task; an outage or an
+/// unexpected failure is tried again (the attempt cap bounds it).
+impl From<crate::error::Error> for TaskError {
+    fn from(e: crate::error::Error) -> Self {
+        if e.is_retryable() {
+            TaskError::Retryable(e.into())
+        } else {
+            TaskError::Fatal(e.into())
+        }
+    }
+}
+
 impl From<crate::cloud::CloudError> for TaskError {
     fn from(e: crate::cloud::CloudError) -> Self {
         if e.is_retryable() {
             TaskError::Retryable(e.into())
         } else {
             TaskError::Fatal(e.into())
+        }
+    }
+}
+
+impl TaskError {
+    /// A state machine's step as a task's outcome: done, or deferred without using an attempt.
+    pub fn from_next(next: crate::domain::Next) -> Result<(), TaskError> {
+        match next {
+            crate::domain::Next::Done => Ok(()),
+            crate::domain::Next::Wait(after, why) => Err(TaskError::NotYet(after, why)),
         }
     }
 }

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Context, Task, TaskError};
-use crate::rollouts::advance::{Next, advance};
+use crate::rollouts::advance::advance;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RolloutStep {
@@ -22,9 +22,6 @@ impl Task for RolloutStep {
         let mut tx = ctx.pool.begin().await?;
         let next = advance(&mut tx, self.rollout_id, heartbeat).await?;
         tx.commit().await?;
-        match next {
-            Next::Done => Ok(()),
-            Next::Wait(after, why) => Err(TaskError::NotYet(after, why)),
-        }
+        TaskError::from_next(next)
     }
 }

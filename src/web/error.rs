@@ -28,6 +28,9 @@ pub enum AppError {
     WrongProtocol(String),
     #[error("{message}")]
     TooManyRequests { message: String, retry_after_s: u64 },
+    /// Something the console depends on is not answering (503).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("Something went wrong on our side.")]
     Internal(#[from] anyhow::Error),
 }
@@ -41,6 +44,23 @@ impl AppError {
 impl From<ValidationError> for AppError {
     fn from(e: ValidationError) -> Self {
         AppError::BadRequest(e.0)
+    }
+}
+
+/// The core's vocabulary, decided into statuses here and nowhere else.
+impl From<crate::error::Error> for AppError {
+    fn from(e: crate::error::Error) -> Self {
+        use crate::error::Error;
+        match e {
+            Error::Invalid(m) => AppError::BadRequest(m),
+            Error::NotFound(m) => AppError::NotFound(m),
+            Error::Conflict(m) => AppError::Conflict(m),
+            Error::Unavailable { message, source } => {
+                tracing::warn!(error = format!("{source:#}"), "{message}");
+                AppError::Unavailable(message)
+            }
+            Error::Internal(e) => AppError::Internal(e),
+        }
     }
 }
 
@@ -61,6 +81,7 @@ impl ResponseError for AppError {
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::WrongProtocol(_) => StatusCode::UPGRADE_REQUIRED,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -59,24 +59,18 @@ struct ImageRow {
     id: String,
     name: String,
     description: String,
-    state: String,
+    state: ImageState,
     tags: Json<Tags>,
     created_at: OffsetDateTime,
 }
 
 impl From<ImageRow> for Image {
     fn from(r: ImageRow) -> Self {
-        let state = match r.state.as_str() {
-            "available" => ImageState::Available,
-            "pending" => ImageState::Pending,
-            "deregistered" => ImageState::Deregistered,
-            _ => ImageState::Failed,
-        };
         Image {
             id: r.id,
             name: r.name,
             description: r.description,
-            state,
+            state: r.state,
             tags: r.tags.0,
             created_at: Some(r.created_at),
         }
@@ -88,7 +82,7 @@ struct InstanceRow {
     id: String,
     image_id: String,
     instance_type: String,
-    state: String,
+    state: ServerState,
     tags: Json<Tags>,
     pid: Option<i32>,
     launched_at: OffsetDateTime,
@@ -97,7 +91,7 @@ struct InstanceRow {
 impl From<InstanceRow> for Server {
     fn from(r: InstanceRow) -> Self {
         Server {
-            state: ServerState::parse(&r.state).unwrap_or(ServerState::Pending),
+            state: r.state,
             id: r.id,
             image_id: r.image_id,
             instance_type: r.instance_type,
@@ -209,7 +203,7 @@ impl LocalProvider {
     /// Marks running servers whose process has gone as terminated (it died or was killed).
     async fn refresh(&self, rows: &mut [InstanceRow]) -> CloudResult<()> {
         for row in rows.iter_mut() {
-            let live_state = matches!(row.state.as_str(), "running" | "stopping");
+            let live_state = matches!(row.state, ServerState::Running | ServerState::Stopping);
             if let (true, Some(pid)) = (live_state, row.pid)
                 && !process::is_alive(pid as u32, &row.id)
             {
@@ -218,11 +212,11 @@ impl LocalProvider {
                         "UPDATE local_instances SET state = 'terminated', terminated_at = now() WHERE id = $1 AND state = $2",
                     )
                     .bind(&row.id)
-                    .bind(&row.state)
+                    .bind(row.state)
                     .execute(&self.pool)
                     .await
                     .map_err(db_error)?;
-                row.state = "terminated".into();
+                row.state = ServerState::Terminated;
             }
         }
         Ok(())
@@ -308,24 +302,30 @@ impl Provider for LocalProvider {
         tags: &Tags,
     ) -> CloudResult<String> {
         self.check_server_id(server_id)?;
-        let state: Option<String> =
+        let state: Option<ServerState> =
             sqlx::query_scalar("SELECT state FROM local_instances WHERE id = $1")
                 .bind(server_id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db_error)?;
-        match state.as_deref() {
+        match state {
             None => {
                 return Err(CloudError::not_found(format!(
                     "There is no local server {server_id}."
                 )));
             }
-            Some("terminated") => {
+            Some(ServerState::Terminated) => {
                 return Err(CloudError::invalid(format!(
                     "Server {server_id} is terminated; an image needs a live server."
                 )));
             }
-            Some(_) => {}
+            Some(
+                ServerState::Pending
+                | ServerState::Running
+                | ServerState::Stopping
+                | ServerState::Stopped
+                | ServerState::ShuttingDown,
+            ) => {}
         }
         let id = format!("{IMAGE_PREFIX}{}", random_hex(17));
         sqlx::query(
@@ -439,11 +439,7 @@ impl Provider for LocalProvider {
         let offset: i64 = page.as_deref().and_then(|p| p.parse().ok()).unwrap_or(0);
         let size = i64::from(page_size.clamp(1, 1000));
         let tags: Tags = filter.tags.iter().cloned().collect();
-        let states: Vec<String> = filter
-            .states
-            .iter()
-            .map(|s| s.as_str().to_owned())
-            .collect();
+        let states = &filter.states;
         let mut rows: Vec<InstanceRow> = sqlx::query_as(
             "SELECT id, image_id, instance_type, state, tags, pid, launched_at FROM local_instances
              WHERE tags @> $1 AND (cardinality($2::TEXT[]) = 0 OR id = ANY($2))
@@ -464,7 +460,7 @@ impl Provider for LocalProvider {
         let items = rows
             .into_iter()
             .map(Server::from)
-            .filter(|s| states.is_empty() || states.iter().any(|st| st == s.state.as_str()))
+            .filter(|s| states.is_empty() || states.contains(&s.state))
             .collect();
         Ok(Page {
             items,

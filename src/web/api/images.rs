@@ -16,7 +16,7 @@ pub struct ImageJson {
     version: String,
     description: String,
     source_revision: String,
-    state: String,
+    state: crate::domain::ImageState,
     state_reason: String,
     current: bool,
     servers: i64,

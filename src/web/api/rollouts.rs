@@ -12,8 +12,8 @@ use crate::web::error::AppError;
 #[derive(serde::Serialize)]
 pub struct RolloutJson {
     id: i64,
-    kind: String,
-    state: String,
+    kind: crate::domain::RolloutKind,
+    state: crate::domain::RolloutState,
     reason: String,
     from_image_id: Option<String>,
     to_image_id: String,

@@ -200,16 +200,15 @@ pub async fn create_recipe(
 ) -> Result<HttpResponse, AppError> {
     let form = form.into_inner();
     let result = match form.input() {
-        Ok(input) => {
-            crate::bakes::create_recipe(
-                &state.pool,
-                &state.settings,
-                &principal,
-                source_ip(&req),
-                &input,
-            )
-            .await
-        }
+        Ok(input) => crate::bakes::create_recipe(
+            &state.pool,
+            &state.settings,
+            &principal,
+            source_ip(&req),
+            &input,
+        )
+        .await
+        .map_err(AppError::from),
         Err(e) => Err(e),
     };
     answer(
@@ -449,17 +448,16 @@ pub async fn update_recipe(
     let id = recipe_id(&id)?;
     let form = form.into_inner();
     let result = match form.input() {
-        Ok(input) => {
-            crate::bakes::update_recipe(
-                &state.pool,
-                &state.settings,
-                &principal,
-                source_ip(&req),
-                id,
-                &input,
-            )
-            .await
-        }
+        Ok(input) => crate::bakes::update_recipe(
+            &state.pool,
+            &state.settings,
+            &principal,
+            source_ip(&req),
+            id,
+            &input,
+        )
+        .await
+        .map_err(AppError::from),
         Err(e) => Err(e),
     };
     answer(

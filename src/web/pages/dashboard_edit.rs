@@ -44,7 +44,9 @@ pub async fn create(
 ) -> Result<HttpResponse, AppError> {
     let form = form.into_inner();
     let copy = form.copy_fleet.is_some();
-    let result = edits::create(&state.pool, &editor(&principal, &req), &form.name, copy).await;
+    let result = edits::create(&state.pool, &editor(&principal, &req), &form.name, copy)
+        .await
+        .map_err(AppError::from);
     let done = format!("Created dashboard {:?}.", form.name.trim());
     answer(
         result,
@@ -88,7 +90,9 @@ pub async fn rename(
     form: web::Form<RenameForm>,
 ) -> Result<HttpResponse, AppError> {
     let id = dashboard_id(&id)?;
-    let result = edits::rename(&state.pool, &editor(&principal, &req), id, &form.name).await;
+    let result = edits::rename(&state.pool, &editor(&principal, &req), id, &form.name)
+        .await
+        .map_err(AppError::from);
     let done = format!("Renamed the dashboard to {:?}.", form.name.trim());
     answer(
         result,
@@ -145,7 +149,9 @@ pub async fn add_chart(
                 stacked: form.stacked.is_some(),
                 series,
             };
-            edits::add_chart(&state.pool, &editor(&principal, &req), id, input).await
+            edits::add_chart(&state.pool, &editor(&principal, &req), id, input)
+                .await
+                .map_err(AppError::from)
         }
         Err(e) => Err(e),
     };
@@ -349,7 +355,9 @@ pub async fn edit_chart(
         unit: &form.unit,
         stacked: form.stacked.is_some(),
     };
-    let result = edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit).await;
+    let result = edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit)
+        .await
+        .map_err(AppError::from);
     let again = |message| ChartRefusal {
         labels: Some((form, message)),
         ..ChartRefusal::default()
@@ -377,7 +385,9 @@ pub async fn add_series(
     let result = match spec_of(&form) {
         Ok(spec) => {
             let edit = ChartEdit::AddSeries(spec);
-            edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit).await
+            edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit)
+                .await
+                .map_err(AppError::from)
         }
         Err(e) => Err(e),
     };
@@ -409,7 +419,9 @@ pub async fn remove_series(
         .parse()
         .map_err(|_| AppError::NotFound(format!("This chart has no series {}.", path.2)))?;
     let edit = ChartEdit::RemoveSeries(n);
-    let result = edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit).await;
+    let result = edits::edit_chart(&state.pool, &editor(&principal, &req), id, chart, edit)
+        .await
+        .map_err(AppError::from);
     let again = |message| ChartRefusal {
         list: Some(message),
         ..ChartRefusal::default()

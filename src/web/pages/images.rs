@@ -24,7 +24,7 @@ pub struct ImageView {
     pub version: String,
     pub description: String,
     pub source_revision: String,
-    pub state: String,
+    pub state: crate::domain::ImageState,
     pub state_reason: String,
     pub added_by: String,
     pub created: When,
@@ -162,7 +162,9 @@ fn render_read(
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
     let ImagesData { images, active } = data;
-    let any_pending = images.iter().any(|i| i.row.state == "pending");
+    let any_pending = images
+        .iter()
+        .any(|i| i.row.state == crate::domain::ImageState::Pending);
     let page = ImagesPage {
         can_act: layout.can_act(),
         csrf: layout.csrf.clone(),
@@ -194,7 +196,9 @@ pub async fn list(
     if !whole {
         // The live refresh of the table while an image is pending.
         let images = data.images;
-        let any_pending = images.iter().any(|i| i.row.state == "pending");
+        let any_pending = images
+            .iter()
+            .any(|i| i.row.state == crate::domain::ImageState::Pending);
         return super::html(
             &ImageRows {
                 images,
@@ -242,7 +246,7 @@ pub async fn add(
             );
             Ok(see_other("/images"))
         }
-        Err(AppError::BadRequest(message)) => {
+        Err(crate::error::Error::Invalid(message)) => {
             render(
                 layout,
                 &state,
@@ -252,10 +256,10 @@ pub async fn add(
             )
             .await
         }
-        Err(AppError::Conflict(message)) => {
+        Err(crate::error::Error::Conflict(message)) => {
             render(layout, &state, input, Some(message), StatusCode::CONFLICT).await
         }
-        Err(other) => Err(other),
+        Err(other) => Err(other.into()),
     }
 }
 

@@ -254,16 +254,15 @@ pub async fn enqueue(
         })
     })();
     let result = match parsed {
-        Ok(input) => {
-            crate::jobs::enqueue(
-                &state.pool,
-                &principal,
-                source_ip(&req),
-                &input,
-                state.settings.default_job_timeout,
-            )
-            .await
-        }
+        Ok(input) => crate::jobs::enqueue(
+            &state.pool,
+            &principal,
+            source_ip(&req),
+            &input,
+            state.settings.default_job_timeout,
+        )
+        .await
+        .map_err(AppError::from),
         Err(e) => Err(e),
     };
     match result {
@@ -271,17 +270,16 @@ pub async fn enqueue(
             flash(&session, format!("Enqueued job {}.", job.id));
             Ok(see_other(&format!("/jobs/{}", job.id)))
         }
-        Err(AppError::BadRequest(m)) => {
-            render(
-                layout,
-                &state,
-                Filters::default(),
-                form,
-                Some(m),
-                StatusCode::BAD_REQUEST,
-            )
-            .await
-        }
+        Err(AppError::BadRequest(m)) => render(
+            layout,
+            &state,
+            Filters::default(),
+            form,
+            Some(m),
+            StatusCode::BAD_REQUEST,
+        )
+        .await
+        .map_err(AppError::from),
         Err(e) => Err(e),
     }
 }

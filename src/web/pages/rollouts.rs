@@ -10,6 +10,10 @@ use askama::Template;
 use super::{is_htmx, see_other, source_ip};
 use crate::auth::Principal;
 use crate::db::rollouts::{BatchRow, RolloutRow, RolloutServerRow};
+use crate::domain::{
+    LaunchState, RolloutKind, RolloutRole, RolloutServerState, RolloutState, ServerMode,
+    ServerState,
+};
 use crate::rollouts::{Control, Effect, Kind, RolloutInput};
 use crate::web::AppState;
 use crate::web::error::AppError;
@@ -18,8 +22,8 @@ use crate::web::view::{When, when, when_opt};
 
 pub struct RolloutView {
     pub id: i64,
-    pub kind: String,
-    pub state: String,
+    pub kind: RolloutKind,
+    pub state: RolloutState,
     pub reason: String,
     pub from: String,
     pub from_version: String,
@@ -45,7 +49,7 @@ impl From<RolloutRow> for RolloutView {
     fn from(r: RolloutRow) -> Self {
         let percent = if r.total > 0 {
             (r.replaced * 100 / r.total).clamp(0, 100)
-        } else if r.state == "succeeded" {
+        } else if r.state == RolloutState::Succeeded {
             100
         } else {
             0
@@ -79,12 +83,12 @@ impl From<RolloutRow> for RolloutView {
 
 pub struct RolloutServerView {
     pub id: String,
-    pub role: String,
-    pub state: String,
+    pub role: RolloutRole,
+    pub state: RolloutServerState,
     pub batch: i32,
     pub image_id: String,
-    pub server_state: String,
-    pub mode: String,
+    pub server_state: ServerState,
+    pub mode: ServerMode,
     pub running_jobs: i64,
     pub last_heartbeat: Option<When>,
 }
@@ -123,11 +127,12 @@ impl From<BatchRow> for BatchView {
             } else if b.launch_id.is_none() {
                 "re-enabling".into()
             } else {
-                match b.launch_state.as_deref() {
-                    Some("pending" | "running") => "launching".into(),
-                    Some("succeeded") => "waiting for agents".into(),
-                    Some(other) => format!("launch {other}"),
-                    None => "waiting for agents".into(),
+                match b.launch_state {
+                    Some(LaunchState::Pending | LaunchState::Running) => "launching".into(),
+                    Some(LaunchState::Succeeded) | None => "waiting for agents".into(),
+                    Some(other @ (LaunchState::Partial | LaunchState::Failed)) => {
+                        format!("launch {other}")
+                    }
                 }
             },
             done: when_opt(b.done_at),

@@ -461,7 +461,7 @@ pub async fn launch(
             );
             Ok(see_other("/servers"))
         }
-        Err(AppError::BadRequest(m)) => {
+        Err(crate::error::Error::Invalid(m)) => {
             render(
                 layout,
                 &state,
@@ -471,7 +471,7 @@ pub async fn launch(
             )
             .await
         }
-        Err(AppError::Conflict(m)) => {
+        Err(crate::error::Error::Conflict(m)) => {
             render(
                 layout,
                 &state,
@@ -481,7 +481,7 @@ pub async fn launch(
             )
             .await
         }
-        Err(AppError::NotFound(m)) => {
+        Err(crate::error::Error::NotFound(m)) => {
             render(
                 layout,
                 &state,
@@ -491,7 +491,7 @@ pub async fn launch(
             )
             .await
         }
-        Err(other) => Err(other),
+        Err(other) => Err(other.into()),
     }
 }
 
