@@ -18,6 +18,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::cloud::{AnyProvider, ImageQuery, ImageState, Provider, Tags};
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::bakes::BakeRow;
+use crate::domain::{BakeState, BakeStep, ServerState};
 use crate::tasks::TaskError;
 
 pub use crate::domain::Next;
@@ -42,40 +43,43 @@ pub async fn step(env: &Env<'_>, bake_id: i64) -> Result<Next, TaskError> {
     let bake = crate::db::bakes::lock(&mut tx, bake_id)
         .await?
         .ok_or_else(|| fatal(format!("bake {bake_id} does not exist")))?;
-    if bake.state != "running" {
+    if bake.state != BakeState::Running {
         tx.commit().await?;
         return clean_up(env, &bake).await;
     }
-    match bake.step.as_str() {
-        "launch" => {
+    match bake.step {
+        BakeStep::Launch => {
             let next = launch(env, &mut tx, &bake).await?;
             tx.commit().await?;
             Ok(next)
         }
-        "setup" | "test" => {
+        BakeStep::Setup | BakeStep::Test => {
             let next = run_job(&mut tx, &bake).await?;
             tx.commit().await?;
             Ok(next)
         }
-        "create_image" => {
+        BakeStep::CreateImage => {
             tx.commit().await?;
             create_image(env, &bake).await
         }
-        "wait_image" => {
+        BakeStep::WaitImage => {
             tx.commit().await?;
             wait_image(env, &bake).await
         }
-        other => Err(fatal(format!(
-            "bake {bake_id} is at an unknown step {other}"
-        ))),
+        // A running bake is never at `done` (it succeeds in the same statement that enters
+        // it); if one were, there is nothing left to do.
+        BakeStep::Done => {
+            tx.commit().await?;
+            Ok(Next::Done)
+        }
     }
 }
 
 /// Ends the bake as failed at its current step (in the caller's transaction); the next run
 /// of the step task cleans up.
 async fn fail(conn: &mut PgConnection, bake: &BakeRow, why: &str) -> Result<Next, TaskError> {
-    crate::db::bakes::close_step(conn, bake.id, &bake.step, "failed", why).await?;
-    crate::db::bakes::finish(conn, bake.id, "failed", why).await?;
+    crate::db::bakes::close_step(conn, bake.id, bake.step, BakeState::Failed, why).await?;
+    crate::db::bakes::finish(conn, bake.id, BakeState::Failed, why).await?;
     audit::record(
         &mut *conn,
         AuditEvent::system("bake.failed", format!("bake:{}", bake.id), Outcome::Failed)
@@ -92,7 +96,7 @@ async fn launch(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<
     let launch = crate::db::servers::find_launch(&mut *tx, launch_id)
         .await?
         .ok_or_else(|| fatal(format!("launch {launch_id} does not exist")))?;
-    let builder: Option<(String, String, Option<bool>)> = sqlx::query_as(
+    let builder: Option<(String, ServerState, Option<bool>)> = sqlx::query_as(
         "SELECT s.id, s.state,
                 coalesce(a.last_heartbeat_at, a.registered_at) > now() - make_interval(secs => $2) AS healthy
          FROM servers s LEFT JOIN agents a ON a.server_id = s.id
@@ -103,7 +107,7 @@ async fn launch(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<
     .fetch_optional(&mut *tx)
     .await?;
     let Some((server_id, state, healthy)) = builder else {
-        if launch.state == "failed" || (launch.state != "pending" && launch.state != "running") {
+        if !launch.state.is_unsettled() {
             let why = format!(
                 "The builder could not be launched: {}",
                 if launch.error.is_empty() {
@@ -119,7 +123,7 @@ async fn launch(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<
     if bake.builder_id.is_none() {
         crate::db::bakes::set_builder(tx, bake.id, &server_id).await?;
     }
-    if state == "terminated" {
+    if state == ServerState::Terminated {
         return fail(
             tx,
             bake,
@@ -128,7 +132,14 @@ async fn launch(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<
         .await;
     }
     if healthy == Some(true) {
-        crate::db::bakes::close_step(tx, bake.id, "launch", "succeeded", &server_id).await?;
+        crate::db::bakes::close_step(
+            tx,
+            bake.id,
+            BakeStep::Launch,
+            BakeState::Succeeded,
+            &server_id,
+        )
+        .await?;
         let recipe = crate::db::bakes::recipe(&mut *tx, bake.recipe_id)
             .await?
             .ok_or_else(|| fatal(format!("recipe {} does not exist", bake.recipe_id)))?;
@@ -137,7 +148,7 @@ async fn launch(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<
             tx,
             bake,
             &server_id,
-            "setup",
+            BakeStep::Setup,
             &command,
             recipe.setup_timeout_s,
         )
@@ -160,13 +171,13 @@ async fn start_job(
     tx: &mut PgConnection,
     bake: &BakeRow,
     builder: &str,
-    step: &str,
+    step: BakeStep,
     command: &str,
     timeout_s: i32,
 ) -> Result<(), TaskError> {
     let labels = crate::db::jobs::Labels::from([
         ("bake".to_owned(), bake.id.to_string()),
-        ("step".to_owned(), step.to_owned()),
+        ("step".to_owned(), step.to_string()),
         ("recipe".to_owned(), bake.recipe_name.clone()),
     ]);
     let job = crate::db::jobs::insert(
@@ -182,12 +193,12 @@ async fn start_job(
     )
     .await?;
     crate::db::bakes::enter_step(tx, bake.id, step).await?;
-    crate::db::bakes::set_job(tx, bake.id, step == "setup", job.id).await?;
+    crate::db::bakes::set_job(tx, bake.id, step == BakeStep::Setup, job.id).await?;
     Ok(())
 }
 
 async fn run_job(tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskError> {
-    let setup = bake.step == "setup";
+    let setup = bake.step == BakeStep::Setup;
     let job_id = if setup {
         bake.setup_job_id
     } else {
@@ -206,7 +217,8 @@ async fn run_job(tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskErro
                 }
                 _ => format!("job {job_id}, exit 0"),
             };
-            crate::db::bakes::close_step(tx, bake.id, &bake.step, "succeeded", &took).await?;
+            crate::db::bakes::close_step(tx, bake.id, bake.step, BakeState::Succeeded, &took)
+                .await?;
             if setup {
                 let recipe = crate::db::bakes::recipe(&mut *tx, bake.recipe_id)
                     .await?
@@ -215,14 +227,14 @@ async fn run_job(tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskErro
                     tx,
                     bake,
                     &builder,
-                    "test",
+                    BakeStep::Test,
                     &recipe.test_command,
                     recipe.test_timeout_s,
                 )
                 .await?;
                 Ok(Next::Wait(SOON, "tests enqueued".into()))
             } else {
-                crate::db::bakes::enter_step(tx, bake.id, "create_image").await?;
+                crate::db::bakes::enter_step(tx, bake.id, BakeStep::CreateImage).await?;
                 Ok(Next::Wait(Duration::ZERO, "creating the image".into()))
             }
         }
@@ -307,7 +319,7 @@ async fn create_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> 
                     let Some(now) = crate::db::bakes::lock(&mut tx, bake.id).await? else {
                         return Ok(Next::Done);
                     };
-                    let next = if now.state == "running" {
+                    let next = if now.state == BakeState::Running {
                         fail(
                             &mut tx,
                             &now,
@@ -343,10 +355,16 @@ async fn create_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> 
     .bind(bake.id)
     .execute(&mut *tx)
     .await?;
-    if now.state == "running" {
-        crate::db::bakes::close_step(&mut tx, bake.id, "create_image", "succeeded", &image_id)
-            .await?;
-        crate::db::bakes::enter_step(&mut tx, bake.id, "wait_image").await?;
+    if now.state == BakeState::Running {
+        crate::db::bakes::close_step(
+            &mut tx,
+            bake.id,
+            BakeStep::CreateImage,
+            BakeState::Succeeded,
+            &image_id,
+        )
+        .await?;
+        crate::db::bakes::enter_step(&mut tx, bake.id, BakeStep::WaitImage).await?;
     }
     tx.commit().await?;
     Ok(Next::Wait(Duration::ZERO, "waiting for the image".into()))
@@ -367,18 +385,31 @@ async fn wait_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
     let Some(now) = crate::db::bakes::lock(&mut tx, bake.id).await? else {
         return Ok(Next::Done);
     };
-    if now.state != "running" {
+    if now.state != BakeState::Running {
         tx.commit().await?;
         return Ok(Next::Wait(SOON, "cleaning up".into()));
     }
     let next = match state {
         Some(ImageState::Available) => {
             crate::db::images::set_state(&mut *tx, &image_id, "available", "").await?;
-            crate::db::bakes::close_step(&mut tx, bake.id, "wait_image", "succeeded", &image_id)
-                .await?;
-            crate::db::bakes::enter_step(&mut tx, bake.id, "done").await?;
-            crate::db::bakes::close_step(&mut tx, bake.id, "done", "succeeded", "").await?;
-            crate::db::bakes::finish(&mut tx, bake.id, "succeeded", "").await?;
+            crate::db::bakes::close_step(
+                &mut tx,
+                bake.id,
+                BakeStep::WaitImage,
+                BakeState::Succeeded,
+                &image_id,
+            )
+            .await?;
+            crate::db::bakes::enter_step(&mut tx, bake.id, BakeStep::Done).await?;
+            crate::db::bakes::close_step(
+                &mut tx,
+                bake.id,
+                BakeStep::Done,
+                BakeState::Succeeded,
+                "",
+            )
+            .await?;
+            crate::db::bakes::finish(&mut tx, bake.id, BakeState::Succeeded, "").await?;
             audit::record(
                 &mut *tx,
                 AuditEvent::system("bake.succeeded", format!("bake:{}", bake.id), Outcome::Ok)
@@ -439,11 +470,11 @@ async fn clean_up(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
     let launch_settled: bool = match bake.launch_id {
         Some(l) => crate::db::servers::find_launch(&mut *tx, l)
             .await?
-            .is_none_or(|l| !matches!(l.state.as_str(), "pending" | "running")),
+            .is_none_or(|l| !l.state.is_unsettled()),
         None => true,
     };
     let unusable_image = match &bake.image_id {
-        Some(id) if bake.state != "succeeded" => {
+        Some(id) if bake.state != BakeState::Succeeded => {
             let state: Option<String> =
                 sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
                     .bind(id)
@@ -484,7 +515,7 @@ async fn clean_up(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
             "waiting for the builder's launch to settle".into(),
         ));
     }
-    if bake.state == "succeeded" {
+    if bake.state == BakeState::Succeeded {
         release_if_asked(env, bake).await?;
     }
     Ok(Next::Done)

@@ -12,8 +12,8 @@ use crate::auth::Principal;
 use crate::config::Settings;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::bakes::{BakeRow, NewBake, NewRecipe, RecipeRow};
+use crate::domain::{BakeState, BakeStep};
 use crate::error::Error;
-use crate::tasks::bake_step::BakeStep;
 use crate::tasks::launch_servers::LaunchServers;
 
 pub const DEFAULT_SETUP_TIMEOUT_S: i32 = 3600;
@@ -348,7 +348,7 @@ pub async fn start(
     )
     .await?;
     crate::db::bakes::set_launch(&mut tx, id, launch.id).await?;
-    crate::db::bakes::enter_step(&mut tx, id, "launch").await?;
+    crate::db::bakes::enter_step(&mut tx, id, BakeStep::Launch).await?;
     crate::tasks::enqueue(
         &mut tx,
         &LaunchServers {
@@ -357,7 +357,12 @@ pub async fn start(
         None,
     )
     .await?;
-    crate::tasks::enqueue(&mut tx, &BakeStep { bake_id: id }, Some(&step_key(id))).await?;
+    crate::tasks::enqueue(
+        &mut tx,
+        &crate::tasks::bake_step::BakeStep { bake_id: id },
+        Some(&step_key(id)),
+    )
+    .await?;
     let event = match &started_by {
         StartedBy::User { principal, ip, .. } => {
             AuditEvent::by(principal, "bake.start", format!("bake:{id}"), Outcome::Ok)
@@ -418,13 +423,18 @@ pub async fn cancel(
     let bake = crate::db::bakes::lock(&mut tx, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("There is no bake {id}.")))?;
-    if bake.state != "running" {
+    if bake.state != BakeState::Running {
         return Ok((bake, Cancelled::AlreadyOver));
     }
     let why = format!("cancelled by {}", principal.name);
-    crate::db::bakes::close_step(&mut tx, id, &bake.step, "cancelled", &why).await?;
-    crate::db::bakes::finish(&mut tx, id, "cancelled", &why).await?;
-    crate::tasks::enqueue(&mut tx, &BakeStep { bake_id: id }, Some(&step_key(id))).await?;
+    crate::db::bakes::close_step(&mut tx, id, bake.step, BakeState::Cancelled, &why).await?;
+    crate::db::bakes::finish(&mut tx, id, BakeState::Cancelled, &why).await?;
+    crate::tasks::enqueue(
+        &mut tx,
+        &crate::tasks::bake_step::BakeStep { bake_id: id },
+        Some(&step_key(id)),
+    )
+    .await?;
     audit::record(
         &mut *tx,
         AuditEvent::by(principal, "bake.cancel", format!("bake:{id}"), Outcome::Ok)

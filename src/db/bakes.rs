@@ -3,6 +3,8 @@
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
+use crate::domain::{BakeState, BakeStep};
+
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct RecipeRow {
     pub id: i64,
@@ -177,8 +179,8 @@ pub struct BakeRow {
     pub version: i32,
     pub source_revision: String,
     pub image_name: String,
-    pub state: String,
-    pub step: String,
+    pub state: BakeState,
+    pub step: BakeStep,
     pub failure: String,
     pub launch_id: Option<i64>,
     pub builder_id: Option<String>,
@@ -264,7 +266,7 @@ pub async fn list(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<BakeR
 }
 
 /// Moves the bake to `step` and opens that step's record.
-pub async fn enter_step(conn: &mut PgConnection, id: i64, step: &str) -> sqlx::Result<()> {
+pub async fn enter_step(conn: &mut PgConnection, id: i64, step: BakeStep) -> sqlx::Result<()> {
     sqlx::query("UPDATE bakes SET step = $2, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(step)
@@ -285,8 +287,8 @@ pub async fn enter_step(conn: &mut PgConnection, id: i64, step: &str) -> sqlx::R
 pub async fn close_step(
     conn: &mut PgConnection,
     id: i64,
-    step: &str,
-    state: &str,
+    step: BakeStep,
+    state: BakeState,
     detail: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -306,7 +308,7 @@ pub async fn close_step(
 pub async fn finish(
     conn: &mut PgConnection,
     id: i64,
-    state: &str,
+    state: BakeState,
     failure: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -364,8 +366,8 @@ pub async fn set_image(conn: &mut PgConnection, id: i64, image_id: &str) -> sqlx
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct StepRow {
-    pub step: String,
-    pub state: String,
+    pub step: BakeStep,
+    pub state: BakeState,
     pub detail: String,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,

@@ -274,7 +274,7 @@ pub struct LaunchRow {
     pub image_id: String,
     pub count: i32,
     pub instance_type: String,
-    pub state: String,
+    pub state: crate::domain::LaunchState,
     pub error: String,
     pub requested_by: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -338,7 +338,7 @@ pub async fn find_launch(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Optio
 pub async fn set_launch_state(
     db: impl PgExecutor<'_>,
     id: i64,
-    state: &str,
+    state: crate::domain::LaunchState,
     error: &str,
 ) -> sqlx::Result<()> {
     sqlx::query("UPDATE launches SET state = $2, error = $3, updated_at = now() WHERE id = $1")

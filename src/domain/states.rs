@@ -236,6 +236,33 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// A bake (`bakes.state`), and each of its steps (`bake_steps.state`).
+    pub enum BakeState ("bake state") {
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+text_enum! {
+    /// Where a bake is (`bakes.step`, `bake_steps.step`), in order.
+    pub enum BakeStep ("bake step") {
+        /// The builder's launch; waits until its agent heartbeats.
+        Launch = "launch",
+        /// The recipe's setup, a job pinned to the builder.
+        Setup = "setup",
+        /// The recipe's tests, another pinned job.
+        Test = "test",
+        /// The provider makes the image from the builder.
+        CreateImage = "create_image",
+        /// Until the provider says the image is available.
+        WaitImage = "wait_image",
+        Done = "done",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -829,7 +829,7 @@ mod tests {
             assert_eq!(got.clone().map_err(|_| ()), want, "{action:?} on {state}");
             if let Err(why) = got {
                 assert!(
-                    why.starts_with(&format!("Rollout #4 ")) && why.contains(state.as_str()),
+                    why.starts_with("Rollout #4 ") && why.contains(state.as_str()),
                     "{why}"
                 );
             }

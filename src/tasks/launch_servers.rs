@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{Context, Task, TaskError};
 use crate::cloud::{AgentBootstrap, LaunchRequest, Provider, Tags};
 use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::domain::LaunchState;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LaunchServers {
@@ -24,10 +25,11 @@ impl Task for LaunchServers {
                 self.launch_id
             )));
         };
-        if matches!(launch.state.as_str(), "succeeded" | "partial" | "failed") {
+        if !launch.state.is_unsettled() {
             return Ok(());
         }
-        crate::db::servers::set_launch_state(&ctx.pool, launch.id, "running", "").await?;
+        crate::db::servers::set_launch_state(&ctx.pool, launch.id, LaunchState::Running, "")
+            .await?;
 
         // The agents' enrollment token: one per try, shown only to the servers (user-data or
         // the local agent's command line). A retry that finds the launched servers does not
@@ -69,8 +71,8 @@ impl Task for LaunchServers {
                     .await?;
                 }
                 let (state, error) = match &outcome.shortfall {
-                    None => ("succeeded", String::new()),
-                    Some(short) => ("partial", short.message.clone()),
+                    None => (LaunchState::Succeeded, String::new()),
+                    Some(short) => (LaunchState::Partial, short.message.clone()),
                 };
                 crate::db::servers::set_launch_state(&mut *tx, launch.id, state, &error).await?;
                 let ids: Vec<&str> = outcome.servers.iter().map(|s| s.id.as_str()).collect();
@@ -79,7 +81,7 @@ impl Task for LaunchServers {
                     AuditEvent::system(
                         "servers.launched",
                         target,
-                        if state == "succeeded" {
+                        if state == LaunchState::Succeeded {
                             Outcome::Ok
                         } else {
                             Outcome::Failed
@@ -109,8 +111,13 @@ impl Task for LaunchServers {
             }
             Err(e) => {
                 let mut tx = ctx.pool.begin().await?;
-                crate::db::servers::set_launch_state(&mut *tx, launch.id, "failed", &e.message)
-                    .await?;
+                crate::db::servers::set_launch_state(
+                    &mut *tx,
+                    launch.id,
+                    LaunchState::Failed,
+                    &e.message,
+                )
+                .await?;
                 audit::record(
                     &mut *tx,
                     AuditEvent::system("servers.launched", target, Outcome::Failed)

@@ -71,16 +71,72 @@ fn templates_have_no_inline_script_or_style() {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
+            // Every <script> tag loads a file (the CSP allows no inline script).
+            for (at, _) in text.match_indices("<script") {
+                let tag = &text[at..at + text[at..].find('>').unwrap_or(text.len() - at)];
+                assert!(
+                    tag.contains(" src="),
+                    "{}: inline script {tag:?}",
+                    path.display()
+                );
+            }
             assert!(
-                !text.contains("<script>") && !text.contains("<style"),
-                "{}: inline script or style",
+                !text.contains("<style") && !text.contains(" style="),
+                "{}: inline style",
                 path.display()
             );
+            // No event-handler attribute (onclick=, onload=, …).
+            let handler = text.split(|c: char| c.is_whitespace()).find(|word| {
+                let lower = word.to_ascii_lowercase();
+                lower.starts_with("on")
+                    && lower.find('=').is_some_and(|eq| {
+                        eq > 2 && lower[2..eq].chars().all(|c| c.is_ascii_alphabetic())
+                    })
+            });
             assert!(
-                !text.contains(" style=") && !text.contains(" onclick="),
-                "{}: inline style or handler",
+                handler.is_none(),
+                "{}: inline event handler {handler:?}",
                 path.display()
             );
         }
     }
+}
+
+/// The rooms below the web (see ARCHITECTURE.md) never import `web`: they speak
+/// `crate::error::Error`, and `web` alone decides statuses and pages. Only the composition
+/// roots that assemble the console (`startup`, `cli`, `bench`) may name it.
+#[test]
+fn nothing_below_the_web_imports_the_web() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let above = ["web", "startup.rs", "cli", "bench", "main.rs", "lib.rs"];
+    let mut offenders = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        if above.contains(&top) {
+            continue;
+        }
+        let code: String = std::fs::read_to_string(f)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if code.contains("crate::web") || code.contains("super::web") {
+            offenders.push(rel.display().to_string());
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "below the web, these import it: {offenders:?}"
+    );
 }

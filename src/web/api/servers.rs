@@ -11,7 +11,7 @@ use crate::web::error::AppError;
 #[derive(serde::Serialize)]
 struct LaunchJson {
     id: i64,
-    state: String,
+    state: crate::domain::LaunchState,
     image_id: String,
     count: i32,
     instance_type: String,

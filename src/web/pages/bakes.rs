@@ -22,8 +22,8 @@ pub struct BakeView {
     pub id: i64,
     pub recipe: String,
     pub version: i32,
-    pub state: String,
-    pub step: String,
+    pub state: crate::domain::BakeState,
+    pub step: crate::domain::BakeStep,
     pub failure: String,
     pub trigger: String,
     pub started_by: String,
@@ -39,7 +39,7 @@ impl From<BakeRow> for BakeView {
     fn from(b: BakeRow) -> Self {
         Self {
             id: b.id,
-            running: b.state == "running",
+            running: b.state == crate::domain::BakeState::Running,
             recipe: b.recipe_name,
             version: b.version,
             state: b.state,
@@ -260,8 +260,8 @@ pub async fn start(
 }
 
 pub struct StepView {
-    pub step: String,
-    pub state: String,
+    pub step: crate::domain::BakeStep,
+    pub state: crate::domain::BakeState,
     pub detail: String,
     pub took: String,
 }

@@ -270,16 +270,17 @@ pub async fn enqueue(
             flash(&session, format!("Enqueued job {}.", job.id));
             Ok(see_other(&format!("/jobs/{}", job.id)))
         }
-        Err(AppError::BadRequest(m)) => render(
-            layout,
-            &state,
-            Filters::default(),
-            form,
-            Some(m),
-            StatusCode::BAD_REQUEST,
-        )
-        .await
-        .map_err(AppError::from),
+        Err(AppError::BadRequest(m)) => {
+            render(
+                layout,
+                &state,
+                Filters::default(),
+                form,
+                Some(m),
+                StatusCode::BAD_REQUEST,
+            )
+            .await
+        }
         Err(e) => Err(e),
     }
 }

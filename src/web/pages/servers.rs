@@ -80,7 +80,7 @@ pub struct LaunchView {
     pub id: i64,
     pub image_id: String,
     pub count: i32,
-    pub state: String,
+    pub state: crate::domain::LaunchState,
     pub error: String,
     pub requested_by: String,
     pub created: When,
@@ -339,9 +339,7 @@ fn assemble<'r>(
     let launches: Vec<LaunchView> = launches.into_iter().map(LaunchView::from).collect();
     // Terminations in flight keep the page refreshing until the servers are gone.
     let busy = recently_busy
-        || launches
-            .iter()
-            .any(|l| l.state == "pending" || l.state == "running")
+        || launches.iter().any(|l| l.state.is_unsettled())
         || servers
             .iter()
             .any(|s| matches!(s.state, "pending" | "stopping" | "shutting-down"));
