@@ -102,7 +102,6 @@ impl Application {
         let wakeups = crate::jobs::wakeups::Wakeups::new();
         let agent_tokens = Arc::new(crate::web::agent_tokens::AgentTokens::default());
         let series_ids = crate::metrics::series_ids::SeriesIds::default();
-        let launch_choices = Arc::new(crate::db::servers::ChoicesCache::default());
         let shared_pool = pool.clone();
         let (http_cloud, http_metrics, http_wakeups, http_settings) = (
             cloud.clone(),
@@ -124,7 +123,6 @@ impl Application {
                 wakeups: http_wakeups.clone(),
                 agent_tokens: agent_tokens.clone(),
                 series_ids: series_ids.clone(),
-                launch_choices: launch_choices.clone(),
             });
             let store = PgSessionStore::new(
                 worker_pool,
@@ -132,7 +130,7 @@ impl Application {
                 settings.session_idle_timeout,
             );
             let sessions = SessionMiddleware::builder(store, key.clone())
-                .cookie_name(crate::web::prefetch::SESSION_COOKIE.into())
+                .cookie_name(crate::web::SESSION_COOKIE.into())
                 .cookie_http_only(true)
                 .cookie_same_site(SameSite::Lax)
                 .cookie_secure(settings.secure_cookies())
@@ -147,20 +145,19 @@ impl Application {
                         .state_ttl_extension_policy(TtlExtensionPolicy::OnStateChanges),
                 )
                 .build();
-            let prefetch_key = key.clone();
+            let (csrf_key, secure) = (key.clone(), settings.secure_cookies());
             App::new()
                 .app_data(state.clone())
                 .app_data(web::FormConfig::default().limit(1 << 20))
                 .configure(routes::register)
                 .default_service(web::to(middleware::errors::not_found))
-                // Outermost last: request id -> security headers -> compression -> prefetch ->
-                // sessions -> errors. Errors render inside the session so that an error page's
-                // forms carry the session's live CSRF token; the big pages' reads start before
-                // the session loads (web::prefetch).
+                // Outermost last: request id -> security headers -> compression -> the login
+                // form's CSRF cookie -> sessions -> errors. Errors render inside the session so
+                // that an error page's forms carry the session's live CSRF token.
                 .wrap(from_fn(middleware::errors::render))
                 .wrap(sessions)
                 .wrap(from_fn(move |req, next| {
-                    crate::web::prefetch::start(prefetch_key.clone(), req, next)
+                    middleware::login_csrf::handle(csrf_key.clone(), secure, req, next)
                 }))
                 .wrap(Compress::default())
                 .wrap(middleware::security_headers::headers(

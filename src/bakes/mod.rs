@@ -296,7 +296,7 @@ pub async fn start(
         .await?
         .ok_or_else(|| Error::NotFound(format!("There is no recipe {recipe_id}.")))?;
     let base = crate::db::images::find(&mut *tx, &recipe.base_image_id).await?;
-    if base.as_ref().map(|b| b.state.as_str()) != Some("available") {
+    if base.as_ref().map(|b| b.state) != Some(crate::domain::ImageState::Available) {
         return Err(Error::Conflict(format!(
             "Recipe {} bakes from {}, which is not available (it is {}).",
             recipe.name,

@@ -98,7 +98,7 @@ async fn roll(
 ) -> anyhow::Result<(i64, Duration)> {
     let started = Instant::now();
     let input = RolloutInput {
-        batch_size: Some(serde_json::json!(batch)),
+        batch_size: Some(batch),
         ..Default::default()
     };
     let (r, _) = crate::rollouts::start(pool, settings, &principal(), None, image, kind, &input)
@@ -185,7 +185,7 @@ pub async fn run(args: RolloutArgs) -> anyhow::Result<()> {
         None,
         &crate::fleet::servers::Launch {
             image_id: a.clone(),
-            count: Some(serde_json::json!(args.servers)),
+            count: u32::try_from(args.servers)?,
             instance_type: None,
         },
     )

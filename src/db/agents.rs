@@ -3,6 +3,8 @@
 
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::domain::{ServerMode, ServerState};
+
 use crate::agent::wire::SystemMetrics;
 
 /// Whether an enrollment token is live (known, not expired) and, when it was made for one
@@ -65,17 +67,20 @@ pub async fn server_of(db: impl PgExecutor<'_>, token_hash: &str) -> sqlx::Resul
 /// The server's mode and state as its agent should see them (None: the server is gone).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Standing {
-    pub mode: String,
-    pub state: String,
+    pub mode: ServerMode,
+    pub state: ServerState,
 }
 
 impl Standing {
     /// Terminated, or on its way there (a terminate task holds it): the agent should exit.
     pub fn terminating(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "terminated" | "shutting-down" | "stopping" | "stopped"
-        )
+        match self.state {
+            ServerState::Terminated
+            | ServerState::ShuttingDown
+            | ServerState::Stopping
+            | ServerState::Stopped => true,
+            ServerState::Pending | ServerState::Running => false,
+        }
     }
 }
 

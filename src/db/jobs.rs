@@ -213,8 +213,8 @@ pub struct Claimed {
 
 #[derive(sqlx::FromRow)]
 struct ClaimRow {
-    mode: String,
-    state: String,
+    mode: crate::domain::ServerMode,
+    state: crate::domain::ServerState,
     id: Option<i64>,
     attempt: Option<i32>,
     command: Option<String>,
@@ -262,8 +262,8 @@ pub async fn claim(
         return Ok(None);
     };
     let standing = crate::db::agents::Standing {
-        mode: first.mode.clone(),
-        state: first.state.clone(),
+        mode: first.mode,
+        state: first.state,
     };
     let jobs = rows
         .into_iter()

@@ -46,61 +46,29 @@ pub struct Loaded {
 
 /// Loads a live session and its user in one statement (every console request starts here),
 /// and pushes its idle expiry forward when that is due: at most once a minute, as a second
-/// statement. Reading alone is a fifth cheaper for PostgreSQL than reading through a
-/// data-modifying `WITH` that only rarely writes (pgbench), and the other 59 seconds of page
-/// views don't pay for the minute that writes.
+/// statement (a plain read is cheaper for PostgreSQL than one through a data-modifying `WITH`
+/// that rarely writes).
 pub async fn load(
     pool: &PgPool,
     id_hash: &str,
     absolute_s: u64,
     idle_s: u64,
 ) -> sqlx::Result<Option<Loaded>> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| read_sql(1));
-    let row: Option<SessionRead> = sqlx::query_as(SQL.as_str())
-        .bind(id_hash)
-        .bind(absolute_s as f64)
-        .bind(idle_s as f64)
-        .fetch_optional(pool)
-        .await?;
-    match row {
-        Some(read) => loaded(pool, id_hash, idle_s, read).await.map(Some),
-        None => Ok(None),
-    }
-}
-
-/// The statement [`load`] reads a session with (`id_hash`, the absolute and the idle timeout
-/// in seconds bound as `$first`, `$first + 1`, `$first + 2`), for a statement that reads a
-/// session along with other things (see `web::prefetch`); its rows are [`SessionRead`]s.
-pub fn read_sql(first: usize) -> String {
-    let (key, absolute, idle) = (first, first + 1, first + 2);
-    format!(
+    let row: Option<SessionRead> = sqlx::query_as(
         "SELECT s.state, s.user_id, u.name, u.role, u.disabled,
-                s.expires_at < now() + make_interval(secs => ${idle}) - interval '1 minute' AS extend
+                s.expires_at < now() + make_interval(secs => $3) - interval '1 minute' AS extend
          FROM sessions s LEFT JOIN users u ON u.id = s.user_id
-         WHERE s.id_hash = ${key} AND s.expires_at > now()
-           AND s.created_at > now() - make_interval(secs => ${absolute})"
+         WHERE s.id_hash = $1 AND s.expires_at > now()
+           AND s.created_at > now() - make_interval(secs => $2)",
     )
-}
-
-/// A live session as [`read_sql`] reads it.
-#[derive(sqlx::FromRow)]
-pub struct SessionRead {
-    pub state: sqlx::types::Json<State>,
-    pub user_id: Option<i64>,
-    pub name: Option<String>,
-    pub role: Option<String>,
-    pub disabled: Option<bool>,
-    /// Its idle expiry is due to be pushed forward.
-    pub extend: bool,
-}
-
-/// The session [`SessionRead`] read, its idle expiry pushed forward first when due.
-pub async fn loaded(
-    pool: &PgPool,
-    id_hash: &str,
-    idle_s: u64,
-    r: SessionRead,
-) -> sqlx::Result<Loaded> {
+    .bind(id_hash)
+    .bind(absolute_s as f64)
+    .bind(idle_s as f64)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
     if r.extend {
         extend(pool, id_hash, idle_s as i64).await?;
     }
@@ -113,10 +81,22 @@ pub async fn loaded(
         }),
         _ => None,
     };
-    Ok(Loaded {
+    Ok(Some(Loaded {
         state: r.state.0,
         user: r.user_id.map(|id| LoadedUser { id, user }),
-    })
+    }))
+}
+
+/// A live session as [`load`] reads it.
+#[derive(sqlx::FromRow)]
+struct SessionRead {
+    state: sqlx::types::Json<State>,
+    user_id: Option<i64>,
+    name: Option<String>,
+    role: Option<String>,
+    disabled: Option<bool>,
+    /// Its idle expiry is due to be pushed forward.
+    extend: bool,
 }
 
 pub async fn insert(

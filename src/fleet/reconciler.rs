@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::cloud::{AnyProvider, Provider, ServerFilter, ServerState, describe_all};
 use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::domain::ServerPurpose;
 
 pub const LOCK: i64 = 0x006b_696c_6e72_6563; // "kilnrec"
 
@@ -53,14 +54,14 @@ async fn pass(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Summary> {
         seen: seen.len(),
         ..Default::default()
     };
-    let known: Vec<(String, String)> = sqlx::query_as("SELECT id, state FROM servers")
+    let known: Vec<(String, ServerState)> = sqlx::query_as("SELECT id, state FROM servers")
         .fetch_all(pool)
         .await?;
-    let known: std::collections::HashMap<String, String> = known.into_iter().collect();
+    let known: std::collections::HashMap<String, ServerState> = known.into_iter().collect();
 
     for server in &seen {
         match known.get(&server.id) {
-            Some(state) if state == server.state.as_str() || state == "terminated" => {}
+            Some(&state) if state == server.state || state == ServerState::Terminated => {}
             Some(_) => {
                 sqlx::query(
                     "UPDATE servers SET state = $2, updated_at = now(),
@@ -68,7 +69,7 @@ async fn pass(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Summary> {
                      WHERE id = $1 AND state <> 'terminated'",
                 )
                 .bind(&server.id)
-                .bind(server.state.as_str())
+                .bind(server.state)
                 .execute(pool)
                 .await?;
                 summary.updated += 1;
@@ -77,8 +78,8 @@ async fn pass(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Summary> {
                 let mut tx = pool.begin().await?;
                 // A builder stays a builder (never a worker); the janitor then ends it.
                 let purpose = match server.tags.get("kiln:purpose").map(String::as_str) {
-                    Some("builder") => "builder",
-                    _ => "worker",
+                    Some("builder") => ServerPurpose::Builder,
+                    _ => ServerPurpose::Worker,
                 };
                 let inserted = sqlx::query(
                     "INSERT INTO servers (id, image_id, instance_type, state, adopted, launched_by, launched_at, purpose)
@@ -87,7 +88,7 @@ async fn pass(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Summary> {
                 .bind(&server.id)
                 .bind(&server.image_id)
                 .bind(&server.instance_type)
-                .bind(server.state.as_str())
+                .bind(server.state)
                 .bind(server.launched_at)
                 .bind(purpose)
                 .execute(&mut *tx)
@@ -115,7 +116,7 @@ async fn pass(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Summary> {
 
     let seen_ids: std::collections::HashSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
     for (id, state) in &known {
-        if state == "terminated" || seen_ids.contains(id.as_str()) {
+        if *state == ServerState::Terminated || seen_ids.contains(id.as_str()) {
             continue;
         }
         let mut tx = pool.begin().await?;

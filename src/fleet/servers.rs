@@ -11,30 +11,13 @@ use crate::db::servers::LaunchRow;
 use crate::error::Error;
 use crate::tasks::launch_servers::LaunchServers;
 
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+/// A launch as asked for (the API's body; the Servers page's form is parsed into one).
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct Launch {
-    #[serde(default)]
     pub image_id: String,
-    #[serde(default)]
-    pub count: Option<serde_json::Value>,
+    pub count: u32,
     #[serde(default)]
     pub instance_type: Option<String>,
-}
-
-/// Accepts a count as a JSON number or a form's string, refusing anything else plainly.
-fn count_of(value: &Option<serde_json::Value>) -> Result<u32, Error> {
-    let bad = || Error::Invalid("The count must be a whole number of servers, 1 or more.".into());
-    let n = match value {
-        None => return Ok(1),
-        Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(bad)?,
-        Some(serde_json::Value::String(s)) if s.trim().is_empty() => return Ok(1),
-        Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().map_err(|_| bad())?,
-        Some(_) => return Err(bad()),
-    };
-    if n < 1 {
-        return Err(Error::Invalid("Launch at least one server.".into()));
-    }
-    u32::try_from(n).map_err(|_| bad())
 }
 
 pub async fn launch(
@@ -46,7 +29,10 @@ pub async fn launch(
     input: &Launch,
 ) -> Result<LaunchRow, Error> {
     let image_id = input.image_id.trim().to_owned();
-    let count = count_of(&input.count)?;
+    let count = input.count;
+    if count < 1 {
+        return Err(Error::Invalid("count: launch at least one server.".into()));
+    }
     let instance_type = input
         .instance_type
         .as_deref()
@@ -133,23 +119,6 @@ pub async fn launch(
     .await?;
     tx.commit().await?;
     Ok(launch)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_from_json_or_forms() {
-        assert_eq!(count_of(&None).unwrap(), 1);
-        assert_eq!(count_of(&Some(serde_json::json!(3))).unwrap(), 3);
-        assert_eq!(count_of(&Some(serde_json::json!("4"))).unwrap(), 4);
-        assert!(count_of(&Some(serde_json::json!(0))).is_err());
-        assert!(count_of(&Some(serde_json::json!(-2))).is_err());
-        assert!(count_of(&Some(serde_json::json!(1.5))).is_err());
-        assert!(count_of(&Some(serde_json::json!("many"))).is_err());
-        assert!(count_of(&Some(serde_json::json!([1]))).is_err());
-    }
 }
 
 /// What an operator does to a server.

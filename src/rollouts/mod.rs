@@ -27,18 +27,18 @@ use crate::tasks::rollout_step::RolloutStep;
 /// Release or rollback.
 pub use crate::domain::RolloutKind as Kind;
 
-/// A rollout's settings as a form or an API body gives them (numbers or numeric strings);
-/// each one left out takes its default from the console's settings.
+/// A rollout's settings as asked for; each one left out takes its default from the
+/// console's settings. (The release form's strings are parsed into one by the page.)
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct RolloutInput {
     #[serde(default)]
-    pub batch_size: Option<serde_json::Value>,
+    pub batch_size: Option<i64>,
     #[serde(default)]
-    pub min_healthy_percent: Option<serde_json::Value>,
+    pub min_healthy_percent: Option<i64>,
     #[serde(default)]
-    pub health_timeout_s: Option<serde_json::Value>,
+    pub health_timeout_s: Option<i64>,
     #[serde(default)]
-    pub drain_timeout_s: Option<serde_json::Value>,
+    pub drain_timeout_s: Option<i64>,
 }
 
 /// Validated settings of one rollout.
@@ -51,42 +51,33 @@ pub struct RolloutSettings {
     pub grace_s: i32,
 }
 
-/// A whole number within `range`, from JSON or a form field; None when left out or blank.
+/// A whole number within `range`, or None when left out.
 fn whole(
-    value: &Option<serde_json::Value>,
+    value: Option<i64>,
     name: &str,
     range: std::ops::RangeInclusive<i64>,
 ) -> Result<Option<i32>, Error> {
-    let bad = || {
-        Error::Invalid(format!(
-            "{name} must be a whole number from {} to {}.",
+    match value {
+        None => Ok(None),
+        Some(n) if range.contains(&n) => Ok(Some(n as i32)),
+        Some(n) => Err(Error::Invalid(format!(
+            "{name} must be a whole number from {} to {}, not {n}.",
             range.start(),
             range.end()
-        ))
-    };
-    let n = match value {
-        None | Some(serde_json::Value::Null) => return Ok(None),
-        Some(serde_json::Value::String(s)) if s.trim().is_empty() => return Ok(None),
-        Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().map_err(|_| bad())?,
-        Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(bad)?,
-        Some(_) => return Err(bad()),
-    };
-    if !range.contains(&n) {
-        return Err(bad());
+        ))),
     }
-    Ok(Some(n as i32))
 }
 
 impl RolloutInput {
     pub fn resolve(&self, settings: &Settings) -> Result<RolloutSettings, Error> {
         Ok(RolloutSettings {
-            batch_size: whole(&self.batch_size, "batch_size", 1..=500)?
+            batch_size: whole(self.batch_size, "batch_size", 1..=500)?
                 .unwrap_or(settings.rollout_batch as i32),
-            min_healthy_percent: whole(&self.min_healthy_percent, "min_healthy_percent", 0..=100)?
+            min_healthy_percent: whole(self.min_healthy_percent, "min_healthy_percent", 0..=100)?
                 .unwrap_or(settings.min_healthy_percent as i32),
-            health_timeout_s: whole(&self.health_timeout_s, "health_timeout_s", 1..=86_400)?
+            health_timeout_s: whole(self.health_timeout_s, "health_timeout_s", 1..=86_400)?
                 .unwrap_or(settings.health_timeout as i32),
-            drain_timeout_s: whole(&self.drain_timeout_s, "drain_timeout_s", 0..=86_400)?
+            drain_timeout_s: whole(self.drain_timeout_s, "drain_timeout_s", 0..=86_400)?
                 .unwrap_or(settings.drain_timeout.min(86_400) as i32),
             grace_s: settings.rollback_grace as i32,
         })
@@ -415,17 +406,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_from_json_or_forms_with_defaults() {
+    fn settings_take_defaults_and_refuse_out_of_range() {
         let settings = Settings::with_defaults(String::new(), "127.0.0.1:0".parse().unwrap());
         let all_default = RolloutInput::default().resolve(&settings).unwrap();
         assert_eq!(all_default.batch_size, settings.rollout_batch as i32);
         assert_eq!(all_default.health_timeout_s, 300);
         assert_eq!(all_default.grace_s, 1800);
         let given = RolloutInput {
-            batch_size: Some(serde_json::json!("3")),
-            min_healthy_percent: Some(serde_json::json!(50)),
-            health_timeout_s: Some(serde_json::json!("")),
-            drain_timeout_s: Some(serde_json::json!(0)),
+            batch_size: Some(3),
+            min_healthy_percent: Some(50),
+            health_timeout_s: None,
+            drain_timeout_s: Some(0),
         }
         .resolve(&settings)
         .unwrap();
@@ -438,21 +429,16 @@ mod tests {
             ),
             (3, 50, 300, 0)
         );
-        for bad in [
-            serde_json::json!(0),
-            serde_json::json!(501),
-            serde_json::json!(1.5),
-            serde_json::json!("x"),
-            serde_json::json!([1]),
-        ] {
+        for bad in [0, 501, -1] {
             let input = RolloutInput {
-                batch_size: Some(bad.clone()),
+                batch_size: Some(bad),
                 ..Default::default()
             };
-            assert!(input.resolve(&settings).is_err(), "{bad} accepted");
+            let e = input.resolve(&settings).unwrap_err().to_string();
+            assert!(e.starts_with("batch_size must be"), "{e}");
         }
         let over = RolloutInput {
-            min_healthy_percent: Some(serde_json::json!(101)),
+            min_healthy_percent: Some(101),
             ..Default::default()
         };
         assert!(over.resolve(&settings).is_err());

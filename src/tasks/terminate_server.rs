@@ -131,7 +131,7 @@ impl Task for TerminateServer {
                 self.server_id
             )));
         };
-        if server.state == "terminated" {
+        if server.state == crate::domain::ServerState::Terminated {
             return Ok(());
         }
         let running = crate::db::jobs::running_on(&ctx.pool, &self.server_id).await?;

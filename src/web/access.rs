@@ -9,7 +9,7 @@
 //! Refusals: API requests get 401/403 JSON; unauthenticated page requests are redirected to
 //! /login (htmx requests via `HX-Redirect`); authenticated ones without the role get 403.
 
-use actix_session::{Session, SessionExt};
+use actix_session::SessionExt;
 use actix_web::body::BoxBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, header};
@@ -120,15 +120,32 @@ fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Returns the session's CSRF token, creating one for a session that has none yet.
-pub fn csrf_token(session: &Session) -> String {
+/// The CSRF token for this request's forms. A logged-in session keeps its token in its row
+/// (created at login). A visitor without one gets the token of the signed login cookie, a
+/// new one (set as that cookie on the response) when it has none: nothing is written to the
+/// database for a visitor who has not logged in.
+pub fn csrf_token(req: &HttpRequest) -> String {
+    use super::middleware::login_csrf::{Issued, Presented};
+    let session = req.get_session();
     if let Ok(Some(token)) = session.get::<String>(CSRF) {
         return token;
     }
-    let token = crate::auth::token::Secret::generate("").expose().to_owned();
-    // Failing to serialise a String cannot happen; a failed insert would only mean the next
-    // form post is refused, which is the safe direction.
-    let _ = session.insert(CSRF, &token);
+    let new_token = || crate::auth::token::Secret::generate("").expose().to_owned();
+    if session.contains_key(USER_ID) {
+        // A logged-in session without a token (made before tokens were kept): give it one.
+        // A failed insert would only mean the next form post is refused (the safe way).
+        let token = new_token();
+        let _ = session.insert(CSRF, &token);
+        return token;
+    }
+    if let Some(Presented(token)) = req.extensions().get::<Presented>() {
+        return token.clone();
+    }
+    if let Some(Issued(token)) = req.extensions().get::<Issued>() {
+        return token.clone();
+    }
+    let token = new_token();
+    req.extensions_mut().insert(Issued(token.clone()));
     token
 }
 
@@ -139,11 +156,17 @@ async fn check_csrf(req: &mut ServiceRequest) -> Result<(), AppError> {
                 .into(),
         )
     };
+    // The session's token; without one (no one has logged in), the signed login cookie's.
     let expected = req
         .get_session()
         .get::<String>(CSRF)
         .ok()
         .flatten()
+        .or_else(|| {
+            req.extensions()
+                .get::<super::middleware::login_csrf::Presented>()
+                .map(|p| p.0.clone())
+        })
         .ok_or_else(refused)?;
 
     if let Some(sent) = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {

@@ -162,7 +162,7 @@ pub async fn heartbeat(
     };
     Ok(HttpResponse::Ok().json(HeartbeatReply {
         terminate: standing.terminating(),
-        mode: standing.mode,
+        mode: standing.mode.to_string(),
         stop: stop
             .into_iter()
             .map(|(job_id, attempt)| AttemptRef { job_id, attempt })
@@ -211,11 +211,12 @@ pub async fn claim(
                         timeout_s: j.timeout_s as u64,
                     })
                     .collect(),
-                mode: standing.mode,
+                mode: standing.mode.to_string(),
                 terminate: false,
             }));
         }
-        let can_work = standing.mode == "enabled" && !standing.terminating();
+        let can_work =
+            standing.mode == crate::domain::ServerMode::Enabled && !standing.terminating();
         if !can_work || wakeups.is_closing() || tokio::time::Instant::now() >= deadline {
             if was_woken && !can_work {
                 // The wake-up meant a job for someone who can take it.
@@ -224,7 +225,7 @@ pub async fn claim(
             return Ok(HttpResponse::Ok().json(ClaimReply {
                 jobs: vec![],
                 terminate: standing.terminating(),
-                mode: standing.mode,
+                mode: standing.mode.to_string(),
             }));
         }
         // Wait for a wake-up or the deadline, holding no database connection.
@@ -238,7 +239,7 @@ pub async fn claim(
             return Ok(HttpResponse::Ok().json(ClaimReply {
                 jobs: vec![],
                 terminate: false,
-                mode: standing.mode,
+                mode: standing.mode.to_string(),
             }));
         }
         was_woken = true;

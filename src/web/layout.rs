@@ -48,9 +48,11 @@ impl Layout {
         } else {
             None
         };
+        // Before the principal is read: a new token is put into the request's extensions.
+        let csrf = csrf_token(req);
         Self {
             user: req.extensions().get::<Principal>().cloned(),
-            csrf: csrf_token(&session),
+            csrf,
             path: req.path().to_owned(),
             flash,
         }

@@ -10,11 +10,11 @@ pub mod assets;
 pub mod body;
 pub mod error;
 pub mod hooks;
+pub mod json;
 pub mod layout;
 pub mod metrics_api;
 pub mod middleware;
 pub mod pages;
-pub mod prefetch;
 pub mod routes;
 pub mod session_store;
 pub mod view;
@@ -27,7 +27,8 @@ use crate::cloud::AnyProvider;
 use crate::config::Settings;
 use crate::telemetry::prometheus::Registry;
 
-/// What every handler may need, shared by all workers of the HTTP server.
+/// What every handler may need. One is built per HTTP worker (each worker has its own pool,
+/// see `startup.rs`); what must be shared across workers is behind an `Arc`.
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
@@ -41,9 +42,10 @@ pub struct AppState {
     pub agent_tokens: Arc<agent_tokens::AgentTokens>,
     /// Metric series ids seen by this process (ingest's fast path).
     pub series_ids: crate::metrics::series_ids::SeriesIds,
-    /// The Servers page's launch choices as last read (see `db::servers::ChoicesCache`).
-    pub launch_choices: Arc<crate::db::servers::ChoicesCache>,
 }
+
+/// The name of the console's session cookie.
+pub const SESSION_COOKIE: &str = "kiln_session";
 
 /// True for the routes that answer in JSON and authenticate by token, not by session.
 pub fn is_api_path(path: &str) -> bool {

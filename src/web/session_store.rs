@@ -64,69 +64,18 @@ fn new_key() -> SessionKey {
     SessionKey::try_from(Secret::generate("").expose().to_owned()).expect("a 43-byte key is valid")
 }
 
-/// A read of this request's session started before the session middleware asks for it
-/// (`web::prefetch`, in the same statement as a page's own reads): the store's `load` takes
-/// it instead of reading again. What it read is the same statement's rows as [`sessions::load`]
-/// reads, so access is decided on the session exactly as without it.
-pub struct PrefetchedSession {
-    /// The session it reads (the key's hash): a request whose key differs reads its own.
-    pub id_hash: String,
-    /// The session as read (None: no live session), or nothing when the read failed or was
-    /// dropped: the store then reads the session itself.
-    pub read: tokio::sync::oneshot::Receiver<Option<sessions::SessionRead>>,
-}
-
-tokio::task_local! {
-    static PREFETCHED: std::cell::RefCell<Option<PrefetchedSession>>;
-}
-
-/// Runs `request` (the rest of the middleware chain) with `prefetched` for the store to take.
-pub async fn with_prefetched<F: std::future::Future>(
-    prefetched: PrefetchedSession,
-    request: F,
-) -> F::Output {
-    PREFETCHED
-        .scope(std::cell::RefCell::new(Some(prefetched)), request)
-        .await
-}
-
-/// The read started for this request's session, if one was.
-fn take_prefetched(
-    id_hash: &str,
-) -> Option<tokio::sync::oneshot::Receiver<Option<sessions::SessionRead>>> {
-    PREFETCHED
-        .try_with(|p| p.borrow_mut().take())
-        .ok()
-        .flatten()
-        .filter(|p| p.id_hash == id_hash)
-        .map(|p| p.read)
-}
-
 impl SessionStore for PgSessionStore {
     async fn load(
         &self,
         session_key: &SessionKey,
     ) -> Result<Option<HashMap<String, String>>, LoadError> {
-        let id_hash = key_hash(session_key);
-        let prefetched = match take_prefetched(&id_hash) {
-            Some(read) => read.await.ok(),
-            None => None,
-        };
-        let loaded = match prefetched {
-            Some(Some(read)) => sessions::loaded(&self.pool, &id_hash, self.idle_timeout_s, read)
-                .await
-                .map(Some),
-            Some(None) => Ok(None),
-            None => {
-                sessions::load(
-                    &self.pool,
-                    &id_hash,
-                    self.absolute_timeout_s,
-                    self.idle_timeout_s,
-                )
-                .await
-            }
-        }
+        let loaded = sessions::load(
+            &self.pool,
+            &key_hash(session_key),
+            self.absolute_timeout_s,
+            self.idle_timeout_s,
+        )
+        .await
         .map_err(|e| LoadError::Other(e.into()))?;
         let Some(loaded) = loaded else {
             return Ok(None);

@@ -172,18 +172,21 @@ async fn disabled_user_cannot_log_in_and_is_logged_out_everywhere() {
 
 #[tokio::test]
 async fn session_id_changes_at_login() {
+    // No session exists before a login (nothing is stored for a visitor), so the session a
+    // login could inherit is an earlier one of the same browser: logging in again.
     let app = spawn_app().await;
     let c = client();
-    let login_page = c.get(app.url("/login")).send().await.unwrap();
-    let before = session_cookie(&login_page).expect("the login page starts an anonymous session");
-    let token = csrf_from(&login_page.text().await.unwrap());
+    let first = app.login(&c, "admin", &app.admin_password).await;
+    let before = session_cookie(&first).expect("login sets a session cookie");
 
+    // Logged in, /login redirects: post the form with the session's own token.
+    let token = app.csrf(&c, "/account").await;
     let res = c
         .post(app.url("/login"))
         .form(&[
             ("csrf_token", token.as_str()),
             ("username", "admin"),
-            ("password", &app.admin_password),
+            ("password", app.admin_password.as_str()),
         ])
         .send()
         .await
@@ -191,7 +194,7 @@ async fn session_id_changes_at_login() {
 
     let after = session_cookie(&res).expect("login sets a new session cookie");
     assert_ne!(before, after);
-    // The pre-login id is dead: presenting it again is not logged in.
+    // The earlier id is dead: presenting it again is not logged in.
     let replay = client()
         .get(app.url("/"))
         .header("cookie", format!("kiln_session={before}"))
@@ -199,6 +202,88 @@ async fn session_id_changes_at_login() {
         .await
         .unwrap();
     assert_eq!(replay.status(), 303);
+}
+
+/// Visitors who have not logged in write nothing: the login form's CSRF token lives in a
+/// signed cookie, and a session row is created at login, not before.
+#[tokio::test]
+async fn anonymous_visitors_and_failed_logins_store_no_session() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.login_max_failures = 3;
+        s.login_slow_after = 1;
+        s.login_slowdown_ms = 5;
+    })
+    .await;
+    let sessions = "SELECT count(*) FROM sessions";
+    let before = app.count(sessions).await;
+
+    for _ in 0..50 {
+        let res = client().get(app.url("/login")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(session_cookie(&res).is_none(), "no session for a visitor");
+    }
+    let same = client();
+    for _ in 0..5 {
+        assert_eq!(app.get(&same, "/login").await.status(), 200);
+        assert_eq!(app.get(&same, "/servers").await.status(), 303);
+    }
+    let c = client();
+    for _ in 0..3 {
+        let res = app.login(&c, "admin", "wrong password!").await;
+        assert_eq!(res.status(), 401);
+        assert!(session_cookie(&res).is_none());
+    }
+    assert_eq!(app.count(sessions).await, before, "no row for visitors");
+
+    // Throttling still holds: the account is locked even for the right password.
+    let locked = app.login(&c, "admin", &app.admin_password).await;
+    assert_eq!(locked.status(), 429);
+    assert_eq!(app.count(sessions).await, before);
+
+    let other = app.create_user("dana", kiln::domain::Role::Viewer).await;
+    let res = app.login(&client(), "dana", &other).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(app.count(sessions).await, before + 1, "one row, at login");
+}
+
+/// The login form's token must match the signed cookie of the same browser.
+#[tokio::test]
+async fn the_login_form_needs_its_own_signed_cookie() {
+    let app = spawn_app().await;
+    let mallory = client();
+    let token = app.csrf(&mallory, "/login").await;
+    let form = [
+        ("csrf_token", token.as_str()),
+        ("username", "admin"),
+        ("password", app.admin_password.as_str()),
+    ];
+
+    // Another browser (no cookie) with mallory's token.
+    let res = client()
+        .post(app.url("/login"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // The token as a cookie, unsigned.
+    let res = client()
+        .post(app.url("/login"))
+        .header("cookie", format!("kiln_csrf={token}"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(res.text().await.unwrap().contains("did not come from Kiln"));
+    // Mallory's own browser, with its cookie: accepted.
+    let res = mallory
+        .post(app.url("/login"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
 }
 
 #[tokio::test]
@@ -245,15 +330,9 @@ async fn logout_destroys_the_session_server_side() {
 async fn session_cookie_is_httponly_and_samesite_lax() {
     let app = spawn_app().await;
 
-    let res = client().get(app.url("/login")).send().await.unwrap();
+    let res = app.login(&client(), "admin", &app.admin_password).await;
 
-    let header = res
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let header = set_cookie(&res, "kiln_session=");
     assert!(header.contains("HttpOnly"), "{header}");
     assert!(header.contains("SameSite=Lax"), "{header}");
     assert!(!header.contains("Secure"), "plain http: no Secure flag");
@@ -273,10 +352,9 @@ async fn sessions_end_after_the_idle_timeout() {
     assert_eq!(app.get(&c, "/").await.status(), 303);
 }
 
-/// The Servers and Images pages start their reads before the session is loaded
-/// (web::prefetch); an ended session must still see nothing of them.
+/// The catalogue pages (the biggest reads) show nothing to an ended session.
 #[tokio::test]
-async fn an_ended_session_sees_nothing_of_the_pages_whose_reads_start_early() {
+async fn an_ended_session_sees_nothing_of_the_catalogue_pages() {
     let app = spawn_app().await;
     let c = app.admin().await;
     let image: String = sqlx::query_scalar("SELECT id FROM images LIMIT 1")
@@ -405,8 +483,7 @@ async fn every_request_sees_the_user_as_the_database_has_it_now() {
         .await
         .unwrap();
     assert_eq!(app.get(&erin, "/users").await.status(), 403);
-    // The Servers page reads its session in the same statement as its own reads
-    // (web::prefetch): the same user, as the database has it now.
+    // The Servers page too: the same user, as the database has it now.
     let servers = app.get(&erin, "/servers").await;
     assert_eq!(servers.status(), 200);
     let page = servers.text().await.unwrap();
@@ -487,15 +564,36 @@ async fn session_cookie_is_secure_when_served_over_https() {
         crate::helpers::spawn_app_with(|s| s.public_url = Some("https://kiln.example.com".into()))
             .await;
 
-    let res = client().get(app.url("/login")).send().await.unwrap();
-
-    let header = res
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    // The login page's CSRF cookie, then the session's (Secure cookies are not sent back over
+    // the tests' plain http, so the login is posted with the cookie by hand).
+    let page = client().get(app.url("/login")).send().await.unwrap();
+    let csrf_cookie = set_cookie(&page, "kiln_csrf=");
+    assert!(csrf_cookie.contains("; Secure"), "{csrf_cookie}");
+    assert!(page.headers().contains_key("strict-transport-security"));
+    let token = crate::helpers::csrf_from(&page.text().await.unwrap());
+    let res = client()
+        .post(app.url("/login"))
+        .header("cookie", csrf_cookie.split(';').next().unwrap())
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("username", "admin"),
+            ("password", app.admin_password.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let header = set_cookie(&res, "kiln_session=");
     assert!(header.contains("; Secure"), "{header}");
-    assert!(res.headers().contains_key("strict-transport-security"));
+}
+
+/// The whole Set-Cookie header of the cookie whose pair starts with `prefix`.
+fn set_cookie(res: &reqwest::Response, prefix: &str) -> String {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} cookie was set"))
+        .to_owned()
 }

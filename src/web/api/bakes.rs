@@ -8,9 +8,12 @@ use crate::db::bakes::{BakeRow, StepRow};
 use crate::web::AppState;
 use crate::web::error::AppError;
 
+/// A body of `what` (a JSON object), read strictly (see `web::json`).
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, AppError> {
-    serde_json::from_slice(body)
-        .map_err(|e| AppError::BadRequest(format!("The body must be {what}: {e}")))
+    crate::web::json::parse(body, crate::web::json::Unknown::Refuse).map_err(|e| match e {
+        AppError::BadRequest(m) => AppError::BadRequest(format!("{m} (The body is {what}.)")),
+        other => other,
+    })
 }
 
 pub async fn list_recipes(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {

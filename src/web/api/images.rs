@@ -73,7 +73,7 @@ pub async fn add(
     req: HttpRequest,
     principal: Principal,
     state: web::Data<AppState>,
-    body: web::Json<AddImage>,
+    body: crate::web::json::Strict<AddImage>,
 ) -> Result<HttpResponse, AppError> {
     let ip = crate::web::pages::source_ip(&req);
     let row = crate::fleet::images::add(&state.pool, &state.cloud, &principal, ip, &body).await?;

@@ -181,7 +181,7 @@ pub async fn enqueue(
     req: HttpRequest,
     principal: Principal,
     state: web::Data<AppState>,
-    body: web::Json<Enqueue>,
+    body: crate::web::json::Strict<Enqueue>,
 ) -> Result<HttpResponse, AppError> {
     let job = crate::jobs::enqueue(
         &state.pool,

@@ -58,16 +58,10 @@ impl From<RolloutRow> for RolloutJson {
     }
 }
 
-/// The optional settings body: empty means every default; anything else must be a JSON object.
+/// The optional settings body: empty means every default; anything else must be a JSON
+/// object of `batch_size`, `min_healthy_percent`, `health_timeout_s`, `drain_timeout_s`.
 fn settings_body(body: &[u8]) -> Result<RolloutInput, AppError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(RolloutInput::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        AppError::BadRequest(format!(
-            "The body must be a JSON object with batch_size, min_healthy_percent, health_timeout_s or drain_timeout_s: {e}"
-        ))
-    })
+    crate::web::json::parse_optional(body)
 }
 
 async fn start(

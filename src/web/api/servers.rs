@@ -66,7 +66,7 @@ pub async fn launch(
     req: HttpRequest,
     principal: Principal,
     state: web::Data<AppState>,
-    body: web::Json<Launch>,
+    body: crate::web::json::Strict<Launch>,
 ) -> Result<HttpResponse, AppError> {
     let ip = crate::web::pages::source_ip(&req);
     let launch = crate::fleet::servers::launch(
@@ -94,8 +94,9 @@ pub async fn show_launch(
     Ok(HttpResponse::Ok().json(launch_json(&state, launch).await?))
 }
 
+/// An action's optional body: `{"force": true}` makes a terminate skip the drain.
 #[derive(Default, serde::Deserialize)]
-pub struct TerminateBody {
+pub struct ActBody {
     #[serde(default)]
     force: bool,
 }
@@ -107,14 +108,20 @@ pub async fn act(
     principal: Principal,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    body: Option<web::Json<TerminateBody>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     use crate::fleet::servers::{Action, Effect};
     let (id, verb) = path.into_inner();
+    let body: ActBody = crate::web::json::parse_optional(&body)?;
     let action = match verb.as_str() {
+        "disable" | "enable" if body.force => {
+            return Err(AppError::BadRequest(format!(
+                "force: only a terminate can be forced, not {verb}."
+            )));
+        }
         "disable" => Action::Disable,
         "enable" => Action::Enable,
-        "terminate" if body.as_ref().is_some_and(|b| b.force) => Action::ForceTerminate,
+        "terminate" if body.force => Action::ForceTerminate,
         "terminate" => Action::Terminate,
         other => {
             return Err(AppError::NotFound(format!(

@@ -2,7 +2,6 @@
 //! page, and adding an image.
 
 use actix_session::Session;
-use actix_web::dev::ServiceRequest;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
@@ -110,11 +109,11 @@ pub struct ImagesData {
     active: Option<crate::db::rollouts::RolloutRow>,
 }
 
-/// The page's reads (owned arguments: [`prefetch`] runs this in a task of its own).
-async fn fetch(pool: sqlx::PgPool, whole_page: bool) -> Result<ImagesData, AppError> {
-    let (images, active) = tokio::try_join!(catalogue(&pool), async {
+/// The page's reads.
+async fn fetch(pool: &sqlx::PgPool, whole_page: bool) -> Result<ImagesData, AppError> {
+    let (images, active) = tokio::try_join!(catalogue(pool), async {
         if whole_page {
-            Ok(crate::db::rollouts::active(&pool).await?)
+            Ok(crate::db::rollouts::active(pool).await?)
         } else {
             Ok(None)
         }
@@ -127,21 +126,6 @@ fn whole_page(req: &HttpRequest, query: &RowsQuery) -> bool {
     !(query.rows && is_htmx(req))
 }
 
-/// Starts the page's reads while the session loads (see `web::prefetch`); the session reads
-/// itself.
-pub fn prefetch(
-    req: &ServiceRequest,
-    state: web::Data<AppState>,
-    _session_key: &str,
-) -> Option<crate::web::session_store::PrefetchedSession> {
-    let query = web::Query::<RowsQuery>::from_query(req.query_string()).ok()?;
-    crate::web::prefetch::spawn(
-        req,
-        fetch(state.pool.clone(), whole_page(req.request(), &query)),
-    );
-    None
-}
-
 async fn render(
     layout: Layout,
     state: &AppState,
@@ -149,7 +133,7 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let data = fetch(state.pool.clone(), true).await?;
+    let data = fetch(&state.pool, true).await?;
     render_read(layout, state, data, form, error, status)
 }
 
@@ -192,7 +176,7 @@ pub async fn list(
     query: web::Query<RowsQuery>,
 ) -> Result<HttpResponse, AppError> {
     let whole = whole_page(&req, &query);
-    let data = crate::web::prefetch::read(&req, fetch(state.pool.clone(), whole)).await?;
+    let data = fetch(&state.pool, whole).await?;
     if !whole {
         // The live refresh of the table while an image is pending.
         let images = data.images;

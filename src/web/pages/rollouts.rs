@@ -277,15 +277,48 @@ fn action_state(action: Control) -> &'static str {
     }
 }
 
+/// The release dialog's settings as typed: strings, blank for the default.
+#[derive(serde::Deserialize)]
+pub struct RolloutForm {
+    #[serde(default)]
+    batch_size: String,
+    #[serde(default)]
+    min_healthy_percent: String,
+    #[serde(default)]
+    health_timeout_s: String,
+    #[serde(default)]
+    drain_timeout_s: String,
+}
+
+impl RolloutForm {
+    fn parse(&self) -> Result<RolloutInput, AppError> {
+        fn number(value: &str, name: &str) -> Result<Option<i64>, AppError> {
+            match value.trim() {
+                "" => Ok(None),
+                n => n.parse().map(Some).map_err(|_| {
+                    AppError::BadRequest(format!("{name} must be a whole number, not {n:?}."))
+                }),
+            }
+        }
+        Ok(RolloutInput {
+            batch_size: number(&self.batch_size, "batch_size")?,
+            min_healthy_percent: number(&self.min_healthy_percent, "min_healthy_percent")?,
+            health_timeout_s: number(&self.health_timeout_s, "health_timeout_s")?,
+            drain_timeout_s: number(&self.drain_timeout_s, "drain_timeout_s")?,
+        })
+    }
+}
+
 async fn start(
     req: HttpRequest,
     principal: Principal,
     session: Session,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    form: web::Form<RolloutInput>,
+    form: web::Form<RolloutForm>,
     kind: Kind,
 ) -> Result<HttpResponse, AppError> {
+    let input = form.parse()?;
     let (row, created) = crate::rollouts::start(
         &state.pool,
         &state.settings,
@@ -293,7 +326,7 @@ async fn start(
         source_ip(&req),
         id.as_str(),
         kind,
-        &form,
+        &input,
     )
     .await?;
     flash(
@@ -325,7 +358,7 @@ pub async fn release(
     session: Session,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    form: web::Form<RolloutInput>,
+    form: web::Form<RolloutForm>,
 ) -> Result<HttpResponse, AppError> {
     start(req, principal, session, state, id, form, Kind::Release).await
 }
@@ -337,7 +370,7 @@ pub async fn rollback(
     session: Session,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    form: web::Form<RolloutInput>,
+    form: web::Form<RolloutForm>,
 ) -> Result<HttpResponse, AppError> {
     start(req, principal, session, state, id, form, Kind::Rollback).await
 }

@@ -1,23 +1,20 @@
 //! The Servers page (filters, counts per state, keyset pagination, the launch form, live
 //! refresh while anything is in motion) and a server's own page.
 
-use std::sync::Arc;
-
 use actix_session::Session;
-use actix_web::dev::ServiceRequest;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
 use super::{is_htmx, see_other, source_ip};
 use crate::auth::Principal;
-use crate::db::servers::{ChoicesCache, LaunchRow, ServerQuery, ServerRef};
+use crate::db::servers::{LaunchRow, ServerQuery, ServerRow};
+use crate::domain::{ServerMode, ServerPurpose, ServerState};
 use crate::fleet::servers::Launch;
 use crate::web::AppState;
 use crate::web::error::AppError;
 use crate::web::layout::{Layout, flash};
 use crate::web::pages::audit::EventView;
-use crate::web::session_store::PrefetchedSession;
 use crate::web::view::{When, when, when_opt};
 
 const PAGE: i64 = 100;
@@ -36,9 +33,9 @@ pub struct ServerView<'r> {
     pub image_id: &'r str,
     pub image_version: &'r str,
     pub instance_type: &'r str,
-    pub state: &'r str,
-    pub mode: &'r str,
-    pub purpose: &'r str,
+    pub state: ServerState,
+    pub mode: ServerMode,
+    pub purpose: ServerPurpose,
     pub adopted: bool,
     pub launched_by: &'r str,
     pub launched: When,
@@ -47,28 +44,27 @@ pub struct ServerView<'r> {
 }
 
 impl ServerView<'_> {
-    /// SPEC.md's words: a disabled server still running jobs is *draining*.
-    pub fn mode_label(&self) -> &str {
-        if self.mode == "disabled" && self.running_jobs > 0 {
-            "draining"
-        } else {
-            self.mode
+    /// A disabled server still running jobs is *draining*.
+    pub fn mode_label(&self) -> &'static str {
+        match self.mode {
+            ServerMode::Disabled if self.running_jobs > 0 => "draining",
+            ServerMode::Disabled | ServerMode::Enabled => self.mode.as_str(),
         }
     }
 }
 
-impl<'r> From<ServerRef<'r>> for ServerView<'r> {
-    fn from(r: ServerRef<'r>) -> Self {
+impl<'r> From<&'r ServerRow> for ServerView<'r> {
+    fn from(r: &'r ServerRow) -> Self {
         Self {
-            id: r.id,
-            image_id: r.image_id,
-            image_version: r.image_version.unwrap_or_default(),
-            instance_type: r.instance_type,
+            id: &r.id,
+            image_id: &r.image_id,
+            image_version: r.image_version.as_deref().unwrap_or_default(),
+            instance_type: &r.instance_type,
             state: r.state,
             mode: r.mode,
             purpose: r.purpose,
             adopted: r.adopted,
-            launched_by: r.launched_by,
+            launched_by: &r.launched_by,
             launched: when(r.launched_at),
             last_seen: when_opt(r.last_seen_at),
             running_jobs: r.running_jobs,
@@ -97,6 +93,35 @@ impl From<LaunchRow> for LaunchView {
             requested_by: l.requested_by,
             created: when(l.created_at),
         }
+    }
+}
+
+/// The launch form as typed: every field a string (a blank count means one server).
+#[derive(serde::Deserialize)]
+pub struct LaunchForm {
+    #[serde(default)]
+    image_id: String,
+    #[serde(default)]
+    count: String,
+    #[serde(default)]
+    instance_type: String,
+}
+
+impl LaunchForm {
+    fn parse(&self) -> Result<Launch, crate::error::Error> {
+        let count = match self.count.trim() {
+            "" => 1,
+            n => n.parse::<u32>().map_err(|_| {
+                crate::error::Error::invalid(
+                    "The count must be a whole number of servers, 1 or more.",
+                )
+            })?,
+        };
+        Ok(Launch {
+            image_id: self.image_id.clone(),
+            count,
+            instance_type: Some(self.instance_type.clone()),
+        })
     }
 }
 
@@ -197,21 +222,19 @@ async fn live_oob(
 /// and everything around them.
 pub struct ServersData {
     context: crate::db::servers::PageContext,
-    /// As sent: the page borrows their text ([`ServerRef`]).
-    rows: Vec<sqlx::postgres::PgRow>,
+    rows: Vec<ServerRow>,
 }
 
 /// The page's reads; the launch form's choices only when asked for (the live refresh shows
-/// no form). Owned arguments: [`prefetch`] runs this in a task of its own.
-async fn fetch(
-    pool: sqlx::PgPool,
-    query: ServerQuery,
-    after: Option<String>,
-    choices: Option<Arc<ChoicesCache>>,
-    session: Option<SessionRequest>,
+/// no form).
+async fn reads(
+    state: &AppState,
+    filters: &Filters,
+    with_choices: bool,
 ) -> Result<ServersData, AppError> {
-    let after = match after.as_deref().filter(|s| !s.is_empty()) {
-        Some(id) => crate::db::servers::find(&pool, id)
+    let pool = &state.pool;
+    let after = match filters.after.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => crate::db::servers::find(pool, id)
             .await?
             .map(|s| (s.launched_at, s.id)),
         None => None,
@@ -222,52 +245,12 @@ async fn fetch(
     // launches were: its servers are missing and nothing is in flight any more), so one that
     // ended in the last 10 s keeps the page refreshing (`recently_busy`); the next refresh,
     // two seconds later, reads after the end.
-    let context = async {
-        let to_read = session.as_ref().map(|s| &s.session);
-        let (context, read) =
-            crate::db::servers::page_context(&pool, choices.as_deref(), to_read).await?;
-        // At once: the session middleware is waiting for it. (Dropped unsent on an error,
-        // and the store reads the session itself.)
-        if let Some(s) = session {
-            let _ = s.reply.send(read);
-        }
-        Ok::<_, sqlx::Error>(context)
-    };
+    let query = filters.query();
     let (context, rows) = tokio::try_join!(
-        context,
-        crate::db::servers::list_rows(&pool, &query, after, PAGE + 1),
+        crate::db::servers::page_context(pool, with_choices),
+        crate::db::servers::list(pool, &query, after, PAGE + 1),
     )?;
     Ok(ServersData { context, rows })
-}
-
-/// The session a prefetch reads along with the page's context, and where the read goes.
-struct SessionRequest {
-    session: crate::db::servers::SessionToRead,
-    reply: tokio::sync::oneshot::Sender<Option<crate::db::sessions::SessionRead>>,
-}
-
-/// [`fetch`] for these filters, owning what it needs (a `'static` future).
-fn reads(
-    state: &AppState,
-    filters: &Filters,
-    with_choices: bool,
-) -> impl std::future::Future<Output = Result<ServersData, AppError>> + Send + 'static {
-    reads_with_session(state, filters, with_choices, None)
-}
-
-fn reads_with_session(
-    state: &AppState,
-    filters: &Filters,
-    with_choices: bool,
-    session: Option<SessionRequest>,
-) -> impl std::future::Future<Output = Result<ServersData, AppError>> + Send + 'static {
-    fetch(
-        state.pool.clone(),
-        filters.query(),
-        filters.after.clone(),
-        with_choices.then(|| state.launch_choices.clone()),
-        session,
-    )
 }
 
 /// Whether a GET of the page shows the launch form (a full page) or only its live part.
@@ -275,50 +258,21 @@ fn wants_choices(req: &HttpRequest, filters: &Filters) -> bool {
     !(filters.live && is_htmx(req))
 }
 
-/// Starts the page's reads before the session loads, the session's own read in the same
-/// statement as the page's context (see `web::prefetch`).
-pub fn prefetch(
-    req: &ServiceRequest,
-    state: web::Data<AppState>,
-    session_key: &str,
-) -> Option<PrefetchedSession> {
-    let filters = web::Query::<Filters>::from_query(req.query_string()).ok()?;
-    let with_choices = wants_choices(req.request(), &filters);
-    let (reply, read) = tokio::sync::oneshot::channel();
-    let id_hash = crate::auth::token::hash(session_key);
-    let session = SessionRequest {
-        session: crate::db::servers::SessionToRead {
-            id_hash: id_hash.clone(),
-            absolute_s: state.settings.session_absolute_timeout,
-            idle_s: state.settings.session_idle_timeout,
-        },
-        reply,
-    };
-    crate::web::prefetch::spawn(
-        req,
-        reads_with_session(&state, &filters, with_choices, Some(session)),
-    );
-    Some(PrefetchedSession { id_hash, read })
-}
-
 /// The page's live part and the launch form's choices (id, name, version, current), from
 /// what was read.
 fn assemble<'r>(
     context: crate::db::servers::PageContext,
-    rows: &'r [sqlx::postgres::PgRow],
+    rows: &'r [ServerRow],
     layout: &Layout,
     filters: &Filters,
-) -> Result<(ServersLive<'r>, Arc<Vec<crate::db::servers::Choice>>), AppError> {
+) -> Result<(ServersLive<'r>, Vec<crate::db::servers::Choice>), AppError> {
     let crate::db::servers::PageContext {
         counts: by_state,
         launches,
         recently_busy,
         choices,
     } = context;
-    let mut servers = rows
-        .iter()
-        .map(|row| ServerRef::decode(row).map(ServerView::from))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut servers: Vec<ServerView<'r>> = rows.iter().map(ServerView::from).collect();
     let next = if servers.len() as i64 > PAGE {
         servers.truncate(PAGE as usize);
         servers.last().map(|s| s.id.to_owned())
@@ -340,9 +294,10 @@ fn assemble<'r>(
     // Terminations in flight keep the page refreshing until the servers are gone.
     let busy = recently_busy
         || launches.iter().any(|l| l.state.is_unsettled())
-        || servers
-            .iter()
-            .any(|s| matches!(s.state, "pending" | "stopping" | "shutting-down"));
+        || servers.iter().any(|s| match s.state {
+            ServerState::Pending | ServerState::Stopping | ServerState::ShuttingDown => true,
+            ServerState::Running | ServerState::Stopped | ServerState::Terminated => false,
+        });
     let live = ServersLive {
         can_act: layout.can_act(),
         csrf: layout.csrf.clone(),
@@ -421,7 +376,7 @@ pub async fn list(
 ) -> Result<HttpResponse, AppError> {
     let filters = filters.into_inner();
     let with_choices = wants_choices(&req, &filters);
-    let data = crate::web::prefetch::read(&req, reads(&state, &filters, with_choices)).await?;
+    let data = reads(&state, &filters, with_choices).await?;
     if !with_choices {
         let ServersData { context, rows } = data;
         let live = assemble(context, &rows, &layout, &filters)?.0;
@@ -436,19 +391,24 @@ pub async fn launch(
     principal: Principal,
     session: Session,
     state: web::Data<AppState>,
-    form: web::Form<Launch>,
+    form: web::Form<LaunchForm>,
 ) -> Result<HttpResponse, AppError> {
     let ip = source_ip(&req);
-    match crate::fleet::servers::launch(
-        &state.pool,
-        &state.cloud,
-        &state.settings,
-        &principal,
-        ip,
-        &form,
-    )
-    .await
-    {
+    let launched = match form.parse() {
+        Ok(launch) => {
+            crate::fleet::servers::launch(
+                &state.pool,
+                &state.cloud,
+                &state.settings,
+                &principal,
+                ip,
+                &launch,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match launched {
         Ok(launch) => {
             flash(
                 &session,
@@ -576,7 +536,7 @@ pub async fn show(
     super::html(
         &ServerPage {
             layout,
-            server: ServerView::from(row.as_ref()),
+            server: ServerView::from(&row),
             launch_id,
             agent: agent.map(AgentView::from),
             jobs: jobs.into_iter().map(Into::into).collect(),
@@ -722,4 +682,31 @@ fn back_to(req: &HttpRequest, default: &str) -> String {
             None => u.path().to_owned(),
         })
         .unwrap_or_else(|| default.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LaunchForm;
+
+    fn count(typed: &str) -> Result<u32, String> {
+        LaunchForm {
+            image_id: "ami-1".into(),
+            count: typed.into(),
+            instance_type: String::new(),
+        }
+        .parse()
+        .map(|l| l.count)
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_forms_count_is_a_whole_number_or_blank() {
+        assert_eq!(count(""), Ok(1));
+        assert_eq!(count(" 4 "), Ok(4));
+        for bad in ["many", "-2", "1.5", "[1]"] {
+            assert!(count(bad).unwrap_err().contains("whole number"), "{bad}");
+        }
+        // Zero parses; the launch itself refuses it ("count: launch at least one server.").
+        assert_eq!(count("0"), Ok(0));
+    }
 }

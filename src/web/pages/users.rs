@@ -302,7 +302,7 @@ async fn set_disabled(
         let row = crate::db::users::find(&state.pool, id)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("There is no user with id {id}.")))?;
-        let csrf = crate::web::access::csrf_token(&session);
+        let csrf = crate::web::access::csrf_token(&req);
         let row = UserRowPartial {
             csrf,
             user: UserView::new(row, principal.user_id),
