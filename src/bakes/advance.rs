@@ -391,7 +391,7 @@ async fn wait_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
     }
     let next = match state {
         Some(ImageState::Available) => {
-            crate::db::images::set_state(&mut *tx, &image_id, "available", "").await?;
+            crate::db::images::set_state(&mut *tx, &image_id, ImageState::Available, "").await?;
             crate::db::bakes::close_step(
                 &mut tx,
                 bake.id,
@@ -489,7 +489,7 @@ async fn clean_up(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
         crate::db::images::set_state(
             &mut *tx,
             id,
-            "failed",
+            ImageState::Failed,
             &format!("bake {} {}", bake.id, bake.state),
         )
         .await?;
@@ -503,7 +503,7 @@ async fn clean_up(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
         crate::db::images::set_state(
             env.pool,
             id,
-            "deregistered",
+            ImageState::Deregistered,
             &format!("bake {} {}", bake.id, bake.state),
         )
         .await?;

@@ -75,9 +75,9 @@ pub async fn find(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Option<Imag
 
 /// Newest first.
 ///
-/// The limit is written into the statement: bound as `LIMIT $1`, PostgreSQL planned the
-/// statement again on every execution (its generic plan never wins), ~1 ms of the Images
-/// page. It is a number, and in practice one of two (the page's, the API's default).
+/// The limit is written into the statement: bound as `LIMIT $1`, PostgreSQL re-plans the
+/// statement on every execution (its generic plan never wins). It is a number, and in
+/// practice one of two (the page's, the API's default).
 pub async fn list(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<ImageRow>> {
     let sql = format!(
         "{} ORDER BY i.created_at DESC, i.id DESC LIMIT {limit}",
@@ -127,9 +127,8 @@ pub struct CatalogueMarks {
 /// The Images page's rows, newest first, without the marks ([`catalogue_marks`]).
 ///
 /// The page lists every image (1,000 on a big catalogue). Joined with the server counts and
-/// the release history in one statement, PostgreSQL spent twice as long as on the rows alone
-/// (hashing both sides, then sorting wider rows: pgbench 1.9 ms vs 0.9 ms for 1,000 images);
-/// the marks are a few hundred small values, joined in the page instead.
+/// the release history in one statement, PostgreSQL hashes both sides and then sorts wider
+/// rows; the marks are a few hundred small values, joined in the page instead.
 pub async fn catalogue(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<CatalogueRow>> {
     // The limit is written in, as in [`list`].
     let sql = format!(
@@ -162,8 +161,8 @@ pub async fn catalogue_marks(db: impl PgExecutor<'_>) -> sqlx::Result<CatalogueM
 /// then newest first.
 ///
 /// The current image, then the 25 newest available images but the current one, glued with
-/// `UNION ALL`: the same rows as a `UNION` of the two, without PostgreSQL hashing them to
-/// drop the duplicate (a third less of the statement's time, measured with pgbench).
+/// `UNION ALL`: the same rows as a `UNION` of the two (the current image is left out of the
+/// second part), without PostgreSQL hashing them to drop a duplicate that cannot occur.
 pub const LAUNCHABLE_CHOICES: &str = "
     SELECT i.id, i.name, i.version, TRUE AS current, i.created_at FROM images i
     WHERE i.id = (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1) AND i.state = 'available'
@@ -190,7 +189,7 @@ pub async fn launchable(
 pub async fn set_state(
     db: impl PgExecutor<'_>,
     id: &str,
-    state: &str,
+    state: crate::domain::ImageState,
     reason: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -210,7 +209,7 @@ pub async fn current_id(db: impl PgExecutor<'_>) -> sqlx::Result<Option<String>>
         .await
 }
 
-/// Makes `id` current when no image is (SPEC: the first image that becomes available is made
+/// Makes `id` current when no image is (the first image that becomes available is made
 /// current, a first release with nothing to replace). Serialised by an advisory lock.
 pub async fn make_first_current(conn: &mut PgConnection, id: &str, by: &str) -> sqlx::Result<bool> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.releases'))")

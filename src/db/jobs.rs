@@ -1,6 +1,6 @@
 //! The work queue: jobs, their attempts and their output.
 //!
-//! The rules (see SPEC.md's Words): only a job's newest attempt counts; an attempt cut short
+//! The rules (see the glossary in ARCHITECTURE.md): only a job's newest attempt counts; an attempt cut short
 //! by Kiln or by a dead server is `lost` and the job goes back to `queued` without using up
 //! its `retries`, until it has been lost [`MAX_LOSSES`] times; a failed attempt is retried
 //! while `failures <= retries`. Every change that makes a job claimable notifies
@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
+
+use crate::domain::{AttemptState, JobState};
 
 /// The NOTIFY channel for "a job became claimable"; the payload is how many.
 pub const CHANNEL: &str = "kiln_jobs";
@@ -26,7 +28,7 @@ pub struct JobRow {
     pub labels: Json<Labels>,
     pub timeout_s: i32,
     pub retries: i32,
-    pub state: String,
+    pub state: JobState,
     pub pinned_server_id: Option<String>,
     pub attempt: i32,
     pub server_id: Option<String>,
@@ -55,7 +57,7 @@ macro_rules! select_jobs {
 pub struct AttemptRow {
     pub n: i32,
     pub server_id: String,
-    pub state: String,
+    pub state: AttemptState,
     pub started_at: OffsetDateTime,
     pub finished_at: Option<OffsetDateTime>,
     pub exit_code: Option<i32>,
@@ -383,7 +385,7 @@ async fn check_attempt(
     attempt: i32,
     server_id: &str,
 ) -> sqlx::Result<AttemptCheck> {
-    let row: Option<(String, String)> =
+    let row: Option<(String, AttemptState)> =
         sqlx::query_as("SELECT server_id, state FROM job_attempts WHERE job_id = $1 AND n = $2")
             .bind(job.id)
             .bind(attempt)
@@ -392,14 +394,18 @@ async fn check_attempt(
     Ok(match row {
         None => AttemptCheck::UnknownAttempt,
         Some((server, _)) if server != server_id => AttemptCheck::NotYours,
-        Some((_, state)) if state == "succeeded" || state == "failed" => {
-            AttemptCheck::AlreadyFinished(state)
+        Some((_, state @ (AttemptState::Succeeded | AttemptState::Failed))) => {
+            AttemptCheck::AlreadyFinished(state.to_string())
         }
-        Some((_, state)) if state != "running" => AttemptCheck::Superseded(state),
-        Some(_) if job.attempt != attempt || job.state != "running" => {
-            AttemptCheck::Superseded(job.state.clone())
+        Some((_, state @ (AttemptState::Lost | AttemptState::Cancelled))) => {
+            AttemptCheck::Superseded(state.to_string())
         }
-        Some(_) => AttemptCheck::Current,
+        Some((_, AttemptState::Running))
+            if job.attempt != attempt || job.state != JobState::Running =>
+        {
+            AttemptCheck::Superseded(job.state.to_string())
+        }
+        Some((_, AttemptState::Running)) => AttemptCheck::Current,
     })
 }
 
@@ -516,11 +522,11 @@ pub async fn finish(
 /// Cancels a queued or running job (a running attempt is recorded `cancelled`; its agent
 /// learns at its next heartbeat and stops it). Returns the job's previous state, or None
 /// when there is no such job.
-pub async fn cancel(conn: &mut PgConnection, job_id: i64) -> sqlx::Result<Option<String>> {
+pub async fn cancel(conn: &mut PgConnection, job_id: i64) -> sqlx::Result<Option<JobState>> {
     let Some(job) = find_for_update(conn, job_id).await? else {
         return Ok(None);
     };
-    if job.state == "queued" || job.state == "running" {
+    if !job.state.is_finished() {
         sqlx::query(
             "UPDATE job_attempts SET state = 'cancelled', finished_at = now(), reason = 'cancelled'
              WHERE job_id = $1 AND n = $2 AND state = 'running'",
@@ -543,11 +549,11 @@ pub async fn cancel(conn: &mut PgConnection, job_id: i64) -> sqlx::Result<Option
 
 /// Puts a failed or cancelled job back in the queue for a new attempt, with its retry and
 /// loss budgets afresh. Returns the previous state (None: no such job).
-pub async fn retry(conn: &mut PgConnection, job_id: i64) -> sqlx::Result<Option<String>> {
+pub async fn retry(conn: &mut PgConnection, job_id: i64) -> sqlx::Result<Option<JobState>> {
     let Some(job) = find_for_update(conn, job_id).await? else {
         return Ok(None);
     };
-    if job.state == "failed" || job.state == "cancelled" {
+    if matches!(job.state, JobState::Failed | JobState::Cancelled) {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', failures = 0, losses = 0, exit_code = NULL, reason = '',
                  finished_at = NULL, updated_at = now()

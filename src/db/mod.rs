@@ -59,11 +59,10 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
 
 /// A pool for one HTTP worker thread, to the same database as `pool`, connecting on first
 /// use. An actix worker runs its own single-threaded runtime, and a socket belongs to the
-/// runtime that opened it: a connection of the shared pool, opened on another thread, had
-/// every reply noticed by that thread's reactor and handed over to the worker (two wake-ups
-/// per statement; the Servers page took 1.27–1.39 ms at p50 with the shared pool, about 1.0
-/// ms with its worker's). Opened lazily by the worker's own requests, its connections are
-/// the worker's.
+/// runtime that opened it: a connection of the shared pool, opened on another thread, has
+/// every reply noticed by that thread's reactor and handed over to the worker (two thread
+/// wake-ups per statement). Opened lazily by the worker's own requests, its connections are
+/// the worker's. (Figures: docs/performance.md.)
 pub fn worker_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     pool_options(max_connections).connect_lazy_with((*pool.connect_options()).clone())
 }
@@ -72,8 +71,8 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        // sqlx pings every connection before lending it out: one more round trip per
-        // statement (a console page of eight statements paid eight). A connection that
+        // sqlx pings every connection before lending it out: one more round trip for every
+        // statement a page runs. A connection that
         // answered within the last few seconds is taken as alive; one idle for longer (the
         // server or the network may have dropped it meanwhile) is still pinged, and on a
         // failed ping closed and replaced before the caller sees it.

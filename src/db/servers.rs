@@ -56,11 +56,11 @@ macro_rules! select_servers {
 /// Newest first, keyset-paginated: `after` is the (launched_at, id) of the previous page's
 /// last row. Terminated servers are listed only when asked for by state.
 ///
-/// Only the filters in use go into the statement. With `($1 IS NULL OR …)` for every filter,
-/// PostgreSQL planned the statement again on each execution (its generic plan looks dearer
-/// on paper): 0.3–0.5 ms of a statement that runs in well under 1 ms (the limit likewise). Each combination of
-/// filters is its own prepared statement (at most 2^5, inside sqlx's statement cache), and
-/// nothing the user typed is ever part of the SQL text: values are bound.
+/// Only the filters in use go into the statement: with `($1 IS NULL OR …)` for every filter,
+/// PostgreSQL re-plans the statement on each execution (its generic plan looks dearer on
+/// paper; figures in docs/performance.md). Each combination of filters is its own prepared
+/// statement (at most 2^5, inside sqlx's statement cache), and nothing the user typed is ever
+/// part of the SQL text: values are bound.
 pub async fn list(
     db: impl PgExecutor<'_>,
     q: &ServerQuery,

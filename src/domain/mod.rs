@@ -14,8 +14,8 @@ pub use next::Next;
 pub use password::Password;
 pub use role::Role;
 pub use states::{
-    BakeState, BakeStep, ImageState, LaunchState, RolloutKind, RolloutRole, RolloutServerState,
-    RolloutState, ServerMode, ServerPurpose, ServerState,
+    AttemptState, BakeState, BakeStep, ImageState, JobState, LaunchState, RolloutKind, RolloutRole,
+    RolloutServerState, RolloutState, ServerMode, ServerPurpose, ServerState,
 };
 
 /// Input that failed validation; the message is shown to the user as it is.

@@ -263,6 +263,39 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// A job in the work queue (`jobs.state`).
+    pub enum JobState ("job state") {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+impl JobState {
+    /// Succeeded, failed or cancelled: it will not run again unless retried by a user.
+    pub fn is_finished(self) -> bool {
+        match self {
+            JobState::Queued | JobState::Running => false,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled => true,
+        }
+    }
+}
+
+text_enum! {
+    /// One try of a job on one server (`job_attempts.state`).
+    pub enum AttemptState ("attempt state") {
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// Cut short (lease expired, server gone, agent restarted): the job is requeued.
+        Lost = "lost",
+        Cancelled = "cancelled",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -225,7 +225,13 @@ pub async fn mark_deregistered(
     reason: &str,
     event: AuditEvent,
 ) -> sqlx::Result<()> {
-    crate::db::images::set_state(&mut *conn, id, "deregistered", reason).await?;
+    crate::db::images::set_state(
+        &mut *conn,
+        id,
+        crate::domain::ImageState::Deregistered,
+        reason,
+    )
+    .await?;
     crate::tasks::enqueue(
         conn,
         &crate::tasks::deregister_image::DeregisterImage {

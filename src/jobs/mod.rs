@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use crate::auth::Principal;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::jobs::{JobRow, Labels, NewJob};
+use crate::domain::JobState;
 use crate::error::Error;
 
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -145,10 +146,10 @@ pub async fn cancel(
     let before = crate::db::jobs::cancel(&mut tx, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("There is no job {id}.")))?;
-    let change = match before.as_str() {
-        "queued" | "running" => Change::Done,
-        "cancelled" => Change::AlreadySo,
-        other => {
+    let change = match before {
+        JobState::Queued | JobState::Running => Change::Done,
+        JobState::Cancelled => Change::AlreadySo,
+        other @ (JobState::Succeeded | JobState::Failed) => {
             return Err(Error::Conflict(format!(
                 "Job {id} has already {other}; there is nothing to cancel."
             )));
@@ -179,7 +180,7 @@ pub async fn retry(
     let before = crate::db::jobs::retry(&mut tx, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("There is no job {id}.")))?;
-    if before != "failed" && before != "cancelled" {
+    if !matches!(before, JobState::Failed | JobState::Cancelled) {
         return Err(Error::Conflict(format!(
             "Job {id} is {before}; only a failed or cancelled job can be retried."
         )));

@@ -1,4 +1,4 @@
-//! The console's own figures, recorded as ordinary metrics every sample interval (SPEC.md's
+//! The console's own figures, recorded as ordinary metrics every sample interval (the product's
 //! internal metrics): `kiln.jobs.queued` / `.running` (gauges), `kiln.jobs.succeeded` /
 //! `.failed` (counters), `kiln.job.duration` (jobs finished since the last sample, as one
 //! aggregate), `kiln.servers` (source `state:image`), each agent's `system.cpu`, `system.mem`,

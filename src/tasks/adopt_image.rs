@@ -44,13 +44,13 @@ impl Task for AdoptImage {
             Ok(None) => {
                 self.finish(
                     ctx,
-                    "failed",
+                    ImageState::Failed,
                     &format!("The provider has no image {}.", image.id),
                 )
                 .await
             }
             Ok(Some(found)) => match found.state {
-                ImageState::Available => self.finish(ctx, "available", "").await,
+                ImageState::Available => self.finish(ctx, ImageState::Available, "").await,
                 ImageState::Pending => Err(TaskError::Retryable(anyhow::anyhow!(
                     "image {} is still pending at the provider",
                     image.id
@@ -58,7 +58,7 @@ impl Task for AdoptImage {
                 other => {
                     self.finish(
                         ctx,
-                        "failed",
+                        ImageState::Failed,
                         &format!("The provider reports the image {}.", other.as_str()),
                     )
                     .await
@@ -74,20 +74,25 @@ impl AdoptImage {
         if retryable {
             Err(TaskError::Retryable(anyhow::anyhow!("{message}")))
         } else {
-            self.finish(ctx, "failed", message).await
+            self.finish(ctx, ImageState::Failed, message).await
         }
     }
 
-    async fn finish(&self, ctx: &Context, state: &str, reason: &str) -> Result<(), TaskError> {
+    async fn finish(
+        &self,
+        ctx: &Context,
+        state: ImageState,
+        reason: &str,
+    ) -> Result<(), TaskError> {
         let mut tx = ctx.pool.begin().await?;
         crate::db::images::set_state(&mut *tx, &self.image_id, state, reason).await?;
         let mut detail = reason.to_owned();
-        if state == "available"
+        if state == ImageState::Available
             && crate::db::images::make_first_current(&mut tx, &self.image_id, "kiln").await?
         {
             detail = "made current: the first available image".to_owned();
         }
-        let outcome = if state == "available" {
+        let outcome = if state == ImageState::Available {
             Outcome::Ok
         } else {
             Outcome::Failed
@@ -99,7 +104,7 @@ impl AdoptImage {
         )
         .await?;
         tx.commit().await?;
-        tracing::info!(image.id = %self.image_id, state, "image adopted");
+        tracing::info!(image.id = %self.image_id, state = %state, "image adopted");
         Ok(())
     }
 }

@@ -35,7 +35,7 @@ impl Task for DeregisterImage {
                 crate::db::images::set_state(
                     &ctx.pool,
                     &self.image_id,
-                    "deregistered",
+                    crate::domain::ImageState::Deregistered,
                     &format!("The provider refused: {e}"),
                 )
                 .await?;

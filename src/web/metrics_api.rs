@@ -191,7 +191,7 @@ pub struct SeriesQuery {
     aggregate: Option<String>,
 }
 
-/// Validates `GET /api/v1/series` parameters (SPEC.md): unix-second range (default the last
+/// Validates `GET /api/v1/series` parameters: unix-second range (default the last
 /// hour), resolution in seconds (default: the coarsest giving >= 300 points), aggregate.
 pub fn series_query(q: &SeriesQuery, now: i64) -> Result<series::Query, AppError> {
     let metric = q.metric.clone().unwrap_or_default();

@@ -1,6 +1,6 @@
 //! Counts every EC2 HTTP attempt (retries included) and its latency, by action and outcome:
 //! `kiln_ec2_calls_total{action,outcome}` and `kiln_ec2_call_seconds{action}` (the
-//! `kiln.ec2.calls` figures of SPEC.md).
+//! `kiln.ec2.calls` figures).
 
 use std::sync::Arc;
 use std::time::Instant;

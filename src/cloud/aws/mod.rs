@@ -354,9 +354,7 @@ impl Provider for AwsProvider {
         }
     }
 
-    /// All or nothing first (MinCount = MaxCount = N). When EC2 has not the capacity for all,
-    /// a second call takes what there is (MinCount 1) and the outcome says what is missing.
-    /// Each call is preceded by a look for the launch token's instances.
+    /// EC2 has no "register an image from nothing": AMIs come from a bake or from elsewhere.
     async fn register_image(
         &self,
         _id: &str,
@@ -369,6 +367,9 @@ impl Provider for AwsProvider {
         ))
     }
 
+    /// All or nothing first (MinCount = MaxCount = N). When EC2 has not the capacity for all,
+    /// a second call takes what there is (MinCount 1) and the outcome says what is missing.
+    /// Each call is preceded by a look for the launch token's instances.
     async fn launch(&self, request: &LaunchRequest) -> CloudResult<LaunchOutcome> {
         self.check_image_id(&request.image_id)?;
         let mut attempt = 0;

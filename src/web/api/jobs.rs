@@ -13,7 +13,7 @@ use crate::web::error::AppError;
 struct AttemptJson {
     n: i32,
     server_id: String,
-    state: String,
+    state: crate::domain::AttemptState,
     #[serde(with = "time::serde::rfc3339")]
     started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -39,7 +39,7 @@ impl From<AttemptRow> for AttemptJson {
 #[derive(serde::Serialize)]
 pub struct JobJson {
     id: i64,
-    state: String,
+    state: crate::domain::JobState,
     command: String,
     labels: Labels,
     timeout_s: i32,

@@ -7,7 +7,7 @@ pub mod jobs;
 pub mod rollouts;
 pub mod servers;
 
-/// `?limit=`: default 500, at most 5,000 (SPEC.md).
+/// `?limit=`: default 500, at most 5,000.
 pub fn limit(requested: Option<i64>) -> Result<i64, crate::web::error::AppError> {
     match requested {
         None => Ok(500),

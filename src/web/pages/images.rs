@@ -100,7 +100,7 @@ struct ImageRows {
     can_act: bool,
 }
 
-/// The catalogue is small (SPEC: 1,000 images); one page shows it all.
+/// The catalogue is small (a thousand images is a big one); one page shows it all.
 const MAX_IMAGES: i64 = 5000;
 
 /// What the page reads: the catalogue and, for the whole page, the rollout in progress.

@@ -23,7 +23,7 @@ const LOG_CHUNKS: i64 = 2000;
 
 pub struct JobView {
     pub id: i64,
-    pub state: String,
+    pub state: crate::domain::JobState,
     pub command: String,
     pub command_short: String,
     pub labels: Vec<String>,
@@ -48,7 +48,7 @@ impl From<JobRow> for JobView {
         };
         Self {
             id: j.id,
-            finished: !matches!(j.state.as_str(), "queued" | "running"),
+            finished: j.state.is_finished(),
             state: j.state,
             command_short,
             command: j.command,
@@ -288,7 +288,7 @@ pub async fn enqueue(
 pub struct AttemptView {
     pub n: i32,
     pub server_id: String,
-    pub state: String,
+    pub state: crate::domain::AttemptState,
     pub started: When,
     pub finished: Option<When>,
     pub exit_code: Option<i32>,

@@ -659,7 +659,6 @@ fn describe(
     parts.join(" ")
 }
 
-/// Back to the page the form was on, when that was one of ours.
 /// The filters of the page an htmx request came from (its `HX-Current-URL`).
 fn current_filters(req: &HttpRequest) -> Filters {
     req.headers()
@@ -671,6 +670,7 @@ fn current_filters(req: &HttpRequest) -> Filters {
         .unwrap_or_default()
 }
 
+/// Back to the page the form was on, when that was one of ours.
 fn back_to(req: &HttpRequest, default: &str) -> String {
     req.headers()
         .get(actix_web::http::header::REFERER)
