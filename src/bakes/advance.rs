@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
+use time::OffsetDateTime;
+
+use super::decide::{self, Builder, Decision, Policy, StepJob};
 use crate::cloud::{AnyProvider, ImageQuery, ImageState, Provider, Tags};
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::bakes::BakeRow;
@@ -25,8 +28,6 @@ pub use crate::domain::Next;
 
 const SOON: Duration = Duration::from_millis(250);
 const POLL: Duration = Duration::from_secs(1);
-/// How long the provider may take to make an image available.
-const IMAGE_TIMEOUT_S: i64 = 3600;
 
 pub struct Env<'a> {
     pub pool: &'a PgPool,
@@ -96,74 +97,89 @@ async fn launch(env: &Env<'_>, tx: &mut PgConnection, bake: &BakeRow) -> Result<
     let launch = crate::db::servers::find_launch(&mut *tx, launch_id)
         .await?
         .ok_or_else(|| fatal(format!("launch {launch_id} does not exist")))?;
-    let builder: Option<(String, ServerState, Option<bool>)> = sqlx::query_as(
-        "SELECT s.id, s.state,
-                coalesce(a.last_heartbeat_at, a.registered_at) > now() - make_interval(secs => $2) AS healthy
+    let builder: Option<(String, ServerState, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT s.id, s.state, coalesce(a.last_heartbeat_at, a.registered_at)
          FROM servers s LEFT JOIN agents a ON a.server_id = s.id
          WHERE s.launch_id = $1 ORDER BY s.launched_at LIMIT 1",
     )
     .bind(launch_id)
-    .bind(crate::domain::agent_health_window(env.settings.heartbeat).as_secs_f64())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((server_id, state, healthy)) = builder else {
-        if !launch.state.is_unsettled() {
-            let why = format!(
-                "The builder could not be launched: {}",
-                if launch.error.is_empty() {
-                    "the provider gave no server"
-                } else {
-                    launch.error.as_str()
-                }
-            );
-            return fail(tx, bake, &why).await;
+    let builder = builder.map(|(id, state, last_heard_at)| Builder {
+        id,
+        state,
+        last_heard_at,
+    });
+    if let Some(b) = &builder
+        && bake.builder_id.is_none()
+    {
+        crate::db::bakes::set_builder(tx, bake.id, &b.id).await?;
+    }
+    let decision = decide::decide_launch(
+        launch.state,
+        &launch.error,
+        builder.as_ref(),
+        bake.created_at,
+        db_now(tx).await?,
+        &policy(env),
+    );
+    match (decision, builder) {
+        (Decision::BuilderUp, Some(b)) => {
+            crate::db::bakes::close_step(
+                tx,
+                bake.id,
+                BakeStep::Launch,
+                BakeState::Succeeded,
+                &b.id,
+            )
+            .await?;
+            let recipe = crate::db::bakes::recipe(&mut *tx, bake.recipe_id)
+                .await?
+                .ok_or_else(|| fatal(format!("recipe {} does not exist", bake.recipe_id)))?;
+            let command = super::setup_command(&recipe, &bake.source_revision);
+            start_job(
+                tx,
+                bake,
+                &b.id,
+                BakeStep::Setup,
+                &command,
+                recipe.setup_timeout_s,
+            )
+            .await?;
+            Ok(Next::Wait(SOON, "setup enqueued".into()))
         }
-        return Ok(Next::Wait(POLL, "waiting for the builder's launch".into()));
-    };
-    if bake.builder_id.is_none() {
-        crate::db::bakes::set_builder(tx, bake.id, &server_id).await?;
+        (decision, _) => apply_plain(tx, bake, decision, POLL).await,
     }
-    if state == ServerState::Terminated {
-        return fail(
-            tx,
-            bake,
-            &format!("The builder {server_id} was terminated."),
-        )
-        .await;
+}
+
+/// The decisions every step applies the same way: wait, or fail. Any other is a step's own
+/// to apply, and reaching here with one is a bug.
+async fn apply_plain(
+    tx: &mut PgConnection,
+    bake: &BakeRow,
+    decision: Decision,
+    poll: Duration,
+) -> Result<Next, TaskError> {
+    match decision {
+        Decision::Wait(why) => Ok(Next::Wait(poll, why)),
+        Decision::Fail(why) => fail(tx, bake, &why).await,
+        other
+        @ (Decision::BuilderUp | Decision::JobSucceeded { .. } | Decision::ImageAvailable) => {
+            Err(fatal(format!(
+                "bake {} at {}: {other:?} does not belong to this step",
+                bake.id, bake.step
+            )))
+        }
     }
-    if healthy == Some(true) {
-        crate::db::bakes::close_step(
-            tx,
-            bake.id,
-            BakeStep::Launch,
-            BakeState::Succeeded,
-            &server_id,
-        )
-        .await?;
-        let recipe = crate::db::bakes::recipe(&mut *tx, bake.recipe_id)
-            .await?
-            .ok_or_else(|| fatal(format!("recipe {} does not exist", bake.recipe_id)))?;
-        let command = super::setup_command(&recipe, &bake.source_revision);
-        start_job(
-            tx,
-            bake,
-            &server_id,
-            BakeStep::Setup,
-            &command,
-            recipe.setup_timeout_s,
-        )
-        .await?;
-        return Ok(Next::Wait(SOON, "setup enqueued".into()));
-    }
-    let waited = (time::OffsetDateTime::now_utc() - bake.created_at).whole_seconds();
-    if waited > env.settings.health_timeout as i64 {
-        let why = format!(
-            "The builder {server_id}'s agent did not report within {} s.",
-            env.settings.health_timeout
-        );
-        return fail(tx, bake, &why).await;
-    }
-    Ok(Next::Wait(POLL, "waiting for the builder's agent".into()))
+}
+
+/// The database's clock: every console judges a bake's timeouts by the same time.
+async fn db_now(tx: &mut PgConnection) -> sqlx::Result<OffsetDateTime> {
+    sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await
+}
+
+fn policy(env: &Env<'_>) -> Policy {
+    Policy::new(env.settings.heartbeat, env.settings.health_timeout)
 }
 
 /// Enqueues a step's job, pinned to the builder, and enters the step.
@@ -209,17 +225,31 @@ async fn run_job(tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskErro
         .await?
         .ok_or_else(|| fatal(format!("job {job_id} does not exist")))?;
     let builder = bake.builder_id.clone().unwrap_or_default();
-    match job.state.as_str() {
-        "succeeded" => {
-            let took = match (job.started_at, job.finished_at) {
-                (Some(s), Some(f)) => {
-                    format!("job {job_id}, exit 0 in {} s", (f - s).whole_seconds())
-                }
-                _ => format!("job {job_id}, exit 0"),
-            };
-            crate::db::bakes::close_step(tx, bake.id, bake.step, BakeState::Succeeded, &took)
+    let builder_gone = if job.state.is_finished() {
+        None
+    } else {
+        let state: Option<ServerState> =
+            sqlx::query_scalar("SELECT state FROM servers WHERE id = $1")
+                .bind(&builder)
+                .fetch_optional(&mut *tx)
                 .await?;
-            if setup {
+        (state == Some(ServerState::Terminated)).then_some(builder.as_str())
+    };
+    let facts = StepJob {
+        id: job_id,
+        state: job.state,
+        exit_code: job.exit_code,
+        reason: job.reason.clone(),
+        took: match (job.started_at, job.finished_at) {
+            (Some(s), Some(f)) => Some(Duration::from_secs((f - s).whole_seconds().max(0) as u64)),
+            _ => None,
+        },
+    };
+    match decide::decide_job(bake.step, &facts, builder_gone) {
+        Decision::JobSucceeded { detail, next } => {
+            crate::db::bakes::close_step(tx, bake.id, bake.step, BakeState::Succeeded, &detail)
+                .await?;
+            if next == BakeStep::Test {
                 let recipe = crate::db::bakes::recipe(&mut *tx, bake.recipe_id)
                     .await?
                     .ok_or_else(|| fatal(format!("recipe {} does not exist", bake.recipe_id)))?;
@@ -234,39 +264,11 @@ async fn run_job(tx: &mut PgConnection, bake: &BakeRow) -> Result<Next, TaskErro
                 .await?;
                 Ok(Next::Wait(SOON, "tests enqueued".into()))
             } else {
-                crate::db::bakes::enter_step(tx, bake.id, BakeStep::CreateImage).await?;
+                crate::db::bakes::enter_step(tx, bake.id, next).await?;
                 Ok(Next::Wait(Duration::ZERO, "creating the image".into()))
             }
         }
-        "failed" | "cancelled" => {
-            let why = format!(
-                "The {} failed (job {job_id}{}{}).",
-                if setup { "setup" } else { "integration tests" },
-                job.exit_code
-                    .map(|c| format!(", exit code {c}"))
-                    .unwrap_or_default(),
-                if job.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {}", job.reason)
-                }
-            );
-            fail(tx, bake, &why).await
-        }
-        _ => {
-            let gone: Option<String> =
-                sqlx::query_scalar("SELECT state FROM servers WHERE id = $1")
-                    .bind(&builder)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if gone.as_deref() == Some("terminated") {
-                return fail(tx, bake, &format!("The builder {builder} was terminated.")).await;
-            }
-            Ok(Next::Wait(
-                POLL,
-                format!("waiting for the {} job", bake.step),
-            ))
-        }
+        other => apply_plain(tx, bake, other, POLL).await,
     }
 }
 
@@ -389,8 +391,10 @@ async fn wait_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
         tx.commit().await?;
         return Ok(Next::Wait(SOON, "cleaning up".into()));
     }
-    let next = match state {
-        Some(ImageState::Available) => {
+    let decision =
+        decide::decide_image(state, bake.created_at, db_now(&mut tx).await?, &policy(env));
+    let next = match decision {
+        Decision::ImageAvailable => {
             crate::db::images::set_state(&mut *tx, &image_id, ImageState::Available, "").await?;
             crate::db::bakes::close_step(
                 &mut tx,
@@ -421,28 +425,7 @@ async fn wait_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
             .await?;
             Next::Wait(SOON, "terminating the builder".into())
         }
-        Some(ImageState::Pending) => {
-            let waited = (time::OffsetDateTime::now_utc() - bake.created_at).whole_seconds();
-            if waited > IMAGE_TIMEOUT_S {
-                fail(
-                    &mut tx,
-                    &now,
-                    "The image did not become available within an hour.",
-                )
-                .await?
-            } else {
-                Next::Wait(Duration::from_secs(2), "waiting for the image".into())
-            }
-        }
-        Some(other) => {
-            fail(
-                &mut tx,
-                &now,
-                &format!("The provider reports the image {}.", other.as_str()),
-            )
-            .await?
-        }
-        None => fail(&mut tx, &now, "The provider no longer knows the image.").await?,
+        other => apply_plain(&mut tx, &now, other, Duration::from_secs(2)).await?,
     };
     tx.commit().await?;
     Ok(next)

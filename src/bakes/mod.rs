@@ -5,6 +5,7 @@
 //! `bake_step` task. Handlers here validate, write and enqueue in one transaction.
 
 pub mod advance;
+pub mod decide;
 
 use sqlx::PgPool;
 
