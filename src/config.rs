@@ -248,17 +248,6 @@ pub enum ProviderKind {
 }
 
 impl Settings {
-    /// Raw points for KILN_METRICS_RETENTION_DAYS; 1-minute rollups 30 days (at least as long);
-    /// 1-hour rollups 400 days.
-    pub fn metrics_retention(&self) -> crate::metrics::rollup::Retention {
-        let raw_s = (self.metrics_retention_days * 86_400) as i64;
-        crate::metrics::rollup::Retention {
-            raw_s,
-            minute_s: raw_s.max(30 * 86_400),
-            hour_s: raw_s.max(400 * 86_400),
-        }
-    }
-
     pub fn public_url(&self) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
@@ -341,22 +330,6 @@ impl Settings {
             anyhow::bail!("KILN_EC2_MAX_ATTEMPTS must be at least 1.");
         }
         Ok(())
-    }
-
-    pub fn worker_config(&self) -> crate::tasks::worker::WorkerConfig {
-        crate::tasks::worker::WorkerConfig {
-            concurrency: self.workers,
-            lease: std::time::Duration::from_secs(self.task_lease),
-            poll: std::time::Duration::from_secs(self.task_poll),
-            base_backoff: std::time::Duration::from_secs(2),
-        }
-    }
-
-    pub fn launch_limits(&self) -> crate::cloud::LaunchLimits {
-        crate::cloud::LaunchLimits {
-            max_servers: self.max_servers,
-            instance_types: self.instance_types.clone(),
-        }
     }
 
     pub fn secure_cookies(&self) -> bool {

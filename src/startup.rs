@@ -96,7 +96,7 @@ impl Application {
                 "added the local provider's images to the catalogue"
             );
         }
-        let workers = settings.worker_config();
+        let workers = crate::tasks::worker::WorkerConfig::from_settings(&settings);
         let settings = Arc::new(settings);
         let settings_for_tasks = settings.clone();
         let wakeups = crate::jobs::wakeups::Wakeups::new();
@@ -207,7 +207,7 @@ impl Application {
         let janitor = tokio::spawn(janitor(self.pool.clone()));
         let workers = crate::tasks::worker::spawn(
             self.pool.clone(),
-            crate::tasks::registry(),
+            task_registry(),
             Some(self.cloud.clone()),
             Some(self.settings.clone()),
             self.workers.clone(),
@@ -234,7 +234,7 @@ impl Application {
         let rollups = tokio::spawn(crate::metrics::rollup::run(
             self.pool.clone(),
             Duration::from_secs(self.settings.metrics_rollup_interval),
-            self.settings.metrics_retention(),
+            crate::metrics::rollup::Retention::from_settings(&self.settings),
             stop_reconciler.subscribe(),
         ));
         let recorder = tokio::spawn(crate::metrics::recorder::run(
@@ -334,4 +334,16 @@ async fn janitor(pool: PgPool) {
             tracing::warn!(error = %e, "failed to prune login failures");
         }
     }
+}
+
+/// Every task kind Kiln runs, in one place (each lives with the room whose work it does).
+pub fn task_registry() -> crate::tasks::Registry {
+    crate::tasks::Registry::default()
+        .register::<crate::fleet::adopt_image::AdoptImage>()
+        .register::<crate::fleet::deregister_image::DeregisterImage>()
+        .register::<crate::fleet::launch_servers::LaunchServers>()
+        .register::<crate::fleet::terminate_server::TerminateServer>()
+        .register::<crate::rollouts::rollout_step::RolloutStep>()
+        .register::<crate::rollouts::retire_servers::RetireServers>()
+        .register::<crate::bakes::bake_step::BakeStep>()
 }

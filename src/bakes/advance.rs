@@ -448,7 +448,8 @@ async fn clean_up(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
     .fetch_all(&mut *tx)
     .await?;
     for id in &builders {
-        terminate_builder(&mut tx, id, &format!("bake {} {}", bake.id, bake.state)).await?;
+        crate::fleet::builders::terminate(&mut tx, id, &format!("bake {} {}", bake.id, bake.state))
+            .await?;
     }
     let launch_settled: bool = match bake.launch_id {
         Some(l) => crate::db::servers::find_launch(&mut *tx, l)
@@ -502,19 +503,6 @@ async fn clean_up(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
         release_if_asked(env, bake).await?;
     }
     Ok(Next::Done)
-}
-
-async fn terminate_builder(conn: &mut PgConnection, id: &str, why: &str) -> sqlx::Result<()> {
-    use crate::tasks::terminate_server::{Requested, request};
-    if request(conn, id, true, None).await? == Requested::Queued {
-        audit::record(
-            &mut *conn,
-            AuditEvent::system("server.terminate", format!("server:{id}"), Outcome::Ok)
-                .detail(format!("builder of {why}")),
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// An auto-release, on behalf of the recipe's author, once (a second try finds the image
@@ -585,18 +573,6 @@ async fn release_if_asked(env: &Env<'_>, bake: &BakeRow) -> Result<(), TaskError
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// The janitor: terminates every builder whose bake is over (or that has no bake), e.g. one
-/// adopted by the reconciler or left by a bake whose clean-up never ran.
-pub async fn sweep_builders(pool: &PgPool) -> sqlx::Result<usize> {
-    let stray = crate::db::bakes::stray_builders(pool).await?;
-    for id in &stray {
-        let mut tx = pool.begin().await?;
-        terminate_builder(&mut tx, id, "no running bake (janitor)").await?;
-        tx.commit().await?;
-    }
-    Ok(stray.len())
 }
 
 /// Tells a bake's step task, deferred while one of its jobs ran, to look now: called in the

@@ -5,6 +5,7 @@
 //! `bake_step` task. Handlers here validate, write and enqueue in one transaction.
 
 pub mod advance;
+pub mod bake_step;
 pub mod decide;
 
 use sqlx::PgPool;
@@ -15,7 +16,7 @@ use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::bakes::{BakeRow, NewBake, NewRecipe, RecipeRow};
 use crate::domain::{BakeState, BakeStep};
 use crate::error::Error;
-use crate::tasks::launch_servers::LaunchServers;
+use crate::fleet::launch_servers::LaunchServers;
 
 pub const DEFAULT_SETUP_TIMEOUT_S: i32 = 3600;
 pub const DEFAULT_TEST_TIMEOUT_S: i32 = 1800;
@@ -360,7 +361,7 @@ pub async fn start(
     .await?;
     crate::tasks::enqueue(
         &mut tx,
-        &crate::tasks::bake_step::BakeStep { bake_id: id },
+        &crate::bakes::bake_step::BakeStep { bake_id: id },
         Some(&step_key(id)),
     )
     .await?;
@@ -432,7 +433,7 @@ pub async fn cancel(
     crate::db::bakes::finish(&mut tx, id, BakeState::Cancelled, &why).await?;
     crate::tasks::enqueue(
         &mut tx,
-        &crate::tasks::bake_step::BakeStep { bake_id: id },
+        &crate::bakes::bake_step::BakeStep { bake_id: id },
         Some(&step_key(id)),
     )
     .await?;

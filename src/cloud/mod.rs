@@ -217,6 +217,15 @@ pub struct LaunchLimits {
     pub instance_types: Vec<String>,
 }
 
+impl LaunchLimits {
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        LaunchLimits {
+            max_servers: settings.max_servers,
+            instance_types: settings.instance_types.clone(),
+        }
+    }
+}
+
 /// Validates a launch request against the limits and the provider's id formats.
 pub fn validate_launch<P: Provider>(
     provider: &P,

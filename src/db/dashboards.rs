@@ -4,7 +4,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
-use crate::metrics::dashboards::SeriesSpec;
+use crate::domain::measurement::SeriesSpec;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DashboardRow {

@@ -16,6 +16,9 @@ use crate::domain::{AttemptState, JobState};
 
 /// The NOTIFY channel for "a job became claimable"; the payload is how many.
 pub const CHANNEL: &str = "kiln_jobs";
+/// The NOTIFY payload of a job pinned to one server: every waiting claim is woken (see
+/// `jobs::wakeups`).
+pub const PINNED: &str = "all";
 /// A job whose attempts were lost this many times fails: it may be what kills its servers.
 pub const MAX_LOSSES: i32 = 3;
 
@@ -90,7 +93,7 @@ pub async fn notify(db: impl PgExecutor<'_>, claimable: i64) -> sqlx::Result<()>
 pub async fn notify_all(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
-        .bind(crate::jobs::wakeups::PINNED)
+        .bind(PINNED)
         .execute(db)
         .await?;
     Ok(())

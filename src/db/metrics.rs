@@ -3,7 +3,7 @@
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
-use crate::metrics::ingest::Measurement;
+use crate::domain::measurement::Measurement;
 
 /// Stores a validated request in the caller's transaction: its series (created on first
 /// sight), its points, and the minute buckets the rollup task must recompute. Fails with
@@ -74,7 +74,7 @@ pub async fn resolve_series(
             return Ok(Err(format!("series {} could not be created", m.name)));
         };
         if kind != m.kind.as_str() {
-            return Ok(Err(crate::metrics::ingest::kind_clash(m, kind)));
+            return Ok(Err(crate::domain::measurement::kind_clash(m, kind)));
         }
         ids.push(id);
     }

@@ -2,6 +2,7 @@
 //! are correct by construction, and every error is a sentence a user can act on.
 
 mod health;
+pub mod measurement;
 mod names;
 mod next;
 mod password;

@@ -8,7 +8,7 @@ use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::images::{ImageRow, NewImage};
 use crate::domain::ValidationError;
 use crate::error::Error;
-use crate::tasks::adopt_image::AdoptImage;
+use crate::fleet::adopt_image::AdoptImage;
 
 /// What a user asks to add: an existing AMI by id (aws), or a new local image (no id).
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -234,7 +234,7 @@ pub async fn mark_deregistered(
     .await?;
     crate::tasks::enqueue(
         conn,
-        &crate::tasks::deregister_image::DeregisterImage {
+        &crate::fleet::deregister_image::DeregisterImage {
             image_id: id.to_owned(),
         },
         Some(&format!("deregister:{id}")),

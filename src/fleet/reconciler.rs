@@ -139,7 +139,7 @@ async fn pass(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Summary> {
         }
         tx.commit().await?;
     }
-    summary.builders_ended = crate::bakes::advance::sweep_builders(pool).await?;
+    summary.builders_ended = super::builders::sweep(pool).await?;
     Ok(summary)
 }
 

@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::servers::LaunchRow;
 use crate::error::Error;
-use crate::tasks::launch_servers::LaunchServers;
+use crate::fleet::launch_servers::LaunchServers;
 
 /// A launch as asked for (the API's body; the Servers page's form is parsed into one).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -58,8 +58,12 @@ pub async fn launch(
         iam_instance_profile: None,
         client_token: token.clone(),
     };
-    validate_launch(cloud.as_ref(), &settings.launch_limits(), &request)
-        .map_err(|e| Error::Invalid(e.message))?;
+    validate_launch(
+        cloud.as_ref(),
+        &crate::cloud::LaunchLimits::from_settings(settings),
+        &request,
+    )
+    .map_err(|e| Error::Invalid(e.message))?;
 
     let mut tx = pool.begin().await?;
     let image = crate::db::images::find(&mut *tx, &image_id)
@@ -222,7 +226,7 @@ pub async fn act(
                 }
             }
             Action::Terminate | Action::ForceTerminate => {
-                use crate::tasks::terminate_server::{Requested, request};
+                use crate::fleet::terminate_server::{Requested, request};
                 let force = action == Action::ForceTerminate;
                 match request(&mut tx, id, force, Some(drain_until)).await? {
                     Requested::Queued | Requested::Escalated => Effect::Queued,

@@ -17,8 +17,7 @@ use crate::db::jobs::CHANNEL;
 /// waiting claims worth waking one by one.
 const MAX_WAKEUPS_PER_NOTIFY: usize = 10_000;
 
-/// The payload of a notification for a job pinned to one server: every waiting claim looks.
-pub const PINNED: &str = "all";
+pub use crate::db::jobs::PINNED;
 
 #[derive(Clone, Default)]
 pub struct Wakeups {

@@ -2,17 +2,7 @@
 //! figures with the agents' system figures; releases, rollbacks and posted annotations are
 //! drawn on every chart as markers.
 
-/// One line (or one line per matching source) on a chart.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SeriesSpec {
-    pub metric: String,
-    /// A source glob (`*` matches any run of characters).
-    pub source: String,
-    pub aggregate: String,
-    /// What the legend calls the line; empty: the source's name.
-    #[serde(default)]
-    pub label: String,
-}
+pub use crate::domain::measurement::SeriesSpec;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Chart {

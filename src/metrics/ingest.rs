@@ -15,50 +15,7 @@ pub const MAX_TAGS: usize = 50;
 /// How far in the future a measurement's time may be (clock skew).
 pub const MAX_FUTURE_S: i64 = 600;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Gauge,
-    Counter,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Gauge => "gauge",
-            Kind::Counter => "counter",
-        }
-    }
-}
-
-/// One validated measurement, as stored: an aggregate of `count` values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Measurement {
-    pub name: String,
-    pub source: String,
-    pub tags: BTreeMap<String, String>,
-    pub kind: Kind,
-    /// Unix seconds.
-    pub time: i64,
-    pub count: i64,
-    pub sum: f64,
-    pub min: f64,
-    pub max: f64,
-    pub last: f64,
-}
-
-/// The refusal of a measurement whose name+source exists as the other kind.
-pub fn kind_clash(m: &Measurement, existing: &str) -> String {
-    format!(
-        "{}{} is a {existing}; it cannot also be sent as a {}",
-        m.name,
-        if m.source.is_empty() {
-            String::new()
-        } else {
-            format!(" (source {})", m.source)
-        },
-        m.kind.as_str()
-    )
-}
+pub use crate::domain::measurement::{Kind, Measurement, kind_clash};
 
 /// Why a request was refused: a sentence naming the item.
 #[derive(Debug, Clone, PartialEq, Eq)]

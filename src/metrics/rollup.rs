@@ -19,6 +19,19 @@ pub struct Retention {
     pub hour_s: i64,
 }
 
+impl Retention {
+    /// Raw points for KILN_METRICS_RETENTION_DAYS; 1-minute rollups 30 days (at least as long);
+    /// 1-hour rollups 400 days.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        let raw_s = (settings.metrics_retention_days * 86_400) as i64;
+        Retention {
+            raw_s,
+            minute_s: raw_s.max(30 * 86_400),
+            hour_s: raw_s.max(400 * 86_400),
+        }
+    }
+}
+
 /// Rolls up every dirty minute now (in batches); returns how many were done.
 pub async fn roll_up_all(pool: &PgPool) -> sqlx::Result<usize> {
     let mut done = 0;

@@ -16,7 +16,7 @@ use super::decide::{
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::rollouts::RolloutRow;
 use crate::domain::{LaunchState, Next, RolloutState};
-use crate::tasks::launch_servers::LaunchServers;
+use crate::fleet::launch_servers::LaunchServers;
 
 /// How soon a waiting rollout looks again: often enough that a healthy batch moves on within
 /// a fraction of a second (one small transaction per look).
@@ -508,7 +508,7 @@ async fn succeed(conn: &mut PgConnection, r: &RolloutRow) -> sqlx::Result<()> {
     let retire_at = time::OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(r.grace_s));
     crate::tasks::enqueue_at(
         conn,
-        &crate::tasks::retire_servers::RetireServers { rollout_id: r.id },
+        &crate::rollouts::retire_servers::RetireServers { rollout_id: r.id },
         Some(&format!("retire:{}", r.id)),
         Some(retire_at),
     )

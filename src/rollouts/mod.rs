@@ -12,6 +12,8 @@
 
 pub mod advance;
 pub mod decide;
+pub mod retire_servers;
+pub mod rollout_step;
 pub mod undo;
 
 use sqlx::PgConnection;
@@ -22,7 +24,7 @@ use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::rollouts::RolloutRow;
 use crate::domain::RolloutState;
 use crate::error::Error;
-use crate::tasks::rollout_step::RolloutStep;
+use crate::rollouts::rollout_step::RolloutStep;
 
 /// Release or rollback.
 pub use crate::domain::RolloutKind as Kind;

@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 
 use super::decide::{Touched, plan_undo};
 use crate::domain::{RolloutRole, RolloutServerState};
-use crate::tasks::terminate_server::drain_and_terminate;
+use crate::fleet::terminate_server::drain_and_terminate;
 
 /// Returns true when nothing is left to undo (the rollout is then marked cleaned).
 pub async fn undo(

@@ -2,7 +2,9 @@
 //!
 //! A task is a typed value ([`Task`]): its kind names it, its payload is JSON, and `run`
 //! does one idempotent step (it checks the current state first, so running it twice is
-//! harmless). Every kind is registered in one place ([`registry`]); one file per kind.
+//! harmless). This module is the queue alone; each kind lives, one file each, with the room
+//! whose work it does (`fleet::launch_servers`, `rollouts::rollout_step`, `bakes::bake_step`,
+//! …), and every kind is registered in one place, `startup::task_registry`.
 //!
 //! Why our own small queue rather than apalis / graphile_worker / underway: the promises we
 //! need are few and exact — claim with `FOR UPDATE SKIP LOCKED`, a lease that a crashed
@@ -11,14 +13,7 @@
 //! pool and one transaction with the rest of Kiln's writes. That is ~300 lines here, fully
 //! tested, with no schema or runtime of someone else's to fit (underway is on sqlx 0.8).
 
-pub mod adopt_image;
-pub mod bake_step;
-pub mod deregister_image;
-pub mod launch_servers;
 pub mod queue;
-pub mod retire_servers;
-pub mod rollout_step;
-pub mod terminate_server;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -149,18 +144,6 @@ impl Registry {
     pub(crate) fn runner(&self, kind: &str) -> Option<Runner> {
         self.runners.get(kind).cloned()
     }
-}
-
-/// Every task kind Kiln runs, in one place.
-pub fn registry() -> Registry {
-    Registry::default()
-        .register::<adopt_image::AdoptImage>()
-        .register::<deregister_image::DeregisterImage>()
-        .register::<launch_servers::LaunchServers>()
-        .register::<terminate_server::TerminateServer>()
-        .register::<rollout_step::RolloutStep>()
-        .register::<retire_servers::RetireServers>()
-        .register::<bake_step::BakeStep>()
 }
 
 /// Enqueues a task in the caller's transaction: it becomes visible, and the workers are woken,

@@ -28,6 +28,17 @@ pub struct WorkerConfig {
     pub base_backoff: Duration,
 }
 
+impl WorkerConfig {
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        WorkerConfig {
+            concurrency: settings.workers,
+            lease: std::time::Duration::from_secs(settings.task_lease),
+            poll: std::time::Duration::from_secs(settings.task_poll),
+            base_backoff: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {

@@ -140,3 +140,92 @@ fn nothing_below_the_web_imports_the_web() {
         "below the web, these import it: {offenders:?}"
     );
 }
+
+/// The top-level modules form layers: no two of them import each other, directly or through
+/// others (`crate::x` references in code, comments left out). A cycle would mean two rooms
+/// that can only be understood, and changed, together.
+#[test]
+fn no_import_cycles_between_top_level_modules() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("src");
+    let top_of = |rel: &std::path::Path| -> String {
+        let first = rel.components().next().unwrap().as_os_str().to_str().unwrap();
+        first.trim_end_matches(".rs").to_owned()
+    };
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let tops: BTreeSet<String> = files
+        .iter()
+        .map(|f| top_of(f.strip_prefix(&src).unwrap()))
+        .filter(|t| t != "lib" && t != "main")
+        .collect();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &files {
+        let from = top_of(f.strip_prefix(&src).unwrap());
+        if !tops.contains(&from) {
+            continue;
+        }
+        let code: String = std::fs::read_to_string(f)
+            .unwrap()
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        // `crate::x` and the names inside `use crate::{x, y::z}`.
+        let mut named = Vec::new();
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                named.extend(group.split(',').map(|p| p.trim().split("::").next().unwrap_or("")));
+            } else {
+                let end = rest
+                    .find(|c: char| !c.is_alphanumeric() && c != '_')
+                    .unwrap_or(rest.len());
+                named.push(&rest[..end]);
+            }
+        }
+        for to in named {
+            if to != from && tops.contains(to) {
+                edges.entry(from.clone()).or_default().insert(to.to_owned());
+            }
+        }
+    }
+    // A depth-first walk; a module met again while still on the path closes a cycle.
+    fn walk(
+        at: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == at) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(at.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(at) {
+            return None;
+        }
+        path.push(at.to_owned());
+        for next in edges.get(at).into_iter().flatten() {
+            if let Some(cycle) = walk(next, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(at.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for top in &tops {
+        let cycle = walk(top, &edges, &mut Vec::new(), &mut done);
+        assert!(
+            cycle.is_none(),
+            "an import cycle between top-level modules: {}",
+            cycle.unwrap().join(" -> ")
+        );
+    }
+    // The check sees real edges (it would pass vacuously on a broken parser).
+    assert!(edges["web"].contains("fleet") && edges["fleet"].contains("db"));
+}

@@ -5,9 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::terminate_server::drain_and_terminate;
-use super::{Context, Task, TaskError};
 use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::fleet::terminate_server::drain_and_terminate;
+use crate::tasks::{Context, Task, TaskError};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RetireServers {

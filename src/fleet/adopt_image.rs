@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Task, TaskError};
 use crate::cloud::{ImageState, Provider, Tags};
 use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::tasks::{Context, Task, TaskError};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AdoptImage {

@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use super::{Context, Task, TaskError};
 use crate::cloud::{Provider, ServerFilter, describe_all};
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::jobs::Lose;
+use crate::tasks::{Context, Task, TaskError};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TerminateServer {

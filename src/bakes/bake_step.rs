@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Task, TaskError};
 use crate::bakes::advance::{Env, step};
+use crate::tasks::{Context, Task, TaskError};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BakeStep {

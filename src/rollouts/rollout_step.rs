@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Task, TaskError};
 use crate::rollouts::advance::advance;
+use crate::tasks::{Context, Task, TaskError};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RolloutStep {

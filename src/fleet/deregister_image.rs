@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Task, TaskError};
 use crate::cloud::Provider;
 use crate::db::audit::{self, AuditEvent, Outcome};
+use crate::tasks::{Context, Task, TaskError};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeregisterImage {

@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Task, TaskError};
 use crate::cloud::{AgentBootstrap, LaunchRequest, Provider, Tags};
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::domain::LaunchState;
+use crate::tasks::{Context, Task, TaskError};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LaunchServers {
