@@ -352,20 +352,54 @@ mod tests {
 
     #[test]
     fn bad_measurements_are_named() {
+        // Each refusal names the item and what is wrong with it.
         let cases = [
-            json!({"gauges": [{"name": "cpu$", "value": 1}]}),
-            json!({"gauges": [{"name": "x".repeat(256), "value": 1}]}),
-            json!({"gauges": [{"name": "cpu", "value": "high"}]}),
-            json!({"gauges": [{"name": "cpu"}]}),
-            json!({"gauges": [{"name": "cpu", "value": 1, "measure_time": NOW + 3600}]}),
-            json!({"gauges": [{"name": "cpu", "value": 1, "measure_time": OLDEST - 1}]}),
-            json!({"gauges": [{"name": "cpu", "count": 2}]}),
-            json!({"counters": [{"name": "c", "count": 2, "sum": 3}]}),
-            json!({"gauges": 3}),
-            json!({}),
+            (
+                json!({"gauges": [{"name": "cpu$", "value": 1}]}),
+                "gauges[0]",
+                "name",
+            ),
+            (
+                json!({"gauges": [{"name": "x".repeat(256), "value": 1}]}),
+                "gauges[0]",
+                "255",
+            ),
+            (
+                json!({"gauges": [{"name": "cpu", "value": "high"}]}),
+                "gauges[0]",
+                "value",
+            ),
+            (json!({"gauges": [{"name": "cpu"}]}), "gauges[0]", "value"),
+            (
+                json!({"gauges": [{"name": "cpu", "value": 1, "measure_time": NOW + 3600}]}),
+                "gauges[0]",
+                "time",
+            ),
+            (
+                json!({"gauges": [{"name": "cpu", "value": 1, "measure_time": OLDEST - 1}]}),
+                "gauges[0]",
+                "time",
+            ),
+            (
+                json!({"gauges": [{"name": "cpu", "count": 2}]}),
+                "gauges[0]",
+                "sum",
+            ),
+            (
+                json!({"counters": [{"name": "c", "count": 2, "sum": 3}]}),
+                "counters[0]",
+                "value",
+            ),
+            (json!({"gauges": 3}), "gauges", "gauges"),
+            (json!({}), "", "measurement"),
         ];
-        for case in cases {
-            assert!(legacy(&case, NOW, OLDEST).is_err(), "{case} accepted");
+        for (case, item, says) in cases {
+            let err = legacy(&case, NOW, OLDEST).unwrap_err();
+            assert!(
+                err.0.starts_with(item) && err.0.contains(says),
+                "{case}: {:?} does not name {item} and {says}",
+                err.0
+            );
         }
         let many: Vec<Value> = (0..1001)
             .map(|i| json!({"name": format!("m{i}"), "value": 1}))
@@ -375,6 +409,7 @@ mod tests {
         let err = tagged(&json!({"measurements": [{"name": "a", "value": 1}, {"name": "b", "value": 1, "tags": {"k": ""}}]}), NOW, OLDEST).unwrap_err();
         assert!(err.0.starts_with("measurements[1]"), "{err:?}");
         // JSON has no NaN; a value that is not a finite number is refused.
-        assert!(number("x", "value", &json!(null)).is_err());
+        let err = number("gauges[0]", "value", &json!(null)).unwrap_err();
+        assert!(err.0.contains("value must be a finite number"), "{err:?}");
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::helpers::{TestApp, spawn_app_with};
-use crate::jobs::{eventually, get_json, post, stop_fleet};
+use crate::helpers::{eventually, get_json, post, stop_fleet};
 
 async fn bake_app(configure: impl FnOnce(&mut kiln::config::Settings)) -> (TestApp, String) {
     let app = spawn_app_with(|s| {
@@ -595,6 +595,8 @@ async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
     use tokio::io::AsyncBufReadExt;
 
     let db = crate::helpers::fresh_database_url();
+    // Whatever agents its consoles launch stop when the test ends, passed or not.
+    let _agents = crate::helpers::AgentsGuard::new(&db);
     let endpoint = format!("http://127.0.0.1:{}", crate::moto::moto_port());
     let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
     let mut console = crate::cli::serve_aws(
@@ -769,10 +771,12 @@ async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
 #[tokio::test]
 async fn a_console_killed_mid_bake_finishes_it_after_a_restart() {
     let db = crate::helpers::fresh_database_url();
+    // Whatever agents its consoles launch stop when the test ends, passed or not.
+    let _agents = crate::helpers::AgentsGuard::new(&db);
     let fleet = format!("b-{}", uuid::Uuid::new_v4().simple());
-    let port = crate::jobs::free_port();
+    let port = crate::helpers::free_port();
     let start_console =
-        || crate::jobs::start_console(&db, port, &fleet, &[("KILN_TASK_LEASE", "3")]);
+        || crate::helpers::start_console(&db, port, &fleet, &[("KILN_TASK_LEASE", "3")]);
     let mut console = start_console().await;
     let token = crate::cli::admin_token(&db).await;
     let pool = kiln::db::connect(&db).await.unwrap();
@@ -846,7 +850,7 @@ async fn a_console_killed_mid_bake_finishes_it_after_a_restart() {
             .then_some(())
     })
     .await;
-    crate::jobs::stop_agents(&pool).await;
+    crate::helpers::stop_agents(&pool).await;
     crate::cli::sigterm_and_wait(&mut console).await;
 }
 

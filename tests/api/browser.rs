@@ -102,7 +102,7 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
         "launch 3, disable 1, terminate 1, release, roll back"
     );
     // The bake's builder is thrown away once the image is made.
-    crate::jobs::eventually(30, "the builder is terminated", || async {
+    crate::helpers::eventually(30, "the builder is terminated", || async {
         let live: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM servers WHERE purpose = 'builder' AND state <> 'terminated'",
         )

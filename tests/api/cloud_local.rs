@@ -16,6 +16,8 @@ pub struct Harness {
     pub ctx: Ctx,
     pub pool: PgPool,
     pub settings: LocalSettings,
+    /// The agents its launches start stop when the test ends, passed or not.
+    _agents: crate::helpers::AgentsGuard,
 }
 
 pub fn settings(fleet: &str) -> LocalSettings {
@@ -29,9 +31,8 @@ pub fn settings(fleet: &str) -> LocalSettings {
 }
 
 pub async fn harness() -> Harness {
-    let pool = kiln::db::connect(&crate::helpers::fresh_database_url())
-        .await
-        .unwrap();
+    let url = crate::helpers::fresh_database_url();
+    let pool = kiln::db::connect(&url).await.unwrap();
     kiln::db::migrate(&pool).await.unwrap();
     let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
     let settings = settings(&fleet);
@@ -55,6 +56,7 @@ pub async fn harness() -> Harness {
         registry: Arc::new(Registry::default()),
     };
     Harness {
+        _agents: crate::helpers::AgentsGuard::new(&url),
         provider,
         ctx,
         pool,
@@ -106,14 +108,7 @@ fn is_running(pid: u32) -> bool {
 
 /// Waits (bounded) for a condition on the process table.
 async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::eventually(30, what, || std::future::ready(condition().then_some(()))).await
 }
 
 #[tokio::test]

@@ -3,7 +3,11 @@
 use kiln::config::Settings;
 use kiln::domain::{Password, Role, UserName};
 use kiln::startup::Application;
+use std::time::Duration;
+
+use kiln::cloud::{Provider, ServerFilter, ServerState, describe_all};
 use reqwest::{Client, Response, redirect};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 pub struct TestApp {
@@ -11,6 +15,64 @@ pub struct TestApp {
     pub cloud: std::sync::Arc<kiln::cloud::AnyProvider>,
     pub pool: PgPool,
     pub admin_password: String,
+    /// Stops the local servers (agent processes) this app launched when the test ends,
+    /// passed or panicked.
+    _agents: AgentsGuard,
+}
+
+/// Kills, when dropped, every local server's agent process recorded in a database: local
+/// servers are real processes in process groups of their own, and outlive the test process
+/// unless something stops them. Used by every [`TestApp`], and by the tests that run
+/// `kiln serve` as a child process (they hold one for their database).
+pub struct AgentsGuard {
+    database_url: String,
+}
+
+impl AgentsGuard {
+    pub fn new(database_url: &str) -> Self {
+        Self {
+            database_url: database_url.to_owned(),
+        }
+    }
+}
+
+impl Drop for AgentsGuard {
+    fn drop(&mut self) {
+        let url = self.database_url.clone();
+        // On a thread of its own: a drop may run inside the test's runtime, which must not
+        // block, and after a panic that runtime may be gone.
+        let stopped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(pool) = kiln::db::connect(&url).await else {
+                    return;
+                };
+                let live: Vec<(String, i32)> = sqlx::query_as(
+                    "SELECT id, pid FROM local_instances WHERE pid IS NOT NULL AND state <> 'terminated'",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                for (id, pid) in live {
+                    // Only the process that is still this server's agent (pid and command
+                    // line, as the local provider itself checks): never a reused pid.
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    let cmdline = String::from_utf8_lossy(&cmdline);
+                    if cmdline.contains("agent") && cmdline.contains(&id) {
+                        // SAFETY: kill(2) on a process group; no memory is touched.
+                        unsafe {
+                            libc::kill(-pid, libc::SIGKILL);
+                        }
+                    }
+                }
+                pool.close().await;
+            });
+        });
+        let _ = stopped.join();
+    }
 }
 
 /// The URL of a fresh, uniquely named database on the local server (or on
@@ -33,7 +95,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         kiln::telemetry::init();
     }
     let database_url = fresh_database_url();
-    let mut settings = Settings::with_defaults(database_url, "127.0.0.1:0".parse().unwrap());
+    let mut settings =
+        Settings::with_defaults(database_url.clone(), "127.0.0.1:0".parse().unwrap());
     settings.agent_exe = Some(env!("CARGO_BIN_EXE_kiln").into());
     configure(&mut settings);
     let app = Application::build(settings).await.expect("the app builds");
@@ -68,6 +131,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         cloud,
         pool,
         admin_password,
+        _agents: AgentsGuard::new(&database_url),
     }
 }
 
@@ -222,4 +286,138 @@ pub struct AuditLine {
     pub result: String,
     pub detail: String,
     pub source_ip: Option<String>,
+}
+
+// Shared fixtures: the API as a script calls it, waiting without sleeping for luck, and
+// local fleets started and stopped.
+
+pub fn api(token: &str) -> (reqwest::Client, String) {
+    (reqwest::Client::new(), token.to_owned())
+}
+
+pub async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
+    let (c, t) = api(token);
+    c.post(app.url(path))
+        .bearer_auth(t)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
+    let (c, t) = api(token);
+    let res = c.get(app.url(path)).bearer_auth(t).send().await.unwrap();
+    assert_eq!(res.status(), 200, "GET {path}");
+    res.json().await.unwrap()
+}
+
+/// Polls `check` until it returns Some, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Launches `n` servers through the API and waits until each one's agent has registered.
+pub async fn launch_agents(app: &TestApp, token: &str, n: i64) -> Vec<String> {
+    let image: String =
+        sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let res = post(
+        app,
+        token,
+        "/api/v1/servers",
+        json!({"image_id": image, "count": n}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let launch: Value = res.json().await.unwrap();
+    let launch_id = launch["id"].as_i64().unwrap();
+    eventually(60, "the launched servers' agents register", || async {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT a.server_id FROM agents a JOIN servers s ON s.id = a.server_id
+             WHERE s.launch_id = $1 ORDER BY a.server_id",
+        )
+        .bind(launch_id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        (ids.len() as i64 == n).then_some(ids)
+    })
+    .await
+}
+
+pub async fn stop_fleet(app: &TestApp) {
+    let live: Vec<String> =
+        describe_all(app.cloud.as_ref(), &ServerFilter::fleet(app.cloud.fleet()))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.state != ServerState::Terminated)
+            .map(|s| s.id)
+            .collect();
+    app.cloud.terminate(&live).await.unwrap();
+}
+
+/// SIGTERM to every agent a console in another process started (its fleet outlives it).
+pub async fn stop_agents(pool: &sqlx::PgPool) {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM local_instances WHERE pid IS NOT NULL")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    for pid in pids {
+        // SAFETY: kill(2) on agents this test's console started.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `kiln serve` as a child process on a fixed port (so agents find it again after a
+/// restart), with fast heartbeats and task polling, plus `extra` settings.
+pub async fn start_console(
+    db: &str,
+    port: u16,
+    fleet: &str,
+    extra: &[(&str, &str)],
+) -> tokio::process::Child {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let bind = format!("127.0.0.1:{port}");
+    let mut env = vec![
+        ("KILN_BIND", bind.as_str()),
+        ("KILN_FLEET", fleet),
+        ("KILN_HEARTBEAT", "1"),
+        ("KILN_LEASE", "4"),
+        ("KILN_TASK_POLL", "1"),
+    ];
+    env.extend_from_slice(extra);
+    let mut child = crate::cli::serve_with(db, &env);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    crate::cli::line_with(&mut stderr, "kiln console listening").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    child
 }

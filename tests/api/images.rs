@@ -1,8 +1,6 @@
 //! The image catalogue: the local base image becomes current on its own, images are added
 //! (pages and API), checked at the provider by a task, and bad input changes nothing.
 
-use std::time::Duration;
-
 use kiln::domain::Role;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -10,22 +8,15 @@ use crate::helpers::{TestApp, location, spawn_app, spawn_app_with};
 
 /// Waits (bounded) until the catalogue's `id` has `state`.
 async fn until_state(pool: &sqlx::PgPool, id: &str, state: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    crate::helpers::eventually(60, &format!("image {id} {state}"), || async {
         let now: Option<String> = sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await
             .unwrap();
-        if now.as_deref() == Some(state) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "image {id} stayed {now:?}, expected {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        (now.as_deref() == Some(state)).then_some(())
+    })
+    .await
 }
 
 async fn api_images(app: &TestApp, token: &str) -> Vec<serde_json::Value> {
@@ -187,6 +178,8 @@ async fn a_viewer_cannot_add_images_and_sees_no_form() {
 #[tokio::test]
 async fn on_aws_an_existing_ami_is_adopted_and_an_unknown_one_fails_with_the_reason() {
     let db = crate::helpers::fresh_database_url();
+    // Whatever agents its consoles launch stop when the test ends, passed or not.
+    let _agents = crate::helpers::AgentsGuard::new(&db);
     let endpoint = format!("http://127.0.0.1:{}", crate::moto::moto_port());
     let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
     let mut kiln = crate::cli::serve_aws(&db, &endpoint, &fleet, &[("KILN_TASK_POLL", "1")]);
@@ -342,23 +335,16 @@ async fn deregister_refuses_the_current_image_and_one_servers_run_then_deregiste
         .await;
     assert_eq!(res.status(), 303);
     until_state(&app.pool, &spare, "deregistered").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    crate::helpers::eventually(30, "the provider deregisters it", || async {
         let at_provider: String =
             sqlx::query_scalar("SELECT state FROM local_images WHERE id = $1")
                 .bind(&spare)
                 .fetch_one(&app.pool)
                 .await
                 .unwrap();
-        if at_provider == "deregistered" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the provider still has it {at_provider}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        (at_provider == "deregistered").then_some(())
+    })
+    .await;
     let again = deregister(spare.clone()).await.unwrap();
     assert_eq!(
         again.status(),

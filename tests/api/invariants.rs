@@ -150,7 +150,13 @@ fn no_import_cycles_between_top_level_modules() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let src = root.join("src");
     let top_of = |rel: &std::path::Path| -> String {
-        let first = rel.components().next().unwrap().as_os_str().to_str().unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
         first.trim_end_matches(".rs").to_owned()
     };
     let mut files = Vec::new();
@@ -178,7 +184,11 @@ fn no_import_cycles_between_top_level_modules() {
             let rest = &code[at + "crate::".len()..];
             if let Some(group) = rest.strip_prefix('{') {
                 let group = &group[..group.find('}').unwrap_or(group.len())];
-                named.extend(group.split(',').map(|p| p.trim().split("::").next().unwrap_or("")));
+                named.extend(
+                    group
+                        .split(',')
+                        .map(|p| p.trim().split("::").next().unwrap_or("")),
+                );
             } else {
                 let end = rest
                     .find(|c: char| !c.is_alphanumeric() && c != '_')

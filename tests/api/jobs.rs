@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use kiln::cloud::{Provider, ServerFilter, ServerState, describe_all};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{
+    TestApp, eventually, free_port, get_json, launch_agents, post, spawn_app_with, start_console,
+    stop_fleet,
+};
 
 /// Heartbeats every second and 4-second leases: a dead agent's job is requeued within
 /// seconds, not minutes.
@@ -20,77 +22,6 @@ async fn queue_app() -> (TestApp, String) {
     .await;
     let token = app.token_for("admin").await;
     (app, token)
-}
-
-pub(crate) fn api(token: &str) -> (reqwest::Client, String) {
-    (reqwest::Client::new(), token.to_owned())
-}
-
-pub(crate) async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
-    let (c, t) = api(token);
-    c.post(app.url(path))
-        .bearer_auth(t)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-pub(crate) async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
-    let (c, t) = api(token);
-    let res = c.get(app.url(path)).bearer_auth(t).send().await.unwrap();
-    assert_eq!(res.status(), 200, "GET {path}");
-    res.json().await.unwrap()
-}
-
-/// Polls `check` until it returns Some, for at most `secs` seconds.
-pub(crate) async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Launches `n` servers through the API and waits until each one's agent has registered.
-pub(crate) async fn launch_agents(app: &TestApp, token: &str, n: i64) -> Vec<String> {
-    let image: String =
-        sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    let res = post(
-        app,
-        token,
-        "/api/v1/servers",
-        json!({"image_id": image, "count": n}),
-    )
-    .await;
-    assert_eq!(res.status(), 202);
-    let launch: Value = res.json().await.unwrap();
-    let launch_id = launch["id"].as_i64().unwrap();
-    eventually(60, "the launched servers' agents register", || async {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT a.server_id FROM agents a JOIN servers s ON s.id = a.server_id
-             WHERE s.launch_id = $1 ORDER BY a.server_id",
-        )
-        .bind(launch_id)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
-        (ids.len() as i64 == n).then_some(ids)
-    })
-    .await
 }
 
 pub(crate) async fn enqueue(app: &TestApp, token: &str, body: Value) -> i64 {
@@ -119,18 +50,6 @@ pub(crate) async fn job_in(
             .then_some(j)
     })
     .await
-}
-
-pub(crate) async fn stop_fleet(app: &TestApp) {
-    let live: Vec<String> =
-        describe_all(app.cloud.as_ref(), &ServerFilter::fleet(app.cloud.fleet()))
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|s| s.state != ServerState::Terminated)
-            .map(|s| s.id)
-            .collect();
-    app.cloud.terminate(&live).await.unwrap();
 }
 
 pub(crate) async fn agent_pid(app: &TestApp, server: &str) -> i32 {
@@ -717,57 +636,11 @@ async fn past_the_drain_timeout_the_server_goes_and_its_job_runs_elsewhere() {
     stop_fleet(&app).await;
 }
 
-/// SIGTERM to every agent a console in another process started (its fleet outlives it).
-pub(crate) async fn stop_agents(pool: &sqlx::PgPool) {
-    let pids: Vec<i32> =
-        sqlx::query_scalar("SELECT pid FROM local_instances WHERE pid IS NOT NULL")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-    for pid in pids {
-        // SAFETY: kill(2) on agents this test's console started.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `kiln serve` as a child process on a fixed port (so agents find it again after a
-/// restart), with fast heartbeats and task polling, plus `extra` settings.
-pub(crate) async fn start_console(
-    db: &str,
-    port: u16,
-    fleet: &str,
-    extra: &[(&str, &str)],
-) -> tokio::process::Child {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let bind = format!("127.0.0.1:{port}");
-    let mut env = vec![
-        ("KILN_BIND", bind.as_str()),
-        ("KILN_FLEET", fleet),
-        ("KILN_HEARTBEAT", "1"),
-        ("KILN_LEASE", "4"),
-        ("KILN_TASK_POLL", "1"),
-    ];
-    env.extend_from_slice(extra);
-    let mut child = crate::cli::serve_with(db, &env);
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    crate::cli::line_with(&mut stderr, "kiln console listening").await;
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-    child
-}
-
 #[tokio::test]
 async fn a_console_restart_mid_run_loses_no_job() {
     let db = crate::helpers::fresh_database_url();
+    // Whatever agents its consoles launch stop when the test ends, passed or not.
+    let _agents = crate::helpers::AgentsGuard::new(&db);
     let fleet = format!("r-{}", uuid::Uuid::new_v4().simple());
     let port = free_port();
     let mut console = start_console(&db, port, &fleet, &[]).await;
@@ -835,6 +708,6 @@ async fn a_console_restart_mid_run_loses_no_job() {
         count("SELECT count(*) FROM job_attempts WHERE state = 'succeeded'").await,
         30
     );
-    crate::jobs::stop_agents(&pool).await;
+    crate::helpers::stop_agents(&pool).await;
     crate::cli::sigterm_and_wait(&mut console).await;
 }

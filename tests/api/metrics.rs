@@ -394,7 +394,7 @@ async fn the_console_records_its_own_figures_as_metrics() {
     })
     .await;
     let token = app.token_for("admin").await;
-    let servers = crate::jobs::launch_agents(&app, &token, 1).await;
+    let servers = crate::helpers::launch_agents(&app, &token, 1).await;
     let job = crate::jobs::enqueue(&app, &token, json!({"command": "echo hi"})).await;
     crate::jobs::job_in(&app, &token, job, &["succeeded"], 30).await;
     let image: String = sqlx::query_scalar("SELECT image_id FROM servers LIMIT 1")
@@ -403,7 +403,7 @@ async fn the_console_records_its_own_figures_as_metrics() {
         .unwrap();
     let from = now() - 120;
     // Raw points (a 10 s resolution reads them), so no wait for the rollups.
-    crate::jobs::eventually(
+    crate::helpers::eventually(
         30,
         "the job's success, its duration and the agent's CPU are recorded",
         || async {
@@ -427,5 +427,5 @@ async fn the_console_records_its_own_figures_as_metrics() {
         },
     )
     .await;
-    crate::jobs::stop_fleet(&app).await;
+    crate::helpers::stop_fleet(&app).await;
 }

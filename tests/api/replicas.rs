@@ -3,8 +3,6 @@
 //! consoles side by side run every task once. EC2 is moto behind the fault proxy, which
 //! holds the first RunInstances answer so that the kill lands mid-call, deterministically.
 
-use std::time::Duration;
-
 use kiln::cloud::{ServerFilter, describe_all};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -44,14 +42,11 @@ async fn start(db: &str, endpoint: &str, fleet: &str) -> Console {
 }
 
 async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::eventually(90, what, || {
+        let done = check();
+        async move { done.await.then_some(()) }
+    })
+    .await
 }
 
 async fn get_json(url: String, token: &str) -> serde_json::Value {
@@ -69,6 +64,8 @@ async fn get_json(url: String, token: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_console_killed_mid_launch_loses_nothing_and_two_consoles_run_each_task_once() {
     let db = crate::helpers::fresh_database_url();
+    // Whatever agents its consoles launch stop when the test ends, passed or not.
+    let _agents = crate::helpers::AgentsGuard::new(&db);
     let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
     let proxy = FaultProxy::start().await;
     proxy.inject("RunInstances", Fault::Delay(120_000), 1);

@@ -337,72 +337,11 @@ async fn every_route_answers_each_role_as_declared() {
             };
             let status = res.status();
             let to_login = status == StatusCode::SEE_OTHER && location(&res).starts_with("/login");
-            let outcome = match (route.access, who) {
-                // Nobody in the matrix signs its requests with the webhook's secret.
-                (Access::Signed, _) => {
-                    if status == StatusCode::UNAUTHORIZED {
-                        Ok(())
-                    } else {
-                        Err("expected 401 without a valid signature")
-                    }
-                }
-                // Nobody in the matrix holds an agent token; a user's API token is not one.
-                (Access::Agent, _) => {
-                    if status == StatusCode::UNAUTHORIZED {
-                        Ok(())
-                    } else {
-                        Err("expected 401 without an agent token")
-                    }
-                }
-                (Access::Public, _) => {
-                    if status == StatusCode::UNAUTHORIZED
-                        || status == StatusCode::FORBIDDEN
-                        || to_login
-                    {
-                        Err("public route refused")
-                    } else {
-                        Ok(())
-                    }
-                }
-                (Access::Role(_), Who::Nobody) if api => {
-                    if status == StatusCode::UNAUTHORIZED {
-                        Ok(())
-                    } else {
-                        Err("expected 401")
-                    }
-                }
-                (Access::Role(_), Who::Nobody) => {
-                    if to_login {
-                        Ok(())
-                    } else {
-                        Err("expected a redirect to /login")
-                    }
-                }
-                (Access::Role(least), Who::As(role)) if role < least => {
-                    if status == StatusCode::FORBIDDEN {
-                        Ok(())
-                    } else {
-                        Err("expected 403")
-                    }
-                }
-                // Logging out succeeds by sending the user to the login page.
-                (Access::Role(_), Who::As(_)) if route.path == "/logout" => {
-                    if to_login {
-                        Ok(())
-                    } else {
-                        Err("expected logout to redirect to /login")
-                    }
-                }
-                (Access::Role(_), Who::As(_)) => {
-                    if status == StatusCode::UNAUTHORIZED
-                        || status == StatusCode::FORBIDDEN
-                        || to_login
-                    {
-                        Err("allowed role refused")
-                    } else {
-                        Ok(())
-                    }
-                }
+            // A server error is never an answer: not a refusal, and not "allowed" either.
+            let outcome = if status.is_server_error() {
+                Err("server error")
+            } else {
+                decide_outcome(route, who, api, status, to_login)
             };
             if let Err(why) = outcome {
                 failures.push(format!(
@@ -432,4 +371,76 @@ async fn a_viewer_sees_pages_without_action_controls_and_no_users_link() {
     );
     assert!(html.contains(">Audit</a>"));
     assert_eq!(app.get(&viewer, "/users").await.status(), 403);
+}
+
+/// What a role's request to a route should have got, by its status (server errors are
+/// judged before this: never acceptable).
+fn decide_outcome(
+    route: &kiln::web::routes::RouteSpec,
+    who: Who,
+    api: bool,
+    status: StatusCode,
+    to_login: bool,
+) -> Result<(), &'static str> {
+    match (route.access, who) {
+        // Nobody in the matrix signs its requests with the webhook's secret.
+        (Access::Signed, _) => {
+            if status == StatusCode::UNAUTHORIZED {
+                Ok(())
+            } else {
+                Err("expected 401 without a valid signature")
+            }
+        }
+        // Nobody in the matrix holds an agent token; a user's API token is not one.
+        (Access::Agent, _) => {
+            if status == StatusCode::UNAUTHORIZED {
+                Ok(())
+            } else {
+                Err("expected 401 without an agent token")
+            }
+        }
+        (Access::Public, _) => {
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || to_login {
+                Err("public route refused")
+            } else {
+                Ok(())
+            }
+        }
+        (Access::Role(_), Who::Nobody) if api => {
+            if status == StatusCode::UNAUTHORIZED {
+                Ok(())
+            } else {
+                Err("expected 401")
+            }
+        }
+        (Access::Role(_), Who::Nobody) => {
+            if to_login {
+                Ok(())
+            } else {
+                Err("expected a redirect to /login")
+            }
+        }
+        (Access::Role(least), Who::As(role)) if role < least => {
+            if status == StatusCode::FORBIDDEN {
+                Ok(())
+            } else {
+                Err("expected 403")
+            }
+        }
+        // Logging out succeeds by sending the user to the login page.
+        (Access::Role(_), Who::As(_)) if route.path == "/logout" => {
+            if to_login {
+                Ok(())
+            } else {
+                Err("expected logout to redirect to /login")
+            }
+        }
+        (Access::Role(_), Who::As(_)) => {
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || to_login {
+                Err("allowed role refused")
+            } else {
+                Ok(())
+            }
+        }
+    }
 }

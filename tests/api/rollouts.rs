@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app_with};
-use crate::jobs::{enqueue, eventually, get_json, launch_agents, post, stop_fleet};
+use crate::helpers::{eventually, get_json, launch_agents, post, stop_fleet};
+use crate::jobs::enqueue;
 
 /// Agents heartbeat every second; tasks are looked at every second.
 async fn fleet_app(grace_s: u64, slots: u32) -> (TestApp, String) {
@@ -422,7 +423,7 @@ async fn pause_resume_cancel_and_bad_input() {
         assert_eq!(res.status(), 400);
         assert!(res.text().await.unwrap().contains(why));
     }
-    let (c, t) = crate::jobs::api(&token);
+    let (c, t) = crate::helpers::api(&token);
     let res = c
         .post(app.url(&format!("/api/v1/images/{new}/release")))
         .bearer_auth(&t)
@@ -546,10 +547,12 @@ async fn pause_resume_cancel_and_bad_input() {
 #[tokio::test]
 async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_launches() {
     let db = crate::helpers::fresh_database_url();
+    // Whatever agents its consoles launch stop when the test ends, passed or not.
+    let _agents = crate::helpers::AgentsGuard::new(&db);
     let fleet = format!("r-{}", uuid::Uuid::new_v4().simple());
-    let port = crate::jobs::free_port();
+    let port = crate::helpers::free_port();
     let start_console =
-        || crate::jobs::start_console(&db, port, &fleet, &[("KILN_TASK_LEASE", "3")]);
+        || crate::helpers::start_console(&db, port, &fleet, &[("KILN_TASK_LEASE", "3")]);
     let mut console = start_console().await;
     let token = crate::cli::admin_token(&db).await;
     let pool = kiln::db::connect(&db).await.unwrap();
@@ -650,6 +653,6 @@ async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_
         count("SELECT count(*) FROM servers WHERE mode = 'enabled' AND state = 'running' AND image_id = (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)").await,
         4
     );
-    crate::jobs::stop_agents(&pool).await;
+    crate::helpers::stop_agents(&pool).await;
     crate::cli::sigterm_and_wait(&mut console).await;
 }

@@ -1,9 +1,7 @@
 //! Launching servers (pages and API), the Servers page, the fleet cap, bad input, and the
 //! reconciler (states, vanished servers, adopted ones, one replica at a time).
 
-use std::time::Duration;
-
-use kiln::cloud::{Provider, ServerFilter, ServerState, describe_all};
+use kiln::cloud::{ServerFilter, ServerState, describe_all};
 use kiln::domain::Role;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
@@ -17,8 +15,7 @@ async fn base_image(app: &TestApp) -> String {
 
 /// Waits (bounded) for a launch to finish; returns its JSON.
 async fn finished_launch(app: &TestApp, token: &str, id: i64) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    crate::helpers::eventually(60, &format!("launch {id} finishes"), || async {
         let launch: serde_json::Value = reqwest::Client::new()
             .get(app.url(&format!("/api/v1/launches/{id}")))
             .bearer_auth(token)
@@ -28,28 +25,9 @@ async fn finished_launch(app: &TestApp, token: &str, id: i64) -> serde_json::Val
             .json()
             .await
             .unwrap();
-        if !matches!(launch["state"].as_str(), Some("pending") | Some("running")) {
-            return launch;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "launch {id} did not finish: {launch}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Stops the agent processes a test's launches started.
-async fn stop_all(app: &TestApp) {
-    let live: Vec<String> =
-        describe_all(app.cloud.as_ref(), &ServerFilter::fleet(app.cloud.fleet()))
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|s| s.state != ServerState::Terminated)
-            .map(|s| s.id)
-            .collect();
-    app.cloud.terminate(&live).await.unwrap();
+        (!matches!(launch["state"].as_str(), Some("pending") | Some("running"))).then_some(launch)
+    })
+    .await
 }
 
 async fn launch_api(app: &TestApp, token: &str, body: serde_json::Value) -> reqwest::Response {
@@ -142,7 +120,7 @@ async fn a_launch_returns_at_once_and_its_servers_come_up_at_the_provider() {
             .iter()
             .any(|a| a.action == "servers.launch" && a.actor == "olga")
     );
-    stop_all(&app).await;
+    crate::helpers::stop_fleet(&app).await;
 }
 
 #[tokio::test]
@@ -173,16 +151,14 @@ async fn the_launch_form_launches_from_the_current_image() {
     assert_eq!(res.status(), 303);
     let after = app.get(&operator, "/servers").await.text().await.unwrap();
     assert!(after.contains("Launching 1 from"), "flash");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while app
-        .count("SELECT count(*) FROM servers WHERE state = 'running'")
-        .await
-        != 1
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    stop_all(&app).await;
+    crate::helpers::eventually(60, "one server running", || async {
+        (app.count("SELECT count(*) FROM servers WHERE state = 'running'")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    crate::helpers::stop_fleet(&app).await;
 }
 
 #[tokio::test]
@@ -270,7 +246,7 @@ async fn bad_launches_are_refused_with_reasons_and_leave_nothing_behind() {
         .await
         .unwrap();
     finished_launch(&app, &token, id).await;
-    stop_all(&app).await;
+    crate::helpers::stop_fleet(&app).await;
 }
 
 #[tokio::test]
@@ -340,11 +316,11 @@ async fn the_reconciler_follows_the_provider_marks_the_vanished_and_adopts_stran
     .execute(&app.pool)
     .await
     .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::helpers::eventually(30, "the killed agent is gone", || async {
+        (!std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")))
+            .then_some(())
+    })
+    .await;
 
     let summary = kiln::fleet::reconciler::run_once(&app.pool, &app.cloud)
         .await
@@ -416,7 +392,7 @@ async fn the_reconciler_follows_the_provider_marks_the_vanished_and_adopts_stran
         (0, 0, 0),
         "a second pass changes nothing"
     );
-    stop_all(&app).await;
+    crate::helpers::stop_fleet(&app).await;
 }
 
 #[tokio::test]
@@ -479,22 +455,15 @@ async fn api_act(
 }
 
 async fn until_server_state(app: &TestApp, id: &str, state: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    crate::helpers::eventually(60, &format!("server {id} {state}"), || async {
         let now: String = sqlx::query_scalar("SELECT state FROM servers WHERE id = $1")
             .bind(id)
             .fetch_one(&app.pool)
             .await
             .unwrap();
-        if now == state {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server {id} stayed {now}, expected {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        (now == state).then_some(())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -546,7 +515,7 @@ async fn disable_and_enable_are_immediate_idempotent_and_survive_a_reconcile() {
             ("server.disable".into(), "".into())
         ]
     );
-    stop_all(&app).await;
+    crate::helpers::stop_fleet(&app).await;
 }
 
 #[tokio::test]
@@ -693,7 +662,7 @@ async fn bulk_actions_apply_to_the_selection_or_change_nothing() {
         ["disabled", "disabled", "enabled"],
         "the refused bulk action changed nothing"
     );
-    stop_all(&app).await;
+    crate::helpers::stop_fleet(&app).await;
 }
 
 #[tokio::test]
@@ -721,7 +690,7 @@ async fn a_viewer_sees_servers_without_action_controls() {
             && !page.contains("Apply to selected")
     );
     assert_eq!(refused.status(), 403);
-    stop_all(&app).await;
+    crate::helpers::stop_fleet(&app).await;
 }
 
 #[tokio::test]

@@ -127,18 +127,11 @@ async fn add<T: Task>(pool: &PgPool, task: &T) -> i64 {
 
 /// Waits until `sql` (a count) returns `expected`; the bound only guards against a hang.
 async fn until_count(pool: &PgPool, sql: &'static str, expected: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    crate::helpers::eventually(60, &format!("{sql} = {expected}"), || async {
         let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
-        if n == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sql} stayed at {n}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (n == expected).then_some(())
+    })
+    .await
 }
 
 async fn task_row(pool: &PgPool, id: i64) -> (String, i32, Option<String>) {
