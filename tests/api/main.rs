@@ -24,6 +24,7 @@ mod replicas;
 mod role_matrix;
 mod rollouts;
 mod servers;
+mod statements;
 mod strict_json;
 mod tasks;
 mod throttle;
