@@ -45,7 +45,7 @@ pub struct NewImage<'a> {
     pub name: &'a str,
     pub version: &'a str,
     pub description: &'a str,
-    pub state: &'a str,
+    pub state: crate::domain::ImageState,
     pub added_by: &'a str,
 }
 

@@ -21,7 +21,7 @@ pub struct Candidate {
     pub id: String,
     pub name: String,
     pub version: String,
-    pub state: String,
+    pub state: crate::domain::ImageState,
     pub created_at: OffsetDateTime,
 }
 

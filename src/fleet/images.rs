@@ -97,7 +97,7 @@ pub async fn add(
             name: &name,
             version: &version,
             description: &description,
-            state: "pending",
+            state: crate::domain::ImageState::Pending,
             added_by: &principal.name,
         },
     )
@@ -151,7 +151,7 @@ pub async fn import_local(pool: &sqlx::PgPool, cloud: &AnyProvider) -> anyhow::R
                 name: &image.name,
                 version: &version,
                 description: &image.description,
-                state: "pending",
+                state: crate::domain::ImageState::Pending,
                 added_by: "kiln",
             };
             if crate::db::images::insert(&mut tx, &new).await? {

@@ -339,7 +339,7 @@ pub struct CleanupView {
     pub id: String,
     pub name: String,
     pub version: String,
-    pub state: String,
+    pub state: crate::domain::ImageState,
     pub created: When,
 }
 
