@@ -15,7 +15,7 @@ use super::decide::{
 };
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::rollouts::RolloutRow;
-use crate::domain::{LaunchState, Next, RolloutState};
+use crate::domain::{LaunchState, Next, RolloutRole, RolloutServerState, RolloutState, ServerMode};
 use crate::fleet::launch_servers::LaunchServers;
 
 /// How soon a waiting rollout looks again: often enough that a healthy batch moves on within
@@ -364,18 +364,15 @@ async fn reuse_kept(
     if reused.is_empty() {
         return Ok(());
     }
-    sqlx::query("UPDATE servers SET mode = 'enabled', updated_at = now() WHERE id = ANY($1)")
-        .bind(&reused)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO rollout_servers (rollout_id, server_id, role, state, batch)
-         SELECT $1, id, 'new', 'reenabled', $3 FROM unnest($2::TEXT[]) AS id",
+    take_part(
+        conn,
+        r.id,
+        n,
+        &reused,
+        ServerMode::Enabled,
+        RolloutRole::New,
+        RolloutServerState::Reenabled,
     )
-    .bind(r.id)
-    .bind(&reused)
-    .bind(n)
-    .execute(&mut *conn)
     .await?;
     sqlx::query(
         "INSERT INTO rollout_batches (rollout_id, n, launch_id, size, deadline)
@@ -476,18 +473,15 @@ async fn disable_old(
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("UPDATE servers SET mode = 'disabled', updated_at = now() WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO rollout_servers (rollout_id, server_id, role, state, batch)
-         SELECT $1, id, 'old', 'kept', $3 FROM unnest($2::TEXT[]) AS id",
+    take_part(
+        conn,
+        r.id,
+        batch,
+        &ids,
+        ServerMode::Disabled,
+        RolloutRole::Old,
+        RolloutServerState::Kept,
     )
-    .bind(r.id)
-    .bind(&ids)
-    .bind(batch)
-    .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE rollouts SET replaced = replaced + $2, updated_at = now() WHERE id = $1")
         .bind(r.id)
@@ -499,6 +493,36 @@ async fn disable_old(
         AuditEvent::system("rollout.disable", format!("rollout:{}", r.id), Outcome::Ok)
             .detail(format!("batch {batch}: disabled {}", ids.join(", "))),
     )
+    .await?;
+    Ok(())
+}
+
+/// Puts `ids` in `mode` and records them as part of the rollout's batch, in `role` and
+/// `state`: a replacement enabled, or an old server disabled and kept.
+async fn take_part(
+    conn: &mut PgConnection,
+    rollout_id: i64,
+    batch: i32,
+    ids: &[String],
+    mode: ServerMode,
+    role: RolloutRole,
+    state: RolloutServerState,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE servers SET mode = $2, updated_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .bind(mode)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO rollout_servers (rollout_id, server_id, role, state, batch)
+         SELECT $1, id, $3, $4, $5 FROM unnest($2::TEXT[]) AS id",
+    )
+    .bind(rollout_id)
+    .bind(ids)
+    .bind(role)
+    .bind(state)
+    .bind(batch)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }

@@ -1,5 +1,15 @@
 //! Architecture invariants from ARCHITECTURE.md that a machine can check.
 
+/// A source file's code, its `//` comments left out.
+fn code_of(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -125,12 +135,7 @@ fn nothing_below_the_web_imports_the_web() {
         if above.contains(&top) {
             continue;
         }
-        let code: String = std::fs::read_to_string(f)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code = code_of(f);
         if code.contains("crate::web") || code.contains("super::web") {
             offenders.push(rel.display().to_string());
         }
@@ -172,12 +177,7 @@ fn no_import_cycles_between_top_level_modules() {
         if !tops.contains(&from) {
             continue;
         }
-        let code: String = std::fs::read_to_string(f)
-            .unwrap()
-            .lines()
-            .map(|l| l.split("//").next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code = code_of(f);
         // `crate::x` and the names inside `use crate::{x, y::z}`.
         let mut named = Vec::new();
         for (at, _) in code.match_indices("crate::") {
