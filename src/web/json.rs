@@ -143,6 +143,36 @@ impl<T: DeserializeOwned + 'static> FromRequest for Strict<T> {
     }
 }
 
+/// The body of an action that takes none (cancel, retry, deregister, pause…): nothing, or
+/// `{}`. Anything else is refused as the API refuses an unknown field — a body sent to such a
+/// route was meant to say something the route would silently ignore.
+pub struct NoBody;
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Empty {}
+
+impl FromRequest for NoBody {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let body = body
+                .await
+                .map_err(|e| AppError::BadRequest(format!("The body could not be read: {e}")))?;
+            parse_optional::<Empty>(&body)
+                .map(|_| NoBody)
+                .map_err(|e| match e {
+                    AppError::BadRequest(m) => {
+                        AppError::BadRequest(format!("{m} (This action takes no body.)"))
+                    }
+                    other => other,
+                })
+        })
+    }
+}
+
 /// An optional body: none (or only whitespace) is `T::default()`; anything else must be a `T`.
 pub fn parse_optional<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, AppError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -194,6 +224,18 @@ mod tests {
         assert!(
             message::<Launch>(r#"{"image_id": "a", "count": "3"}"#, r).contains("whole number")
         );
+    }
+
+    #[test]
+    fn an_action_without_a_body_takes_nothing_or_an_empty_object() {
+        assert!(parse_optional::<Empty>(b"").is_ok());
+        assert!(parse_optional::<Empty>(b" {} ").is_ok());
+        let refused = |body: &str| match parse_optional::<Empty>(body.as_bytes()) {
+            Err(AppError::BadRequest(m)) => m,
+            other => panic!("{body}: {other:?}"),
+        };
+        assert!(refused(r#"{"force": true}"#).starts_with("force: unknown field"));
+        assert!(refused("[]").contains("must be a JSON object"));
     }
 
     #[test]

@@ -95,6 +95,15 @@ async fn malformed_bodies_are_refused_by_name_and_change_nothing() {
         body
     };
     let server = "i-local-00000000000000abc";
+    // A queued job (no agent will take it): its cancel and retry take no body.
+    let res = post(
+        "/api/v1/jobs".into(),
+        json!({"command": "true"}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let job = res.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
 
     let mut corpus: Vec<(String, Case)> = Vec::new();
     let mut add = |path: &str, cases: Vec<Case>| {
@@ -214,6 +223,24 @@ async fn malformed_bodies_are_refused_by_name_and_change_nothing() {
             ),
         ],
     );
+    // Actions that take no body: nothing, or `{}`; anything else would be silently ignored.
+    for path in [
+        format!("/api/v1/jobs/{job}/cancel"),
+        format!("/api/v1/jobs/{job}/retry"),
+        format!("/api/v1/images/{image}/deregister"),
+        "/api/v1/rollouts/1/pause".to_owned(),
+        "/api/v1/rollouts/1/cancel".to_owned(),
+        "/api/v1/bakes/1/cancel".to_owned(),
+    ] {
+        add(&path, not_objects(false));
+        add(
+            &path,
+            vec![
+                field(json!({"force": true}), "force"),
+                field(json!({"reason": "because"}), "reason"),
+            ],
+        );
+    }
     add(
         "/v1/metrics",
         vec![

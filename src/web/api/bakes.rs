@@ -131,6 +131,7 @@ pub async fn cancel(
     principal: Principal,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    _body: crate::web::json::NoBody,
 ) -> Result<HttpResponse, AppError> {
     let id = bake_id(&id)?;
     let ip = crate::web::pages::source_ip(&req);

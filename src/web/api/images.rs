@@ -86,6 +86,7 @@ pub async fn deregister(
     principal: Principal,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    _body: crate::web::json::NoBody,
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     let ip = crate::web::pages::source_ip(&req);

@@ -255,6 +255,7 @@ pub async fn cancel(
     principal: Principal,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    _body: crate::web::json::NoBody,
 ) -> Result<HttpResponse, AppError> {
     let id = parse_id(&id)?;
     crate::jobs::cancel(
@@ -274,6 +275,7 @@ pub async fn retry(
     principal: Principal,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    _body: crate::web::json::NoBody,
 ) -> Result<HttpResponse, AppError> {
     let id = parse_id(&id)?;
     crate::jobs::retry(

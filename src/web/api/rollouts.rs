@@ -177,6 +177,7 @@ pub async fn control(
     principal: Principal,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
+    _body: crate::web::json::NoBody,
 ) -> Result<HttpResponse, AppError> {
     let (id, action) = path.into_inner();
     let action = Control::parse(&action)?;
