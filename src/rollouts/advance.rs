@@ -61,11 +61,16 @@ pub async fn advance(
     heartbeat_s: u64,
 ) -> sqlx::Result<Next> {
     let policy = Policy::for_heartbeat(heartbeat_s);
+    // The database's clock, so that every console judges deadlines and heartbeats by the same
+    // time; `now()` is the transaction's, the same for every look of this step.
+    let now: OffsetDateTime = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await?;
     loop {
         let Some(r) = crate::db::rollouts::lock(conn, rollout_id).await? else {
             return Ok(Next::Done);
         };
-        let (snapshot, now) = read_snapshot(conn, &r, &policy).await?;
+        let snapshot = read_snapshot(conn, &r, &policy).await?;
         let decision = decide::decide(&snapshot, now, &policy);
         if let Some(next) = apply(conn, &r, &policy, decision).await? {
             return Ok(next);
@@ -73,16 +78,12 @@ pub async fn advance(
     }
 }
 
-/// Reads what `decide` needs for the rollout's state (and only that), with the database's
-/// clock, so that every console judges deadlines and heartbeats by the same time.
+/// Reads what `decide` needs for the rollout's state (and only that).
 async fn read_snapshot(
     conn: &mut PgConnection,
     r: &RolloutRow,
     policy: &Policy,
-) -> sqlx::Result<(Snapshot, OffsetDateTime)> {
-    let now: OffsetDateTime = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *conn)
-        .await?;
+) -> sqlx::Result<Snapshot> {
     let window = policy.health_window.as_secs_f64();
     let mut s = Snapshot {
         state: r.state,
@@ -123,7 +124,7 @@ async fn read_snapshot(
         | RolloutState::Failed
         | RolloutState::Cancelled => {}
     }
-    Ok((s, now))
+    Ok(s)
 }
 
 async fn read_open_batch(
@@ -374,16 +375,7 @@ async fn reuse_kept(
         RolloutServerState::Reenabled,
     )
     .await?;
-    sqlx::query(
-        "INSERT INTO rollout_batches (rollout_id, n, launch_id, size, deadline)
-         VALUES ($1, $2, NULL, $3, now() + make_interval(secs => $4))",
-    )
-    .bind(r.id)
-    .bind(n)
-    .bind(reused.len() as i32)
-    .bind(f64::from(r.health_timeout_s))
-    .execute(&mut *conn)
-    .await?;
+    insert_batch(conn, r, n, None, reused.len() as i32).await?;
     audit::record(
         &mut *conn,
         AuditEvent::system("rollout.batch", format!("rollout:{}", r.id), Outcome::Ok).detail(
@@ -426,17 +418,7 @@ async fn launch_batch(
         None,
     )
     .await?;
-    sqlx::query(
-        "INSERT INTO rollout_batches (rollout_id, n, launch_id, size, deadline)
-         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
-    )
-    .bind(r.id)
-    .bind(n)
-    .bind(launch.id)
-    .bind(count as i32)
-    .bind(f64::from(r.health_timeout_s))
-    .execute(&mut *conn)
-    .await?;
+    insert_batch(conn, r, n, Some(launch.id), count as i32).await?;
     audit::record(
         &mut *conn,
         AuditEvent::system("rollout.batch", format!("rollout:{}", r.id), Outcome::Ok).detail(
@@ -493,6 +475,28 @@ async fn disable_old(
         AuditEvent::system("rollout.disable", format!("rollout:{}", r.id), Outcome::Ok)
             .detail(format!("batch {batch}: disabled {}", ids.join(", "))),
     )
+    .await?;
+    Ok(())
+}
+
+/// Records batch `n` (its launch, if any) with the health deadline the rollout allows.
+async fn insert_batch(
+    conn: &mut PgConnection,
+    r: &RolloutRow,
+    n: i32,
+    launch_id: Option<i64>,
+    size: i32,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO rollout_batches (rollout_id, n, launch_id, size, deadline)
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+    )
+    .bind(r.id)
+    .bind(n)
+    .bind(launch_id)
+    .bind(size)
+    .bind(f64::from(r.health_timeout_s))
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }

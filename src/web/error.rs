@@ -28,9 +28,13 @@ pub enum AppError {
     WrongProtocol(String),
     #[error("{message}")]
     TooManyRequests { message: String, retry_after_s: u64 },
-    /// Something the console depends on is not answering (503).
-    #[error("{0}")]
-    Unavailable(String),
+    /// Something the console depends on is not answering (503); the source is logged once,
+    /// with the 5xx, by the error middleware.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        source: anyhow::Error,
+    },
     #[error("Something went wrong on our side.")]
     Internal(#[from] anyhow::Error),
 }
@@ -55,10 +59,7 @@ impl From<crate::error::Error> for AppError {
             Error::Invalid(m) => AppError::BadRequest(m),
             Error::NotFound(m) => AppError::NotFound(m),
             Error::Conflict(m) => AppError::Conflict(m),
-            Error::Unavailable { message, source } => {
-                tracing::warn!(error = format!("{source:#}"), "{message}");
-                AppError::Unavailable(message)
-            }
+            Error::Unavailable { message, source } => AppError::Unavailable { message, source },
             Error::Internal(e) => AppError::Internal(e),
         }
     }
@@ -81,7 +82,7 @@ impl ResponseError for AppError {
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::WrongProtocol(_) => StatusCode::UPGRADE_REQUIRED,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -21,9 +21,6 @@ pub enum Unknown {
     Ignore,
 }
 
-/// The largest JSON body the API reads (Librato's routes read their own, larger, limit).
-const MAX_BODY: usize = 256 * 1024;
-
 /// Parses `body` as a `T`, or says in one sentence what is wrong and where.
 pub fn parse<T: DeserializeOwned>(body: &[u8], unknown: Unknown) -> Result<T, AppError> {
     // serde would take a struct from an array of its fields in order: a body is an object.
@@ -101,6 +98,25 @@ fn plain_words(message: &str) -> String {
     out
 }
 
+/// The whole body, within actix's payload limit (256 KiB): over it a 413, otherwise a 400 when
+/// it cannot be read.
+fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> impl std::future::Future<Output = Result<web::Bytes, AppError>> + 'static {
+    let body = web::Bytes::from_request(req, payload);
+    async move {
+        body.await.map_err(|e| {
+            let status = e.as_response_error().status_code();
+            if status == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::TooLarge(format!("The body is too large: {e}"))
+            } else {
+                AppError::BadRequest(format!("The body could not be read: {e}"))
+            }
+        })
+    }
+}
+
 /// An extractor: the body, parsed strictly as a `T` (unknown fields refused). The request
 /// must say it is JSON.
 pub struct Strict<T>(pub T);
@@ -122,17 +138,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for Strict<T> {
             .get(actix_web::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.trim_start().starts_with("application/json"));
-        let body = web::Bytes::from_request(req, payload);
+        let body = read_body(req, payload);
         Box::pin(async move {
-            let body = body
-                .await
-                .map_err(|e| AppError::BadRequest(format!("The body could not be read: {e}")))?;
-            if body.len() > MAX_BODY {
-                return Err(AppError::TooLarge(format!(
-                    "The body is {} bytes; at most {MAX_BODY} are read.",
-                    body.len()
-                )));
-            }
+            let body = body.await?;
             if !is_json {
                 return Err(AppError::BadRequest(
                     "Send the body as JSON (Content-Type: application/json).".into(),
@@ -156,11 +164,9 @@ impl FromRequest for NoBody {
     type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let body = web::Bytes::from_request(req, payload);
+        let body = read_body(req, payload);
         Box::pin(async move {
-            let body = body
-                .await
-                .map_err(|e| AppError::BadRequest(format!("The body could not be read: {e}")))?;
+            let body = body.await?;
             parse_optional::<Empty>(&body)
                 .map(|_| NoBody)
                 .map_err(|e| match e {

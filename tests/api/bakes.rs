@@ -772,7 +772,7 @@ async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
 async fn a_console_killed_mid_bake_finishes_it_after_a_restart() {
     let db = crate::helpers::fresh_database_url();
     // Whatever agents its consoles launch stop when the test ends, passed or not.
-    let _agents = crate::helpers::AgentsGuard::new(&db);
+    let agents = crate::helpers::AgentsGuard::new(&db);
     let fleet = format!("b-{}", uuid::Uuid::new_v4().simple());
     let port = crate::helpers::free_port();
     let start_console =
@@ -850,7 +850,8 @@ async fn a_console_killed_mid_bake_finishes_it_after_a_restart() {
             .then_some(())
     })
     .await;
-    crate::helpers::stop_agents(&pool).await;
+    // The local servers stop before their console does.
+    drop(agents);
     crate::cli::sigterm_and_wait(&mut console).await;
 }
 

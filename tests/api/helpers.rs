@@ -374,21 +374,6 @@ pub async fn stop_fleet(app: &TestApp) {
     app.cloud.terminate(&live).await.unwrap();
 }
 
-/// SIGTERM to every agent a console in another process started (its fleet outlives it).
-pub async fn stop_agents(pool: &sqlx::PgPool) {
-    let pids: Vec<i32> =
-        sqlx::query_scalar("SELECT pid FROM local_instances WHERE pid IS NOT NULL")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-    for pid in pids {
-        // SAFETY: kill(2) on agents this test's console started.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
-}
-
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

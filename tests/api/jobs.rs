@@ -640,7 +640,7 @@ async fn past_the_drain_timeout_the_server_goes_and_its_job_runs_elsewhere() {
 async fn a_console_restart_mid_run_loses_no_job() {
     let db = crate::helpers::fresh_database_url();
     // Whatever agents its consoles launch stop when the test ends, passed or not.
-    let _agents = crate::helpers::AgentsGuard::new(&db);
+    let agents = crate::helpers::AgentsGuard::new(&db);
     let fleet = format!("r-{}", uuid::Uuid::new_v4().simple());
     let port = free_port();
     let mut console = start_console(&db, port, &fleet, &[]).await;
@@ -708,6 +708,7 @@ async fn a_console_restart_mid_run_loses_no_job() {
         count("SELECT count(*) FROM job_attempts WHERE state = 'succeeded'").await,
         30
     );
-    crate::helpers::stop_agents(&pool).await;
+    // The local servers stop before their console does.
+    drop(agents);
     crate::cli::sigterm_and_wait(&mut console).await;
 }

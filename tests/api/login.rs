@@ -183,11 +183,7 @@ async fn session_id_changes_at_login() {
     let token = app.csrf(&c, "/account").await;
     let res = c
         .post(app.url("/login"))
-        .form(&[
-            ("csrf_token", token.as_str()),
-            ("username", "admin"),
-            ("password", app.admin_password.as_str()),
-        ])
+        .form(&admin_login(&app, &token))
         .send()
         .await
         .unwrap();
@@ -252,11 +248,7 @@ async fn the_login_form_needs_its_own_signed_cookie() {
     let app = spawn_app().await;
     let mallory = client();
     let token = app.csrf(&mallory, "/login").await;
-    let form = [
-        ("csrf_token", token.as_str()),
-        ("username", "admin"),
-        ("password", app.admin_password.as_str()),
-    ];
+    let form = admin_login(&app, &token);
 
     // Another browser (no cookie) with mallory's token.
     let res = client()
@@ -574,17 +566,22 @@ async fn session_cookie_is_secure_when_served_over_https() {
     let res = client()
         .post(app.url("/login"))
         .header("cookie", csrf_cookie.split(';').next().unwrap())
-        .form(&[
-            ("csrf_token", token.as_str()),
-            ("username", "admin"),
-            ("password", app.admin_password.as_str()),
-        ])
+        .form(&admin_login(&app, &token))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 303);
     let header = set_cookie(&res, "kiln_session=");
     assert!(header.contains("; Secure"), "{header}");
+}
+
+/// The login form as the first admin fills it in, with `token` as its CSRF token.
+fn admin_login<'a>(app: &'a crate::helpers::TestApp, token: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("csrf_token", token),
+        ("username", "admin"),
+        ("password", app.admin_password.as_str()),
+    ]
 }
 
 /// The whole Set-Cookie header of the cookie whose pair starts with `prefix`.

@@ -548,7 +548,7 @@ async fn pause_resume_cancel_and_bad_input() {
 async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_launches() {
     let db = crate::helpers::fresh_database_url();
     // Whatever agents its consoles launch stop when the test ends, passed or not.
-    let _agents = crate::helpers::AgentsGuard::new(&db);
+    let agents = crate::helpers::AgentsGuard::new(&db);
     let fleet = format!("r-{}", uuid::Uuid::new_v4().simple());
     let port = crate::helpers::free_port();
     let start_console =
@@ -653,6 +653,7 @@ async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_
         count("SELECT count(*) FROM servers WHERE mode = 'enabled' AND state = 'running' AND image_id = (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)").await,
         4
     );
-    crate::helpers::stop_agents(&pool).await;
+    // The local servers stop before their console does.
+    drop(agents);
     crate::cli::sigterm_and_wait(&mut console).await;
 }

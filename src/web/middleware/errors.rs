@@ -163,8 +163,10 @@ fn title(status: StatusCode) -> &'static str {
 }
 
 fn chain(error: &Error) -> String {
-    if let Some(AppError::Internal(inner)) = error.as_error::<AppError>() {
-        return format!("{inner:#}");
+    match error.as_error::<AppError>() {
+        Some(AppError::Internal(inner)) => return format!("{inner:#}"),
+        Some(AppError::Unavailable { message, source }) => return format!("{message}: {source:#}"),
+        _ => {}
     }
     // actix's own errors expose no source chain; their Debug form is the most detail we get.
     format!("{error} ({error:?})")
