@@ -239,6 +239,27 @@ pub struct Settings {
     /// When set, `GET /metrics` requires it as a bearer token.
     #[arg(long, env = "KILN_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+
+    /// Seconds between alert evaluation passes (one console evaluates at a time).
+    #[arg(long, env = "KILN_ALERT_INTERVAL", default_value_t = 15)]
+    pub alert_interval: u64,
+
+    /// Multiplies every alert condition's `for` (tests shorten minutes to seconds; 1 in use).
+    #[arg(long, env = "KILN_ALERT_FOR_SCALE", default_value_t = 1.0, hide = true)]
+    pub alert_for_scale: f64,
+
+    /// Seconds a notification is retried (with backoff) before it is marked failed.
+    #[arg(long, env = "KILN_NOTIFY_RETRY_WINDOW", default_value_t = 900)]
+    pub notify_retry_window: u64,
+
+    /// The first retry delay of a failed notification, in milliseconds (doubling, at most 30x).
+    #[arg(long, env = "KILN_NOTIFY_RETRY_BASE_MS", default_value_t = 5000)]
+    pub notify_retry_base_ms: u64,
+
+    /// Hosts a channel may reach even though they resolve to link-local or metadata
+    /// addresses (comma-separated; by default none may).
+    #[arg(long, env = "KILN_ALERT_ALLOW_HOSTS", value_delimiter = ',')]
+    pub alert_allow_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -324,6 +345,16 @@ impl Settings {
         if !(1..=500).contains(&self.rollout_batch) || self.min_healthy_percent > 100 {
             anyhow::bail!(
                 "KILN_ROLLOUT_BATCH must be between 1 and 500, KILN_MIN_HEALTHY between 0 and 100."
+            );
+        }
+        let scale_ok = self.alert_for_scale > 0.0 && self.alert_for_scale <= 1.0;
+        if !(1..=3600).contains(&self.alert_interval)
+            || !scale_ok
+            || self.notify_retry_base_ms == 0
+            || !(1..=86_400).contains(&self.notify_retry_window)
+        {
+            anyhow::bail!(
+                "KILN_ALERT_INTERVAL must be between 1 and 3600 seconds, KILN_NOTIFY_RETRY_WINDOW between 1 and 86400, KILN_NOTIFY_RETRY_BASE_MS at least 1."
             );
         }
         if self.ec2_max_attempts == 0 {

@@ -5,6 +5,7 @@
 //! `cli` the command line, `agent` the process that runs on every server.
 
 pub mod agent;
+pub mod alerts;
 pub mod auth;
 pub mod bakes;
 pub mod bench;

@@ -256,6 +256,12 @@ impl Application {
             self.settings.heartbeat,
             stop_reconciler.subscribe(),
         ));
+        let alerts = tokio::spawn(crate::alerts::evaluate::run(
+            self.pool.clone(),
+            crate::alerts::evaluate::EvalConfig::from_settings(&self.settings),
+            self.registry.clone(),
+            stop_reconciler.subscribe(),
+        ));
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
@@ -274,6 +280,7 @@ impl Application {
         let _ = sweeper.await;
         let _ = rollups.await;
         let _ = recorder.await;
+        let _ = alerts.await;
         janitor.abort();
         // Let the tasks in hand finish (a task cut short is claimed again after its lease).
         workers.stop().await;
@@ -346,4 +353,5 @@ pub fn task_registry() -> crate::tasks::Registry {
         .register::<crate::rollouts::rollout_step::RolloutStep>()
         .register::<crate::rollouts::retire_servers::RetireServers>()
         .register::<crate::bakes::bake_step::BakeStep>()
+        .register::<crate::alerts::deliver::DeliverNotification>()
 }

@@ -4,6 +4,7 @@
 //! query against a real PostgreSQL.
 
 pub mod agents;
+pub mod alerts;
 pub mod audit;
 pub mod bakes;
 pub mod dashboards;

@@ -59,3 +59,19 @@ pub struct SeriesSpec {
     #[serde(default)]
     pub label: String,
 }
+
+/// A `*` glob as a LIKE pattern (other LIKE characters taken literally).
+pub fn like_of(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len() + 2);
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}

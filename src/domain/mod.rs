@@ -1,6 +1,7 @@
 //! Validated domain types. Nothing here does I/O: parsing turns user input into values that
 //! are correct by construction, and every error is a sentence a user can act on.
 
+pub mod alert_rule;
 mod health;
 pub mod measurement;
 mod names;
@@ -15,8 +16,9 @@ pub use next::Next;
 pub use password::Password;
 pub use role::Role;
 pub use states::{
-    AttemptState, BakeState, BakeStep, ImageState, JobState, LaunchState, RolloutKind, RolloutRole,
-    RolloutServerState, RolloutState, ServerMode, ServerPurpose, ServerState,
+    AlertAggregate, AlertGroup, AlertOp, AlertState, AttemptState, BakeState, BakeStep,
+    ChannelKind, DeliveryState, ImageState, JobState, LaunchState, NoDataPolicy, RolloutKind,
+    RolloutRole, RolloutServerState, RolloutState, ServerMode, ServerPurpose, ServerState,
 };
 
 /// Input that failed validation; the message is shown to the user as it is.

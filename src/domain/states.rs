@@ -296,6 +296,77 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Where one (rule, source) of an alert stands (`alert_states.state`).
+    pub enum AlertState ("alert state") {
+        Ok = "ok",
+        /// Breaching, waiting out the conditions' `for`.
+        Pending = "pending",
+        Firing = "firing",
+    }
+}
+
+text_enum! {
+    /// What a condition compares (`op` of a rule's condition).
+    pub enum AlertOp ("condition operator") {
+        Above = "above",
+        Below = "below",
+        /// No point in the window.
+        Absent = "absent",
+    }
+}
+
+text_enum! {
+    /// How a condition reduces a source's points over its window.
+    pub enum AlertAggregate ("aggregation") {
+        Avg = "avg",
+        Min = "min",
+        Max = "max",
+        Sum = "sum",
+        Count = "count",
+    }
+}
+
+text_enum! {
+    /// How a rule that is not per source combines its sources' values (`alert_rules.group_fn`).
+    pub enum AlertGroup ("group function") {
+        Max = "max",
+        Min = "min",
+        Avg = "avg",
+        Sum = "sum",
+    }
+}
+
+text_enum! {
+    /// What a rule does when a source sends nothing (`alert_rules.no_data`).
+    pub enum NoDataPolicy ("no-data policy") {
+        /// Treat as not breaching: a firing alert resolves.
+        Resolve = "resolve",
+        /// Keep the last state.
+        Keep = "keep",
+        /// Treat as breaching.
+        Alert = "alert",
+    }
+}
+
+text_enum! {
+    /// Where notifications go (`alert_channels.kind`).
+    pub enum ChannelKind ("channel kind") {
+        Webhook = "webhook",
+        Slack = "slack",
+        Email = "email",
+    }
+}
+
+text_enum! {
+    /// One notification's delivery (`alert_notifications.state`).
+    pub enum DeliveryState ("delivery state") {
+        Pending = "pending",
+        Delivered = "delivered",
+        Failed = "failed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

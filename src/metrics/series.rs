@@ -54,21 +54,7 @@ pub fn table_for(resolution: i64) -> Table {
     }
 }
 
-/// A `*` glob as a LIKE pattern (other LIKE characters taken literally).
-pub fn like_of(glob: &str) -> String {
-    let mut out = String::with_capacity(glob.len() + 2);
-    for c in glob.chars() {
-        match c {
-            '*' => out.push('%'),
-            '%' | '_' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::domain::measurement::like_of;
 
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
 pub struct Series {
