@@ -69,7 +69,7 @@ impl From<&ChannelRow> for ChannelView {
         let url = c.url.as_deref().map(|u| match c.kind {
             ChannelKind::Slack => url::Url::parse(u)
                 .ok()
-                .and_then(|p| p.host_str().map(|h| format!("{}://{h}/…", p.scheme())))
+                .map(|p| format!("{}/…", &p[..url::Position::BeforePath]))
                 .unwrap_or_else(|| "…".into()),
             _ => u.to_owned(),
         });

@@ -19,4 +19,5 @@ pub mod decide;
 pub mod deliver;
 pub mod evaluate;
 pub mod notify;
+pub mod preview;
 pub mod rules;

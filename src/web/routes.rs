@@ -140,6 +140,28 @@ route_table! {
     POST "/api/v1/bakes/{id}/cancel"  OPERATOR => api::bakes::cancel;
     POST "/hooks/github"              SIGNED => hooks::github;
 
+    GET  "/api/v1/alerts"             VIEWER => api::alerts::list;
+    POST "/api/v1/alerts"             OPERATOR => api::alerts::create;
+    GET  "/api/v1/alerts/status"      VIEWER => api::alerts::status;
+    POST "/api/v1/alerts/preview"     OPERATOR => api::alerts::preview;
+    GET  "/api/v1/alerts/{id}"        VIEWER => api::alerts::show;
+    PUT  "/api/v1/alerts/{id}"        OPERATOR => api::alerts::update;
+    DELETE "/api/v1/alerts/{id}"      OPERATOR => api::alerts::delete;
+    GET  "/api/v1/alerts/{id}/history" VIEWER => api::alerts::history;
+    GET  "/api/v1/alerts/{id}/deliveries" VIEWER => api::alerts::deliveries;
+    POST "/api/v1/alerts/{id}/ack"    OPERATOR => api::alerts::ack;
+    POST "/api/v1/alerts/{id}/silence" OPERATOR => api::alerts::silence_rule;
+    POST "/api/v1/alerts/{id}/test"   OPERATOR => api::alerts::test_rule;
+    GET  "/api/v1/silences"           VIEWER => api::alerts::list_silences;
+    POST "/api/v1/silences"           OPERATOR => api::alerts::create_silence;
+    DELETE "/api/v1/silences/{id}"    OPERATOR => api::alerts::end_silence;
+    GET  "/api/v1/channels"           ADMIN  => api::alerts::list_channels;
+    POST "/api/v1/channels"           ADMIN  => api::alerts::create_channel;
+    GET  "/api/v1/channels/{id}"      ADMIN  => api::alerts::show_channel;
+    PUT  "/api/v1/channels/{id}"      ADMIN  => api::alerts::update_channel;
+    DELETE "/api/v1/channels/{id}"    ADMIN  => api::alerts::delete_channel;
+    POST "/api/v1/channels/{id}/test" ADMIN  => api::alerts::test_channel;
+
     GET  "/api/v1/series"             VIEWER => metrics_api::get_series;
     POST "/v1/metrics"                OPERATOR => metrics_api::legacy;
     POST "/v1/measurements"           OPERATOR => metrics_api::tagged;

@@ -2,6 +2,7 @@
 //! One test binary (modules below) so that the crate is linked once.
 
 mod account;
+mod alerts;
 mod assets_and_headers;
 mod audit_api;
 mod bakes;

@@ -192,6 +192,63 @@ const EXPECTED: &[(&str, &str, Access)] = &[
         "/api/v1/jobs/{id}/retry",
         Access::Role(Role::Operator),
     ),
+    ("GET", "/api/v1/alerts", Access::Role(Role::Viewer)),
+    ("POST", "/api/v1/alerts", Access::Role(Role::Operator)),
+    ("GET", "/api/v1/alerts/status", Access::Role(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/alerts/preview",
+        Access::Role(Role::Operator),
+    ),
+    ("GET", "/api/v1/alerts/{id}", Access::Role(Role::Viewer)),
+    ("PUT", "/api/v1/alerts/{id}", Access::Role(Role::Operator)),
+    (
+        "DELETE",
+        "/api/v1/alerts/{id}",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "GET",
+        "/api/v1/alerts/{id}/history",
+        Access::Role(Role::Viewer),
+    ),
+    (
+        "GET",
+        "/api/v1/alerts/{id}/deliveries",
+        Access::Role(Role::Viewer),
+    ),
+    (
+        "POST",
+        "/api/v1/alerts/{id}/ack",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/api/v1/alerts/{id}/silence",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/api/v1/alerts/{id}/test",
+        Access::Role(Role::Operator),
+    ),
+    ("GET", "/api/v1/silences", Access::Role(Role::Viewer)),
+    ("POST", "/api/v1/silences", Access::Role(Role::Operator)),
+    (
+        "DELETE",
+        "/api/v1/silences/{id}",
+        Access::Role(Role::Operator),
+    ),
+    ("GET", "/api/v1/channels", Access::Role(Role::Admin)),
+    ("POST", "/api/v1/channels", Access::Role(Role::Admin)),
+    ("GET", "/api/v1/channels/{id}", Access::Role(Role::Admin)),
+    ("PUT", "/api/v1/channels/{id}", Access::Role(Role::Admin)),
+    ("DELETE", "/api/v1/channels/{id}", Access::Role(Role::Admin)),
+    (
+        "POST",
+        "/api/v1/channels/{id}/test",
+        Access::Role(Role::Admin),
+    ),
     ("POST", "/agent/v1/register", Access::Public),
     ("POST", "/agent/v1/heartbeat", Access::Agent),
     ("POST", "/agent/v1/claim", Access::Agent),
@@ -282,6 +339,9 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/dashboards/{id}", "/dashboards/1")
         .replace("/bakes/{id}", "/bakes/1")
         .replace("/recipes/{id}", "/recipes/1")
+        .replace("/alerts/{id}", "/alerts/1")
+        .replace("/silences/{id}", "/silences/1")
+        .replace("/channels/{id}", "/channels/1")
         .replace("{chart}", "1")
         .replace("{n}", "0")
         .replace("{action}", "disable")

@@ -1,5 +1,6 @@
 //! The JSON API under /api/v1 (bearer API tokens; same rules and audit as the pages).
 
+pub mod alerts;
 pub mod audit;
 pub mod bakes;
 pub mod images;

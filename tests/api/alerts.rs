@@ -1,0 +1,729 @@
+//! Alerts end to end: rules through the API, metrics through the ingest API, the evaluation
+//! pass every second (`for` scaled down 20x), and deliveries to real receivers — an HTTP
+//! server in the test that records what it gets and answers with the status a test chooses,
+//! and aiosmtpd, a real SMTP server, for e-mail.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::helpers::{TestApp, eventually, get_json, post, spawn_app_with};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The status it was answered with.
+    pub answered: u16,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// An HTTP receiver on a free port: records every request and answers with `status`.
+pub struct Receiver {
+    pub port: u16,
+    pub got: Arc<Mutex<Vec<Received>>>,
+    pub status: Arc<AtomicU16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(200));
+        let (g, s) = (got.clone(), status.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (g, s) = (g.clone(), s.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut read = BufReader::new(read);
+                    let mut line = String::new();
+                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        read.read_line(&mut h).await.unwrap();
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.push((k.trim().to_lowercase(), v.trim().to_owned()));
+                        }
+                    }
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    read.read_exact(&mut body).await.unwrap();
+                    let answered = s.load(Ordering::SeqCst);
+                    g.lock().unwrap().push(Received {
+                        path,
+                        headers,
+                        body,
+                        answered,
+                    });
+                    let reply = format!(
+                        "HTTP/1.1 {answered} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    );
+                    let _ = write.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        Receiver {
+            port,
+            got,
+            status,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Requests to `path` answered 2xx.
+    pub fn delivered(&self, path: &str) -> Vec<Received> {
+        self.all()
+            .into_iter()
+            .filter(|r| r.path == path && (200..300).contains(&r.answered))
+            .collect()
+    }
+}
+
+/// aiosmtpd in the test venv, printing each message it receives.
+pub struct SmtpSink {
+    pub port: u16,
+    child: tokio::process::Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        let port = crate::helpers::free_port();
+        let python = std::env::var("KILN_TEST_PYTHON")
+            .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+        let mut child = tokio::process::Command::new(python)
+            .args([
+                "-u",
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-c",
+                "aiosmtpd.handlers.Debugging",
+            ])
+            .args(["-l", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("aiosmtpd (tests/requirements.txt) in .venv");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let l = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                l.lock().unwrap().push(line);
+            }
+        });
+        eventually(20, "aiosmtpd listens", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        SmtpSink { port, child, lines }
+    }
+
+    /// The subjects of the messages received so far.
+    pub fn subjects(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A console that evaluates every second, with `for` 20x shorter and quick retries.
+pub async fn alerting_app() -> TestApp {
+    spawn_app_with(|s| {
+        s.alert_interval = 1;
+        s.alert_for_scale = 0.05;
+        s.notify_retry_base_ms = 200;
+        s.notify_retry_window = 60;
+        s.task_poll = 1;
+    })
+    .await
+}
+
+pub async fn operator_token(app: &TestApp) -> String {
+    app.create_user("olga", kiln::domain::Role::Operator).await;
+    app.token_for("olga").await
+}
+
+pub async fn admin_token(app: &TestApp) -> String {
+    app.token_for("admin").await
+}
+
+async fn put(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn created(res: reqwest::Response) -> Value {
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+/// Keeps sending `values` every 300 ms until the returned guard is dropped.
+fn keep_sending(
+    app: &TestApp,
+    token: &str,
+    name: &'static str,
+    values: Arc<Mutex<Vec<(&'static str, f64)>>>,
+) -> tokio::task::JoinHandle<()> {
+    let url = app.url("/v1/metrics");
+    let token = token.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let now: Vec<Value> = values
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(source, v)| json!({"name": name, "source": source, "value": v}))
+                .collect();
+            let _ = reqwest::Client::new()
+                .post(&url)
+                .basic_auth("ops", Some(&token))
+                .json(&json!({ "gauges": now }))
+                .send()
+                .await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    })
+}
+
+async fn state_of(app: &TestApp, rule: i64, source: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT state FROM alert_states WHERE rule_id = $1 AND source = $2")
+        .bind(rule)
+        .bind(source)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_source_fires_after_its_for_notifies_every_channel_once_and_resolves_once() {
+    let app = alerting_app().await;
+    let admin = admin_token(&app).await;
+    let op = operator_token(&app).await;
+    let hooks = Receiver::start().await;
+    let smtp = SmtpSink::start().await;
+
+    let webhook = created(
+        post(
+            &app,
+            &admin,
+            "/api/v1/channels",
+            json!({"name": "ops hook", "kind": "webhook", "url": hooks.url("/hook"), "secret": "s3cret"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(webhook["has_secret"], true);
+    assert!(webhook.get("secret").is_none(), "{webhook}");
+    let slack = created(
+        post(
+            &app,
+            &admin,
+            "/api/v1/channels",
+            json!({"name": "slack", "kind": "slack", "url": hooks.url("/slack/T000/B000/XXXX")}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        slack["url"],
+        format!("http://127.0.0.1:{}/…", hooks.port),
+        "a Slack URL is its own secret"
+    );
+    let email = created(
+        post(
+            &app,
+            &admin,
+            "/api/v1/channels",
+            json!({"name": "mail", "kind": "email", "to": ["oncall@example.com"],
+                   "smtp": {"host": "127.0.0.1", "port": smtp.port, "tls": "none", "from": "kiln@example.com"}}),
+        )
+        .await,
+    )
+    .await;
+
+    let rule = created(
+        post(
+            &app,
+            &op,
+            "/api/v1/alerts",
+            json!({
+                "name": "cpu.hot",
+                "description": "A worker runs hot",
+                "runbook_url": "https://runbooks.example.com/cpu",
+                "per_source": true,
+                "conditions": [{"metric": "app.cpu", "source": "w-*", "aggregate": "avg", "window_s": 10,
+                                "op": "above", "threshold": 80, "clear_threshold": 70, "for_s": 60}],
+                "channels": [webhook["id"], slack["id"], email["id"]],
+            }),
+        )
+        .await,
+    )
+    .await;
+    let rule_id = rule["id"].as_i64().unwrap();
+
+    let values = Arc::new(Mutex::new(vec![
+        ("w-1", 95.0),
+        ("w-2", 20.0),
+        ("w-3", 30.0),
+    ]));
+    let sender = keep_sending(&app, &op, "app.cpu", values.clone());
+
+    // Pending first (the for is 60 s x 0.05 = 3 s), then firing.
+    eventually(20, "w-1 pending", || async {
+        (state_of(&app, rule_id, "w-1").await.as_deref() == Some("pending")).then_some(())
+    })
+    .await;
+    let fired = eventually(30, "the firing webhook", || async {
+        hooks.delivered("/hook").first().cloned()
+    })
+    .await;
+    let body = fired.json();
+    assert_eq!(body["status"], "firing");
+    assert_eq!(body["rule"]["name"], "cpu.hot");
+    assert_eq!(
+        body["rule"]["runbook_url"],
+        "https://runbooks.example.com/cpu"
+    );
+    let alerts = body["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "only w-1 breaches: {body}");
+    assert_eq!(alerts[0]["source"], "w-1");
+    assert!(alerts[0]["value"].as_f64().unwrap() > 80.0);
+    let key = alerts[0]["incident_key"].as_str().unwrap().to_owned();
+    // Signed like GitHub's webhooks, with the notification's id as the idempotency key.
+    assert_eq!(
+        fired.header("x-kiln-signature-256").unwrap(),
+        kiln::alerts::deliver::signature("s3cret", &fired.body)
+    );
+    assert_eq!(
+        fired.header("idempotency-key").unwrap(),
+        body["id"].as_str().unwrap()
+    );
+    let slack_msg = eventually(30, "the Slack message", || async {
+        hooks.delivered("/slack/T000/B000/XXXX").first().cloned()
+    })
+    .await;
+    let text = slack_msg.json()["text"].as_str().unwrap().to_owned();
+    assert!(text.contains("[FIRING] cpu.hot on w-1"), "{text}");
+    eventually(30, "the e-mail", || async {
+        smtp.subjects()
+            .iter()
+            .any(|s| s.contains("[FIRING] cpu.hot on w-1"))
+            .then_some(())
+    })
+    .await;
+    let status = get_json(&app, &op, "/api/v1/alerts/status").await;
+    assert_eq!(status["firing"][0]["alert_id"], rule_id);
+    assert_eq!(status["firing"][0]["source"], "w-1");
+
+    // Between the clear threshold and the threshold it stays firing (hysteresis)…
+    values.lock().unwrap()[0].1 = 75.0;
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    assert_eq!(
+        state_of(&app, rule_id, "w-1").await.as_deref(),
+        Some("firing")
+    );
+    // …and under it, it resolves: one resolved notice per channel, with the same key.
+    values.lock().unwrap()[0].1 = 40.0;
+    let resolved = eventually(30, "the resolved webhook", || async {
+        hooks
+            .delivered("/hook")
+            .into_iter()
+            .find(|r| r.json()["status"] == "resolved")
+    })
+    .await;
+    let body = resolved.json();
+    assert_eq!(body["alerts"][0]["incident_key"], key.as_str());
+    assert_eq!(body["alerts"][0]["status"], "resolved");
+    eventually(30, "the resolved e-mail and Slack message", || async {
+        (smtp
+            .subjects()
+            .iter()
+            .any(|s| s.contains("[RESOLVED] cpu.hot"))
+            && hooks.delivered("/slack/T000/B000/XXXX").len() == 2)
+            .then_some(())
+    })
+    .await;
+    // A few more passes: nothing else goes out (renotify is 10 minutes away).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    sender.abort();
+    assert_eq!(
+        hooks.delivered("/hook").len(),
+        2,
+        "one firing, one resolved"
+    );
+    assert_eq!(hooks.delivered("/slack/T000/B000/XXXX").len(), 2);
+    assert_eq!(smtp.subjects().len(), 2, "{:?}", smtp.subjects());
+
+    // The history says what happened, in order.
+    let history = get_json(&app, &op, &format!("/api/v1/alerts/{rule_id}/history")).await;
+    let steps: Vec<(String, String)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|t| {
+            (
+                t["from"].as_str().unwrap().into(),
+                t["to"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("ok".into(), "pending".into()),
+            ("pending".into(), "firing".into()),
+            ("firing".into(), "ok".into())
+        ]
+    );
+    let log = get_json(&app, &op, &format!("/api/v1/alerts/{rule_id}/deliveries")).await;
+    assert_eq!(log.as_array().unwrap().len(), 6, "{log}");
+}
+
+#[tokio::test]
+async fn a_silence_holds_the_notice_and_its_end_sends_it_and_a_failing_receiver_gets_it_once() {
+    let app = alerting_app().await;
+    let admin = admin_token(&app).await;
+    let op = operator_token(&app).await;
+    let hooks = Receiver::start().await;
+    let channel = created(
+        post(
+            &app,
+            &admin,
+            "/api/v1/channels",
+            json!({"name": "hook", "kind": "webhook", "url": hooks.url("/hook")}),
+        )
+        .await,
+    )
+    .await;
+    let rule = created(
+        post(
+            &app,
+            &op,
+            "/api/v1/alerts",
+            json!({"name": "queue.deep", "per_source": true, "channels": [channel["id"]],
+                   "conditions": [{"metric": "app.queue", "window_s": 10, "op": "above", "threshold": 100}]}),
+        )
+        .await,
+    )
+    .await;
+    let rule_id = rule["id"].as_i64().unwrap();
+    let silence = created(
+        post(
+            &app,
+            &op,
+            &format!("/api/v1/alerts/{rule_id}/silence"),
+            json!({"duration_s": 3600, "comment": "deploying"}),
+        )
+        .await,
+    )
+    .await;
+    // The receiver is down (500) when the notice finally goes out.
+    hooks.status.store(500, Ordering::SeqCst);
+    let values = Arc::new(Mutex::new(vec![("q-1", 500.0)]));
+    let sender = keep_sending(&app, &op, "app.queue", values.clone());
+    eventually(20, "q-1 firing", || async {
+        (state_of(&app, rule_id, "q-1").await.as_deref() == Some("firing")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(hooks.all().is_empty(), "silenced: nothing sent");
+
+    let res = reqwest::Client::new()
+        .delete(app.url(&format!("/api/v1/silences/{}", silence["id"])))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Tried, refused, tried again…
+    eventually(30, "two refused tries", || async {
+        (hooks.all().len() >= 2).then_some(())
+    })
+    .await;
+    hooks.status.store(200, Ordering::SeqCst);
+    let got = eventually(30, "the delivery", || async {
+        hooks.delivered("/hook").first().cloned()
+    })
+    .await;
+    assert_eq!(got.json()["status"], "firing");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    sender.abort();
+    let all = hooks.all();
+    assert_eq!(hooks.delivered("/hook").len(), 1, "delivered once");
+    let keys: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter_map(|r| r.header("idempotency-key"))
+        .collect();
+    assert_eq!(keys.len(), 1, "every try carries the same key");
+    let log = get_json(&app, &op, &format!("/api/v1/alerts/{rule_id}/deliveries")).await;
+    let codes: Vec<i64> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["status_code"].as_i64())
+        .collect();
+    assert!(codes.contains(&500) && codes.contains(&200), "{log}");
+    // The silence and its end are audited.
+    let audit = app.audit().await;
+    assert!(audit.iter().any(|a| a.action == "alert.silence"));
+    assert!(audit.iter().any(|a| a.action == "alert.unsilence"));
+}
+
+#[tokio::test]
+async fn bad_rules_and_channels_are_refused_naming_the_field_and_change_nothing() {
+    let app = alerting_app().await;
+    let admin = admin_token(&app).await;
+    let op = operator_token(&app).await;
+    let cond = json!({"metric": "app.cpu", "op": "above", "threshold": 1});
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"name": "x", "conditions": []}), "conditions"),
+        (json!({"name": "bad name", "conditions": [cond]}), "name"),
+        (
+            json!({"name": "x", "conditions": [{"metric": "app.cpu", "op": "sideways", "threshold": 1}]}),
+            "op",
+        ),
+        (
+            json!({"name": "x", "conditions": [{"metric": "app.cpu", "op": "above", "aggregate": "median", "threshold": 1}]}),
+            "aggregate",
+        ),
+        (
+            json!({"name": "x", "conditions": [{"metric": "app.cpu", "op": "above", "threshold": "high"}]}),
+            "threshold",
+        ),
+        (
+            json!({"name": "x", "conditions": [{"metric": "app.cpu", "op": "above", "threshold": 1, "for_s": 30}]}),
+            "for_s",
+        ),
+        (
+            json!({"name": "x", "conditions": [{"metric": "app cpu", "op": "above", "threshold": 1}]}),
+            "metric",
+        ),
+        (
+            json!({"name": "x", "conditions": [{"metric": "app.cpu", "source": "w/%", "op": "above", "threshold": 1}]}),
+            "source",
+        ),
+        (
+            json!({"name": "x", "conditions": vec![cond.clone(); 11]}),
+            "at most 10",
+        ),
+        (
+            json!({"name": "x", "conditions": [cond], "channels": [999]}),
+            "channel 999",
+        ),
+        (
+            json!({"name": "x", "conditions": [cond], "renotify_s": 5}),
+            "renotify_s",
+        ),
+        (
+            json!({"name": "x", "conditions": [cond], "colour": "red"}),
+            "colour",
+        ),
+    ];
+    for (body, named) in cases {
+        let res = post(&app, &op, "/api/v1/alerts", body.clone()).await;
+        assert_eq!(res.status(), 400, "{body}");
+        let err = res.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(err.contains(named), "{body} -> {err}");
+    }
+    for (body, named) in [
+        (
+            json!({"name": "m", "kind": "webhook", "url": "http://169.254.169.254/latest/meta-data/"}),
+            "metadata",
+        ),
+        (
+            json!({"name": "m", "kind": "webhook", "url": "http://[fd00:ec2::254]/"}),
+            "metadata",
+        ),
+        (
+            json!({"name": "m", "kind": "webhook", "url": "file:///etc/passwd"}),
+            "url",
+        ),
+        (json!({"name": "m", "kind": "pager"}), "kind"),
+        (
+            json!({"name": "m", "kind": "email", "to": ["nobody"], "smtp": {"host": "x", "from": "k@example.com"}}),
+            "to",
+        ),
+    ] {
+        let res = post(&app, &admin, "/api/v1/channels", body.clone()).await;
+        assert_eq!(res.status(), 400, "{body}");
+        let err = res.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(err.contains(named), "{body} -> {err}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM alert_rules").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM alert_channels").await, 0);
+    // Operators do not manage channels; viewers do not write rules.
+    let res = post(
+        &app,
+        &op,
+        "/api/v1/channels",
+        json!({"name": "m", "kind": "webhook", "url": "http://x"}),
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    app.create_user("vic", kiln::domain::Role::Viewer).await;
+    let viewer = app.token_for("vic").await;
+    let res = post(
+        &app,
+        &viewer,
+        "/api/v1/alerts",
+        json!({"name": "x", "conditions": [cond]}),
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    // A rule edit keeps what it may and is audited with before and after.
+    let rule = created(
+        post(
+            &app,
+            &op,
+            "/api/v1/alerts",
+            json!({"name": "x", "conditions": [cond]}),
+        )
+        .await,
+    )
+    .await;
+    let res = put(
+        &app,
+        &op,
+        &format!("/api/v1/alerts/{}", rule["id"]),
+        json!({"name": "x.renamed", "conditions": [cond]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let edit = app
+        .audit()
+        .await
+        .into_iter()
+        .find(|a| a.action == "alert.edit")
+        .unwrap();
+    assert!(
+        edit.detail.contains("\"before\"") && edit.detail.contains("x.renamed"),
+        "{}",
+        edit.detail
+    );
+}
+
+#[tokio::test]
+async fn the_preview_replays_the_last_day_from_the_rollups() {
+    let app = alerting_app().await;
+    let op = operator_token(&app).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() / 60 * 60;
+    // Two hours ago, p-1 ran hot for 10 minutes; p-2 never did.
+    let mut gauges = Vec::new();
+    for m in 0..180 {
+        let t = now - 3 * 3600 + m * 60;
+        let hot = (60..70).contains(&m);
+        gauges.push(json!({"name": "app.load", "source": "p-1", "value": if hot { 9.0 } else { 1.0 }, "measure_time": t}));
+        gauges.push(json!({"name": "app.load", "source": "p-2", "value": 1.0, "measure_time": t}));
+    }
+    for chunk in gauges.chunks(300) {
+        let res = reqwest::Client::new()
+            .post(app.url("/v1/metrics"))
+            .basic_auth("ops", Some(&op))
+            .json(&json!({ "gauges": chunk }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    kiln::metrics::rollup::roll_up_all(&app.pool).await.unwrap();
+    let res = post(
+        &app,
+        &op,
+        "/api/v1/alerts/preview",
+        json!({"name": "load.high", "conditions": [{"metric": "app.load", "op": "above", "threshold": 5, "for_s": 120}]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let p: Value = res.json().await.unwrap();
+    assert_eq!(p["fired"], 1, "{p}");
+    assert_eq!(p["sources"], 2);
+    assert_eq!(p["episodes"][0]["source"], "p-1");
+    assert!(
+        p["sentence"]
+            .as_str()
+            .unwrap()
+            .starts_with("Would have fired 1 time: "),
+        "{p}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM alert_rules").await,
+        0,
+        "a preview saves nothing"
+    );
+}
