@@ -66,6 +66,9 @@
           ctx.font = (10 * devicePixelRatio) + "px sans-serif";
           markers.forEach(function (m, i) {
             var x = Math.round(u.valToPos(m.t, "x", true));
+            var alert = m.stream === "alerts";
+            ctx.strokeStyle = alert ? (/ resolved/.test(m.title) ? "#16a34a" : "#dc2626") : "#f59e0b";
+            ctx.fillStyle = alert ? ctx.strokeStyle : "#b45309";
             if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
             ctx.beginPath();
             ctx.moveTo(x, u.bbox.top);
@@ -80,8 +83,39 @@
     };
   }
 
+  // Horizontal dashed lines at a rule's thresholds (data-thresholds='[80, 70]').
+  function thresholdPlugin(levels) {
+    return {
+      hooks: {
+        draw: [function (u) {
+          if (!levels.length) return;
+          var ctx = u.ctx;
+          ctx.save();
+          ctx.strokeStyle = "#dc2626";
+          ctx.lineWidth = 1 * devicePixelRatio;
+          ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+          levels.forEach(function (v) {
+            var y = Math.round(u.valToPos(v, "y", true));
+            if (y < u.bbox.top || y > u.bbox.top + u.bbox.height) return;
+            ctx.beginPath();
+            ctx.moveTo(u.bbox.left, y);
+            ctx.lineTo(u.bbox.left + u.bbox.width, y);
+            ctx.stroke();
+          });
+          ctx.restore();
+        }]
+      }
+    };
+  }
+
   function draw(figure, from, to, markers, height) {
     var specs = JSON.parse(figure.getAttribute("data-series") || "[]");
+    var levels = JSON.parse(figure.getAttribute("data-thresholds") || "[]");
+    // An alert's markers belong on the charts of its metrics; the others on every chart.
+    var shown = specs.map(function (s) { return s.metric; });
+    markers = markers.filter(function (m) {
+      return !m.metrics || m.metrics.split(",").some(function (x) { return shown.indexOf(x) >= 0; });
+    });
     var requests = specs.map(function (spec) {
       var url = "/dashboards/series?" + query({
         metric: spec.metric, source: spec.source, aggregate: spec.aggregate, from: from, to: to
@@ -122,11 +156,20 @@
         width: Math.max(300, plot.clientWidth),
         height: height,
         series: series,
-        scales: { x: { time: true, min: from, max: to } },
+        scales: levels.length ? {
+          x: { time: true, min: from, max: to },
+          // Keep the thresholds in view even when the values stay far from them.
+          y: { range: function (u, min, max) {
+            var lo = Math.min(min, Math.min.apply(null, levels));
+            var hi = Math.max(max, Math.max.apply(null, levels));
+            var pad = (hi - lo) * 0.1 || 1;
+            return [lo - pad, hi + pad];
+          } }
+        } : { x: { time: true, min: from, max: to } },
         cursor: { drag: { x: true, y: false } },
         legend: { live: true },
         bands: bands,
-        plugins: [markerPlugin(markers)]
+        plugins: [markerPlugin(markers), thresholdPlugin(levels)]
       };
       new uPlot(opts, data, plot);
       figure.setAttribute("data-drawn", "lines");

@@ -189,6 +189,12 @@ pub async fn states_of(db: impl PgExecutor<'_>, rule_id: i64) -> sqlx::Result<Ve
     .await
 }
 
+pub async fn firing_count(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM alert_states WHERE state = 'firing'")
+        .fetch_one(db)
+        .await
+}
+
 /// Firing (rule, source) pairs, newest first.
 pub async fn firing(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(StateRow, String)>> {
     #[derive(sqlx::FromRow)]

@@ -336,6 +336,8 @@ pub struct Marker {
     pub t: i64,
     pub title: String,
     pub stream: String,
+    /// The metrics whose charts show it, comma-separated (an alert's); empty: every chart.
+    pub metrics: String,
 }
 
 pub async fn markers(
@@ -345,15 +347,23 @@ pub async fn markers(
 ) -> sqlx::Result<Vec<Marker>> {
     sqlx::query_as(
         // floor, not the cast's rounding: a marker stays inside a window that ends at its second.
-        "SELECT floor(extract(epoch FROM start_time))::BIGINT AS t, title, stream FROM annotations
+        "SELECT floor(extract(epoch FROM start_time))::BIGINT AS t, title, stream, '' AS metrics FROM annotations
          WHERE start_time >= $1 AND start_time < $2
          UNION ALL
-         SELECT floor(extract(epoch FROM r.created_at))::BIGINT, r.kind || ' #' || r.id || ' to ' || r.to_image_id, r.kind || 's'
+         SELECT floor(extract(epoch FROM r.created_at))::BIGINT, r.kind || ' #' || r.id || ' to ' || r.to_image_id, r.kind || 's', ''
          FROM rollouts r WHERE r.created_at >= $1 AND r.created_at < $2
          UNION ALL
-         SELECT floor(extract(epoch FROM b.finished_at))::BIGINT, 'bake #' || b.id || ' ' || r.name || ' v' || b.version, 'bakes'
+         SELECT floor(extract(epoch FROM b.finished_at))::BIGINT, 'bake #' || b.id || ' ' || r.name || ' v' || b.version, 'bakes', ''
          FROM bakes b JOIN recipes r ON r.id = b.recipe_id
          WHERE b.state = 'succeeded' AND b.finished_at >= $1 AND b.finished_at < $2
+         UNION ALL
+         SELECT floor(extract(epoch FROM t.at))::BIGINT,
+                CASE WHEN t.to_state = 'firing' THEN a.name || ' firing' ELSE a.name || ' resolved' END
+                    || CASE WHEN t.source = '' THEN '' ELSE ' on ' || t.source END,
+                'alerts',
+                (SELECT string_agg(DISTINCT c->>'metric', ',') FROM jsonb_array_elements(a.conditions) c)
+         FROM alert_transitions t JOIN alert_rules a ON a.id = t.rule_id
+         WHERE (t.to_state = 'firing' OR t.from_state = 'firing') AND t.at >= $1 AND t.at < $2
          ORDER BY 1 LIMIT 500",
     )
     .bind(from)

@@ -96,7 +96,20 @@ route_table! {
     POST "/dashboards/{id}/charts/{chart}/series/{n}/remove" OPERATOR => pages::dashboard_edit::remove_series;
     POST "/dashboards/{id}/charts/{chart}/delete" OPERATOR => pages::dashboard_edit::delete_chart;
     POST "/dashboards/{id}/charts/{chart}/move" OPERATOR => pages::dashboard_edit::move_chart;
-    GET  "/alerts"                    VIEWER => pages::coming_soon::show;
+    GET  "/alerts"                    VIEWER => pages::alerts::list;
+    POST "/alerts"                    OPERATOR => pages::alerts::create;
+    GET  "/alerts/badge"              VIEWER => pages::alerts::badge;
+    POST "/alerts/preview"            OPERATOR => pages::alerts::preview;
+    POST "/alerts/silences"           OPERATOR => pages::alerts::silence;
+    POST "/alerts/silences/{id}/end"  OPERATOR => pages::alerts::end_silence;
+    POST "/alerts/channels"           ADMIN  => pages::alerts::create_channel;
+    POST "/alerts/channels/{id}/delete" ADMIN => pages::alerts::delete_channel;
+    POST "/alerts/channels/{id}/test" ADMIN  => pages::alerts::test_channel;
+    GET  "/alerts/{id}"               VIEWER => pages::alerts::show;
+    POST "/alerts/{id}"               OPERATOR => pages::alerts::update;
+    POST "/alerts/{id}/delete"        OPERATOR => pages::alerts::delete;
+    POST "/alerts/{id}/ack"           OPERATOR => pages::alerts::ack;
+    POST "/alerts/{id}/test"          OPERATOR => pages::alerts::test;
     GET  "/audit"                     VIEWER => pages::audit::show;
 
     GET  "/account"                   VIEWER => pages::account::show;

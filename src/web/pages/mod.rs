@@ -1,9 +1,9 @@
 //! Console pages: one module per page, each with its handlers and template structs.
 
 pub mod account;
+pub mod alerts;
 pub mod audit;
 pub mod bakes;
-pub mod coming_soon;
 pub mod dashboard_edit;
 pub mod dashboards;
 pub mod health;

@@ -26,13 +26,16 @@ pub struct OverviewPage {
     /// Bakes in progress: (id, recipe, version, step).
     bakes: Vec<(i64, String, i32, String)>,
     charts: Vec<super::dashboards::ChartView>,
+    /// Firing alerts: (rule id, rule, source, since) — the first few; and how many in all.
+    firing: Vec<(i64, String, String, crate::web::view::When)>,
+    firing_total: usize,
     from: i64,
     to: i64,
 }
 
 pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<OverviewPage, AppError> {
     let pool = &state.pool;
-    let (rows, users, servers, current, queue, rollout, bakes) = tokio::try_join!(
+    let (rows, users, servers, current, queue, rollout, bakes, firing) = tokio::try_join!(
         crate::db::audit::page(pool, None, 10),
         crate::db::users::count(pool),
         crate::db::servers::counts_by_state(pool),
@@ -40,7 +43,9 @@ pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<Overview
         crate::db::jobs::counts(pool),
         crate::db::rollouts::active(pool),
         crate::db::bakes::running(pool),
+        crate::db::alerts::firing(pool),
     )?;
+    let firing_total = firing.len();
     let mut rows = rows;
     rows.truncate(10);
     let servers: Vec<(String, i64)> = servers
@@ -57,6 +62,19 @@ pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<Overview
         queue,
         rollout: rollout.map(Into::into),
         bakes,
+        firing: firing
+            .into_iter()
+            .take(5)
+            .map(|(s, name)| {
+                let source = if s.source.is_empty() {
+                    "all sources".to_owned()
+                } else {
+                    s.source
+                };
+                (s.rule_id, name, source, crate::web::view::when(s.since))
+            })
+            .collect(),
+        firing_total,
         charts: crate::metrics::dashboards::overview()
             .into_iter()
             .map(Into::into)
