@@ -214,6 +214,77 @@ pub async fn acknowledge(
     Ok(true)
 }
 
+/// Clears every firing source of a rule now (Librato's "clear"): each goes back to ok, the
+/// history says who cleared it, and the channels get the resolved notice of what they were
+/// told was firing. A condition still breaching fires again after its `for`.
+pub async fn clear(
+    pool: &PgPool,
+    principal: &Principal,
+    ip: Option<String>,
+    id: i64,
+    public_url: &str,
+) -> Result<usize, Error> {
+    let mut tx = pool.begin().await?;
+    let row = crate::db::alerts::rule_for_update(&mut tx, id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("No alert rule {id}.")))?;
+    let cleared: Vec<(String, Option<f64>, OffsetDateTime, bool)> = sqlx::query_as(
+        "DELETE FROM alert_states WHERE rule_id = $1 AND state = 'firing'
+         RETURNING source, value, since, notified",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let reason = format!("cleared by {}", principal.name);
+    let now: OffsetDateTime = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await?;
+    for (source, value, _, _) in &cleared {
+        sqlx::query(
+            "INSERT INTO alert_transitions (rule_id, source, at, from_state, to_state, value, reason)
+             VALUES ($1, $2, $3, 'firing', 'ok', $4, $5)",
+        )
+        .bind(id)
+        .bind(source)
+        .bind(now)
+        .bind(value)
+        .bind(&reason)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let items: Vec<notify::AlertItem> = cleared
+        .iter()
+        .filter(|c| c.3)
+        .map(|(source, value, since, _)| notify::AlertItem {
+            source: source.clone(),
+            notice: crate::alerts::decide::Notice::Resolved,
+            started_at: *since,
+            at: now,
+            value: *value,
+            reason: reason.clone(),
+        })
+        .collect();
+    if !items.is_empty() {
+        let rule = row.rule();
+        let fleet = notify::fleet_context(&mut tx, public_url).await?;
+        let all: Vec<_> = rule
+            .channels
+            .iter()
+            .map(|c| notify::alert_notification(*c, id, &rule, &items, &fleet, public_url))
+            .collect();
+        notify::send(&mut tx, &all).await?;
+    }
+    audit::record(
+        &mut *tx,
+        AuditEvent::by(principal, "alert.clear", format!("alert:{id}"), Outcome::Ok)
+            .detail(format!("{} source(s) cleared", cleared.len()))
+            .from_ip(ip),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(cleared.len())
+}
+
 /// A silence as asked for: a rule and/or a source glob, a start (default now) and an end.
 #[derive(Debug, Clone, serde::Deserialize, Default)]
 pub struct SilenceInput {

@@ -195,6 +195,21 @@ pub async fn firing_count(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
         .await
 }
 
+/// Rules with a source resolved in the last `secs` seconds: (rule id, when, unix seconds).
+pub async fn recently_resolved(
+    db: impl PgExecutor<'_>,
+    secs: i64,
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    sqlx::query_as(
+        "SELECT rule_id, max(floor(extract(epoch FROM at)))::BIGINT FROM alert_transitions
+         WHERE from_state = 'firing' AND to_state = 'ok' AND at > now() - make_interval(secs => $1)
+         GROUP BY rule_id ORDER BY 2 DESC",
+    )
+    .bind(secs as f64)
+    .fetch_all(db)
+    .await
+}
+
 /// Firing (rule, source) pairs, newest first.
 pub async fn firing(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(StateRow, String)>> {
     #[derive(sqlx::FromRow)]

@@ -12,6 +12,7 @@ pub mod error;
 pub mod hooks;
 pub mod json;
 pub mod layout;
+pub mod librato_alerts;
 pub mod metrics_api;
 pub mod middleware;
 pub mod pages;

@@ -8,7 +8,7 @@ use actix_web::middleware::from_fn;
 use actix_web::web;
 
 use super::access::{Access, enforce};
-use super::{agent_api, api, assets, hooks, metrics_api, pages};
+use super::{agent_api, api, assets, hooks, librato_alerts, metrics_api, pages};
 use crate::domain::Role;
 
 pub struct RouteSpec {
@@ -179,6 +179,13 @@ route_table! {
     POST "/v1/metrics"                OPERATOR => metrics_api::legacy;
     POST "/v1/measurements"           OPERATOR => metrics_api::tagged;
     POST "/v1/annotations/{stream}"   OPERATOR => metrics_api::annotate;
+    GET  "/v1/alerts"                 VIEWER => librato_alerts::list;
+    POST "/v1/alerts"                 OPERATOR => librato_alerts::create;
+    GET  "/v1/alerts/status"          VIEWER => librato_alerts::status;
+    GET  "/v1/alerts/{id}"            VIEWER => librato_alerts::show;
+    PUT  "/v1/alerts/{id}"            OPERATOR => librato_alerts::update;
+    DELETE "/v1/alerts/{id}"          OPERATOR => librato_alerts::delete;
+    POST "/v1/alerts/{id}/clear"      OPERATOR => librato_alerts::clear;
 
     POST "/agent/v1/register"         PUBLIC => agent_api::register;
     POST "/agent/v1/heartbeat"        AGENT  => agent_api::heartbeat;

@@ -727,3 +727,70 @@ async fn the_preview_replays_the_last_day_from_the_rollups() {
         "a preview saves nothing"
     );
 }
+
+#[tokio::test]
+async fn librato_s_python_client_creates_and_lists_alerts_on_v1() {
+    let app = alerting_app().await;
+    let admin = admin_token(&app).await;
+    let op = operator_token(&app).await;
+    let channel = created(
+        post(
+            &app,
+            &admin,
+            "/api/v1/channels",
+            json!({"name": "hook", "kind": "webhook", "url": "http://127.0.0.1:9/hook"}),
+        )
+        .await,
+    )
+    .await;
+    let python = std::env::var("KILN_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let out = tokio::process::Command::new(python)
+        .arg(format!(
+            "{}/tests/alerts/librato_alerts.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(app.address.trim_start_matches("http://"))
+        .arg(&op)
+        .arg(channel["id"].to_string())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["created_name"], "app.latency.high");
+    assert_eq!(seen["listed"], json!(["app.latency.high"]));
+    assert_eq!(seen["got_id"], seen["created_id"]);
+    assert_eq!(seen["services"], json!([channel["id"]]));
+    assert_eq!(seen["rearm"], 900);
+    assert_eq!(seen["runbook"], "https://runbooks.example.com/latency");
+    assert_eq!(
+        seen["conditions"],
+        json!([
+            {"type": "above", "metric": "app.latency", "source": "web*", "threshold": 250.0, "duration": 300, "summary": "max"},
+            {"type": "absent", "metric": "app.heartbeat", "source": "*", "threshold": null, "duration": 600, "summary": null}
+        ])
+    );
+    // The same rule through Kiln's own API: Librato's duration is the for of an above
+    // condition and the window of an absent one; the client's save() edited it.
+    let id = seen["created_id"].as_i64().unwrap();
+    let rule = get_json(&app, &op, &format!("/api/v1/alerts/{id}")).await;
+    assert_eq!(rule["description"], "p99 latency above 250 ms (edited)");
+    assert_eq!(rule["conditions"][0]["for_s"], 300);
+    assert_eq!(rule["conditions"][0]["aggregate"], "max");
+    assert_eq!(rule["conditions"][1]["window_s"], 600);
+    assert_eq!(rule["per_source"], true);
+    let status = reqwest::Client::new()
+        .get(app.url("/v1/alerts/status"))
+        .basic_auth("ops", Some(&op))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    let status: Value = status.json().await.unwrap();
+    assert_eq!(status["firing"], json!([]));
+}

@@ -491,7 +491,11 @@ pub async fn preview(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
-    let form = RuleForm::from_fields(&Fields::parse(&body));
+    let mut form = RuleForm::from_fields(&Fields::parse(&body));
+    // A rule being written may have no name yet; the preview does not need one.
+    if form.name.trim().is_empty() {
+        form.name = "preview".into();
+    }
     let rule = form
         .input()
         .and_then(|i| i.validate().map_err(|e| AppError::BadRequest(e.0)));
