@@ -110,3 +110,16 @@ CREATE TABLE alert_delivery_attempts (
     error           TEXT,
     PRIMARY KEY (notification_id, attempt)
 );
+
+-- Fleet events (a rollout failed or was rolled back, a bake failed, a launch got only part of
+-- its servers) are read from the audit log by the evaluation pass; this remembers which audit
+-- events were already turned into notifications (a cursor on ids could skip an event whose
+-- transaction committed late).
+CREATE TABLE alert_fleet_events (
+    audit_id BIGINT PRIMARY KEY,
+    at       TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX audit_events_action_at ON audit_events (action, at);
+-- What happened before alerting existed is not news.
+INSERT INTO alert_fleet_events (audit_id)
+SELECT id FROM audit_events WHERE at > now() - interval '2 hours';

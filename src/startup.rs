@@ -340,6 +340,9 @@ async fn janitor(pool: PgPool) {
         if let Err(e) = crate::db::login_failures::prune(&pool, 24 * 3600).await {
             tracing::warn!(error = %e, "failed to prune login failures");
         }
+        if let Err(e) = crate::alerts::events::prune(&pool).await {
+            tracing::warn!(error = %e, "failed to prune alert history");
+        }
     }
 }
 

@@ -192,8 +192,15 @@ pub async fn pass(pool: &PgPool, cfg: &EvalConfig) -> anyhow::Result<PassSummary
         .filter(|r| r.enabled)
         .collect();
     let states = crate::db::alerts::states(pool).await?;
+    // Fleet events first: they need no rule.
+    let mut tx = pool.begin().await?;
+    let events = crate::alerts::events::send_new(&mut tx, &cfg.public_url).await?;
+    tx.commit().await?;
     if rules.is_empty() && states.is_empty() {
-        return Ok(PassSummary::default());
+        return Ok(PassSummary {
+            notifications: events,
+            ..Default::default()
+        });
     }
     let windows = crate::db::alerts::windows(pool, now).await?;
     let silences = crate::db::alerts::active_silences(pool, now).await?;
@@ -243,6 +250,7 @@ pub async fn pass(pool: &PgPool, cfg: &EvalConfig) -> anyhow::Result<PassSummary
 
     let mut summary = PassSummary {
         rules: rules.len(),
+        notifications: events,
         ..Default::default()
     };
     let mut writes: Vec<StateWrite> = Vec::new();
@@ -344,7 +352,7 @@ pub async fn pass(pool: &PgPool, cfg: &EvalConfig) -> anyhow::Result<PassSummary
                 ));
             }
         }
-        summary.notifications = all.len();
+        summary.notifications += all.len();
         notify::send(&mut tx, &all).await?;
     }
     tx.commit().await?;

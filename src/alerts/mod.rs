@@ -10,7 +10,8 @@
 //! - `preview.rs` — what a rule would have done over the last 24 hours (the same `decide`
 //!   over 1-minute rollups);
 //! - `notify.rs` — what a notification says; `deliver.rs` — the delivery task and the
-//!   channels' wire formats; `channels.rs`, `rules.rs` — what users do to them.
+//!   channels' wire formats; `channels.rs`, `rules.rs` — what users do to them;
+//! - `events.rs` — fleet events (from the audit log) for the channels subscribed to them.
 //!
 //! A rule as typed and validated lives in `domain::alert_rule` (the database layer stores it).
 
@@ -18,6 +19,7 @@ pub mod channels;
 pub mod decide;
 pub mod deliver;
 pub mod evaluate;
+pub mod events;
 pub mod notify;
 pub mod preview;
 pub mod rules;

@@ -794,3 +794,176 @@ async fn librato_s_python_client_creates_and_lists_alerts_on_v1() {
     let status: Value = status.json().await.unwrap();
     assert_eq!(status["firing"], json!([]));
 }
+
+#[tokio::test]
+async fn a_terminated_server_resolves_as_terminated_and_a_retiring_one_never_fires_absent() {
+    let app = spawn_app_with(|s| {
+        s.alert_interval = 1;
+        s.alert_for_scale = 0.05;
+        s.notify_retry_base_ms = 200;
+        s.task_poll = 1;
+        s.heartbeat = 1;
+        s.metrics_sample_interval = 1;
+    })
+    .await;
+    let admin = admin_token(&app).await;
+    let op = operator_token(&app).await;
+    let hooks = Receiver::start().await;
+    let channel = created(
+        post(
+            &app,
+            &admin,
+            "/api/v1/channels",
+            json!({"name": "hook", "kind": "webhook", "url": hooks.url("/hook")}),
+        )
+        .await,
+    )
+    .await;
+    // Every live server breaches this one; the second fires when a server stops reporting.
+    let seen = created(
+        post(
+            &app,
+            &op,
+            "/api/v1/alerts",
+            json!({"name": "cpu.seen", "channels": [channel["id"]],
+                   "conditions": [{"metric": "system.cpu", "window_s": 10, "op": "above", "threshold": -1}]}),
+        )
+        .await,
+    )
+    .await;
+    let gone = created(
+        post(
+            &app,
+            &op,
+            "/api/v1/alerts",
+            json!({"name": "cpu.gone", "channels": [channel["id"]],
+                   "conditions": [{"metric": "system.cpu", "window_s": 10, "op": "absent"}]}),
+        )
+        .await,
+    )
+    .await;
+    let servers = crate::helpers::launch_agents(&app, &op, 2).await;
+    let (doomed, kept) = (&servers[0], &servers[1]);
+    for s in &servers {
+        eventually(30, "each server's cpu.seen fires", || async {
+            (state_of(&app, seen["id"].as_i64().unwrap(), s)
+                .await
+                .as_deref()
+                == Some("firing"))
+            .then_some(())
+        })
+        .await;
+    }
+    let res = post(
+        &app,
+        &op,
+        &format!("/api/v1/servers/{doomed}/terminate"),
+        json!({"force": true}),
+    )
+    .await;
+    assert!(res.status().is_success(), "{}", res.status());
+    let reason: String = eventually(40, "the terminated server's alert resolves", || async {
+        sqlx::query_scalar(
+            "SELECT reason FROM alert_transitions WHERE rule_id = $1 AND source = $2 AND to_state = 'ok'",
+        )
+        .bind(seen["id"].as_i64().unwrap())
+        .bind(doomed)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(reason, "server terminated");
+    eventually(20, "its resolved notice", || async {
+        hooks
+            .delivered("/hook")
+            .into_iter()
+            .find(|r| {
+                let b = r.json();
+                b["status"] == "resolved" && b["alerts"][0]["source"] == doomed.as_str()
+            })
+            .map(|_| ())
+    })
+    .await;
+    // Long past the absent window: the retired server never fired (nor pended) "absent".
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let absent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alert_transitions WHERE rule_id = $1 AND source = $2",
+    )
+    .bind(gone["id"].as_i64().unwrap())
+    .bind(doomed)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(absent, 0, "a server being retired does not fire absent");
+    assert_eq!(
+        state_of(&app, seen["id"].as_i64().unwrap(), kept)
+            .await
+            .as_deref(),
+        Some("firing"),
+        "the other server is untouched"
+    );
+    assert!(
+        !hooks
+            .delivered("/hook")
+            .iter()
+            .any(|r| r.json()["rule"]["name"] == "cpu.gone"),
+        "nothing from the absent rule"
+    );
+}
+
+#[tokio::test]
+async fn fleet_events_reach_the_channels_subscribed_to_them_once() {
+    let app = alerting_app().await;
+    let admin = admin_token(&app).await;
+    let hooks = Receiver::start().await;
+    created(
+        post(
+            &app,
+            &admin,
+            "/api/v1/channels",
+            json!({"name": "events", "kind": "webhook", "url": hooks.url("/events"), "events": ["bake_failed", "rollout_failed"]}),
+        )
+        .await,
+    )
+    .await;
+    created(
+        post(
+            &app,
+            &admin,
+            "/api/v1/channels",
+            json!({"name": "quiet", "kind": "webhook", "url": hooks.url("/quiet")}),
+        )
+        .await,
+    )
+    .await;
+    // What the rooms write when a bake fails and a launch comes up short.
+    use kiln::db::audit::{AuditEvent, Outcome, record};
+    record(
+        &app.pool,
+        AuditEvent::system("bake.failed", "bake:7", Outcome::Failed).detail("at test: exit 1"),
+    )
+    .await
+    .unwrap();
+    record(
+        &app.pool,
+        AuditEvent::system("servers.launched", "launch:3", Outcome::Failed)
+            .detail("1 of 3 from ami-1"),
+    )
+    .await
+    .unwrap();
+    let got = eventually(20, "the bake_failed event", || async {
+        hooks.delivered("/events").first().cloned()
+    })
+    .await;
+    let body = got.json();
+    assert_eq!(body["status"], "bake_failed");
+    assert_eq!(body["summary"], "Bake #7 failed at test: exit 1");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        hooks.delivered("/events").len(),
+        1,
+        "once; launch_partial not subscribed"
+    );
+    assert!(hooks.delivered("/quiet").is_empty());
+}
