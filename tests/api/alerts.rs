@@ -967,3 +967,122 @@ async fn fleet_events_reach_the_channels_subscribed_to_them_once() {
     );
     assert!(hooks.delivered("/quiet").is_empty());
 }
+
+/// Real `kiln serve` processes: two on one database send each notice once; killed with
+/// SIGKILL while a notice is still undelivered, a restarted console delivers it (the
+/// receiver sees the same key).
+#[tokio::test]
+async fn two_consoles_notify_once_and_a_killed_console_delivers_after_restart() {
+    let db = crate::helpers::fresh_database_url();
+    let _agents = crate::helpers::AgentsGuard::new(&db);
+    let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
+    let extra = [
+        ("KILN_ALERT_INTERVAL", "1"),
+        ("KILN_ALERT_FOR_SCALE", "0.05"),
+        ("KILN_NOTIFY_RETRY_BASE_MS", "300"),
+        ("KILN_TASK_LEASE", "3"),
+    ];
+    let (port_a, port_b) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let mut a = crate::helpers::start_console(&db, port_a, &fleet, &extra).await;
+    let mut b = crate::helpers::start_console(&db, port_b, &fleet, &extra).await;
+    let token = crate::cli::admin_token(&db).await;
+    let base_a = format!("http://127.0.0.1:{port_a}");
+    let base_b = format!("http://127.0.0.1:{port_b}");
+    let hooks = Receiver::start().await;
+    let api = reqwest::Client::new();
+    let channel: Value = api
+        .post(format!("{base_a}/api/v1/channels"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "hook", "kind": "webhook", "url": hooks.url("/hook")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rule: Value = api
+        .post(format!("{base_b}/api/v1/alerts"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "disk.full", "channels": [channel["id"]],
+                      "conditions": [{"metric": "app.disk", "window_s": 10, "op": "above", "threshold": 90}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(rule["id"].is_i64(), "{rule}");
+    // Each console gets half of the measurements.
+    let send = |base: String, v: f64| {
+        let token = token.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/metrics"))
+                .basic_auth("ops", Some(&token))
+                .json(&json!({"gauges": [{"name": "app.disk", "source": "d-1", "value": v}]}))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    let fired = eventually(30, "the firing notice", || {
+        let (a, b) = (base_a.clone(), base_b.clone());
+        let hooks = &hooks;
+        let send = &send;
+        async move {
+            send(a, 97.0).await;
+            send(b, 97.0).await;
+            hooks.delivered("/hook").first().cloned()
+        }
+    })
+    .await;
+    assert_eq!(fired.json()["status"], "firing");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(hooks.all().len(), 1, "two consoles, one notification");
+
+    // The receiver fails; the value drops; the resolved notice is pending when both die.
+    hooks.status.store(503, Ordering::SeqCst);
+    eventually(40, "a refused resolved notice", || {
+        let (a, b) = (base_a.clone(), base_b.clone());
+        let hooks = &hooks;
+        let send = &send;
+        async move {
+            send(a, 10.0).await;
+            send(b, 10.0).await;
+            hooks
+                .all()
+                .iter()
+                .any(|r| r.answered == 503 && r.json()["status"] == "resolved")
+                .then_some(())
+        }
+    })
+    .await;
+    a.start_kill().unwrap();
+    b.start_kill().unwrap();
+    let _ = a.wait().await;
+    let _ = b.wait().await;
+    let key = hooks
+        .all()
+        .last()
+        .unwrap()
+        .header("idempotency-key")
+        .unwrap()
+        .to_owned();
+    hooks.status.store(200, Ordering::SeqCst);
+    let mut a = crate::helpers::start_console(&db, port_a, &fleet, &extra).await;
+    let resolved = eventually(40, "the resolved notice after the restart", || async {
+        hooks
+            .delivered("/hook")
+            .into_iter()
+            .find(|r| r.json()["status"] == "resolved")
+    })
+    .await;
+    assert_eq!(resolved.header("idempotency-key"), Some(key.as_str()));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        hooks.delivered("/hook").len(),
+        2,
+        "firing once, resolved once"
+    );
+    crate::cli::sigterm_and_wait(&mut a).await;
+}
