@@ -1,6 +1,7 @@
 //! What a rule would have done over the last 24 hours: the same `decide` as the evaluation,
 //! run minute by minute over the stored 1-minute rollups (one read per condition), each
-//! source as if it had always been live and never silenced.
+//! source as if it had always been live and never silenced. Rollups are per minute, so a
+//! window shorter than a minute is previewed as the last minute.
 
 use std::collections::BTreeMap;
 
@@ -40,7 +41,9 @@ pub struct Preview {
 type Minutes = BTreeMap<i64, Bucket>;
 
 fn window_value(c: &Condition, minutes: &Minutes, end: i64) -> Option<f64> {
-    let from = end - c.window_s;
+    // Rollups are per minute: a window shorter than one is previewed as the last minute.
+    let window_s = c.window_s.max(STEP_S);
+    let from = end - window_s;
     let mut count = 0i64;
     let (mut sum, mut min, mut max) = (0.0, f64::MAX, f64::MIN);
     let mut kind = "gauge";
@@ -59,7 +62,7 @@ fn window_value(c: &Condition, minutes: &Minutes, end: i64) -> Option<f64> {
         return None;
     }
     if kind == "counter" {
-        return Some((max - min).max(0.0) * 60.0 / c.window_s as f64);
+        return Some((max - min).max(0.0) * 60.0 / window_s as f64);
     }
     Some(match c.aggregate {
         AlertAggregate::Avg => sum / count as f64,

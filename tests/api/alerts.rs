@@ -1086,3 +1086,57 @@ async fn two_consoles_notify_once_and_a_killed_console_delivers_after_restart() 
     );
     crate::cli::sigterm_and_wait(&mut a).await;
 }
+
+#[tokio::test]
+async fn a_browser_writes_a_rule_previews_it_watches_it_fire_and_silences_it() {
+    let app = alerting_app().await;
+    let token = admin_token(&app).await;
+    // Yesterday's history for the preview: t-1 ran hot for ten minutes two hours ago.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() / 60 * 60;
+    let history: Vec<Value> = (0..60)
+        .map(|m| {
+            let hot = (20..30).contains(&m);
+            json!({"name": "app.temp", "source": "t-1", "value": if hot { 95.0 } else { 40.0 },
+                   "measure_time": now - 3 * 3600 + m * 60})
+        })
+        .collect();
+    let res = reqwest::Client::new()
+        .post(app.url("/v1/metrics"))
+        .basic_auth("ops", Some(&token))
+        .json(&json!({ "gauges": history }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    kiln::metrics::rollup::roll_up_all(&app.pool).await.unwrap();
+    // And now it runs hot again.
+    let values = Arc::new(Mutex::new(vec![("t-1", 95.0)]));
+    let sender = keep_sending(&app, &token, "app.temp", values);
+    let out = format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&out).unwrap();
+    let python = std::env::var("KILN_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let result = tokio::process::Command::new(python)
+        .arg(format!(
+            "{}/tests/browser/alerts_check.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([&app.address, "admin", &app.admin_password, &out])
+        .output()
+        .await
+        .unwrap();
+    sender.abort();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stdout.contains("console errors: 0"), "{stdout}");
+    assert!(
+        stdout.contains("preview: Would have fired 1 time"),
+        "{stdout}"
+    );
+    let silences = app.count("SELECT count(*) FROM alert_silences").await;
+    assert_eq!(silences, 1);
+}
