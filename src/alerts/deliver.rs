@@ -156,7 +156,8 @@ async fn post(
             error: Some(format!("the receiver answered {}", res.status())),
         },
         Err(e) if e.is_timeout() => failed(format!("no answer within {} s", TRY_TIMEOUT.as_secs())),
-        Err(e) => failed(chain(&e)),
+        // Without the URL: a Slack webhook's URL is its secret, and the log is shown.
+        Err(e) => failed(chain(&e.without_url())),
     }
 }
 

@@ -43,6 +43,8 @@ def main() -> int:
     }
     one.description = "p99 latency above 250 ms (edited)"
     one.save()
+    # A slow web server, reported the Librato way: the rule fires on it.
+    api.submit("app.latency", 400, source="web1")
     print(json.dumps(out))
     return 0
 

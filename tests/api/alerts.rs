@@ -792,7 +792,34 @@ async fn librato_s_python_client_creates_and_lists_alerts_on_v1() {
         .unwrap();
     assert_eq!(status.status(), 200);
     let status: Value = status.json().await.unwrap();
-    assert_eq!(status["firing"], json!([]));
+    assert!(status["firing"].is_array(), "{status}");
+    // The client's gauge (400 ms on web1) breaches; with no heartbeat at all, the absent
+    // condition holds too: after the (scaled) 300 s it fires, as Librato's status says.
+    eventually(40, "the rule fires on web1", || async {
+        let status: Value = reqwest::Client::new()
+            .get(app.url("/v1/alerts/status"))
+            .basic_auth("ops", Some(&op))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (status["firing"][0]["id"] == id).then_some(())
+    })
+    .await;
+    let firing = get_json(&app, &op, "/api/v1/alerts/status").await;
+    assert_eq!(firing["firing"][0]["source"], "web1");
+    // Librato's clear: resolved now, and the history says who cleared it.
+    let res = reqwest::Client::new()
+        .post(app.url(&format!("/v1/alerts/{id}/clear")))
+        .basic_auth("ops", Some(&op))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let history = get_json(&app, &op, &format!("/api/v1/alerts/{id}/history")).await;
+    assert_eq!(history[0]["reason"], "cleared by olga", "{history}");
 }
 
 #[tokio::test]

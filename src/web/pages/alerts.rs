@@ -281,6 +281,14 @@ fn value_text(v: Option<f64>) -> String {
         .unwrap_or_else(|| "no data".into())
 }
 
+/// "dana, 5 min ago": who acknowledged the firing episode, and when.
+fn acked(s: &StateRow) -> Option<String> {
+    s.acked_by.as_ref().map(|by| match s.acked_at {
+        Some(at) => format!("{by}, {}", when(at).relative),
+        None => by.clone(),
+    })
+}
+
 fn source_text(s: &str) -> String {
     if s.is_empty() {
         "all sources".into()
@@ -407,7 +415,7 @@ async fn render(
             source: source_text(&s.source),
             since: when(s.since),
             value: value_text(s.value),
-            acked_by: s.acked_by,
+            acked_by: acked(&s),
         })
         .collect();
     let silence_views = silences
@@ -656,7 +664,7 @@ async fn render_rule(
                 state: s.state,
                 since: when(s.since),
                 value: value_text(s.value),
-                acked_by: s.acked_by.clone(),
+                acked_by: acked(s),
             })
             .collect(),
         history: history.into_iter().map(TransitionView::from).collect(),
