@@ -39,6 +39,8 @@ pub struct Receiver {
     pub port: u16,
     pub got: Arc<Mutex<Vec<Received>>>,
     pub status: Arc<AtomicU16>,
+    /// Requests still to be left unanswered for 12 s (longer than a try's 10 s).
+    pub hang: Arc<AtomicU16>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,13 +56,14 @@ impl Receiver {
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
-        let (g, s) = (got.clone(), status.clone());
+        let hang = Arc::new(AtomicU16::new(0));
+        let (g, s, h) = (got.clone(), status.clone(), hang.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (g, s) = (g.clone(), s.clone());
+                let (g, s, h) = (g.clone(), s.clone(), h.clone());
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut read = BufReader::new(read);
@@ -88,13 +91,20 @@ impl Receiver {
                         .unwrap_or(0);
                     let mut body = vec![0; len];
                     read.read_exact(&mut body).await.unwrap();
-                    let answered = s.load(Ordering::SeqCst);
+                    let hung = h
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    // A hung request is recorded as answered 0: the sender gave up first.
+                    let answered = if hung { 0 } else { s.load(Ordering::SeqCst) };
                     g.lock().unwrap().push(Received {
                         path,
                         headers,
                         body,
                         answered,
                     });
+                    if hung {
+                        tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+                    }
                     let reply = format!(
                         "HTTP/1.1 {answered} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
                     );
@@ -106,6 +116,7 @@ impl Receiver {
             port,
             got,
             status,
+            hang,
             task,
         }
     }
@@ -498,6 +509,8 @@ async fn a_silence_holds_the_notice_and_its_end_sends_it_and_a_failing_receiver_
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert!(hooks.all().is_empty(), "silenced: nothing sent");
 
+    // The first try gets no answer at all (it gives up after 10 s), the next ones a 500.
+    hooks.hang.store(1, Ordering::SeqCst);
     let res = reqwest::Client::new()
         .delete(app.url(&format!("/api/v1/silences/{}", silence["id"])))
         .bearer_auth(&op)
@@ -505,8 +518,8 @@ async fn a_silence_holds_the_notice_and_its_end_sends_it_and_a_failing_receiver_
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    // Tried, refused, tried again…
-    eventually(30, "two refused tries", || async {
+    // Tried, timed out, refused, tried again…
+    eventually(40, "a timed-out try and a refused one", || async {
         (hooks.all().len() >= 2).then_some(())
     })
     .await;
@@ -533,6 +546,13 @@ async fn a_silence_holds_the_notice_and_its_end_sends_it_and_a_failing_receiver_
         .filter_map(|d| d["status_code"].as_i64())
         .collect();
     assert!(codes.contains(&500) && codes.contains(&200), "{log}");
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["error"] == "no answer within 10 s"),
+        "{log}"
+    );
     // The silence and its end are audited.
     let audit = app.audit().await;
     assert!(audit.iter().any(|a| a.action == "alert.silence"));
