@@ -168,20 +168,7 @@ fn worth_writing(prior: Option<&SourceState>, next: &SourceState) -> bool {
 
 /// One pass under the lock; None when another console holds it.
 pub async fn run_once(pool: &PgPool, cfg: &EvalConfig) -> anyhow::Result<Option<PassSummary>> {
-    let mut lock_conn = pool.acquire().await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK)
-        .fetch_one(&mut *lock_conn)
-        .await?;
-    if !got {
-        return Ok(None);
-    }
-    let result = pass(pool, cfg).await;
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(LOCK)
-        .execute(&mut *lock_conn)
-        .await?;
-    result.map(Some)
+    crate::db::exclusively(pool, LOCK, || pass(pool, cfg)).await
 }
 
 pub async fn pass(pool: &PgPool, cfg: &EvalConfig) -> anyhow::Result<PassSummary> {

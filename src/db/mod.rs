@@ -32,6 +32,30 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// A pooled connection idle for longer than this is pinged before it is lent out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 
+/// Runs `work` only if no other console holds the session-level advisory lock `key` (held on
+/// a connection of its own for the duration, so a crashed holder frees it); None when
+/// another one does. The background loops that must run on one console at a time use it.
+pub async fn exclusively<T, F, Fut>(pool: &PgPool, key: i64, work: F) -> anyhow::Result<Option<T>>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut lock_conn = pool.acquire().await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut *lock_conn)
+        .await?;
+    if !got {
+        return Ok(None);
+    }
+    let result = work().await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *lock_conn)
+        .await?;
+    result.map(Some)
+}
+
 /// Connects to `url`, creating its database first when it does not exist.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)

@@ -32,20 +32,7 @@ pub struct Summary {
 
 /// One pass; None when another replica holds the lock.
 pub async fn run_once(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Option<Summary>> {
-    let mut lock_conn = pool.acquire().await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK)
-        .fetch_one(&mut *lock_conn)
-        .await?;
-    if !got {
-        return Ok(None);
-    }
-    let result = pass(pool, cloud).await;
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(LOCK)
-        .execute(&mut *lock_conn)
-        .await?;
-    result.map(Some)
+    crate::db::exclusively(pool, LOCK, || pass(pool, cloud)).await
 }
 
 async fn pass(pool: &PgPool, cloud: &AnyProvider) -> anyhow::Result<Summary> {

@@ -191,8 +191,7 @@ async fn rule_and_channels(state: &AppState, id: i64) -> Result<Value, AppError>
     let (rule, channels) = tokio::try_join!(
         crate::db::alerts::rule(&state.pool, id),
         crate::db::alerts::channels(&state.pool),
-    )
-    .map_err(crate::error::Error::from)?;
+    )?;
     let rule = rule.ok_or_else(|| AppError::NotFound(format!("No alert {id}.")))?;
     Ok(alert_json(&rule, &channels))
 }
@@ -230,8 +229,7 @@ pub async fn list(
     let (rules, channels) = tokio::try_join!(
         crate::db::alerts::rules(&state.pool),
         crate::db::alerts::channels(&state.pool),
-    )
-    .map_err(crate::error::Error::from)?;
+    )?;
     let found: Vec<&RuleRow> = rules
         .iter()
         .filter(|r| q.name.as_deref().is_none_or(|n| r.name == n))
@@ -290,8 +288,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, AppError
     let (firing, cleared) = tokio::try_join!(
         crate::db::alerts::firing(&state.pool),
         crate::db::alerts::recently_resolved(&state.pool, 3600),
-    )
-    .map_err(crate::error::Error::from)?;
+    )?;
     let mut firing_rules: Vec<(i64, i64)> = Vec::new();
     for (s, _) in &firing {
         if s.state == AlertState::Firing && !firing_rules.iter().any(|(id, _)| *id == s.rule_id) {

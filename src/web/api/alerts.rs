@@ -134,24 +134,17 @@ fn id_of(raw: &str, what: &str) -> Result<i64, AppError> {
 
 async fn one(state: &AppState, id: i64) -> Result<RuleJson, AppError> {
     let row = crate::db::alerts::rule(&state.pool, id)
-        .await
-        .map_err(crate::error::Error::from)?
+        .await?
         .ok_or_else(|| AppError::NotFound(format!("No alert rule {id}.")))?;
-    let states = crate::db::alerts::states_of(&state.pool, id)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let states = crate::db::alerts::states_of(&state.pool, id).await?;
     let refs: Vec<&StateRow> = states.iter().collect();
     Ok(rule_json(&row, &refs))
 }
 
 /// `GET /api/v1/alerts`
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let rules = crate::db::alerts::rules(&state.pool)
-        .await
-        .map_err(crate::error::Error::from)?;
-    let states = crate::db::alerts::states(&state.pool)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let rules = crate::db::alerts::rules(&state.pool).await?;
+    let states = crate::db::alerts::states(&state.pool).await?;
     let mut by_rule: HashMap<i64, Vec<&StateRow>> = HashMap::new();
     for s in &states {
         by_rule.entry(s.rule_id).or_default().push(s);
@@ -222,9 +215,7 @@ struct FiringJson {
 
 /// `GET /api/v1/alerts/status` -> `{"firing": [{"alert_id", "source", "since", "value"}]}`
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let firing = crate::db::alerts::firing(&state.pool)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let firing = crate::db::alerts::firing(&state.pool).await?;
     let firing: Vec<FiringJson> = firing
         .into_iter()
         .map(|(s, name)| FiringJson {
@@ -245,10 +236,8 @@ pub async fn preview(
     state: web::Data<AppState>,
     body: Strict<RuleInput>,
 ) -> Result<HttpResponse, AppError> {
-    let rule = body.validate().map_err(crate::error::Error::from)?;
-    let p = crate::alerts::preview::preview(&state.pool, &rule)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let rule = body.validate()?;
+    let p = crate::alerts::preview::preview(&state.pool, &rule).await?;
     Ok(HttpResponse::Ok().json(p))
 }
 
@@ -296,11 +285,7 @@ pub async fn silence_rule(
     body: Strict<RuleSilence>,
 ) -> Result<HttpResponse, AppError> {
     let id = id_of(&id, "alert rule")?;
-    if crate::db::alerts::rule(&state.pool, id)
-        .await
-        .map_err(crate::error::Error::from)?
-        .is_none()
-    {
+    if crate::db::alerts::rule(&state.pool, id).await?.is_none() {
         return Err(AppError::NotFound(format!("No alert rule {id}.")));
     }
     let input = SilenceInput {
@@ -367,9 +352,7 @@ pub async fn history(
     let id = id_of(&id, "alert rule")?;
     let limit = super::limit(q.limit)?;
     one(&state, id).await?;
-    let rows = crate::db::alerts::transitions_of(&state.pool, id, limit)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let rows = crate::db::alerts::transitions_of(&state.pool, id, limit).await?;
     Ok(HttpResponse::Ok().json(
         rows.into_iter()
             .map(TransitionJson::from)
@@ -386,9 +369,7 @@ pub async fn deliveries(
     let id = id_of(&id, "alert rule")?;
     let limit = super::limit(q.limit)?;
     one(&state, id).await?;
-    let rows = crate::db::alerts::deliveries(&state.pool, Some(id), limit)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let rows = crate::db::alerts::deliveries(&state.pool, Some(id), limit).await?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -421,9 +402,7 @@ impl From<&SilenceRow> for SilenceJson {
 
 /// `GET /api/v1/silences`: the silences that have not ended.
 pub async fn list_silences(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let rows = crate::db::alerts::silences(&state.pool)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let rows = crate::db::alerts::silences(&state.pool).await?;
     Ok(HttpResponse::Ok().json(rows.iter().map(SilenceJson::from).collect::<Vec<_>>()))
 }
 
@@ -455,9 +434,7 @@ pub async fn end_silence(
 
 /// `GET /api/v1/channels` (admins)
 pub async fn list_channels(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let rows = crate::db::alerts::channels(&state.pool)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let rows = crate::db::alerts::channels(&state.pool).await?;
     Ok(HttpResponse::Ok().json(rows.iter().map(ChannelView::from).collect::<Vec<_>>()))
 }
 
@@ -486,8 +463,7 @@ pub async fn show_channel(
 ) -> Result<HttpResponse, AppError> {
     let id = id_of(&id, "channel")?;
     let row = crate::db::alerts::channel(&state.pool, id)
-        .await
-        .map_err(crate::error::Error::from)?
+        .await?
         .ok_or_else(|| AppError::NotFound(format!("No channel {id}.")))?;
     Ok(HttpResponse::Ok().json(ChannelView::from(&row)))
 }

@@ -369,8 +369,7 @@ async fn render(
         crate::db::alerts::silences(pool),
         crate::db::alerts::channels(pool),
         crate::db::alerts::firing(pool),
-    )
-    .map_err(crate::error::Error::from)?;
+    )?;
     let mut by_rule: HashMap<i64, Vec<&StateRow>> = HashMap::new();
     for s in &states {
         by_rule.entry(s.rule_id).or_default().push(s);
@@ -509,11 +508,7 @@ pub async fn preview(
         .and_then(|i| i.validate().map_err(|e| AppError::BadRequest(e.0)));
     let page = match rule {
         Ok(rule) => PreviewPartial {
-            preview: Some(
-                crate::alerts::preview::preview(&state.pool, &rule)
-                    .await
-                    .map_err(crate::error::Error::from)?,
-            ),
+            preview: Some(crate::alerts::preview::preview(&state.pool, &rule).await?),
             error: None,
         },
         Err(AppError::BadRequest(m)) => PreviewPartial {
@@ -602,9 +597,14 @@ struct AlertPage {
     to: i64,
 }
 
-fn rule_id(raw: &str) -> Result<i64, AppError> {
+/// A path's id, or a 404 that says there is no such `what`.
+fn id_of(raw: &str, what: &str) -> Result<i64, AppError> {
     raw.parse()
-        .map_err(|_| AppError::NotFound(format!("There is no alert rule {raw}.")))
+        .map_err(|_| AppError::NotFound(format!("There is no {what} {raw}.")))
+}
+
+fn rule_id(raw: &str) -> Result<i64, AppError> {
+    id_of(raw, "alert rule")
 }
 
 async fn render_rule(
@@ -623,8 +623,7 @@ async fn render_rule(
         crate::db::alerts::deliveries(pool, Some(id), 100),
         crate::db::alerts::channels(pool),
         crate::db::alerts::silences(pool),
-    )
-    .map_err(crate::error::Error::from)?;
+    )?;
     let rule = rule.ok_or_else(|| AppError::NotFound(format!("There is no alert rule {id}.")))?;
     let first = rule.conditions.0.first().cloned();
     let chart_series = first
@@ -841,9 +840,7 @@ pub async fn end_silence(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| AppError::NotFound(format!("There is no silence {id}.")))?;
+    let id = id_of(&id, "silence")?;
     crate::alerts::rules::end_silence(&state.pool, &principal, source_ip(&req), id).await?;
     flash(&session, "Ended the silence.");
     Ok(see_other("/alerts"))
@@ -970,9 +967,7 @@ pub async fn delete_channel(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| AppError::NotFound(format!("There is no channel {id}.")))?;
+    let id = id_of(&id, "channel")?;
     crate::alerts::channels::delete(&state.pool, &principal, source_ip(&req), id).await?;
     flash(&session, "Deleted the channel.");
     Ok(see_other("/alerts#channels"))
@@ -984,9 +979,7 @@ pub async fn test_channel(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| AppError::NotFound(format!("There is no channel {id}.")))?;
+    let id = id_of(&id, "channel")?;
     crate::alerts::channels::test(&state.pool, &principal, id, &state.settings.public_url())
         .await?;
     flash(&session, "Sending a test notification.");
@@ -1002,8 +995,6 @@ struct Badge {
 /// The navigation's count of firing alerts (loaded by htmx after the page, so that no page
 /// pays a statement for it).
 pub async fn badge(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let firing = crate::db::alerts::firing_count(&state.pool)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let firing = crate::db::alerts::firing_count(&state.pool).await?;
     super::html(&Badge { firing }, StatusCode::OK)
 }
