@@ -242,42 +242,102 @@ pub struct WindowRow {
     pub max: Option<f64>,
 }
 
-/// Every enabled rule's conditions over their windows ending at `now`, per source, in one
-/// statement: raw points for windows up to 15 minutes; longer ones read 1-minute rollups for
-/// their complete minutes older than two minutes (the rollup task has done those) and raw
-/// points after. An `absent` condition also lists the sources its series had in the last
-/// hour with a count of 0 — that is how a source that stopped sending is noticed.
-pub async fn windows(db: impl PgExecutor<'_>, now: OffsetDateTime) -> sqlx::Result<Vec<WindowRow>> {
-    sqlx::query_as(WINDOWS_SQL).bind(now).fetch_all(db).await
+/// Every enabled rule's conditions over their windows ending at `now`, per source, in two
+/// statements whatever the number of rules: windows up to 15 minutes from raw points; longer
+/// ones from the 1-minute rollups of their complete minutes older than two minutes (the
+/// rollup task has done those) and raw points after. An `absent` condition also lists the
+/// sources its series had in the last hour with a count of 0 — that is how a source that
+/// stopped sending is noticed. Each series' window is one index range scan, aggregated in
+/// place (`kiln bench alerts`: aggregating outside cost a sort of every point).
+///
+/// Read with JIT compilation off, in a read-only transaction of their own: they are tens of
+/// thousands of small index lookups, and PostgreSQL's estimate of `jsonb_array_elements` (100
+/// rows a call, where a rule has one to ten) makes them look dear enough to compile, which
+/// cost more than it saved (figures in docs/performance.md).
+pub async fn windows(pool: &sqlx::PgPool, now: OffsetDateTime) -> sqlx::Result<Vec<WindowRow>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+    let mut rows: Vec<WindowRow> = sqlx::query_as(SHORT_WINDOWS_SQL)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+    rows.extend(
+        sqlx::query_as::<_, WindowRow>(LONG_WINDOWS_SQL)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?,
+    );
+    tx.commit().await?;
+    Ok(rows)
 }
 
-pub const WINDOWS_SQL: &str = "
-WITH c AS (
+/// The conditions of enabled rules, one row each, with their window's start (the CTE is
+/// materialised: each condition's JSON is read once, not once per series).
+macro_rules! conditions_cte {
+    ($filter:literal) => {
+        concat!(
+            "WITH c AS MATERIALIZED (
     SELECT r.id AS rule_id, (c.ord - 1)::INT AS idx, c.cond->>'metric' AS metric,
            c.cond->>'source_like' AS source_like, c.cond->>'op' AS op,
            $1::TIMESTAMPTZ - make_interval(secs => (c.cond->>'window_s')::INT) AS w_from,
-           CASE WHEN (c.cond->>'window_s')::INT > 900
-                THEN date_trunc('minute', $1::TIMESTAMPTZ - interval '2 minutes')
-                ELSE $1::TIMESTAMPTZ - make_interval(secs => (c.cond->>'window_s')::INT) END AS raw_from
+           greatest($1::TIMESTAMPTZ - make_interval(secs => (c.cond->>'window_s')::INT),
+                    date_trunc('minute', $1::TIMESTAMPTZ - interval '2 minutes')) AS raw_from
     FROM alert_rules r CROSS JOIN LATERAL jsonb_array_elements(r.conditions) WITH ORDINALITY AS c(cond, ord)
-    WHERE r.enabled
-)
-SELECT c.rule_id, c.idx, s.source, s.kind,
-       coalesce(sum(v.count), 0)::BIGINT AS count, sum(v.sum) AS sum, min(v.min) AS min, max(v.max) AS max
+    WHERE r.enabled AND ",
+            $filter,
+            "
+)"
+        )
+    };
+}
+
+/// A source of an absent condition that sent nothing in its window still counts when its
+/// series had a point in the last hour.
+macro_rules! absent_or_data {
+    () => {
+        "
+WHERE v.count > 0
+   OR (c.op = 'absent' AND EXISTS (
+        SELECT 1 FROM metric_rollups u
+        WHERE u.resolution = 60 AND u.series_id = s.id AND u.t >= $1::TIMESTAMPTZ - interval '1 hour'))"
+    };
+}
+
+pub const SHORT_WINDOWS_SQL: &str = concat!(
+    conditions_cte!("(c.cond->>'window_s')::INT <= 900"),
+    "
+SELECT c.rule_id, c.idx, s.source, s.kind, v.count, v.sum, v.min, v.max
 FROM c
 JOIN metric_series s ON s.name = c.metric AND s.source LIKE c.source_like
-LEFT JOIN LATERAL (
-    SELECT p.count, p.sum, p.min, p.max FROM metric_points p
-    WHERE p.series_id = s.id AND p.t >= c.raw_from AND p.t < $1
-    UNION ALL
-    SELECT u.count, u.sum, u.min, u.max FROM metric_rollups u
-    WHERE u.resolution = 60 AND u.series_id = s.id AND u.t >= c.w_from AND u.t < c.raw_from
-) v ON true
-GROUP BY c.rule_id, c.idx, c.op, s.id, s.source, s.kind
-HAVING coalesce(sum(v.count), 0) > 0
-    OR (c.op = 'absent' AND EXISTS (
-        SELECT 1 FROM metric_rollups u
-        WHERE u.resolution = 60 AND u.series_id = s.id AND u.t >= $1::TIMESTAMPTZ - interval '1 hour'))";
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(p.count), 0)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min, max(p.max) AS max
+    FROM metric_points p
+    WHERE p.series_id = s.id AND p.t >= c.w_from AND p.t < $1
+) v",
+    absent_or_data!()
+);
+
+pub const LONG_WINDOWS_SQL: &str = concat!(
+    conditions_cte!("(c.cond->>'window_s')::INT > 900"),
+    "
+SELECT c.rule_id, c.idx, s.source, s.kind, v.count, v.sum, v.min, v.max
+FROM c
+JOIN metric_series s ON s.name = c.metric AND s.source LIKE c.source_like
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(x.count), 0)::BIGINT AS count, sum(x.sum) AS sum, min(x.min) AS min, max(x.max) AS max
+    FROM (
+        SELECT p.count, p.sum, p.min, p.max FROM metric_points p
+        WHERE p.series_id = s.id AND p.t >= c.raw_from AND p.t < $1
+        UNION ALL
+        SELECT u.count, u.sum, u.min, u.max FROM metric_rollups u
+        WHERE u.resolution = 60 AND u.series_id = s.id AND u.t >= c.w_from AND u.t < c.raw_from
+    ) x
+) v",
+    absent_or_data!()
+);
 
 /// What the pass knows of sources that are servers: (id, terminated, changing).
 pub async fn server_facts(

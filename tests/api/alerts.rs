@@ -1187,3 +1187,47 @@ async fn a_browser_writes_a_rule_previews_it_watches_it_fire_and_silences_it() {
     let silences = app.count("SELECT count(*) FROM alert_silences").await;
     assert_eq!(silences, 1);
 }
+
+#[tokio::test]
+async fn a_long_window_reads_the_rollups_and_the_raw_points_after_them() {
+    let app = alerting_app().await;
+    let op = operator_token(&app).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // Forty minutes of a hot series, one point a minute, the last one a minute ago: most of
+    // an hour's window is in the 1-minute rollups, the last minutes only in raw points.
+    let gauges: Vec<Value> = (1..=40)
+        .map(|m| json!({"name": "app.queue.age", "source": "long-1", "value": 600.0, "measure_time": now - m * 60}))
+        .collect();
+    let res = reqwest::Client::new()
+        .post(app.url("/v1/metrics"))
+        .basic_auth("ops", Some(&op))
+        .json(&json!({ "gauges": gauges }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    kiln::metrics::rollup::roll_up_all(&app.pool).await.unwrap();
+    let rule = created(
+        post(
+            &app,
+            &op,
+            "/api/v1/alerts",
+            json!({"name": "queue.stale", "conditions": [{"metric": "app.queue.age", "aggregate": "count",
+                    "window_s": 3600, "op": "above", "threshold": 35}]}),
+        )
+        .await,
+    )
+    .await;
+    let id = rule["id"].as_i64().unwrap();
+    eventually(20, "the hour-long window fires", || async {
+        (state_of(&app, id, "long-1").await.as_deref() == Some("firing")).then_some(())
+    })
+    .await;
+    let value: f64 = sqlx::query_scalar("SELECT value FROM alert_states WHERE rule_id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // Every point counted once: from the rollups or from the raw points, never both.
+    assert!((38.0..=40.0).contains(&value), "{value}");
+}
