@@ -244,6 +244,10 @@ pub struct Settings {
     #[arg(long, env = "KILN_ALERT_INTERVAL", default_value_t = 15)]
     pub alert_interval: u64,
 
+    /// Seconds between autoscaling decisions (one console decides at a time).
+    #[arg(long, env = "KILN_SCALING_INTERVAL", default_value_t = 15)]
+    pub scaling_interval: u64,
+
     /// Multiplies every alert condition's `for` (tests shorten minutes to seconds; 1 in use).
     #[arg(long, env = "KILN_ALERT_FOR_SCALE", default_value_t = 1.0, hide = true)]
     pub alert_for_scale: f64,
@@ -348,6 +352,9 @@ impl Settings {
             );
         }
         let scale_ok = self.alert_for_scale > 0.0 && self.alert_for_scale <= 1.0;
+        if !(1..=3600).contains(&self.scaling_interval) {
+            anyhow::bail!("KILN_SCALING_INTERVAL must be between 1 and 3600 seconds.");
+        }
         if !(1..=3600).contains(&self.alert_interval)
             || !scale_ok
             || self.notify_retry_base_ms == 0

@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod jobs;
 pub mod metrics;
 pub mod rollouts;
+pub mod scaling;
 pub mod startup;
 pub mod tasks;
 pub mod telemetry;

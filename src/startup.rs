@@ -262,6 +262,13 @@ impl Application {
             self.registry.clone(),
             stop_reconciler.subscribe(),
         ));
+        let scaling = tokio::spawn(crate::scaling::run(
+            self.pool.clone(),
+            crate::scaling::Env::from_settings(&self.settings),
+            Duration::from_secs(self.settings.scaling_interval),
+            self.registry.clone(),
+            stop_reconciler.subscribe(),
+        ));
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
@@ -281,6 +288,7 @@ impl Application {
         let _ = rollups.await;
         let _ = recorder.await;
         let _ = alerts.await;
+        let _ = scaling.await;
         janitor.abort();
         // Let the tasks in hand finish (a task cut short is claimed again after its lease).
         workers.stop().await;

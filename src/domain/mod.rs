@@ -8,6 +8,7 @@ mod names;
 mod next;
 mod password;
 mod role;
+pub mod scaling;
 pub mod states;
 
 pub use health::agent_health_window;

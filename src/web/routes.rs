@@ -153,6 +153,10 @@ route_table! {
     POST "/api/v1/bakes/{id}/cancel"  OPERATOR => api::bakes::cancel;
     POST "/hooks/github"              SIGNED => hooks::github;
 
+    GET  "/api/v1/scaling"            VIEWER => api::scaling::show;
+    PUT  "/api/v1/scaling"            OPERATOR => api::scaling::update;
+    GET  "/api/v1/scaling/decisions"  VIEWER => api::scaling::decisions;
+    POST "/api/v1/scaling/preview"    OPERATOR => api::scaling::preview;
     GET  "/api/v1/alerts"             VIEWER => api::alerts::list;
     POST "/api/v1/alerts"             OPERATOR => api::alerts::create;
     GET  "/api/v1/alerts/status"      VIEWER => api::alerts::status;

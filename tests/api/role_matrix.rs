@@ -217,6 +217,18 @@ const EXPECTED: &[(&str, &str, Access)] = &[
         "/api/v1/jobs/{id}/retry",
         Access::Role(Role::Operator),
     ),
+    ("GET", "/api/v1/scaling", Access::Role(Role::Viewer)),
+    ("PUT", "/api/v1/scaling", Access::Role(Role::Operator)),
+    (
+        "GET",
+        "/api/v1/scaling/decisions",
+        Access::Role(Role::Viewer),
+    ),
+    (
+        "POST",
+        "/api/v1/scaling/preview",
+        Access::Role(Role::Operator),
+    ),
     ("GET", "/api/v1/alerts", Access::Role(Role::Viewer)),
     ("POST", "/api/v1/alerts", Access::Role(Role::Operator)),
     ("GET", "/api/v1/alerts/status", Access::Role(Role::Viewer)),

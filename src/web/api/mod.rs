@@ -6,6 +6,7 @@ pub mod bakes;
 pub mod images;
 pub mod jobs;
 pub mod rollouts;
+pub mod scaling;
 pub mod servers;
 
 /// `?limit=`: default 500, at most 5,000.
