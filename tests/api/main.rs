@@ -24,6 +24,7 @@ mod moto;
 mod replicas;
 mod role_matrix;
 mod rollouts;
+mod scaling;
 mod servers;
 mod statements;
 mod strict_json;

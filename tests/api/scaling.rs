@@ -1,0 +1,158 @@
+//! Autoscaling with real agents on the local provider: a burst grows the fleet to its
+//! maximum within a couple of decisions, every job succeeds, none is lost to a scale-in, and
+//! the fleet comes back to its minimum when the queue is empty. Decisions every second, the
+//! delays a few seconds.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, eventually, get_json, post, spawn_app_with};
+
+async fn put(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn live_workers(app: &TestApp) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE mode = 'enabled'), count(*) FROM servers
+         WHERE purpose = 'worker' AND state <> 'terminated'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_burst_grows_the_fleet_to_max_every_job_succeeds_and_it_shrinks_back_to_min() {
+    let app = spawn_app_with(|s| {
+        s.scaling_interval = 1;
+        s.heartbeat = 1;
+        s.task_poll = 1;
+        s.job_lease = 10;
+    })
+    .await;
+    app.create_user("sam", kiln::domain::Role::Operator).await;
+    let token = app.token_for("sam").await;
+
+    // Settings are checked as a whole, and the refusal names the field.
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": true, "min": 5, "max": 2}),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.unwrap();
+    assert!(err["error"].as_str().unwrap().starts_with("min:"), "{err}");
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": true, "max": 9999}),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": true, "min": 1, "max": 8, "max_queue_latency_s": 1,
+               "scale_in_delay_s": 3, "cooldown_s": 3}),
+    )
+    .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    // The minimum first: one worker, launched by the autoscaler.
+    eventually(60, "the minimum of one worker comes up", || async {
+        let registered: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM agents a JOIN servers s ON s.id = a.server_id WHERE s.state <> 'terminated'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (registered == 1).then_some(())
+    })
+    .await;
+
+    let burst_at = std::time::Instant::now();
+    for n in 0..200 {
+        let res = post(
+            &app,
+            &token,
+            "/api/v1/jobs",
+            json!({"command": "sleep 1", "labels": {"burst": n.to_string()}}),
+        )
+        .await;
+        assert_eq!(res.status(), 201);
+    }
+    eventually(30, "the fleet reaches its maximum of 8", || async {
+        (live_workers(&app).await.0 == 8).then_some(())
+    })
+    .await;
+    let took = burst_at.elapsed();
+    let decisions = get_json(&app, &token, "/api/v1/scaling/decisions").await;
+    let out: Vec<&Value> = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["action"] == "scale_out")
+        .collect();
+    // The burst's decision says why, with the figures: "utilisation 100% > 75% with jobs
+    // waiting: +7 servers (47 queued jobs, 1 slot each)" (or the queue latency, if it came
+    // first).
+    assert!(
+        out.iter().any(|d| {
+            let r = d["reason"].as_str().unwrap();
+            (r.starts_with("queue latency") || r.starts_with("utilisation"))
+                && r.contains("+7 servers")
+                && r.contains("queued jobs")
+        }),
+        "{decisions}"
+    );
+    eprintln!("reached 8 servers {took:?} after the burst's first job");
+
+    eventually(240, "every job of the burst succeeds", || async {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        (done == 200).then_some(())
+    })
+    .await;
+    eventually(90, "the fleet is back to its minimum", || async {
+        (live_workers(&app).await == (1, 1)).then_some(())
+    })
+    .await;
+    let lost: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE state <> 'succeeded'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(lost, 0, "no attempt was lost or cut short by a scale-in");
+    let decisions = get_json(&app, &token, "/api/v1/scaling/decisions").await;
+    let scale_in = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["action"] == "scale_in")
+        .expect("a scale-in decision");
+    assert!(
+        scale_in["reason"]
+            .as_str()
+            .unwrap()
+            .contains("(idle, oldest first)"),
+        "{scale_in}"
+    );
+    // The preview says what it would do now, and changes nothing.
+    let res = post(&app, &token, "/api/v1/scaling/preview", json!({})).await;
+    assert_eq!(res.status(), 200);
+    let preview: Value = res.json().await.unwrap();
+    assert_eq!(preview["desired_before"], 1, "{preview}");
+    crate::helpers::stop_fleet(&app).await;
+}
