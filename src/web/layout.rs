@@ -30,6 +30,7 @@ const NAV: &[(&str, &str, Role)] = &[
     ("/images", "Images", Role::Viewer),
     ("/servers", "Servers", Role::Viewer),
     ("/rollouts", "Rollouts", Role::Viewer),
+    ("/scaling", "Scaling", Role::Viewer),
     ("/bakes", "Bakes", Role::Viewer),
     ("/jobs", "Jobs", Role::Viewer),
     ("/dashboards", "Metrics", Role::Viewer),

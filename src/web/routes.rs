@@ -70,6 +70,10 @@ route_table! {
     GET  "/rollouts"                  VIEWER => pages::rollouts::list;
     GET  "/rollouts/{id}"             VIEWER => pages::rollouts::show;
     POST "/rollouts/{id}/{action}"    OPERATOR => pages::rollouts::control;
+    GET  "/scaling"                   VIEWER => pages::scaling::show;
+    POST "/scaling"                   OPERATOR => pages::scaling::save;
+    POST "/scaling/preview"           OPERATOR => pages::scaling::preview;
+    POST "/scaling/{action}"          OPERATOR => pages::scaling::switch;
     GET  "/bakes"                     VIEWER => pages::bakes::list;
     POST "/bakes"                     OPERATOR => pages::bakes::start;
     POST "/bakes/recipes"             OPERATOR => pages::bakes::create_recipe;

@@ -109,6 +109,10 @@ const EXPECTED: &[(&str, &str, Access)] = &[
         "/dashboards/{id}/charts/{chart}/move",
         Access::Role(Role::Operator),
     ),
+    ("GET", "/scaling", Access::Role(Role::Viewer)),
+    ("POST", "/scaling", Access::Role(Role::Operator)),
+    ("POST", "/scaling/preview", Access::Role(Role::Operator)),
+    ("POST", "/scaling/{action}", Access::Role(Role::Operator)),
     ("GET", "/alerts", Access::Role(Role::Viewer)),
     ("POST", "/alerts", Access::Role(Role::Operator)),
     ("GET", "/alerts/badge", Access::Role(Role::Viewer)),
@@ -392,6 +396,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/channels/{id}", "/channels/1")
         .replace("{chart}", "1")
         .replace("{n}", "0")
+        .replace("/scaling/{action}", "/scaling/pause")
         .replace("{action}", "disable")
         .replace("{stream}", "deploys")
 }

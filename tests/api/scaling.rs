@@ -156,3 +156,66 @@ async fn a_burst_grows_the_fleet_to_max_every_job_succeeds_and_it_shrinks_back_t
     assert_eq!(preview["desired_before"], 1, "{preview}");
     crate::helpers::stop_fleet(&app).await;
 }
+
+#[tokio::test]
+async fn the_scaling_page_saves_settings_refuses_bad_ones_and_pauses_audited() {
+    let app = crate::helpers::spawn_app().await;
+    let admin = app.admin().await;
+    let page = app.get(&admin, "/scaling").await.text().await.unwrap();
+    assert!(page.contains("Autoscaling is off"), "{page}");
+    let fields = |min: &'static str, max: &'static str| {
+        vec![
+            ("enabled", "on"),
+            ("min", min),
+            ("max", max),
+            ("slots_per_server", ""),
+            ("target_utilization", "0.75"),
+            ("scale_in_utilization", "0.3"),
+            ("max_queue_latency_s", "30"),
+            ("scale_in_delay_s", "600"),
+            ("cooldown_s", "600"),
+            ("recycle_max_age_s", ""),
+            ("recycle_max_share", "0.1"),
+            ("window_days", ""),
+            ("window_from", ""),
+            ("window_until", ""),
+        ]
+    };
+    let res = app
+        .post_form(&admin, "/scaling", "/scaling", &fields("5", "2"))
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("min: at most max (2)."));
+    assert_eq!(
+        app.count("SELECT count(*) FROM scaling_settings").await,
+        0,
+        "nothing saved"
+    );
+    let res = app
+        .post_form(&admin, "/scaling", "/scaling", &fields("0", "3"))
+        .await;
+    assert_eq!(res.status(), 303);
+    let token = app.token_for("admin").await;
+    let saved = get_json(&app, &token, "/api/v1/scaling").await;
+    assert_eq!(
+        (
+            saved["enabled"].clone(),
+            saved["min"].clone(),
+            saved["max"].clone()
+        ),
+        (json!(true), json!(0), json!(3))
+    );
+    let res = app
+        .post_form(&admin, "/scaling", "/scaling/pause", &[])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(
+        get_json(&app, &token, "/api/v1/scaling").await["paused"],
+        true
+    );
+    let page = app.get(&admin, "/scaling").await.text().await.unwrap();
+    assert!(page.contains("Resume autoscaling"));
+    let audit = app.audit().await;
+    assert!(audit.iter().any(|a| a.action == "scaling.settings"));
+    assert!(audit.iter().any(|a| a.action == "scaling.pause"));
+}

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod login;
 pub mod overview;
 pub mod rollouts;
+pub mod scaling;
 pub mod servers;
 pub mod users;
 

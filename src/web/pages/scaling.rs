@@ -1,0 +1,270 @@
+//! The Scaling page: what the autoscaler is doing and why (its recent decisions, a preview of
+//! the next one), its settings (operators edit; a pause switch), all audited.
+
+use actix_session::Session;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+
+use super::{answer, see_other, source_ip};
+use crate::auth::Principal;
+use crate::domain::scaling::{Recycle, ScalingSettings, Window};
+use crate::scaling::DecisionRow;
+use crate::scaling::decide::Decision;
+use crate::web::AppState;
+use crate::web::error::AppError;
+use crate::web::layout::{Layout, flash};
+use crate::web::view::{When, when};
+
+/// The settings form as typed (every value a string; shown again with the reason when
+/// refused).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct SettingsForm {
+    enabled: Option<String>,
+    paused: Option<String>,
+    #[serde(default)]
+    min: String,
+    #[serde(default)]
+    max: String,
+    #[serde(default)]
+    slots_per_server: String,
+    #[serde(default)]
+    target_utilization: String,
+    #[serde(default)]
+    scale_in_utilization: String,
+    #[serde(default)]
+    max_queue_latency_s: String,
+    #[serde(default)]
+    scale_in_delay_s: String,
+    #[serde(default)]
+    cooldown_s: String,
+    #[serde(default)]
+    recycle_max_age_s: String,
+    #[serde(default)]
+    recycle_max_share: String,
+    #[serde(default)]
+    window_days: String,
+    #[serde(default)]
+    window_from: String,
+    #[serde(default)]
+    window_until: String,
+}
+
+fn number<T: std::str::FromStr>(field: &str, text: &str) -> Result<Option<T>, AppError> {
+    match text.trim() {
+        "" => Ok(None),
+        t => t
+            .parse()
+            .map(Some)
+            .map_err(|_| AppError::BadRequest(format!("{field}: {t:?} is not a number."))),
+    }
+}
+
+fn required<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, AppError> {
+    number(field, text)?.ok_or_else(|| AppError::BadRequest(format!("{field}: missing.")))
+}
+
+impl SettingsForm {
+    fn of(s: &ScalingSettings) -> Self {
+        let w = s.recycle.window.clone();
+        SettingsForm {
+            enabled: s.enabled.then(|| "on".into()),
+            paused: s.paused.then(|| "on".into()),
+            min: s.min.to_string(),
+            max: s.max.to_string(),
+            slots_per_server: s
+                .slots_per_server
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            target_utilization: s.target_utilization.to_string(),
+            scale_in_utilization: s.scale_in_utilization.to_string(),
+            max_queue_latency_s: s.max_queue_latency_s.to_string(),
+            scale_in_delay_s: s.scale_in_delay_s.to_string(),
+            cooldown_s: s.cooldown_s.to_string(),
+            recycle_max_age_s: s
+                .recycle
+                .max_age_s
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            recycle_max_share: s.recycle.max_share.to_string(),
+            window_days: w.as_ref().map(|w| w.days.join(", ")).unwrap_or_default(),
+            window_from: w.as_ref().map(|w| w.from.clone()).unwrap_or_default(),
+            window_until: w.map(|w| w.until).unwrap_or_default(),
+        }
+    }
+
+    fn settings(&self) -> Result<ScalingSettings, AppError> {
+        let days: Vec<String> = self
+            .window_days
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        let window = (!days.is_empty() || !self.window_from.trim().is_empty()).then(|| Window {
+            days,
+            from: self.window_from.trim().to_owned(),
+            until: self.window_until.trim().to_owned(),
+        });
+        Ok(ScalingSettings {
+            enabled: self.enabled.is_some(),
+            paused: self.paused.is_some(),
+            min: required("min", &self.min)?,
+            max: required("max", &self.max)?,
+            slots_per_server: number("slots_per_server", &self.slots_per_server)?,
+            target_utilization: required("target_utilization", &self.target_utilization)?,
+            scale_in_utilization: required("scale_in_utilization", &self.scale_in_utilization)?,
+            max_queue_latency_s: required("max_queue_latency_s", &self.max_queue_latency_s)?,
+            scale_in_delay_s: required("scale_in_delay_s", &self.scale_in_delay_s)?,
+            cooldown_s: required("cooldown_s", &self.cooldown_s)?,
+            recycle: Recycle {
+                max_age_s: number("recycle.max_age_s", &self.recycle_max_age_s)?,
+                max_share: required("recycle.max_share", &self.recycle_max_share)?,
+                window,
+            },
+        })
+    }
+}
+
+pub struct DecisionView {
+    pub at: When,
+    pub action: String,
+    pub before: i32,
+    pub after: i32,
+    pub reason: String,
+    pub launch_id: Option<i64>,
+    pub servers: String,
+}
+
+impl From<DecisionRow> for DecisionView {
+    fn from(d: DecisionRow) -> Self {
+        DecisionView {
+            at: when(d.at),
+            action: d.action,
+            before: d.desired_before,
+            after: d.desired_after,
+            reason: d.reason,
+            launch_id: d.launch_id,
+            servers: d.server_ids.join(", "),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "scaling.html")]
+struct ScalingPage {
+    layout: Layout,
+    settings: ScalingSettings,
+    form: SettingsForm,
+    error: Option<String>,
+    decisions: Vec<DecisionView>,
+}
+
+async fn render(
+    layout: Layout,
+    state: &AppState,
+    form: Option<SettingsForm>,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let (settings, decisions) = tokio::try_join!(
+        crate::scaling::settings(&state.pool),
+        crate::scaling::decisions(&state.pool, 100),
+    )?;
+    super::html(
+        &ScalingPage {
+            layout,
+            form: form.unwrap_or_else(|| SettingsForm::of(&settings)),
+            settings,
+            error,
+            decisions: decisions.into_iter().map(DecisionView::from).collect(),
+        },
+        status,
+    )
+}
+
+pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    render(layout, &state, None, None, StatusCode::OK).await
+}
+
+pub async fn save(
+    req: HttpRequest,
+    layout: Layout,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    form: web::Form<SettingsForm>,
+) -> Result<HttpResponse, AppError> {
+    let form = form.into_inner();
+    let result = match form.settings() {
+        Ok(s) => crate::scaling::save(
+            &state.pool,
+            &principal,
+            source_ip(&req),
+            &s,
+            state.settings.max_servers,
+        )
+        .await
+        .map_err(AppError::from),
+        Err(e) => Err(e),
+    };
+    answer(
+        result,
+        |_| {
+            flash(&session, "Saved the scaling settings.");
+            see_other("/scaling")
+        },
+        |message, status| render(layout, &state, Some(form), Some(message), status),
+    )
+    .await
+}
+
+/// Pause or resume: the one switch an operator under stress needs, audited.
+pub async fn switch(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    action: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => {
+            return Err(AppError::NotFound(format!(
+                "There is no scaling action {other:?}."
+            )));
+        }
+    };
+    let mut settings = crate::scaling::settings(&state.pool).await?;
+    settings.paused = paused;
+    crate::scaling::save(
+        &state.pool,
+        &principal,
+        source_ip(&req),
+        &settings,
+        state.settings.max_servers,
+    )
+    .await?;
+    flash(
+        &session,
+        if paused {
+            "Autoscaling is paused: no launch and no drain until you resume it."
+        } else {
+            "Autoscaling resumed."
+        },
+    );
+    Ok(see_other("/scaling"))
+}
+
+#[derive(Template)]
+#[template(path = "partials/scaling_preview.html")]
+struct PreviewPartial {
+    d: Decision,
+}
+
+/// What the autoscaler would do now (htmx), without doing it.
+pub async fn preview(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let d = crate::scaling::preview(&state.pool, state.settings.heartbeat).await?;
+    super::html(&PreviewPartial { d }, StatusCode::OK)
+}
