@@ -235,6 +235,22 @@ pub fn decide(s: &Snapshot, settings: &ScalingSettings) -> Decision {
         return out(needed.max(capacity + 1), why);
     }
 
+    if latency_high || busy_high {
+        return decision(
+            capacity,
+            Action::None,
+            format!(
+                "at the maximum of {max}: utilisation {:.0}%, {} waiting",
+                utilization.unwrap_or(1.0) * 100.0,
+                plural(s.queued, "queued job")
+            ),
+            Memory {
+                below_since: None,
+                ..s.memory
+            },
+        );
+    }
+
     // Scale in only while utilisation has stayed low for the delay, outside the cool-down,
     // with nothing waiting, no rollout running and no blocking alert.
     let low = s.queued == 0 && utilization.is_none_or(|u| u < settings.scale_in_utilization);
