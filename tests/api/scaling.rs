@@ -219,3 +219,62 @@ async fn the_scaling_page_saves_settings_refuses_bad_ones_and_pauses_audited() {
     assert!(audit.iter().any(|a| a.action == "scaling.settings"));
     assert!(audit.iter().any(|a| a.action == "scaling.pause"));
 }
+
+/// Two `kiln serve` processes on one database: one decides at a time, so the minimum is
+/// launched once; SIGKILL of both and a restart launch nothing more (the decision and its
+/// launch committed together, and the launch's token is the decision's).
+#[tokio::test]
+async fn two_consoles_scale_as_one_and_a_killed_one_launches_nothing_twice() {
+    let db = crate::helpers::fresh_database_url();
+    let _agents = crate::helpers::AgentsGuard::new(&db);
+    let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
+    let extra = [("KILN_SCALING_INTERVAL", "1"), ("KILN_TASK_LEASE", "3")];
+    let (port_a, port_b) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let mut a = crate::helpers::start_console(&db, port_a, &fleet, &extra).await;
+    let mut b = crate::helpers::start_console(&db, port_b, &fleet, &extra).await;
+    let token = crate::cli::admin_token(&db).await;
+    let res = reqwest::Client::new()
+        .put(format!("http://127.0.0.1:{port_a}/api/v1/scaling"))
+        .bearer_auth(&token)
+        .json(&json!({"enabled": true, "min": 3, "max": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let pool = kiln::db::connect(&db).await.unwrap();
+    let workers = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM servers WHERE purpose = 'worker' AND state <> 'terminated'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    eventually(60, "the minimum of 3 workers is launched", || async {
+        (workers().await == 3).then_some(())
+    })
+    .await;
+    a.start_kill().unwrap();
+    b.start_kill().unwrap();
+    let _ = a.wait().await;
+    let _ = b.wait().await;
+    let mut a = crate::helpers::start_console(&db, port_a, &fleet, &extra).await;
+    // A few decisions later: still 3, one scale-out decision, one launch of 3.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(workers().await, 3);
+    let launches: Vec<(String, i32)> =
+        sqlx::query_as("SELECT token, count FROM launches WHERE token LIKE 'scale-%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(launches.len(), 1, "{launches:?}");
+    assert_eq!(launches[0].1, 3);
+    let outs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM scaling_decisions WHERE action = 'scale_out'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(outs, 1);
+    crate::cli::sigterm_and_wait(&mut a).await;
+    pool.close().await;
+}
