@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod login_failures;
 pub mod metrics;
 pub mod rollouts;
+pub mod scaling;
 pub mod secrets;
 pub mod servers;
 pub mod sessions;

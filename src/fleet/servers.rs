@@ -125,6 +125,45 @@ pub async fn launch(
     Ok(launch)
 }
 
+/// The traffic guard: while autoscaling is on, a disable or terminate that would leave fewer
+/// enabled running workers than its minimum is refused, unless confirmed again
+/// (`below_minimum`); then the audit says so. Returns that note when it applies.
+async fn traffic_guard(
+    conn: &mut sqlx::PgConnection,
+    ids: &[String],
+    action: Action,
+    below_minimum: bool,
+) -> Result<Option<String>, Error> {
+    if action == Action::Enable {
+        return Ok(None);
+    }
+    let scaling = crate::db::scaling::settings(&mut *conn).await?;
+    if !scaling.enabled {
+        return Ok(None);
+    }
+    let (serving, chosen): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE id = ANY($1)) FROM servers
+         WHERE purpose = 'worker' AND mode = 'enabled' AND state = 'running'",
+    )
+    .bind(ids)
+    .fetch_one(&mut *conn)
+    .await?;
+    let after = serving - chosen;
+    let min = i64::from(scaling.min);
+    if chosen == 0 || after >= min {
+        return Ok(None);
+    }
+    if !below_minimum {
+        return Err(Error::Conflict(format!(
+            "This would leave {after} enabled running worker{}, below the autoscaler's minimum of {min}. Confirm again to go below it (below_minimum).",
+            if after == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(Some(format!(
+        "confirmed below the autoscaler's minimum of {min} ({after} left)"
+    )))
+}
+
 /// What an operator does to a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -175,6 +214,7 @@ pub async fn act(
     ids: &[String],
     action: Action,
     drain_timeout: std::time::Duration,
+    below_minimum: bool,
 ) -> Result<Vec<Effect>, Error> {
     let drain_until =
         time::OffsetDateTime::now_utc().unix_timestamp() + drain_timeout.as_secs() as i64;
@@ -187,6 +227,7 @@ pub async fn act(
         ));
     }
     let mut tx = pool.begin().await?;
+    let guard = traffic_guard(&mut tx, ids, action, below_minimum).await?;
     let mut effects = Vec::with_capacity(ids.len());
     for id in ids {
         let row: Option<(String, String)> =
@@ -242,11 +283,18 @@ pub async fn act(
                 format!("server:{id}"),
                 Outcome::Ok,
             )
-            .detail(match effect {
-                Effect::Done => "",
-                Effect::AlreadyDone => "already in effect",
-                Effect::Queued => "queued",
-            })
+            .detail(format!(
+                "{}{}",
+                match effect {
+                    Effect::Done => "",
+                    Effect::AlreadyDone => "already in effect",
+                    Effect::Queued => "queued",
+                },
+                guard
+                    .as_deref()
+                    .map(|g| format!(" — {g}"))
+                    .unwrap_or_default()
+            ))
             .from_ip(source_ip.clone()),
         )
         .await?;

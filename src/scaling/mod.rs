@@ -32,14 +32,7 @@ use decide::{Action, Decision, Memory, Snapshot, Worker};
 
 pub const LOCK: i64 = 0x006b_696c_6e73_636c; // "kilnscl"
 
-/// The settings in force (the defaults — off — until someone saves them).
-pub async fn settings(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<ScalingSettings> {
-    let stored: Option<sqlx::types::Json<ScalingSettings>> =
-        sqlx::query_scalar("SELECT settings FROM scaling_settings")
-            .fetch_optional(db)
-            .await?;
-    Ok(stored.map(|s| s.0).unwrap_or_default())
-}
+pub use crate::db::scaling::settings;
 
 /// Replaces the settings, validated as a whole; audited with what changed.
 pub async fn save(

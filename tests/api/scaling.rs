@@ -278,3 +278,114 @@ async fn two_consoles_scale_as_one_and_a_killed_one_launches_nothing_twice() {
     crate::cli::sigterm_and_wait(&mut a).await;
     pool.close().await;
 }
+
+#[tokio::test]
+async fn the_traffic_guard_asks_twice_before_going_below_the_autoscaler_s_minimum() {
+    // Decisions an hour apart: the autoscaler itself stays out of the way of this test.
+    let app = spawn_app_with(|s| {
+        s.scaling_interval = 3600;
+        s.heartbeat = 1;
+    })
+    .await;
+    let token = app.token_for("admin").await;
+    let servers = crate::helpers::launch_agents(&app, &token, 3).await;
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": true, "min": 2, "max": 5}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let act = |server: String, verb: &'static str, body: Value| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            post(
+                app,
+                &token,
+                &format!("/api/v1/servers/{server}/{verb}"),
+                body,
+            )
+            .await
+        }
+    };
+    // 3 -> 2: fine.
+    assert_eq!(
+        act(servers[0].clone(), "disable", json!({})).await.status(),
+        200
+    );
+    // 2 -> 1: refused, with the reason; nothing changed.
+    let res = act(servers[1].clone(), "disable", json!({})).await;
+    assert_eq!(res.status(), 409);
+    let err: Value = res.json().await.unwrap();
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("below the autoscaler's minimum of 2"),
+        "{err}"
+    );
+    let mode: String = sqlx::query_scalar("SELECT mode FROM servers WHERE id = $1")
+        .bind(&servers[1])
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "enabled");
+    // Confirmed: done, and the audit says so.
+    let res = act(
+        servers[1].clone(),
+        "disable",
+        json!({"below_minimum": true}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert!(app.audit().await.iter().any(|a| {
+        a.action == "server.disable"
+            && a.detail
+                .contains("confirmed below the autoscaler's minimum of 2")
+    }));
+    // The page asks twice too: a bulk terminate of the last one shows the question…
+    let admin = app.admin().await;
+    let res = app
+        .post_form(
+            &admin,
+            "/servers",
+            "/servers/bulk",
+            &[("ids", &servers[2]), ("action", "terminate")],
+        )
+        .await;
+    assert_eq!(res.status(), 409);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Go below the minimum"), "{page}");
+    // …and its button goes ahead.
+    let res = app
+        .post_form(
+            &admin,
+            "/servers",
+            "/servers/bulk",
+            &[
+                ("ids", &servers[2]),
+                ("action", "terminate"),
+                ("below_minimum", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    // With autoscaling off, actions behave as before.
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": false, "min": 2, "max": 5}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        act(servers[0].clone(), "terminate", json!({"force": true}))
+            .await
+            .status(),
+        202
+    );
+    crate::helpers::stop_fleet(&app).await;
+}

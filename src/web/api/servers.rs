@@ -99,6 +99,9 @@ pub async fn show_launch(
 pub struct ActBody {
     #[serde(default)]
     force: bool,
+    /// Confirms a disable or terminate that leaves fewer workers than the autoscaler's minimum.
+    #[serde(default)]
+    below_minimum: bool,
 }
 
 /// `POST /api/v1/servers/{id}/{disable|enable|terminate}`: 200 when it took effect or already
@@ -137,6 +140,7 @@ pub async fn act(
         std::slice::from_ref(&id),
         action,
         std::time::Duration::from_secs(state.settings.drain_timeout),
+        body.below_minimum,
     )
     .await?;
     let row = crate::db::servers::find(&state.pool, &id)

@@ -546,6 +546,63 @@ pub async fn show(
     )
 }
 
+#[derive(askama::Template)]
+#[template(path = "partials/below_minimum.html")]
+struct BelowMinimum<'a> {
+    message: &'a str,
+    action: &'a str,
+    csrf: &'a str,
+    fields: &'a [(String, String)],
+}
+
+#[derive(askama::Template)]
+#[template(path = "below_minimum.html")]
+struct BelowMinimumPage {
+    layout: Layout,
+    confirm: String,
+}
+
+/// The traffic guard refused: ask again, with the one button that goes ahead (`fields` are
+/// the form's own, posted again with `below_minimum`).
+fn ask_again(
+    req: &HttpRequest,
+    layout: Layout,
+    message: &str,
+    fields: &[(String, String)],
+) -> Result<HttpResponse, AppError> {
+    use askama::Template;
+    let confirm = BelowMinimum {
+        message,
+        action: req.path(),
+        csrf: &layout.csrf,
+        fields,
+    }
+    .render()
+    .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?;
+    if is_htmx(req) {
+        return Ok(HttpResponse::Conflict()
+            .insert_header(("HX-Retarget", "#toasts"))
+            .insert_header(("HX-Reswap", "beforeend"))
+            .content_type("text/html; charset=utf-8")
+            .body(confirm));
+    }
+    super::html(&BelowMinimumPage { layout, confirm }, StatusCode::CONFLICT)
+}
+
+/// Whether an action's error is the traffic guard's refusal (answered with a second question).
+fn guard_refusal(e: &crate::error::Error) -> Option<&str> {
+    match e {
+        crate::error::Error::Conflict(m) if m.contains("autoscaler's minimum") => Some(m),
+        _ => None,
+    }
+}
+
+fn confirmed(fields: &[(String, String)]) -> bool {
+    fields
+        .iter()
+        .any(|(k, v)| k == "below_minimum" && matches!(v.as_str(), "1" | "on" | "true"))
+}
+
 /// `POST /servers/{id}/{action}`: one server, from its row or its page.
 pub async fn act(
     req: HttpRequest,
@@ -554,19 +611,32 @@ pub async fn act(
     session: Session,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let (id, action) = path.into_inner();
     let action = crate::fleet::servers::Action::parse(&action)?;
+    let fields: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+        .into_owned()
+        .filter(|(k, _)| k != "csrf_token")
+        .collect();
     let ip = source_ip(&req);
-    let effects = crate::fleet::servers::act(
+    let effects = match crate::fleet::servers::act(
         &state.pool,
         &principal,
         ip,
         std::slice::from_ref(&id),
         action,
         std::time::Duration::from_secs(state.settings.drain_timeout),
+        confirmed(&fields),
     )
-    .await?;
+    .await
+    {
+        Ok(effects) => effects,
+        Err(e) => match guard_refusal(&e) {
+            Some(m) => return ask_again(&req, layout, m, &[]),
+            None => return Err(e.into()),
+        },
+    };
     let message = describe(action, &effects);
     if is_htmx(&req) {
         // The whole live region (rows, counts, launches), rendered after the action committed,
@@ -591,6 +661,7 @@ pub async fn act(
 /// `POST /servers/bulk`: the selected servers (`ids`, repeated) and one `action`.
 pub async fn bulk(
     req: HttpRequest,
+    layout: Layout,
     principal: Principal,
     session: Session,
     state: web::Data<AppState>,
@@ -611,15 +682,30 @@ pub async fn bulk(
         })?;
     let action = crate::fleet::servers::Action::parse(action)?;
     let ip = source_ip(&req);
-    let effects = crate::fleet::servers::act(
+    let effects = match crate::fleet::servers::act(
         &state.pool,
         &principal,
         ip,
         &ids,
         action,
         std::time::Duration::from_secs(state.settings.drain_timeout),
+        confirmed(&fields),
     )
-    .await?;
+    .await
+    {
+        Ok(effects) => effects,
+        Err(e) => match guard_refusal(&e) {
+            Some(m) => {
+                let again: Vec<(String, String)> = fields
+                    .iter()
+                    .filter(|(k, _)| k == "ids" || k == "action")
+                    .cloned()
+                    .collect();
+                return ask_again(&req, layout, m, &again);
+            }
+            None => return Err(e.into()),
+        },
+    };
     flash(&session, describe(action, &effects));
     Ok(see_other("/servers"))
 }
