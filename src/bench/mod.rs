@@ -23,6 +23,7 @@ pub mod bake;
 pub mod metrics;
 pub mod queue;
 pub mod rollout;
+pub mod scaling;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Suite {
@@ -36,6 +37,8 @@ pub enum Suite {
     Bake(bake::BakeArgs),
     /// Alerts: one evaluation pass over 1,000 rules x 50 sources vs the bare SQL.
     Alerts(alerts::AlertsArgs),
+    /// Autoscaling: one decision with 1,000 workers and 100,000 queued jobs.
+    Scaling(scaling::ScalingArgs),
 }
 
 /// `kiln bench` measures the fleet pages; `kiln bench queue` the work queue.
@@ -286,6 +289,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Suite::Metrics(m)) => return metrics::run(m).await,
         Some(Suite::Bake(b)) => return bake::run(b).await,
         Some(Suite::Alerts(a)) => return alerts::run(a).await,
+        Some(Suite::Scaling(s)) => return scaling::run(s).await,
         None => {}
     }
     let db = ThrowawayDb::new()?;
