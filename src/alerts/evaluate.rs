@@ -51,23 +51,35 @@ pub struct PassSummary {
     pub notifications: usize,
 }
 
-/// A condition's value from its window's figures: a counter's increase per minute, a
-/// gauge's aggregate; None when the window holds no point.
-pub fn value_of(c: &Condition, w: &WindowRow) -> Option<f64> {
-    if w.count == 0 {
+/// A condition's value from a window's figures (count, sum, min, max): a counter's increase
+/// per minute over `window_s`, a gauge's aggregate; None when the window holds no point. The
+/// evaluation pass and the preview both reduce their windows here.
+pub fn reduce(
+    c: &Condition,
+    counter: bool,
+    window_s: i64,
+    count: i64,
+    (sum, min, max): (f64, f64, f64),
+) -> Option<f64> {
+    if count == 0 {
         return None;
     }
-    let (sum, min, max) = (w.sum?, w.min?, w.max?);
-    if w.kind == "counter" {
-        return Some((max - min).max(0.0) * 60.0 / c.window_s as f64);
+    if counter {
+        return Some((max - min).max(0.0) * 60.0 / window_s as f64);
     }
     Some(match c.aggregate {
-        AlertAggregate::Avg => sum / w.count as f64,
+        AlertAggregate::Avg => sum / count as f64,
         AlertAggregate::Min => min,
         AlertAggregate::Max => max,
         AlertAggregate::Sum => sum,
-        AlertAggregate::Count => w.count as f64,
+        AlertAggregate::Count => count as f64,
     })
+}
+
+/// A condition's value from its row of the window statement.
+pub fn value_of(c: &Condition, w: &WindowRow) -> Option<f64> {
+    let figures = (w.sum?, w.min?, w.max?);
+    reduce(c, w.kind == "counter", c.window_s, w.count, figures)
 }
 
 /// Combines the sources' values of a rule that is not per source.
@@ -320,11 +332,10 @@ pub async fn pass(pool: &PgPool, cfg: &EvalConfig) -> anyhow::Result<PassSummary
     write_states(&mut tx, &writes, now).await?;
     write_transitions(&mut tx, &transitions, now).await?;
     if !notices.is_empty() {
-        let fleet = notify::fleet_context(&mut tx, &cfg.public_url).await?;
-        let channels: BTreeSet<i64> = crate::db::alerts::channels(&mut *tx)
+        let fleet = notify::fleet_context(&mut tx).await?;
+        let channels: BTreeSet<i64> = crate::db::alerts::channel_ids(&mut *tx)
             .await?
             .into_iter()
-            .map(|c| c.id)
             .collect();
         let mut all = Vec::new();
         for (row, rule, items) in &notices {

@@ -58,10 +58,7 @@ impl FleetContext {
     }
 }
 
-pub async fn fleet_context(
-    conn: &mut PgConnection,
-    _public_url: &str,
-) -> sqlx::Result<FleetContext> {
+pub async fn fleet_context(conn: &mut PgConnection) -> sqlx::Result<FleetContext> {
     let current_image = crate::db::images::current_id(&mut *conn).await?;
     let rollout = crate::db::rollouts::active(&mut *conn)
         .await?
@@ -180,7 +177,7 @@ pub async fn fleet_event(
     if channels.is_empty() {
         return Ok(0);
     }
-    let fleet = fleet_context(&mut *conn, public_url).await?;
+    let fleet = fleet_context(&mut *conn).await?;
     let all: Vec<NewNotification> = channels
         .into_iter()
         .map(|channel_id| {

@@ -10,10 +10,10 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::alerts::decide::{self, Inputs, Notice, SourceFact, SourceState};
-use crate::alerts::evaluate::{GROUP_SOURCE, group};
+use crate::alerts::evaluate::{GROUP_SOURCE, group, reduce};
 use crate::db::metrics::{Bucket, Table};
+use crate::domain::AlertState;
 use crate::domain::alert_rule::{Condition, Rule};
-use crate::domain::{AlertAggregate, AlertState};
 
 pub const SPAN_S: i64 = 86_400;
 const STEP_S: i64 = 60;
@@ -46,31 +46,15 @@ fn window_value(c: &Condition, minutes: &Minutes, end: i64) -> Option<f64> {
     let from = end - window_s;
     let mut count = 0i64;
     let (mut sum, mut min, mut max) = (0.0, f64::MAX, f64::MIN);
-    let mut kind = "gauge";
+    let mut counter = false;
     for b in minutes.range(from..end).map(|(_, b)| b) {
         count += b.count;
         sum += b.sum;
         min = min.min(b.min);
         max = max.max(b.max);
-        kind = if b.kind == "counter" {
-            "counter"
-        } else {
-            "gauge"
-        };
+        counter = b.kind == "counter";
     }
-    if count == 0 {
-        return None;
-    }
-    if kind == "counter" {
-        return Some((max - min).max(0.0) * 60.0 / window_s as f64);
-    }
-    Some(match c.aggregate {
-        AlertAggregate::Avg => sum / count as f64,
-        AlertAggregate::Min => min,
-        AlertAggregate::Max => max,
-        AlertAggregate::Sum => sum,
-        AlertAggregate::Count => count as f64,
-    })
+    reduce(c, counter, window_s, count, (sum, min, max))
 }
 
 fn hhmm(t: i64) -> String {

@@ -266,7 +266,7 @@ pub async fn clear(
         .collect();
     if !items.is_empty() {
         let rule = row.rule();
-        let fleet = notify::fleet_context(&mut tx, public_url).await?;
+        let fleet = notify::fleet_context(&mut tx).await?;
         let all: Vec<_> = rule
             .channels
             .iter()

@@ -5,15 +5,12 @@
 //! one pass runs, counted from sqlx's own events, at 100 and at 1,000 rules (the count must
 //! not grow with the rules). Targets: a pass within 1 s, and within 1.5x of the bare SQL.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use sqlx::PgPool;
 use tracing::instrument::WithSubscriber;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
 
 use crate::alerts::evaluate::{EvalConfig, pass};
 
@@ -26,17 +23,6 @@ pub struct AlertsArgs {
     /// Timed passes (after one warm-up pass, which writes the first states).
     #[arg(long, default_value_t = 7)]
     pub passes: usize,
-}
-
-/// Counts the statements sqlx runs (its `sqlx::query` events).
-struct Count(Arc<AtomicUsize>);
-
-impl<S: tracing::Subscriber> Layer<S> for Count {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() == "sqlx::query" {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -115,8 +101,7 @@ const BARE_LATERAL: &str = "SELECT c.rule_id, s.source, v.count, v.sum, v.min, v
      ) v";
 
 async fn statements_per_pass(pool: &PgPool, cfg: &EvalConfig) -> anyhow::Result<usize> {
-    let n = Arc::new(AtomicUsize::new(0));
-    let subscriber = tracing_subscriber::registry().with(Count(n.clone()));
+    let (n, subscriber) = super::statement_counter();
     pass(pool, cfg).with_subscriber(subscriber).await?;
     Ok(n.load(Ordering::Relaxed))
 }

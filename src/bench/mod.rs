@@ -56,6 +56,29 @@ pub struct BenchArgs {
     pub requests: usize,
 }
 
+/// Counts the statements sqlx runs (its `sqlx::query` events) under the returned subscriber;
+/// a benchmark runs the work it counts `.with_subscriber(…)`.
+pub fn statement_counter() -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    impl tracing::Subscriber + Send + Sync,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if event.metadata().target() == "sqlx::query" {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (n.clone(), tracing_subscriber::registry().with(Count(n)))
+}
+
 /// A database of its own for one benchmark run, next to DATABASE_URL's (created by the
 /// console on first connect), dropped again by [`ThrowawayDb::drop_now`].
 pub struct ThrowawayDb {

@@ -4,14 +4,11 @@
 //! events). The targets: at most 50 ms and at most 5 statements. Nothing is
 //! launched: the fleet is at its maximum, so each decision holds (and says so).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use tracing::instrument::WithSubscriber;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
 
 #[derive(Debug, Clone, Args)]
 pub struct ScalingArgs {
@@ -22,16 +19,6 @@ pub struct ScalingArgs {
     /// Timed decisions (after one warm-up).
     #[arg(long, default_value_t = 21)]
     pub decisions: usize,
-}
-
-struct Count(Arc<AtomicUsize>);
-
-impl<S: tracing::Subscriber> Layer<S> for Count {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() == "sqlx::query" {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 pub async fn run(args: ScalingArgs) -> anyhow::Result<()> {
@@ -105,8 +92,7 @@ async fn measure(url: &str, args: &ScalingArgs) -> anyhow::Result<()> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("the lock was taken"))?;
     println!("decision: {} — {}", first.action.word(), first.reason);
-    let n = Arc::new(AtomicUsize::new(0));
-    let subscriber = tracing_subscriber::registry().with(Count(n.clone()));
+    let (n, subscriber) = super::statement_counter();
     crate::scaling::run_once(&pool, &env)
         .with_subscriber(subscriber)
         .await?;

@@ -491,6 +491,12 @@ pub async fn channel(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<Ch
     .await
 }
 
+pub async fn channel_ids(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar("SELECT id FROM alert_channels")
+        .fetch_all(db)
+        .await
+}
+
 /// The ids among `ids` that name no channel.
 pub async fn unknown_channels(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar(

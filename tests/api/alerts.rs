@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::helpers::{TestApp, eventually, get_json, post, spawn_app_with};
+use crate::helpers::{TestApp, eventually, get_json, post, put, spawn_app_with};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -218,16 +218,6 @@ pub async fn operator_token(app: &TestApp) -> String {
 
 pub async fn admin_token(app: &TestApp) -> String {
     app.token_for("admin").await
-}
-
-async fn put(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .put(app.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
 }
 
 async fn created(res: reqwest::Response) -> Value {

@@ -305,6 +305,16 @@ pub async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwes
         .unwrap()
 }
 
+pub async fn put(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
+    let (c, t) = api(token);
+    c.put(app.url(path))
+        .bearer_auth(t)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
     let (c, t) = api(token);
     let res = c.get(app.url(path)).bearer_auth(t).send().await.unwrap();

@@ -5,17 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, eventually, get_json, post, spawn_app_with};
-
-async fn put(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .put(app.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
+use crate::helpers::{TestApp, eventually, get_json, post, put, spawn_app_with};
 
 async fn live_workers(app: &TestApp) -> (i64, i64) {
     sqlx::query_as(

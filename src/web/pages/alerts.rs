@@ -9,7 +9,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use super::{answer, see_other, source_ip};
+use super::{answer, form_number as number, see_other, source_ip};
 use crate::alerts::channels::{ChannelInput, ChannelView, SmtpInput};
 use crate::alerts::deliver::SmtpTls;
 use crate::alerts::preview::Preview;
@@ -79,16 +79,6 @@ pub struct RuleForm {
     pub no_data: String,
     pub blocks_changes: bool,
     pub enabled: bool,
-}
-
-fn number<T: std::str::FromStr>(field: &str, text: &str) -> Result<Option<T>, AppError> {
-    match text.trim() {
-        "" => Ok(None),
-        t => t
-            .parse()
-            .map(Some)
-            .map_err(|_| AppError::BadRequest(format!("{field}: {t:?} is not a number."))),
-    }
 }
 
 fn word<T: std::str::FromStr<Err = crate::domain::ValidationError>>(

@@ -59,6 +59,19 @@ pub fn toast_oob(message: &str) -> String {
     ToastOob { message }.render().unwrap_or_default()
 }
 
+/// A form's number field: empty is None; anything else must parse, or a 400 names the field.
+pub fn form_number<T: std::str::FromStr>(
+    field: &str,
+    text: &str,
+) -> Result<Option<T>, crate::web::error::AppError> {
+    match text.trim() {
+        "" => Ok(None),
+        t => t.parse().map(Some).map_err(|_| {
+            crate::web::error::AppError::BadRequest(format!("{field}: {t:?} is not a number."))
+        }),
+    }
+}
+
 /// Post/redirect/get: after a form post, send the browser to a page it can reload safely.
 pub fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use super::{answer, see_other, source_ip};
+use super::{answer, form_number as number, see_other, source_ip};
 use crate::auth::Principal;
 use crate::domain::scaling::{Recycle, ScalingSettings, Window};
 use crate::scaling::DecisionRow;
@@ -48,16 +48,6 @@ pub struct SettingsForm {
     window_from: String,
     #[serde(default)]
     window_until: String,
-}
-
-fn number<T: std::str::FromStr>(field: &str, text: &str) -> Result<Option<T>, AppError> {
-    match text.trim() {
-        "" => Ok(None),
-        t => t
-            .parse()
-            .map(Some)
-            .map_err(|_| AppError::BadRequest(format!("{field}: {t:?} is not a number."))),
-    }
 }
 
 fn required<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, AppError> {
