@@ -264,6 +264,9 @@ pub struct PageContext {
     /// [`crate::db::images::LAUNCHABLE_CHOICES`] (empty when not asked for: the page's live
     /// refresh shows no launch form).
     pub choices: Vec<Choice>,
+    /// Recycling's maximum age, if servers are recycled, and the servers being replaced.
+    pub recycle_max_age_s: Option<i32>,
+    pub being_replaced: Vec<String>,
 }
 
 /// The Servers page's [`PageContext`], with the launch form's choices when asked for. Its
@@ -299,7 +302,9 @@ pub async fn page_context(
                               AND (state IN ('queued', 'running') OR finished_at > now() - interval '10 seconds'))
                       OR EXISTS (SELECT 1 FROM launches WHERE updated_at > now() - interval '10 seconds')
                       AS recently_busy,
-                    {choices} AS choices"
+                    {choices} AS choices,
+                    (SELECT (settings->'recycle'->>'max_age_s')::INT FROM scaling_settings) AS recycle_max_age_s,
+                    ARRAY(SELECT server_id FROM recycles WHERE state = 'replacing') AS being_replaced"
         )
     }
     static STATEMENTS: std::sync::LazyLock<[String; 2]> =
@@ -316,5 +321,7 @@ pub async fn page_context(
         launches: launches.0,
         recently_busy: row.try_get("recently_busy")?,
         choices: choices.0,
+        recycle_max_age_s: row.try_get("recycle_max_age_s")?,
+        being_replaced: row.try_get("being_replaced")?,
     })
 }

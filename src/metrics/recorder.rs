@@ -1,7 +1,9 @@
 //! The console's own figures, recorded as ordinary metrics every sample interval (the product's
 //! internal metrics): `kiln.jobs.queued` / `.running` (gauges), `kiln.jobs.succeeded` /
 //! `.failed` (counters), `kiln.job.duration` (jobs finished since the last sample, as one
-//! aggregate), `kiln.servers` (source `state:image`), each agent's `system.cpu`, `system.mem`,
+//! aggregate), `kiln.servers` (source `state:image`), `kiln.scaling.desired` (the capacity
+//! the autoscaler wants, while it is on), `kiln.scaling.running` (enabled running workers),
+//! `kiln.scaling.busy_slots` (jobs running on workers), each agent's `system.cpu`, `system.mem`,
 //! `system.load`, `system.disk` (source: its server), and this process's `kiln.ec2.calls`
 //! (counter) and `kiln.ec2.latency` (seconds, average since the last sample; source: the
 //! process).
@@ -132,6 +134,22 @@ impl Recorder {
                     n as f64,
                 ));
             }
+            // The Scaling page's chart: what the autoscaler wants, what runs, what is busy
+            // (the queue's depth is kiln.jobs.queued).
+            let (desired, running, busy): (Option<i32>, i64, i64) = sqlx::query_as(
+                "SELECT (SELECT desired FROM scaling_state),
+                        (SELECT count(*) FROM servers
+                          WHERE purpose = 'worker' AND state = 'running' AND mode = 'enabled'),
+                        (SELECT count(*) FROM jobs j JOIN servers s ON s.id = j.server_id
+                          WHERE j.state = 'running' AND s.purpose = 'worker')",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if let Some(desired) = desired {
+                out.push(gauge("kiln.scaling.desired", "", t, f64::from(desired)));
+            }
+            out.push(gauge("kiln.scaling.running", "", t, running as f64));
+            out.push(gauge("kiln.scaling.busy_slots", "", t, busy as f64));
             type Figures = (String, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
             let agents: Vec<Figures> = sqlx::query_as(
                 "SELECT server_id, cpu_percent, mem_percent, load1, disk_percent FROM agents

@@ -12,7 +12,7 @@ use crate::domain::scaling::ScalingSettings;
 use crate::domain::{ServerMode, ServerState};
 
 /// A worker server as the autoscaler sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Worker {
     pub id: String,
     pub state: ServerState,
@@ -22,6 +22,10 @@ pub struct Worker {
     pub running_jobs: i64,
     /// Its agent has registered (a server without one is still booting).
     pub has_agent: bool,
+    /// Recycling is replacing it: its replacement (launching) is counted instead, and it is
+    /// recycling's to drain, not the scaler's.
+    #[serde(default)]
+    pub being_replaced: bool,
 }
 
 /// The scaler's memory between decisions.
@@ -107,7 +111,9 @@ pub struct Inputs {
 }
 
 fn is_capacity(w: &Worker) -> bool {
-    w.mode == ServerMode::Enabled && matches!(w.state, ServerState::Pending | ServerState::Running)
+    w.mode == ServerMode::Enabled
+        && matches!(w.state, ServerState::Pending | ServerState::Running)
+        && !w.being_replaced
 }
 
 fn is_idle(w: &Worker) -> bool {
@@ -366,6 +372,7 @@ mod tests {
             launched_at: n as i64,
             running_jobs,
             has_agent: true,
+            being_replaced: false,
         }
     }
 
@@ -435,6 +442,29 @@ mod tests {
             d.action,
             Action::ScaleIn {
                 servers: vec!["i-01".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_server_being_recycled_is_counted_through_its_replacement_and_never_drained() {
+        // i-01 is being replaced (its replacement is launching): capacity stays 2, not 3,
+        // and the scaler drains neither i-01 (recycling's to drain) nor anything else.
+        let mut old = worker(1, 0);
+        old.being_replaced = true;
+        let mut s = snap(vec![old, worker(2, 0)], 0, None);
+        s.launching = 1;
+        s.memory.below_since = Some(0);
+        let mut two = settings();
+        two.min = 2;
+        let d = decide(&s, &two);
+        assert_eq!(d.desired_before, 2);
+        assert_eq!(d.action, Action::None, "{}", d.reason);
+        let d = decide(&s, &settings());
+        assert_eq!(
+            d.action,
+            Action::ScaleIn {
+                servers: vec!["i-02".into()]
             }
         );
     }

@@ -28,6 +28,13 @@ pub fn when_opt(t: Option<OffsetDateTime>) -> Option<When> {
     t.map(when)
 }
 
+impl When {
+    /// The time has come (or passed).
+    pub fn is_past(&self) -> bool {
+        self.relative.secs >= 0
+    }
+}
+
 fn when_at(t: OffsetDateTime, now: OffsetDateTime) -> When {
     When {
         relative: Relative {

@@ -379,3 +379,233 @@ async fn the_traffic_guard_asks_twice_before_going_below_the_autoscaler_s_minimu
     );
     crate::helpers::stop_fleet(&app).await;
 }
+
+/// Workers in service: enabled, running, their agent heard from.
+async fn in_service(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM servers s JOIN agents a ON a.server_id = s.id
+         WHERE s.purpose = 'worker' AND s.state = 'running' AND s.mode = 'enabled'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// Long jobs on some servers while the fleet scales in: only the idle ones are drained, the
+/// busy ones finish their jobs, and only then does the fleet reach its minimum.
+#[tokio::test]
+async fn a_scale_in_drains_only_idle_servers_while_long_jobs_run() {
+    let app = spawn_app_with(|s| {
+        s.scaling_interval = 1;
+        s.heartbeat = 1;
+        s.task_poll = 1;
+    })
+    .await;
+    app.create_user("sam", kiln::domain::Role::Operator).await;
+    let token = app.token_for("sam").await;
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": true, "min": 4, "max": 4}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    eventually(60, "4 workers in service", || async {
+        (in_service(&app).await == 4).then_some(())
+    })
+    .await;
+    for n in 0..2 {
+        let res = post(
+            &app,
+            &token,
+            "/api/v1/jobs",
+            json!({"command": "sleep 15", "labels": {"long": n.to_string()}}),
+        )
+        .await;
+        assert_eq!(res.status(), 201);
+    }
+    let busy: Vec<String> = eventually(30, "both long jobs run", || async {
+        let on: Vec<String> =
+            sqlx::query_scalar("SELECT server_id FROM jobs WHERE state = 'running' ORDER BY 1")
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        (on.len() == 2).then_some(on)
+    })
+    .await;
+    // Now the minimum drops to 1 and 2 busy of 4 slots is "low": the scaler drains the two
+    // idle servers (two jobs need two servers at a target of 100%), never the busy ones.
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": true, "min": 1, "max": 4, "target_utilization": 1.0,
+               "scale_in_utilization": 0.9, "scale_in_delay_s": 1, "cooldown_s": 0}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    eventually(30, "the two idle servers are drained", || async {
+        let disabled: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM servers WHERE purpose = 'worker' AND mode = 'disabled' ORDER BY 1",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        (disabled.len() == 2).then_some(())
+    })
+    .await;
+    let running: i64 = app
+        .count("SELECT count(*) FROM jobs WHERE state = 'running'")
+        .await;
+    assert_eq!(running, 2, "the long jobs still run");
+    for server in &busy {
+        let mode: String = sqlx::query_scalar("SELECT mode FROM servers WHERE id = $1")
+            .bind(server)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "enabled", "{server} runs a job and was not drained");
+    }
+    eventually(
+        60,
+        "the long jobs end and the fleet reaches its minimum",
+        || async { (live_workers(&app).await == (1, 1)).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .await,
+        2
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM job_attempts WHERE state <> 'succeeded'")
+            .await,
+        0,
+        "no attempt lost"
+    );
+    crate::helpers::stop_fleet(&app).await;
+}
+
+/// Servers past their age are replaced surge first, one at a time (a third of 3), and the
+/// workers in service never drop below 3; the Servers page shows when each is due.
+#[tokio::test]
+async fn recycling_replaces_old_servers_surge_first_a_share_at_a_time() {
+    let app = spawn_app_with(|s| {
+        s.scaling_interval = 1;
+        s.heartbeat = 1;
+        s.task_poll = 1;
+    })
+    .await;
+    app.create_user("sam", kiln::domain::Role::Operator).await;
+    let token = app.token_for("sam").await;
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": true, "min": 3, "max": 3}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    eventually(60, "3 workers in service", || async {
+        (in_service(&app).await == 3).then_some(())
+    })
+    .await;
+    // Refused: recycling from one hour up, shares in 0–1.
+    for bad in [
+        json!({"max_age_s": 60}),
+        json!({"max_age_s": 3600, "max_share": 1.5}),
+    ] {
+        let res = put(
+            &app,
+            &token,
+            "/api/v1/scaling",
+            json!({"enabled": true, "min": 3, "max": 3, "recycle": bad}),
+        )
+        .await;
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    // They are two hours old (the database is the clock), and the limit is one hour.
+    let old: Vec<String> = sqlx::query_scalar(
+        "UPDATE servers SET launched_at = now() - interval '2 hours'
+         WHERE state <> 'terminated' RETURNING id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": true, "min": 3, "max": 3,
+               "recycle": {"max_age_s": 3600, "max_share": 0.34}}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let (mut lowest, mut most_at_once) = (i64::MAX, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        lowest = lowest.min(in_service(&app).await);
+        most_at_once = most_at_once.max(
+            app.count("SELECT count(*) FROM recycles WHERE state = 'replacing'")
+                .await,
+        );
+        let gone: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM servers WHERE id = ANY($1) AND state = 'terminated'",
+        )
+        .bind(&old)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if gone == 3 && in_service(&app).await == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recycling did not finish: {gone} of 3 old servers gone"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(lowest, 3, "workers in service never dropped below 3");
+    assert_eq!(most_at_once, 1, "one replacement at a time");
+    assert_eq!(
+        app.count("SELECT count(*) FROM recycles WHERE state = 'done'")
+            .await,
+        3
+    );
+    let decisions = get_json(&app, &token, "/api/v1/scaling/decisions").await;
+    let recycled: Vec<&str> = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["action"] == "recycle")
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        recycled
+            .iter()
+            .filter(|r| r.contains("is 2 h old (max 1 h): launching its replacement"))
+            .count(),
+        3,
+        "{recycled:?}"
+    );
+    assert_eq!(
+        recycled
+            .iter()
+            .filter(|r| r.contains("has joined: draining"))
+            .count(),
+        3,
+        "{recycled:?}"
+    );
+    // The new servers are young: nothing more to do, and the page says when they are due.
+    assert_eq!(
+        app.count("SELECT count(*) FROM recycles").await,
+        3,
+        "no further replacement"
+    );
+    let admin = app.admin().await;
+    let page = app.get(&admin, "/servers").await.text().await.unwrap();
+    // 3,600 s after launches a minute or so ago: "in 59 min" or "in 58 min".
+    assert_eq!(page.matches("recycle due in 5").count(), 3, "{page}");
+    crate::helpers::stop_fleet(&app).await;
+}

@@ -49,7 +49,11 @@ pub async fn decisions(
 
 /// `POST /api/v1/scaling/preview`: what the autoscaler would do now, and why; changes nothing.
 pub async fn preview(state: web::Data<AppState>, _body: NoBody) -> Result<HttpResponse, AppError> {
-    let d = crate::scaling::preview(&state.pool, state.settings.heartbeat).await?;
+    let env = crate::scaling::Env::from_settings(&state.settings);
+    let crate::scaling::Preview {
+        decision: d,
+        recycling,
+    } = crate::scaling::preview(&state.pool, &env).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "desired_before": d.desired_before,
         "desired_after": d.desired_after,
@@ -57,5 +61,9 @@ pub async fn preview(state: web::Data<AppState>, _body: NoBody) -> Result<HttpRe
         "detail": d.action,
         "reason": d.reason,
         "inputs": d.inputs,
+        "recycling": {
+            "steps": recycling.steps.iter().map(|s| s.sentence()).collect::<Vec<_>>(),
+            "waiting": recycling.waiting,
+        },
     })))
 }

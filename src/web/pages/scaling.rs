@@ -148,6 +148,21 @@ struct ScalingPage {
     form: SettingsForm,
     error: Option<String>,
     decisions: Vec<DecisionView>,
+    /// The chart's window (unix seconds) and series.
+    from: i64,
+    to: i64,
+    chart_series: String,
+}
+
+/// Desired vs running servers vs busy slots vs queue depth, as the recorder samples them.
+fn chart_series() -> String {
+    serde_json::json!([
+        {"metric": "kiln.scaling.desired", "source": "*", "aggregate": "max", "label": "desired servers"},
+        {"metric": "kiln.scaling.running", "source": "*", "aggregate": "max", "label": "running servers"},
+        {"metric": "kiln.scaling.busy_slots", "source": "*", "aggregate": "max", "label": "busy slots"},
+        {"metric": "kiln.jobs.queued", "source": "*", "aggregate": "max", "label": "queued jobs"},
+    ])
+    .to_string()
 }
 
 async fn render(
@@ -157,6 +172,7 @@ async fn render(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
+    let to = crate::metrics::dashboards::window_end();
     let (settings, decisions) = tokio::try_join!(
         crate::scaling::settings(&state.pool),
         crate::scaling::decisions(&state.pool, 100),
@@ -168,6 +184,9 @@ async fn render(
             settings,
             error,
             decisions: decisions.into_iter().map(DecisionView::from).collect(),
+            from: to - 6 * 3600,
+            to,
+            chart_series: chart_series(),
         },
         status,
     )
@@ -251,10 +270,15 @@ pub async fn switch(
 #[template(path = "partials/scaling_preview.html")]
 struct PreviewPartial {
     d: Decision,
+    recycling: crate::scaling::recycle::Plan,
 }
 
 /// What the autoscaler would do now (htmx), without doing it.
 pub async fn preview(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let d = crate::scaling::preview(&state.pool, state.settings.heartbeat).await?;
-    super::html(&PreviewPartial { d }, StatusCode::OK)
+    let env = crate::scaling::Env::from_settings(&state.settings);
+    let crate::scaling::Preview {
+        decision: d,
+        recycling,
+    } = crate::scaling::preview(&state.pool, &env).await?;
+    super::html(&PreviewPartial { d, recycling }, StatusCode::OK)
 }

@@ -41,9 +41,47 @@ pub struct ServerView<'r> {
     pub launched: When,
     pub last_seen: Option<When>,
     pub running_jobs: i64,
+    /// When recycling replaces it, if servers are recycled.
+    pub recycle: Option<RecycleNote>,
+}
+
+/// A worker's place in recycling, under its age.
+pub enum RecycleNote {
+    Due(When),
+    BeingReplaced,
+}
+
+impl std::fmt::Display for RecycleNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecycleNote::Due(w) if w.is_past() => f.write_str("recycle due now"),
+            RecycleNote::Due(w) => write!(f, "recycle due {}", w.relative),
+            RecycleNote::BeingReplaced => f.write_str("being replaced"),
+        }
+    }
 }
 
 impl ServerView<'_> {
+    /// Sets when recycling replaces it: enabled running workers only.
+    fn note_recycling(
+        &mut self,
+        max_age_s: Option<i32>,
+        being_replaced: &[String],
+        at: time::OffsetDateTime,
+    ) {
+        let in_service = self.purpose == ServerPurpose::Worker
+            && self.mode == ServerMode::Enabled
+            && self.state == ServerState::Running;
+        self.recycle = match max_age_s {
+            _ if !in_service => None,
+            _ if being_replaced.iter().any(|id| id == self.id) => Some(RecycleNote::BeingReplaced),
+            Some(age) => Some(RecycleNote::Due(when(
+                at + time::Duration::seconds(i64::from(age)),
+            ))),
+            None => None,
+        };
+    }
+
     /// A disabled server still running jobs is *draining*.
     pub fn mode_label(&self) -> &'static str {
         match self.mode {
@@ -68,6 +106,7 @@ impl<'r> From<&'r ServerRow> for ServerView<'r> {
             launched: when(r.launched_at),
             last_seen: when_opt(r.last_seen_at),
             running_jobs: r.running_jobs,
+            recycle: None,
         }
     }
 }
@@ -271,8 +310,17 @@ fn assemble<'r>(
         launches,
         recently_busy,
         choices,
+        recycle_max_age_s,
+        being_replaced,
     } = context;
-    let mut servers: Vec<ServerView<'r>> = rows.iter().map(ServerView::from).collect();
+    let mut servers: Vec<ServerView<'r>> = rows
+        .iter()
+        .map(|r| {
+            let mut v = ServerView::from(r);
+            v.note_recycling(recycle_max_age_s, &being_replaced, r.launched_at);
+            v
+        })
+        .collect();
     let next = if servers.len() as i64 > PAGE {
         servers.truncate(PAGE as usize);
         servers.last().map(|s| s.id.to_owned())
