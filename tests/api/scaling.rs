@@ -609,3 +609,231 @@ async fn recycling_replaces_old_servers_surge_first_a_share_at_a_time() {
     assert_eq!(page.matches("recycle due in 5").count(), 3, "{page}");
     crate::helpers::stop_fleet(&app).await;
 }
+
+/// The same scale-out and scale-in through aws-sdk-ec2 against moto. Moto runs no instance,
+/// so the test plays each instance's boot (what its user-data does on EC2): an agent with an
+/// enrollment token for that instance id, started as soon as the console knows the server.
+#[tokio::test]
+async fn on_aws_the_fleet_scales_out_and_in_through_ec2() {
+    use kiln::cloud::{ServerFilter, ServerState, describe_all};
+    use tokio::io::AsyncBufReadExt;
+
+    let db = crate::helpers::fresh_database_url();
+    let _agents = crate::helpers::AgentsGuard::new(&db);
+    let endpoint = format!("http://127.0.0.1:{}", crate::moto::moto_port());
+    let fleet = format!("s-{}", uuid::Uuid::new_v4().simple());
+    let mut console = crate::cli::serve_aws(
+        &db,
+        &endpoint,
+        &fleet,
+        &[
+            ("KILN_TASK_POLL", "1"),
+            ("KILN_HEARTBEAT", "1"),
+            ("KILN_SCALING_INTERVAL", "1"),
+            ("KILN_RECONCILE_INTERVAL", "2"),
+        ],
+    );
+    let mut stderr = tokio::io::BufReader::new(console.stderr.take().unwrap()).lines();
+    let listening = crate::cli::line_with(&mut stderr, "kiln console listening").await;
+    let port: u16 = listening
+        .split("port=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let base = format!("http://127.0.0.1:{port}");
+    let token = crate::cli::admin_token(&db).await;
+    let pool = kiln::db::connect(&db).await.unwrap();
+    let api = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, body: Value| {
+        api.request(method, format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let res = send(
+        reqwest::Method::POST,
+        "/api/v1/images",
+        json!({"id": "ami-1e749f67", "name": "ubuntu", "version": "1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    eventually(30, "the AMI is adopted and current", || async {
+        sqlx::query_scalar::<_, String>("SELECT image_id FROM releases LIMIT 1")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+
+    // Every server the console launches boots: its agent joins (killed when the test ends).
+    let booter = {
+        let (pool, base) = (pool.clone(), base.clone());
+        tokio::spawn(async move {
+            let mut booted: std::collections::HashMap<String, tokio::process::Child> =
+                Default::default();
+            loop {
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM servers WHERE purpose = 'worker' AND state IN ('pending', 'running')",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                for id in ids {
+                    if booted.contains_key(&id) {
+                        continue;
+                    }
+                    let enrollment =
+                        kiln::auth::token::Secret::generate(kiln::auth::token::ENROLLMENT_PREFIX);
+                    let mut conn = pool.acquire().await.unwrap();
+                    kiln::db::tokens::create_enrollment(
+                        &mut conn,
+                        &enrollment.hash(),
+                        Some(&id),
+                        600,
+                    )
+                    .await
+                    .unwrap();
+                    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+                        .args(["agent", "--url", &base, "--token", enrollment.expose()])
+                        .args(["--instance-id", &id])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .unwrap();
+                    booted.insert(id, child);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        })
+    };
+
+    let res = send(
+        reqwest::Method::PUT,
+        "/api/v1/scaling",
+        json!({"enabled": true, "min": 2, "max": 4, "max_queue_latency_s": 1,
+               "scale_in_delay_s": 2, "cooldown_s": 2}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let (aws, _) = crate::moto::provider(endpoint.clone(), &fleet, 3).await;
+    let at_provider = || async {
+        let servers = describe_all(&aws, &ServerFilter::fleet(&fleet))
+            .await
+            .unwrap();
+        let running = servers
+            .iter()
+            .filter(|s| s.state == ServerState::Running)
+            .count();
+        (running, servers.len() - running)
+    };
+    let joined = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM agents a JOIN servers s ON s.id = a.server_id
+             WHERE s.state = 'running' AND s.mode = 'enabled'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    eventually(
+        60,
+        "the minimum of 2 runs at EC2 and its agents joined",
+        || async { (at_provider().await.0 == 2 && joined().await == 2).then_some(()) },
+    )
+    .await;
+
+    for n in 0..8 {
+        let res = send(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            json!({"command": "sleep 2", "labels": {"n": n.to_string()}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    eventually(60, "the fleet grows to its maximum of 4 at EC2", || async {
+        (at_provider().await.0 == 4).then_some(())
+    })
+    .await;
+    eventually(120, "every job succeeds", || async {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (done == 8).then_some(())
+    })
+    .await;
+    eventually(
+        90,
+        "back to 2 at EC2, the other 2 terminated there",
+        || async { (at_provider().await == (2, 2)).then_some(()) },
+    )
+    .await;
+    let lost: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE state <> 'succeeded'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(lost, 0, "no attempt lost to a scale-in");
+    let actions: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM scaling_decisions WHERE action IN ('scale_out', 'scale_in') ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(actions.first().map(String::as_str), Some("scale_out"));
+    assert!(actions.iter().any(|a| a == "scale_in"), "{actions:?}");
+    booter.abort();
+    let _ = booter.await;
+    console.kill().await.unwrap();
+}
+
+/// A real browser on the Scaling page: a refused setting, settings saved, the preview, the
+/// decision list and the chart (screenshot in test-output/browser/scaling.png).
+#[tokio::test]
+async fn a_browser_saves_scaling_settings_previews_and_sees_the_decisions() {
+    let app = spawn_app_with(|s| {
+        s.scaling_interval = 1;
+        s.heartbeat = 1;
+        s.task_poll = 1;
+    })
+    .await;
+    let out = format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&out).unwrap();
+    let python = std::env::var("KILN_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let result = tokio::process::Command::new(python)
+        .arg(format!(
+            "{}/tests/browser/scaling_check.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([&app.address, "admin", &app.admin_password, &out])
+        .output()
+        .await
+        .unwrap();
+    crate::helpers::stop_fleet(&app).await;
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stdout.contains("console errors: 0"), "{stdout}");
+    assert!(
+        stdout.contains("refused: min: at most max (2)."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("preview: skip: autoscaling is paused"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("decision: "), "{stdout}");
+    assert!(stdout.contains("scale_out | 0 → 1"), "{stdout}");
+}
