@@ -19,6 +19,12 @@ pub struct ScalingArgs {
     /// Timed decisions (after one warm-up).
     #[arg(long, default_value_t = 21)]
     pub decisions: usize,
+    /// The decision interval for the burst measurement, seconds (KILN_SCALING_INTERVAL).
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+    /// Bursts measured.
+    #[arg(long, default_value_t = 5)]
+    pub bursts: usize,
 }
 
 pub async fn run(args: ScalingArgs) -> anyhow::Result<()> {
@@ -112,6 +118,90 @@ async fn measure(url: &str, args: &ScalingArgs) -> anyhow::Result<()> {
         ms(*times.last().expect("at least one")),
         times.len()
     );
+    burst_to_launch(&pool, &env, args).await?;
     pool.close().await;
+    Ok(())
+}
+
+/// From a burst's first queued job to the launch request, with the decision loop running as
+/// in `kiln serve` (every `--interval` seconds): the burst lands at a random point of the
+/// interval, and the time until the autoscaler's launch row exists is taken. Target: at most
+/// one interval.
+async fn burst_to_launch(
+    pool: &sqlx::PgPool,
+    env: &crate::scaling::Env,
+    args: &ScalingArgs,
+) -> anyhow::Result<()> {
+    let settings = crate::domain::scaling::ScalingSettings {
+        enabled: true,
+        min: 1,
+        max: args.servers as u32 + 500,
+        ..Default::default()
+    };
+    sqlx::query("UPDATE scaling_settings SET settings = $1")
+        .bind(sqlx::types::Json(&settings))
+        .execute(pool)
+        .await?;
+    let every = Duration::from_secs(args.interval);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let registry = std::sync::Arc::new(crate::telemetry::prometheus::Registry::default());
+    let mut waits = Vec::new();
+    for trial in 0..args.bursts {
+        // No backlog and no launch: the fleet holds.
+        sqlx::query("DELETE FROM scaling_decisions WHERE launch_id IS NOT NULL")
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM tasks").execute(pool).await?;
+        sqlx::query("DELETE FROM launches").execute(pool).await?;
+        sqlx::query("DELETE FROM jobs WHERE state = 'queued'")
+            .execute(pool)
+            .await?;
+        sqlx::query("UPDATE scaling_state SET last_scale_out_at = NULL, below_since = NULL")
+            .execute(pool)
+            .await?;
+        let looping = tokio::spawn(crate::scaling::run(
+            pool.clone(),
+            env.clone(),
+            every,
+            registry.clone(),
+            stopped.clone(),
+        ));
+        // A different point of the interval each time.
+        let phase = every.mul_f64((trial as f64 + 0.5) / args.bursts as f64);
+        tokio::time::sleep(every + phase).await;
+        let started = Instant::now();
+        sqlx::query(
+            "INSERT INTO jobs (command, timeout_s, enqueued_by) SELECT 'true', 60, 'bench' FROM generate_series(1, 2000)",
+        )
+        .execute(pool)
+        .await?;
+        loop {
+            let launched: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM launches WHERE token LIKE 'scale-%')",
+            )
+            .fetch_one(pool)
+            .await?;
+            if launched {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < every * 3,
+                "no launch within three intervals of the burst"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        waits.push(started.elapsed());
+        looping.abort();
+        let _ = looping.await;
+    }
+    drop(stop);
+    waits.sort();
+    println!(
+        "burst to launch request: p50 {:.0} ms, max {:.0} ms over {} bursts (target <= one interval, {} ms)",
+        waits[waits.len() / 2].as_secs_f64() * 1000.0,
+        waits.last().expect("at least one").as_secs_f64() * 1000.0,
+        waits.len(),
+        every.as_millis()
+    );
     Ok(())
 }

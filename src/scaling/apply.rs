@@ -83,6 +83,29 @@ pub async fn apply(
     Ok(id)
 }
 
+/// A launch of `count` workers and its task; returns the launch's id.
+async fn launch(
+    conn: &mut PgConnection,
+    token: &str,
+    image: &str,
+    count: u32,
+    by: &str,
+    env: &Env,
+) -> sqlx::Result<i64> {
+    let launch =
+        crate::db::servers::insert_launch(conn, token, image, count as i32, &env.instance_type, by)
+            .await?;
+    crate::tasks::enqueue(
+        conn,
+        &LaunchServers {
+            launch_id: launch.id,
+        },
+        None,
+    )
+    .await?;
+    Ok(launch.id)
+}
+
 async fn scale_out(
     conn: &mut PgConnection,
     id: i64,
@@ -98,36 +121,24 @@ async fn scale_out(
             .await?;
         return Ok(());
     };
-    let launch = crate::db::servers::insert_launch(
+    let launch = launch(
         conn,
         &format!("scale-{id}"),
         image,
-        count as i32,
-        &env.instance_type,
+        count,
         "autoscaler",
-    )
-    .await?;
-    crate::tasks::enqueue(
-        conn,
-        &LaunchServers {
-            launch_id: launch.id,
-        },
-        None,
+        env,
     )
     .await?;
     sqlx::query("UPDATE scaling_decisions SET launch_id = $2 WHERE id = $1")
         .bind(id)
-        .bind(launch.id)
+        .bind(launch)
         .execute(&mut *conn)
         .await?;
     audit::record(
         &mut *conn,
-        AuditEvent::system(
-            "scaling.scale_out",
-            format!("launch:{}", launch.id),
-            Outcome::Ok,
-        )
-        .detail(reason.to_owned()),
+        AuditEvent::system("scaling.scale_out", format!("launch:{launch}"), Outcome::Ok)
+            .detail(reason.to_owned()),
     )
     .await?;
     Ok(())
@@ -199,29 +210,21 @@ async fn recycle_step(
             else {
                 return Ok(());
             };
-            let launch = crate::db::servers::insert_launch(
+            let launch = launch(
                 conn,
                 &format!("recycle-{recycle}"),
                 image,
                 1,
-                &env.instance_type,
                 "recycler",
-            )
-            .await?;
-            crate::tasks::enqueue(
-                conn,
-                &LaunchServers {
-                    launch_id: launch.id,
-                },
-                None,
+                env,
             )
             .await?;
             sqlx::query("UPDATE recycles SET launch_id = $2 WHERE id = $1")
                 .bind(recycle)
-                .bind(launch.id)
+                .bind(launch)
                 .execute(&mut *conn)
                 .await?;
-            record(conn, d, step, Some(launch.id), server).await?;
+            record(conn, d, step, Some(launch), server).await?;
             audit::record(
                 &mut *conn,
                 AuditEvent::system("scaling.recycle", format!("server:{server}"), Outcome::Ok)

@@ -1149,19 +1149,7 @@ async fn a_browser_writes_a_rule_previews_it_watches_it_fire_and_silences_it() {
     // And now it runs hot again.
     let values = Arc::new(Mutex::new(vec![("t-1", 95.0)]));
     let sender = keep_sending(&app, &token, "app.temp", values);
-    let out = format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(&out).unwrap();
-    let python = std::env::var("KILN_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-    let result = tokio::process::Command::new(python)
-        .arg(format!(
-            "{}/tests/browser/alerts_check.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([&app.address, "admin", &app.admin_password, &out])
-        .output()
-        .await
-        .unwrap();
+    let result = crate::helpers::browser_check(&app, "alerts_check.py").await;
     sender.abort();
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(

@@ -592,7 +592,6 @@ async fn ec2_calls(base: &str) -> std::collections::BTreeMap<String, f64> {
 #[tokio::test]
 async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
     use kiln::cloud::{ImageQuery, Provider, ServerFilter, ServerState, describe_all};
-    use tokio::io::AsyncBufReadExt;
 
     let db = crate::helpers::fresh_database_url();
     // Whatever agents its consoles launch stop when the test ends, passed or not.
@@ -605,16 +604,7 @@ async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
         &fleet,
         &[("KILN_TASK_POLL", "1"), ("KILN_HEARTBEAT", "1")],
     );
-    let mut stderr = tokio::io::BufReader::new(console.stderr.take().unwrap()).lines();
-    let listening = crate::cli::line_with(&mut stderr, "kiln console listening").await;
-    let port: u16 = listening
-        .split("port=")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let port = crate::cli::listening_port(&mut console).await;
     let base = format!("http://127.0.0.1:{port}");
     let token = crate::cli::admin_token(&db).await;
     let pool = kiln::db::connect(&db).await.unwrap();

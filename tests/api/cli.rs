@@ -340,6 +340,21 @@ async fn serve_refuses_aws_with_a_loopback_public_url() {
     assert!(stderr.contains("EC2 servers cannot reach"), "{stderr}");
 }
 
+/// Waits for a console's "kiln console listening" line and returns its port; the rest of its
+/// log is drained in the background so the process never blocks on a full pipe.
+pub async fn listening_port(console: &mut tokio::process::Child) -> u16 {
+    let mut stderr = BufReader::new(console.stderr.take().unwrap()).lines();
+    let listening = line_with(&mut stderr, "kiln console listening").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    listening
+        .split("port=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// `kiln serve` on the aws provider against an EC2-compatible `endpoint`, its credentials from
 /// the standard AWS chain (environment variables), plus `extra` settings.
 pub fn serve_aws(

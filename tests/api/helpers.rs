@@ -416,3 +416,21 @@ pub async fn start_console(
     tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
     child
 }
+
+/// Runs `tests/browser/<script>` (Python Playwright on Debian's Chromium, from the test venv)
+/// against the app, logged in as admin; its screenshots go to test-output/browser/.
+pub async fn browser_check(app: &TestApp, script: &str) -> std::process::Output {
+    let out = format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&out).unwrap();
+    let python = std::env::var("KILN_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    tokio::process::Command::new(python)
+        .arg(format!(
+            "{}/tests/browser/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([&app.address, "admin", &app.admin_password, &out])
+        .output()
+        .await
+        .unwrap()
+}

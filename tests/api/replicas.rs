@@ -4,7 +4,6 @@
 //! holds the first RunInstances answer so that the kill lands mid-call, deterministically.
 
 use kiln::cloud::{ServerFilter, describe_all};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::moto::{Fault, FaultProxy, provider};
 
@@ -24,17 +23,7 @@ async fn start(db: &str, endpoint: &str, fleet: &str) -> Console {
             ("KILN_RECONCILE_INTERVAL", "3600"),
         ],
     );
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = crate::cli::line_with(&mut stderr, "kiln console listening").await;
-    let port: u16 = listening
-        .split("port=")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // Keep draining its log so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let port = crate::cli::listening_port(&mut child).await;
     Console {
         child,
         base: format!("http://127.0.0.1:{port}"),

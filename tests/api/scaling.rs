@@ -616,7 +616,6 @@ async fn recycling_replaces_old_servers_surge_first_a_share_at_a_time() {
 #[tokio::test]
 async fn on_aws_the_fleet_scales_out_and_in_through_ec2() {
     use kiln::cloud::{ServerFilter, ServerState, describe_all};
-    use tokio::io::AsyncBufReadExt;
 
     let db = crate::helpers::fresh_database_url();
     let _agents = crate::helpers::AgentsGuard::new(&db);
@@ -633,16 +632,7 @@ async fn on_aws_the_fleet_scales_out_and_in_through_ec2() {
             ("KILN_RECONCILE_INTERVAL", "2"),
         ],
     );
-    let mut stderr = tokio::io::BufReader::new(console.stderr.take().unwrap()).lines();
-    let listening = crate::cli::line_with(&mut stderr, "kiln console listening").await;
-    let port: u16 = listening
-        .split("port=")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let port = crate::cli::listening_port(&mut console).await;
     let base = format!("http://127.0.0.1:{port}");
     let token = crate::cli::admin_token(&db).await;
     let pool = kiln::db::connect(&db).await.unwrap();
@@ -805,19 +795,7 @@ async fn a_browser_saves_scaling_settings_previews_and_sees_the_decisions() {
         s.task_poll = 1;
     })
     .await;
-    let out = format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(&out).unwrap();
-    let python = std::env::var("KILN_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-    let result = tokio::process::Command::new(python)
-        .arg(format!(
-            "{}/tests/browser/scaling_check.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([&app.address, "admin", &app.admin_password, &out])
-        .output()
-        .await
-        .unwrap();
+    let result = crate::helpers::browser_check(&app, "scaling_check.py").await;
     crate::helpers::stop_fleet(&app).await;
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(
