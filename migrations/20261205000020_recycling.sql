@@ -22,5 +22,6 @@ ALTER TABLE scaling_decisions DROP CONSTRAINT scaling_decisions_action_check;
 ALTER TABLE scaling_decisions ADD CONSTRAINT scaling_decisions_action_check
     CHECK (action IN ('none', 'scale_out', 'scale_in', 'skip', 'recycle'));
 
--- The capacity the autoscaler last wanted, charted on the Scaling page.
-ALTER TABLE scaling_state ADD COLUMN desired INTEGER;
+-- The capacity the autoscaler last wanted, charted on the Scaling page; when the last pass
+-- ran (a pass long after it finds the scaler's memory stale: the console was behind or down).
+ALTER TABLE scaling_state ADD COLUMN desired INTEGER, ADD COLUMN last_pass_at TIMESTAMPTZ;

@@ -93,6 +93,7 @@ async fn measure(url: &str, args: &ScalingArgs) -> anyhow::Result<()> {
         heartbeat_s: 5,
         drain_timeout_s: 600,
         boot_timeout_s: 300,
+        interval_s: args.interval,
         instance_type: "t3.micro".into(),
     };
     let first = crate::scaling::run_once(&pool, &env)

@@ -41,7 +41,8 @@ pub async fn apply(
     let news = read.last_reason.as_deref().map(gist) != Some(gist(&d.reason));
     let id: Option<i64> = sqlx::query_scalar(
         "WITH memory AS (
-             UPDATE scaling_state SET below_since = $1, last_scale_out_at = $2, desired = $3)
+             UPDATE scaling_state
+             SET below_since = $1, last_scale_out_at = $2, desired = $3, last_pass_at = now())
          INSERT INTO scaling_decisions (desired_before, desired_after, action, reason, inputs)
          SELECT $4, $5, $6, $7, $8 WHERE $9
          RETURNING id",

@@ -85,6 +85,8 @@ pub struct Env {
     pub drain_timeout_s: u64,
     /// How long a recycling replacement has to come up (KILN_HEALTH_TIMEOUT).
     pub boot_timeout_s: u64,
+    /// Seconds between passes (KILN_SCALING_INTERVAL).
+    pub interval_s: u64,
     pub instance_type: String,
 }
 
@@ -94,6 +96,7 @@ impl Env {
             heartbeat_s: s.heartbeat,
             drain_timeout_s: s.drain_timeout,
             boot_timeout_s: s.health_timeout,
+            interval_s: s.scaling_interval,
             instance_type: s.instance_types.first().cloned().unwrap_or_default(),
         }
     }
@@ -103,9 +106,7 @@ impl Env {
 /// console holds the lock.
 pub async fn run_once(pool: &PgPool, env: &Env) -> anyhow::Result<Option<Decision>> {
     let mut tx = pool.begin().await?;
-    let Some(read) =
-        snapshot::read(&mut tx, Some(LOCK), env.heartbeat_s, env.boot_timeout_s).await?
-    else {
+    let Some(read) = snapshot::read(&mut tx, Some(LOCK), env).await? else {
         tx.rollback().await?;
         return Ok(None);
     };
@@ -126,7 +127,7 @@ pub struct Preview {
 
 pub async fn preview(pool: &PgPool, env: &Env) -> sqlx::Result<Preview> {
     let mut tx = pool.begin().await?;
-    let read = snapshot::read(&mut tx, None, env.heartbeat_s, env.boot_timeout_s)
+    let read = snapshot::read(&mut tx, None, env)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
     tx.rollback().await?;

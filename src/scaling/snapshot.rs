@@ -46,6 +46,7 @@ struct Row {
     bake_running: bool,
     below_since: Option<OffsetDateTime>,
     last_scale_out_at: Option<OffsetDateTime>,
+    last_pass_at: Option<OffsetDateTime>,
     last_reason: Option<String>,
     in_flight: Json<Vec<InFlightRow>>,
     failed_lately: Json<Vec<(String, i64)>>,
@@ -98,7 +99,7 @@ SELECT now() AS now,
   (SELECT r.name FROM alert_states x JOIN alert_rules r ON r.id = x.rule_id
     WHERE x.state = 'firing' AND r.blocks_changes ORDER BY x.since LIMIT 1) AS blocking_alert,
   EXISTS (SELECT 1 FROM bakes WHERE state = 'running') AS bake_running,
-  st.below_since, st.last_scale_out_at,
+  st.below_since, st.last_scale_out_at, st.last_pass_at,
   (SELECT reason FROM scaling_decisions WHERE action <> 'recycle' ORDER BY id DESC LIMIT 1) AS last_reason,
   (SELECT COALESCE(json_agg(json_build_object(
        'id', r.id, 'old', r.server_id,
@@ -120,14 +121,19 @@ LEFT JOIN LATERAL (SELECT state, from_image_id, to_image_id FROM rollouts
                    WHERE state IN ('pending', 'running', 'paused') ORDER BY id DESC LIMIT 1) ro ON true
 WHERE $1::BIGINT IS NULL OR pg_try_advisory_xact_lock($1)";
 
+/// A pass this long after the previous one finds the scaler's memory stale.
+pub fn behind_after_s(interval_s: u64) -> i64 {
+    (interval_s * 3).max(60) as i64
+}
+
 /// Reads a pass's snapshot in the caller's transaction; with `lock`, only if this
 /// transaction gets that advisory lock (None when another console holds it).
 pub async fn read(
     conn: &mut PgConnection,
     lock: Option<i64>,
-    heartbeat_s: u64,
-    boot_timeout_s: u64,
+    env: &super::Env,
 ) -> sqlx::Result<Option<Read>> {
+    let (heartbeat_s, boot_timeout_s) = (env.heartbeat_s, env.boot_timeout_s);
     let window = crate::domain::agent_health_window(heartbeat_s);
     let Some(row) = sqlx::query_as::<_, Row>(SQL)
         .bind(lock)
@@ -145,14 +151,26 @@ pub async fn read(
         .filter(|w| w.worker.has_agent && w.worker.state == ServerState::Running)
         .count();
     let fresh = workers.iter().filter(|w| w.fresh).count();
-    let stale = (with_agents > 0 && fresh == 0).then(|| {
-        format!(
-            "none of the {with_agents} workers' agents has sent a heartbeat in the last {} s",
-            window.as_secs()
-        )
-    });
-    let workers: Vec<Worker> = workers.into_iter().map(|w| w.worker).collect();
     let now = row.now.unix_timestamp();
+    // The console was behind or down: what the scaler remembers (how long utilisation has
+    // been low) was not watched meanwhile. One pass looks again before deciding.
+    let behind = row
+        .last_pass_at
+        .map(|t| now - t.unix_timestamp())
+        .filter(|gap| *gap > behind_after_s(env.interval_s));
+    let stale = if let Some(gap) = behind {
+        Some(format!(
+            "the previous pass was {gap} s ago (the console was behind or down); looking again"
+        ))
+    } else {
+        (with_agents > 0 && fresh == 0).then(|| {
+            format!(
+                "none of the {with_agents} workers' agents has sent a heartbeat in the last {} s",
+                window.as_secs()
+            )
+        })
+    };
+    let workers: Vec<Worker> = workers.into_iter().map(|w| w.worker).collect();
     let held_by = match (&row.rollout_state, &row.blocking_alert) {
         (Some(_), _) => Some("a rollout is in progress".to_owned()),
         (None, Some(alert)) => Some(format!("alert {alert} is firing and blocks changes")),
@@ -197,7 +215,10 @@ pub async fn read(
             rollout_active: row.rollout_state.is_some(),
             blocked_by: row.blocking_alert,
             memory: Memory {
-                below_since: row.below_since.map(OffsetDateTime::unix_timestamp),
+                below_since: row
+                    .below_since
+                    .filter(|_| behind.is_none())
+                    .map(OffsetDateTime::unix_timestamp),
                 last_scale_out_at: row.last_scale_out_at.map(OffsetDateTime::unix_timestamp),
             },
         },

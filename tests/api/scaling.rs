@@ -814,4 +814,62 @@ async fn a_browser_saves_scaling_settings_previews_and_sees_the_decisions() {
     );
     assert!(stdout.contains("decision: "), "{stdout}");
     assert!(stdout.contains("scale_out | 0 → 1"), "{stdout}");
+    assert!(
+        stdout.contains("0 queued · 0 busy of 0 × 1 slots"),
+        "the figures it was made from: {stdout}"
+    );
+}
+
+/// A pass long after the previous one (the console was behind or down) decides nothing: the
+/// scaler's memory of low utilisation was not watched meanwhile, so the delay starts again.
+#[tokio::test]
+async fn a_console_that_was_behind_looks_again_before_deciding() {
+    let app = spawn_app_with(|s| s.scaling_interval = 1).await;
+    app.create_user("sam", kiln::domain::Role::Operator).await;
+    let token = app.token_for("sam").await;
+    let res = put(
+        &app,
+        &token,
+        "/api/v1/scaling",
+        json!({"enabled": true, "min": 0, "max": 2}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    eventually(30, "a first pass", || async {
+        (app.count("SELECT count(*) FROM scaling_state WHERE last_pass_at IS NOT NULL")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    sqlx::query(
+        "UPDATE scaling_state SET last_pass_at = now() - interval '1 hour',
+                below_since = now() - interval '2 hours'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let reason: String = eventually(30, "the next pass says why it waits", || async {
+        sqlx::query_scalar(
+            "SELECT reason FROM scaling_decisions WHERE reason LIKE 'no decision: the previous pass%'",
+        )
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(
+        reason.contains("(the console was behind or down)"),
+        "{reason}"
+    );
+    let below_since_age: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - below_since)::FLOAT8 FROM scaling_state",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        below_since_age.is_none_or(|age| age < 60.0),
+        "the scale-in delay starts again: {below_since_age:?}"
+    );
 }

@@ -124,6 +124,29 @@ pub struct DecisionView {
     pub reason: String,
     pub launch_id: Option<i64>,
     pub servers: String,
+    /// The figures it was made from: "8 queued · 2 busy of 2 × 1 slots · oldest 94 s".
+    pub figures: String,
+}
+
+/// A decision's inputs in a line (the API has them whole).
+fn figures(inputs: &serde_json::Value) -> String {
+    let n = |k: &str| inputs.get(k).and_then(serde_json::Value::as_i64);
+    let mut parts = Vec::new();
+    if let Some(q) = n("queued") {
+        parts.push(format!("{q} queued"));
+    }
+    if let (Some(busy), Some(cap), Some(slots)) = (n("busy"), n("capacity"), n("slots")) {
+        parts.push(format!("{busy} busy of {cap} × {slots} slots"));
+    }
+    if let Some(l) = n("latency_s") {
+        parts.push(format!("oldest {l} s"));
+    }
+    for (k, word) in [("launching", "launching"), ("draining", "draining")] {
+        if let Some(v) = n(k).filter(|v| *v > 0) {
+            parts.push(format!("{v} {word}"));
+        }
+    }
+    parts.join(" · ")
 }
 
 impl From<DecisionRow> for DecisionView {
@@ -136,6 +159,7 @@ impl From<DecisionRow> for DecisionView {
             reason: d.reason,
             launch_id: d.launch_id,
             servers: d.server_ids.join(", "),
+            figures: figures(&d.inputs.0),
         }
     }
 }
