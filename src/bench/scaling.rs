@@ -44,6 +44,11 @@ async fn measure(url: &str, args: &ScalingArgs) -> anyhow::Result<()> {
     .execute(&pool)
     .await?;
     sqlx::query(
+        "INSERT INTO releases (image_id, kind, released_by) VALUES ('ami-local-00000000000000001', 'first', 'bench')",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query(
         "INSERT INTO servers (id, image_id, instance_type, state, mode, launched_by, launched_at)
          SELECT 'i-local-' || lpad(to_hex(g), 17, '0'), 'ami-local-00000000000000001', 't3.micro', 'running',
                 'enabled', 'bench', now() - make_interval(secs => g)
@@ -143,12 +148,21 @@ async fn burst_to_launch(
         .bind(sqlx::types::Json(&settings))
         .execute(pool)
         .await?;
+    // Every slot busy (two jobs on each server): the next queued job has nowhere to go.
+    sqlx::query(
+        "INSERT INTO jobs (command, timeout_s, enqueued_by, state, attempt, server_id, lease_until, started_at)
+         SELECT 'sleep 60', 60, 'bench', 'running', 1, s.id, now() + interval '1 hour', now()
+         FROM servers s, generate_series(1, 2 - (SELECT count(*) FROM jobs j
+                                                 WHERE j.server_id = s.id AND j.state = 'running')::INT)",
+    )
+    .execute(pool)
+    .await?;
     let every = Duration::from_secs(args.interval);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let registry = std::sync::Arc::new(crate::telemetry::prometheus::Registry::default());
     let mut waits = Vec::new();
     for trial in 0..args.bursts {
-        // No backlog and no launch: the fleet holds.
+        // No backlog and no launch: the fleet holds, every slot busy.
         sqlx::query("DELETE FROM scaling_decisions WHERE launch_id IS NOT NULL")
             .execute(pool)
             .await?;
@@ -158,6 +172,10 @@ async fn burst_to_launch(
             .execute(pool)
             .await?;
         sqlx::query("UPDATE scaling_state SET last_scale_out_at = NULL, below_since = NULL")
+            .execute(pool)
+            .await?;
+        // The agents are alive (their heartbeats are what a pass trusts).
+        sqlx::query("UPDATE agents SET last_heartbeat_at = now()")
             .execute(pool)
             .await?;
         let looping = tokio::spawn(crate::scaling::run(
@@ -172,7 +190,7 @@ async fn burst_to_launch(
         tokio::time::sleep(every + phase).await;
         let started = Instant::now();
         sqlx::query(
-            "INSERT INTO jobs (command, timeout_s, enqueued_by) SELECT 'true', 60, 'bench' FROM generate_series(1, 2000)",
+            "INSERT INTO jobs (command, timeout_s, enqueued_by) SELECT 'true', 60, 'bench' FROM generate_series(1, 200)",
         )
         .execute(pool)
         .await?;
@@ -185,10 +203,16 @@ async fn burst_to_launch(
             if launched {
                 break;
             }
-            anyhow::ensure!(
-                started.elapsed() < every * 3,
-                "no launch within three intervals of the burst"
-            );
+            if started.elapsed() > every * 3 {
+                let last: Option<String> = sqlx::query_scalar(
+                    "SELECT reason FROM scaling_decisions ORDER BY id DESC LIMIT 1",
+                )
+                .fetch_optional(pool)
+                .await?;
+                anyhow::bail!(
+                    "no launch within three intervals of the burst; the last decision: {last:?}"
+                );
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         waits.push(started.elapsed());
