@@ -55,7 +55,7 @@ impl std::fmt::Display for RecycleNote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RecycleNote::Due(w) if w.is_past() => f.write_str("recycle due now"),
-            RecycleNote::Due(w) => write!(f, "recycle due {}", w.relative),
+            RecycleNote::Due(w) => write!(f, "recycle {}", w.relative),
             RecycleNote::BeingReplaced => f.write_str("being replaced"),
         }
     }
