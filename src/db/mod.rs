@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod audit;
 pub mod bakes;
 pub mod dashboards;
+pub mod freezes;
 pub mod images;
 pub mod jobs;
 pub mod login_failures;

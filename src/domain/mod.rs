@@ -2,6 +2,7 @@
 //! are correct by construction, and every error is a sentence a user can act on.
 
 pub mod alert_rule;
+pub mod freeze;
 mod health;
 pub mod measurement;
 mod names;
@@ -10,6 +11,7 @@ mod password;
 mod role;
 pub mod scaling;
 pub mod states;
+pub mod window;
 
 pub use health::agent_health_window;
 pub use names::{TokenName, UserName};

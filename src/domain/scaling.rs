@@ -54,16 +54,7 @@ impl Default for Recycle {
     }
 }
 
-/// Days of the week and hours, UTC: `{"days": ["mon", …], "from": "HH:MM", "until": "HH:MM"}`.
-/// `until` before `from` spans midnight.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Window {
-    pub days: Vec<String>,
-    pub from: String,
-    pub until: String,
-}
-
-const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+pub use super::window::Window;
 
 mod defaults {
     pub fn min() -> u32 {
@@ -114,60 +105,6 @@ fn bad<T>(m: impl Into<String>) -> Result<T, ValidationError> {
     Err(ValidationError::new(m))
 }
 
-/// Minutes since midnight of "HH:MM".
-fn minutes(field: &str, s: &str) -> Result<u32, ValidationError> {
-    let parsed = s
-        .split_once(':')
-        .filter(|(h, m)| h.len() == 2 && m.len() == 2)
-        .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
-        .filter(|(h, m)| *h < 24 && *m < 60);
-    match parsed {
-        Some((h, m)) => Ok(h * 60 + m),
-        None => bad(format!(
-            "{field}: {s:?} is not a time of day as HH:MM (UTC)."
-        )),
-    }
-}
-
-impl Window {
-    fn validate(&self) -> Result<(), ValidationError> {
-        if self.days.is_empty() {
-            return bad("recycle.window.days: name at least one day (mon … sun).");
-        }
-        if let Some(d) = self.days.iter().find(|d| !DAYS.contains(&d.as_str())) {
-            return bad(format!(
-                "recycle.window.days: {d:?} is not a day; use mon, tue, wed, thu, fri, sat, sun."
-            ));
-        }
-        let (from, until) = (
-            minutes("recycle.window.from", &self.from)?,
-            minutes("recycle.window.until", &self.until)?,
-        );
-        if from == until {
-            return bad("recycle.window.until: must differ from from.");
-        }
-        Ok(())
-    }
-
-    /// Whether the window is open at unix time `t`. A window spanning midnight belongs to the
-    /// day it opens on.
-    pub fn is_open(&self, t: i64) -> bool {
-        let (Ok(from), Ok(until)) = (minutes("", &self.from), minutes("", &self.until)) else {
-            return false;
-        };
-        let day = t.div_euclid(86_400);
-        let minute = (t.rem_euclid(86_400) / 60) as u32;
-        // 1970-01-01 was a Thursday: index 3 in DAYS.
-        let weekday = |d: i64| DAYS[((d + 3).rem_euclid(7)) as usize];
-        let listed = |d: i64| self.days.iter().any(|x| x == weekday(d));
-        if from < until {
-            listed(day) && (from..until).contains(&minute)
-        } else {
-            (listed(day) && minute >= from) || (listed(day - 1) && minute < until)
-        }
-    }
-}
-
 impl ScalingSettings {
     /// Checks the settings as a whole; `cap` is the fleet's cap (KILN_MAX_SERVERS).
     pub fn validate(&self, cap: u32) -> Result<(), ValidationError> {
@@ -209,7 +146,7 @@ impl ScalingSettings {
             return bad("recycle.max_share: a fraction above 0, at most 1.");
         }
         if let Some(w) = &self.recycle.window {
-            w.validate()?;
+            w.validate("recycle.window")?;
         }
         Ok(())
     }
@@ -248,29 +185,5 @@ mod tests {
             refusal(&|s| s.recycle.window = Some(window(&["mon"], "25:00", "02:00")))
                 .starts_with("recycle.window.from")
         );
-    }
-
-    #[test]
-    fn windows_open_on_their_days_and_hours_in_utc() {
-        let w = Window {
-            days: vec!["sat".into(), "sun".into()],
-            from: "22:00".into(),
-            until: "04:00".into(),
-        };
-        // 2026-12-05 is a Saturday.
-        let sat = 1_796_428_800; // 2026-12-05, a Saturday, at midnight UTC
-        let at = |d: i64, h: i64, m: i64| sat + d * 86_400 + h * 3600 + m * 60;
-        assert!(!w.is_open(at(0, 21, 59)));
-        assert!(w.is_open(at(0, 22, 0)));
-        assert!(
-            w.is_open(at(1, 3, 59)),
-            "Sunday early morning: Saturday's window"
-        );
-        assert!(
-            w.is_open(at(2, 1, 0)),
-            "Monday early morning: Sunday's window"
-        );
-        assert!(!w.is_open(at(2, 4, 0)));
-        assert!(!w.is_open(at(-1, 23, 0)), "Friday night is not listed");
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod advance;
 pub mod decide;
+pub mod freezes;
 pub mod retire_servers;
 pub mod rollout_step;
 pub mod undo;
@@ -41,6 +42,9 @@ pub struct RolloutInput {
     pub health_timeout_s: Option<i64>,
     #[serde(default)]
     pub drain_timeout_s: Option<i64>,
+    /// Release during a change freeze (admins only: the web layer checks the role).
+    #[serde(default)]
+    pub override_freeze: Option<bool>,
 }
 
 /// Validated settings of one rollout.
@@ -123,6 +127,16 @@ pub async fn start(
             image.state
         )));
     }
+    // A release during a change freeze needs an admin's override; a rollback never waits.
+    let overridden = match kind {
+        Kind::Release => match crate::db::freezes::in_force(&mut tx).await? {
+            Some(f) if input.override_freeze != Some(true) => {
+                return Err(Error::Conflict(f.refusal()));
+            }
+            frozen => frozen,
+        },
+        Kind::Rollback => None,
+    };
     if kind == Kind::Rollback && !image.was_current {
         return Err(Error::Conflict(format!(
             "{image_id} was never current, so there is nothing to roll back to: release it instead (Make current)."
@@ -218,12 +232,20 @@ pub async fn start(
             Outcome::Ok,
         )
         .detail(format!(
-            "rollout #{id} from {} (batch {}, min healthy {}%, health timeout {} s, drain timeout {} s)",
+            "rollout #{id} from {} (batch {}, min healthy {}%, health timeout {} s, drain timeout {} s){}",
             current.as_deref().unwrap_or("no image"),
             chosen.batch_size,
             chosen.min_healthy_percent,
             chosen.health_timeout_s,
-            chosen.drain_timeout_s
+            chosen.drain_timeout_s,
+            overridden
+                .map(|f| format!(
+                    "; overriding freeze #{} \"{}\" ({})",
+                    f.id,
+                    f.reason,
+                    f.when()
+                ))
+                .unwrap_or_default()
         ))
         .from_ip(source_ip),
     )
@@ -419,6 +441,7 @@ mod tests {
             min_healthy_percent: Some(50),
             health_timeout_s: None,
             drain_timeout_s: Some(0),
+            override_freeze: None,
         }
         .resolve(&settings)
         .unwrap();

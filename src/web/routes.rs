@@ -136,6 +136,9 @@ route_table! {
     GET  "/api/v1/rollouts"           VIEWER => api::rollouts::list;
     GET  "/api/v1/rollouts/{id}"      VIEWER => api::rollouts::show;
     POST "/api/v1/rollouts/{id}/{action}" OPERATOR => api::rollouts::control;
+    GET  "/api/v1/freezes"            VIEWER => api::freezes::list;
+    POST "/api/v1/freezes"            ADMIN  => api::freezes::create;
+    DELETE "/api/v1/freezes/{id}"     ADMIN  => api::freezes::delete;
     GET  "/api/v1/servers"            VIEWER => api::servers::list;
     POST "/api/v1/servers"            OPERATOR => api::servers::launch;
     GET  "/api/v1/servers/{id}"       VIEWER => api::servers::show;

@@ -194,6 +194,9 @@ const EXPECTED: &[(&str, &str, Access)] = &[
         "/api/v1/rollouts/{id}/{action}",
         Access::Role(Role::Operator),
     ),
+    ("GET", "/api/v1/freezes", Access::Role(Role::Viewer)),
+    ("POST", "/api/v1/freezes", Access::Role(Role::Admin)),
+    ("DELETE", "/api/v1/freezes/{id}", Access::Role(Role::Admin)),
     ("GET", "/api/v1/servers", Access::Role(Role::Viewer)),
     ("POST", "/api/v1/servers", Access::Role(Role::Operator)),
     ("GET", "/api/v1/servers/{id}", Access::Role(Role::Viewer)),
@@ -394,6 +397,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("/alerts/{id}", "/alerts/1")
         .replace("/silences/{id}", "/silences/1")
         .replace("/channels/{id}", "/channels/1")
+        .replace("/freezes/{id}", "/freezes/1")
         .replace("{chart}", "1")
         .replace("{n}", "0")
         .replace("/scaling/{action}", "/scaling/pause")

@@ -607,6 +607,11 @@ async fn recycling_replaces_old_servers_surge_first_a_share_at_a_time() {
     let page = app.get(&admin, "/servers").await.text().await.unwrap();
     // 3,600 s after launches a minute or so ago: "in 59 min" or "in 58 min".
     assert_eq!(page.matches("recycle in 5").count(), 3, "{page}");
+    let page = app.get(&admin, "/scaling").await.text().await.unwrap();
+    assert!(
+        page.contains("Servers older than 1 h are replaced, 34% of the fleet at a time."),
+        "{page}"
+    );
     crate::helpers::stop_fleet(&app).await;
 }
 

@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod bakes;
+pub mod freezes;
 pub mod images;
 pub mod jobs;
 pub mod rollouts;

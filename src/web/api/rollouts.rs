@@ -73,6 +73,7 @@ async fn start(
     kind: Kind,
 ) -> Result<HttpResponse, AppError> {
     let input = settings_body(&body)?;
+    crate::web::pages::rollouts::may_override_freeze(&principal, &input)?;
     let ip = crate::web::pages::source_ip(&req);
     let (row, created) = crate::rollouts::start(
         &state.pool,

@@ -288,9 +288,42 @@ pub struct RolloutForm {
     health_timeout_s: String,
     #[serde(default)]
     drain_timeout_s: String,
+    /// The admin's second confirmation of a release during a change freeze.
+    #[serde(default)]
+    override_freeze: String,
+}
+
+/// Overriding a change freeze is an admin's call (the release itself an operator's).
+pub fn may_override_freeze(principal: &Principal, input: &RolloutInput) -> Result<(), AppError> {
+    if input.override_freeze == Some(true) && principal.role < crate::domain::Role::Admin {
+        return Err(AppError::Forbidden(
+            "Only an admin can override a change freeze.".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Template)]
+#[template(path = "freeze_override.html")]
+struct FrozenPage<'a> {
+    layout: Layout,
+    message: &'a str,
+    action: &'a str,
+    fields: Vec<(&'static str, &'a str)>,
+    can_override: bool,
 }
 
 impl RolloutForm {
+    /// The form's own fields, to post again with the override.
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("batch_size", &self.batch_size),
+            ("min_healthy_percent", &self.min_healthy_percent),
+            ("health_timeout_s", &self.health_timeout_s),
+            ("drain_timeout_s", &self.drain_timeout_s),
+        ]
+    }
+
     fn parse(&self) -> Result<RolloutInput, AppError> {
         fn number(value: &str, name: &str) -> Result<Option<i64>, AppError> {
             match value.trim() {
@@ -305,21 +338,31 @@ impl RolloutForm {
             min_healthy_percent: number(&self.min_healthy_percent, "min_healthy_percent")?,
             health_timeout_s: number(&self.health_timeout_s, "health_timeout_s")?,
             drain_timeout_s: number(&self.drain_timeout_s, "drain_timeout_s")?,
+            override_freeze: matches!(self.override_freeze.as_str(), "1" | "on" | "true")
+                .then_some(true),
         })
     }
 }
 
+/// What a release or rollback form asks for.
+struct Ask {
+    id: String,
+    form: RolloutForm,
+    kind: Kind,
+}
+
 async fn start(
     req: HttpRequest,
+    layout: Layout,
     principal: Principal,
     session: Session,
     state: web::Data<AppState>,
-    id: web::Path<String>,
-    form: web::Form<RolloutForm>,
-    kind: Kind,
+    ask: Ask,
 ) -> Result<HttpResponse, AppError> {
+    let Ask { id, form, kind } = ask;
     let input = form.parse()?;
-    let (row, created) = crate::rollouts::start(
+    may_override_freeze(&principal, &input)?;
+    let started = crate::rollouts::start(
         &state.pool,
         &state.settings,
         &principal,
@@ -328,7 +371,25 @@ async fn start(
         kind,
         &input,
     )
-    .await?;
+    .await;
+    let (row, created) = match started {
+        Err(crate::error::Error::Conflict(message))
+            if message.starts_with("Releases are frozen") =>
+        {
+            // The refusal, and for an admin the one button that goes ahead.
+            return super::html(
+                &FrozenPage {
+                    can_override: principal.role >= crate::domain::Role::Admin,
+                    layout,
+                    message: &message,
+                    action: req.path(),
+                    fields: form.fields(),
+                },
+                StatusCode::CONFLICT,
+            );
+        }
+        other => other?,
+    };
     flash(
         &session,
         if created {
@@ -354,23 +415,35 @@ async fn start(
 /// `POST /images/{id}/release` (Make current).
 pub async fn release(
     req: HttpRequest,
+    layout: Layout,
     principal: Principal,
     session: Session,
     state: web::Data<AppState>,
     id: web::Path<String>,
     form: web::Form<RolloutForm>,
 ) -> Result<HttpResponse, AppError> {
-    start(req, principal, session, state, id, form, Kind::Release).await
+    let ask = Ask {
+        id: id.into_inner(),
+        form: form.into_inner(),
+        kind: Kind::Release,
+    };
+    start(req, layout, principal, session, state, ask).await
 }
 
 /// `POST /images/{id}/rollback` (Roll back to this).
 pub async fn rollback(
     req: HttpRequest,
+    layout: Layout,
     principal: Principal,
     session: Session,
     state: web::Data<AppState>,
     id: web::Path<String>,
     form: web::Form<RolloutForm>,
 ) -> Result<HttpResponse, AppError> {
-    start(req, principal, session, state, id, form, Kind::Rollback).await
+    let ask = Ask {
+        id: id.into_inner(),
+        form: form.into_inner(),
+        kind: Kind::Rollback,
+    };
+    start(req, layout, principal, session, state, ask).await
 }

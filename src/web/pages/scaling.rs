@@ -172,6 +172,8 @@ struct ScalingPage {
     form: SettingsForm,
     error: Option<String>,
     decisions: Vec<DecisionView>,
+    /// "2 h": servers older than this are replaced, if recycling is on.
+    recycle_age: Option<String>,
     /// The chart's window (unix seconds) and series.
     from: i64,
     to: i64,
@@ -205,6 +207,10 @@ async fn render(
         &ScalingPage {
             layout,
             form: form.unwrap_or_else(|| SettingsForm::of(&settings)),
+            recycle_age: settings
+                .recycle
+                .max_age_s
+                .map(|s| crate::scaling::recycle::duration(i64::from(s))),
             settings,
             error,
             decisions: decisions.into_iter().map(DecisionView::from).collect(),

@@ -1,0 +1,300 @@
+//! Change freezes: defined by admins (validated as a whole, audited), a release during one is
+//! refused with 409 naming it unless an admin overrides it (page: asked a second time), and a
+//! rollback is never refused.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, eventually, get_json, post, spawn_app};
+use kiln::domain::Role;
+
+fn rfc3339(offset_s: i64) -> String {
+    (time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_s))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+async fn add_image(app: &TestApp, token: &str, version: &str) -> String {
+    let res = post(
+        app,
+        token,
+        "/api/v1/images",
+        json!({"name": "worker", "version": version}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(30, "the new image is available", || async {
+        let img = get_json(app, token, &format!("/api/v1/images/{id}")).await;
+        (img["state"] == "available").then_some(())
+    })
+    .await;
+    id
+}
+
+async fn current(app: &TestApp) -> String {
+    sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn delete(app: &TestApp, token: &str, path: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .delete(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn freezes_are_validated_and_only_admins_define_them() {
+    let app = spawn_app().await;
+    let admin = app.token_for("admin").await;
+    app.create_user("olga", Role::Operator).await;
+    let operator = app.token_for("olga").await;
+    let now = rfc3339(0);
+    for (body, field) in [
+        (json!({"from": now, "until": now, "reason": "x"}), "until:"),
+        (
+            json!({"from": now, "until": rfc3339(-60), "reason": "x"}),
+            "until:",
+        ),
+        (json!({"from": rfc3339(0), "reason": "  "}), "reason:"),
+        (
+            json!({"from": rfc3339(0), "reason": "x",
+                   "weekly": {"days": ["friday"], "from": "12:00", "until": "18:00"}}),
+            "weekly.days:",
+        ),
+        (
+            json!({"from": rfc3339(0), "reason": "x",
+                   "weekly": {"days": ["fri"], "from": "12", "until": "18:00"}}),
+            "weekly.from:",
+        ),
+        (json!({"from": "tomorrow", "reason": "x"}), "from"),
+        (
+            json!({"from": rfc3339(0), "reason": "x", "untill": rfc3339(60)}),
+            "untill",
+        ),
+    ] {
+        let res = post(&app, &admin, "/api/v1/freezes", body.clone()).await;
+        assert_eq!(res.status(), 400, "{body}");
+        let err: Value = res.json().await.unwrap();
+        assert!(
+            err["error"].as_str().unwrap().contains(field),
+            "{body}: {err}"
+        );
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM freezes").await,
+        0,
+        "nothing saved"
+    );
+    let res = post(
+        &app,
+        &operator,
+        "/api/v1/freezes",
+        json!({"from": rfc3339(0), "reason": "mine"}),
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    let res = post(
+        &app,
+        &admin,
+        "/api/v1/freezes",
+        json!({"from": rfc3339(-60), "reason": "no Friday releases",
+               "weekly": {"days": ["fri"], "from": "12:00", "until": "23:59"}}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let listed = get_json(&app, &operator, "/api/v1/freezes").await;
+    assert_eq!(listed[0]["reason"], "no Friday releases");
+    assert!(
+        listed[0]["when"]
+            .as_str()
+            .unwrap()
+            .starts_with("fri 12:00–23:59 UTC every week from"),
+        "{listed}"
+    );
+    let id = listed[0]["id"].as_i64().unwrap();
+    assert_eq!(
+        delete(&app, &operator, &format!("/api/v1/freezes/{id}"))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        delete(&app, &admin, &format!("/api/v1/freezes/{id}"))
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        delete(&app, &admin, &format!("/api/v1/freezes/{id}"))
+            .await
+            .status(),
+        404
+    );
+    let audit = app.audit().await;
+    assert!(audit.iter().any(|a| a.action == "freeze.create"));
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "freeze.delete" && a.detail.contains("no Friday releases"))
+    );
+}
+
+#[tokio::test]
+async fn a_release_during_a_freeze_is_refused_unless_an_admin_overrides_and_a_rollback_is_not() {
+    let app = spawn_app().await;
+    let admin = app.token_for("admin").await;
+    app.create_user("olga", Role::Operator).await;
+    let operator = app.token_for("olga").await;
+    let first = current(&app).await;
+    let second = add_image(&app, &operator, "2").await;
+    let res = post(
+        &app,
+        &admin,
+        "/api/v1/freezes",
+        json!({"from": rfc3339(-3600), "until": rfc3339(3600), "reason": "year-end freeze"}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+
+    // Refused, with the freeze named; nothing changed.
+    let res = post(
+        &app,
+        &operator,
+        &format!("/api/v1/images/{second}/release"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status(), 409);
+    let err: Value = res.json().await.unwrap();
+    let message = err["error"].as_str().unwrap();
+    assert!(
+        message.starts_with("Releases are frozen: \"year-end freeze\" (from ")
+            && message.contains("An admin can override the freeze"),
+        "{message}"
+    );
+    assert_eq!(current(&app).await, first);
+    assert_eq!(app.count("SELECT count(*) FROM rollouts").await, 0);
+    // An operator cannot override.
+    let res = post(
+        &app,
+        &operator,
+        &format!("/api/v1/images/{second}/release"),
+        json!({"override_freeze": true}),
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(current(&app).await, first);
+
+    // An admin can, and the audit log says so.
+    let res = post(
+        &app,
+        &admin,
+        &format!("/api/v1/images/{second}/release"),
+        json!({"override_freeze": true}),
+    )
+    .await;
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    assert_eq!(current(&app).await, second);
+    let audit = app.audit().await;
+    let release = audit
+        .iter()
+        .find(|a| a.action == "image.release")
+        .expect("the release is audited");
+    assert!(
+        release.detail.contains("overriding freeze #")
+            && release.detail.contains("year-end freeze"),
+        "{}",
+        release.detail
+    );
+
+    // A rollback is never refused.
+    eventually(30, "the release's rollout ends", || async {
+        (app.count("SELECT count(*) FROM rollouts WHERE state IN ('pending', 'running', 'paused')")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    let res = post(
+        &app,
+        &operator,
+        &format!("/api/v1/images/{first}/rollback"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    assert_eq!(current(&app).await, first);
+}
+
+#[tokio::test]
+async fn the_release_page_asks_an_admin_a_second_time_during_a_freeze() {
+    let app = spawn_app().await;
+    let token = app.token_for("admin").await;
+    let second = add_image(&app, &token, "2").await;
+    let res = post(
+        &app,
+        &token,
+        "/api/v1/freezes",
+        json!({"from": rfc3339(-60), "reason": "incident in progress"}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let admin = app.admin().await;
+    let path = format!("/images/{second}/release");
+    let res = app
+        .post_form(&admin, "/images", &path, &[("batch_size", "2")])
+        .await;
+    assert_eq!(res.status(), 409);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("incident in progress"), "{page}");
+    assert!(
+        page.contains("Release anyway, overriding the freeze"),
+        "{page}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM rollouts").await, 0);
+    let res = app
+        .post_form(
+            &admin,
+            "/images",
+            &path,
+            &[("batch_size", "2"), ("override_freeze", "1")],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(current(&app).await, second);
+    let batch: i32 = sqlx::query_scalar("SELECT batch_size FROM rollouts")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(batch, 2, "the form's own settings went through");
+    // An operator sees the refusal and no button.
+    let operator = app.user_client("olga", Role::Operator).await;
+    let third = add_image(&app, &token, "3").await;
+    eventually(30, "the release's rollout ends", || async {
+        (app.count("SELECT count(*) FROM rollouts WHERE state IN ('pending', 'running', 'paused')")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    let res = app
+        .post_form(
+            &operator,
+            "/images",
+            &format!("/images/{third}/release"),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status(), 409);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("incident in progress"));
+    assert!(!page.contains("Release anyway"));
+}
