@@ -70,6 +70,8 @@ route_table! {
     GET  "/rollouts"                  VIEWER => pages::rollouts::list;
     GET  "/rollouts/{id}"             VIEWER => pages::rollouts::show;
     POST "/rollouts/{id}/{action}"    OPERATOR => pages::rollouts::control;
+    POST "/freezes"                   ADMIN  => pages::rollouts::create_freeze;
+    POST "/freezes/{id}/delete"       ADMIN  => pages::rollouts::delete_freeze;
     GET  "/scaling"                   VIEWER => pages::scaling::show;
     POST "/scaling"                   OPERATOR => pages::scaling::save;
     POST "/scaling/preview"           OPERATOR => pages::scaling::preview;

@@ -298,3 +298,74 @@ async fn the_release_page_asks_an_admin_a_second_time_during_a_freeze() {
     assert!(page.contains("incident in progress"));
     assert!(!page.contains("Release anyway"));
 }
+
+#[tokio::test]
+async fn the_rollouts_page_lists_freezes_and_admins_add_and_delete_them() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let fields = |from: &'static str, until: &'static str| {
+        vec![
+            ("reason", "year-end freeze"),
+            ("from", from),
+            ("until", until),
+            ("weekly_days", ""),
+            ("weekly_from", ""),
+            ("weekly_until", ""),
+        ]
+    };
+    let res = app
+        .post_form(
+            &admin,
+            "/rollouts",
+            "/freezes",
+            &fields("2026-12-20 00:00", "2026-12-19 00:00"),
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("until: must be after from."), "{page}");
+    assert!(
+        page.contains("value=\"2026-12-19 00:00\""),
+        "the form keeps what was typed"
+    );
+    let res = app
+        .post_form(&admin, "/rollouts", "/freezes", &fields("20/12/2026", ""))
+        .await;
+    assert_eq!(res.status(), 400);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("is not a time as YYYY-MM-DD HH:MM (UTC)."),
+        "{page}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM freezes").await,
+        0,
+        "nothing saved"
+    );
+    // From now (empty), until deleted.
+    let res = app
+        .post_form(&admin, "/rollouts", "/freezes", &fields("", ""))
+        .await;
+    assert_eq!(res.status(), 303);
+    let page = app.get(&admin, "/rollouts").await.text().await.unwrap();
+    assert!(page.contains("in force</span> year-end freeze"), "{page}");
+    assert!(page.contains("Add a freeze"));
+    let viewer = app.user_client("vera", Role::Viewer).await;
+    let page = app.get(&viewer, "/rollouts").await.text().await.unwrap();
+    assert!(page.contains("year-end freeze"));
+    assert!(
+        !page.contains("Add a freeze") && !page.contains("/delete"),
+        "{page}"
+    );
+    let id: i64 = sqlx::query_scalar("SELECT id FROM freezes")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let res = app
+        .post_form(&admin, "/rollouts", &format!("/freezes/{id}/delete"), &[])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(app.count("SELECT count(*) FROM freezes").await, 0);
+    let page = app.get(&admin, "/rollouts").await.text().await.unwrap();
+    assert!(page.contains("No freeze ahead."));
+}

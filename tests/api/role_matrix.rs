@@ -194,6 +194,8 @@ const EXPECTED: &[(&str, &str, Access)] = &[
         "/api/v1/rollouts/{id}/{action}",
         Access::Role(Role::Operator),
     ),
+    ("POST", "/freezes", Access::Role(Role::Admin)),
+    ("POST", "/freezes/{id}/delete", Access::Role(Role::Admin)),
     ("GET", "/api/v1/freezes", Access::Role(Role::Viewer)),
     ("POST", "/api/v1/freezes", Access::Role(Role::Admin)),
     ("DELETE", "/api/v1/freezes/{id}", Access::Role(Role::Admin)),

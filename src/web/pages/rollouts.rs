@@ -150,6 +150,168 @@ struct RolloutsPage {
     layout: Layout,
     rollouts: Vec<RolloutView>,
     next: Option<i64>,
+    freezes: Vec<FreezeView>,
+    freeze_form: FreezeForm,
+    freeze_error: Option<String>,
+}
+
+/// A freeze as the Rollouts page shows it (those not over yet).
+pub struct FreezeView {
+    pub id: i64,
+    pub reason: String,
+    pub when: String,
+    pub by: String,
+    pub in_force: bool,
+}
+
+/// The freeze form as typed: times as "YYYY-MM-DD HH:MM" in UTC, the weekly window's days and
+/// hours; shown again with the reason when refused.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct FreezeForm {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    until: String,
+    #[serde(default)]
+    weekly_days: String,
+    #[serde(default)]
+    weekly_from: String,
+    #[serde(default)]
+    weekly_until: String,
+}
+
+/// "2026-12-20 00:00" (UTC); empty is None.
+fn utc_minute(field: &str, text: &str) -> Result<Option<time::OffsetDateTime>, AppError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    time::PrimitiveDateTime::parse(&text.replace('T', " "), format)
+        .map(|t| Some(t.assume_utc()))
+        .map_err(|_| {
+            AppError::BadRequest(format!(
+                "{field}: {text:?} is not a time as YYYY-MM-DD HH:MM (UTC)."
+            ))
+        })
+}
+
+impl FreezeForm {
+    fn input(&self) -> Result<crate::domain::freeze::FreezeInput, AppError> {
+        let days: Vec<String> = self
+            .weekly_days
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        let weekly = (!days.is_empty() || !self.weekly_from.trim().is_empty()).then(|| {
+            crate::domain::window::Window {
+                days,
+                from: self.weekly_from.trim().to_owned(),
+                until: self.weekly_until.trim().to_owned(),
+            }
+        });
+        Ok(crate::domain::freeze::FreezeInput {
+            from: utc_minute("from", &self.from)?.unwrap_or_else(time::OffsetDateTime::now_utc),
+            until: utc_minute("until", &self.until)?,
+            weekly,
+            reason: self.reason.clone(),
+        })
+    }
+}
+
+async fn render_list(
+    layout: Layout,
+    state: &AppState,
+    before: Option<i64>,
+    freeze_form: Option<FreezeForm>,
+    freeze_error: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let (mut rows, freezes) = tokio::try_join!(
+        crate::db::rollouts::list(&state.pool, None, before, PAGE + 1),
+        crate::db::freezes::list(&state.pool),
+    )?;
+    let next = if rows.len() as i64 > PAGE {
+        rows.truncate(PAGE as usize);
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let freezes = freezes
+        .into_iter()
+        .filter(|f| !f.is_over(now))
+        .map(|f| FreezeView {
+            id: f.id,
+            in_force: f.in_force(now),
+            when: f.when(),
+            reason: f.reason,
+            by: f.created_by,
+        })
+        .collect();
+    super::html(
+        &RolloutsPage {
+            layout,
+            rollouts: rows.into_iter().map(RolloutView::from).collect(),
+            next,
+            freezes,
+            freeze_form: freeze_form.unwrap_or_default(),
+            freeze_error,
+        },
+        status,
+    )
+}
+
+/// `POST /freezes`: an admin defines a change freeze.
+pub async fn create_freeze(
+    req: HttpRequest,
+    layout: Layout,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    form: web::Form<FreezeForm>,
+) -> Result<HttpResponse, AppError> {
+    let form = form.into_inner();
+    let result = match form.input() {
+        Ok(input) => {
+            crate::rollouts::freezes::create(&state.pool, &principal, source_ip(&req), &input)
+                .await
+                .map_err(AppError::from)
+        }
+        Err(e) => Err(e),
+    };
+    super::answer(
+        result,
+        |f| {
+            flash(&session, format!("Freeze #{} added: {}.", f.id, f.when()));
+            see_other("/rollouts")
+        },
+        |message, status| render_list(layout, &state, None, Some(form), Some(message), status),
+    )
+    .await
+}
+
+/// `POST /freezes/{id}/delete`.
+pub async fn delete_freeze(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| AppError::NotFound(format!("There is no freeze {id}.")))?;
+    let f = crate::rollouts::freezes::delete(&state.pool, &principal, source_ip(&req), id).await?;
+    flash(
+        &session,
+        format!("Freeze #{} (\"{}\") deleted.", f.id, f.reason),
+    );
+    Ok(see_other("/rollouts"))
 }
 
 #[derive(Template)]
@@ -181,22 +343,7 @@ pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let mut rows = crate::db::rollouts::list(&state.pool, None, query.before, PAGE + 1).await?;
-    let next = if rows.len() as i64 > PAGE {
-        rows.truncate(PAGE as usize);
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
-    let rollouts = rows.into_iter().map(RolloutView::from).collect();
-    super::html(
-        &RolloutsPage {
-            layout,
-            rollouts,
-            next,
-        },
-        StatusCode::OK,
-    )
+    render_list(layout, &state, query.before, None, None, StatusCode::OK).await
 }
 
 fn rollout_id(raw: &str) -> Result<i64, AppError> {
