@@ -16,9 +16,22 @@ pub struct ImageRow {
     pub created_at: OffsetDateTime,
     /// Filled by the listing queries.
     pub current: bool,
+    /// Was current before and was not rolled back from since: a rollback may go to it.
     pub was_current: bool,
     /// Servers (not terminated) running it.
     pub servers: i64,
+}
+
+/// The images a rollback may go to: each was current before and was not rolled back from
+/// since (a rollback away from an image is undone only by releasing it again: after a
+/// rollback, the image rolled back from comes back only through a release, so freezes apply).
+macro_rules! rollback_targets {
+    () => {
+        "SELECT DISTINCT r.image_id FROM releases r
+         WHERE NOT EXISTS (
+             SELECT 1 FROM releases x WHERE x.previous_image_id = r.image_id AND x.kind = 'rollback'
+               AND NOT EXISTS (SELECT 1 FROM releases y WHERE y.image_id = r.image_id AND y.id > x.id))"
+    };
 }
 
 // Server counts come from `image_server_counts` (kept by triggers), not a GROUP BY over
@@ -28,7 +41,9 @@ macro_rules! select_images {
         concat!(
             "WITH cur AS (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1),
                   counts AS (SELECT image_id, n FROM image_server_counts),
-                  released AS (SELECT DISTINCT image_id FROM releases)
+                  released AS (",
+            rollback_targets!(),
+            ")
              SELECT i.id, i.name, i.version, i.description, i.source_revision, i.state, i.state_reason, i.added_by,
                     i.created_at,
                     i.id = (SELECT image_id FROM cur) IS TRUE AS current,
@@ -116,7 +131,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for CatalogueRow {
 }
 
 /// What the Images page marks on its rows, read apart from the rows: the current image,
-/// every image that ever was current, and the live servers per image (only images with some).
+/// every image a rollback may go to (was current, not rolled back from since), and the live servers per image (only images with some).
 #[derive(Debug, Default)]
 pub struct CatalogueMarks {
     pub current: Option<String>,
@@ -141,12 +156,14 @@ pub async fn catalogue(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<
 /// The marks of [`catalogue`]'s rows, in one statement.
 pub async fn catalogue_marks(db: impl PgExecutor<'_>) -> sqlx::Result<CatalogueMarks> {
     let (current, released, counted, counts): (Option<String>, Vec<String>, Vec<String>, Vec<i64>) =
-        sqlx::query_as(
+        sqlx::query_as(concat!(
             "SELECT (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1),
-                    ARRAY(SELECT DISTINCT image_id FROM releases),
+                    ARRAY(",
+            rollback_targets!(),
+            "),
                     COALESCE(array_agg(image_id), '{}'), COALESCE(array_agg(n), '{}')
-             FROM image_server_counts WHERE n <> 0",
-        )
+             FROM image_server_counts WHERE n <> 0"
+        ))
         .fetch_one(db)
         .await?;
     Ok(CatalogueMarks {
@@ -243,5 +260,22 @@ pub async fn releases_of(db: impl PgExecutor<'_>, image_id: &str) -> sqlx::Resul
     )
     .bind(image_id)
     .fetch_all(db)
+    .await
+}
+
+/// The rollback that took the fleet away from `image_id` and was not undone by releasing it
+/// again since: (the image rolled back to, by whom, when).
+pub async fn rolled_back_from(
+    db: impl PgExecutor<'_>,
+    image_id: &str,
+) -> sqlx::Result<Option<(String, String, OffsetDateTime)>> {
+    sqlx::query_as(
+        "SELECT x.image_id, x.released_by, x.at FROM releases x
+         WHERE x.previous_image_id = $1 AND x.kind = 'rollback'
+           AND NOT EXISTS (SELECT 1 FROM releases y WHERE y.image_id = $1 AND y.id > x.id)
+         ORDER BY x.id DESC LIMIT 1",
+    )
+    .bind(image_id)
+    .fetch_optional(db)
     .await
 }

@@ -57,7 +57,8 @@ pub struct Freeze {
     pub created_by: String,
 }
 
-fn minute(t: OffsetDateTime) -> String {
+/// "2026-12-20 00:00 UTC".
+pub fn utc_minute(t: OffsetDateTime) -> String {
     format!(
         "{}-{:02}-{:02} {:02}:{:02} UTC",
         t.year(),
@@ -85,8 +86,8 @@ impl Freeze {
     /// "fri 12:00–23:59 UTC every week from 2026-12-01 00:00 UTC".
     pub fn when(&self) -> String {
         let bounds = match self.until {
-            Some(u) => format!("from {} until {}", minute(self.from), minute(u)),
-            None => format!("from {}", minute(self.from)),
+            Some(u) => format!("from {} until {}", utc_minute(self.from), utc_minute(u)),
+            None => format!("from {}", utc_minute(self.from)),
         };
         match &self.weekly {
             Some(w) => format!("{w} every week {bounds}"),

@@ -137,6 +137,15 @@ pub async fn start(
         },
         Kind::Rollback => None,
     };
+    if kind == Kind::Rollback
+        && !image.was_current
+        && let Some((to, by, at)) = crate::db::images::rolled_back_from(&mut *tx, image_id).await?
+    {
+        return Err(Error::Conflict(format!(
+            "{image_id} was rolled back from ({by} rolled back to {to} at {}): it comes back only through a release (Make current), so that freezes apply.",
+            crate::domain::freeze::utc_minute(at)
+        )));
+    }
     if kind == Kind::Rollback && !image.was_current {
         return Err(Error::Conflict(format!(
             "{image_id} was never current, so there is nothing to roll back to: release it instead (Make current)."

@@ -382,7 +382,9 @@ async fn the_images_page_marks_each_row_current_was_current_and_its_live_servers
         .await
         .unwrap();
     until_state(&app.pool, &base, "available").await;
-    // Two more images; `older` was released once, then the fleet went back to the base image.
+    // Two more images; `older` was released once, then the base image was released again
+    // (by a release: an image left by a rollback comes back only through a release, see
+    // rollouts::an_image_rolled_back_from_comes_back_only_through_a_release).
     // The page reads only the database: rows written here are what it must show.
     for (id, name) in [
         ("ami-local-00000000000000000a1", "older"),
@@ -400,7 +402,7 @@ async fn the_images_page_marks_each_row_current_was_current_and_its_live_servers
     sqlx::query(
         "INSERT INTO releases (image_id, previous_image_id, kind, released_by) VALUES
              ('ami-local-00000000000000000a1', $1, 'release', 'test'),
-             ($1, 'ami-local-00000000000000000a1', 'rollback', 'test')",
+             ($1, 'ami-local-00000000000000000a1', 'release', 'test')",
     )
     .bind(&base)
     .execute(&app.pool)

@@ -657,3 +657,53 @@ async fn a_console_killed_mid_rollout_completes_it_after_restart_without_double_
     drop(agents);
     crate::cli::sigterm_and_wait(&mut console).await;
 }
+
+/// Which way is back: after a rollback, the image rolled back from comes back only through a
+/// release (so freezes apply to it); the image it went back to may be rolled back to again
+/// once the fleet has moved on by a release.
+#[tokio::test]
+async fn an_image_rolled_back_from_comes_back_only_through_a_release() {
+    let app = crate::helpers::spawn_app().await;
+    let token = app.token_for("admin").await;
+    let first = current_image(&app).await;
+    let second = add_image(&app, &token, "2").await;
+    let r = start(&app, &token, &second, "release", json!({})).await;
+    rollout_in(&app, &token, r["id"].as_i64().unwrap(), &["succeeded"], 30).await;
+    let r = start(&app, &token, &first, "rollback", json!({})).await;
+    rollout_in(&app, &token, r["id"].as_i64().unwrap(), &["succeeded"], 30).await;
+
+    let res = post(
+        &app,
+        &token,
+        &format!("/api/v1/images/{second}/rollback"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(res.status(), 409);
+    let err: Value = res.json().await.unwrap();
+    let message = err["error"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "{second} was rolled back from (admin rolled back to {first} at "
+        )) && message.ends_with(
+            "it comes back only through a release (Make current), so that freezes apply."
+        ),
+        "{message}"
+    );
+    assert_eq!(current_image(&app).await, first, "nothing changed");
+    let admin = app.admin().await;
+    let page = app
+        .get(&admin, &format!("/images/{second}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Make this image current"), "{page}");
+
+    let r = start(&app, &token, &second, "release", json!({})).await;
+    rollout_in(&app, &token, r["id"].as_i64().unwrap(), &["succeeded"], 30).await;
+    // Released again, it is an ordinary image; the first may be rolled back to.
+    let r = start(&app, &token, &first, "rollback", json!({})).await;
+    rollout_in(&app, &token, r["id"].as_i64().unwrap(), &["succeeded"], 30).await;
+    assert_eq!(current_image(&app).await, first);
+}
