@@ -4,7 +4,8 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, eventually, get_json, post, spawn_app};
+use crate::helpers::current_image as current;
+use crate::helpers::{TestApp, add_image, eventually, get_json, post, spawn_app};
 use kiln::domain::Role;
 
 fn rfc3339(offset_s: i64) -> String {
@@ -13,32 +14,15 @@ fn rfc3339(offset_s: i64) -> String {
         .unwrap()
 }
 
-async fn add_image(app: &TestApp, token: &str, version: &str) -> String {
-    let res = post(
-        app,
-        token,
-        "/api/v1/images",
-        json!({"name": "worker", "version": version}),
-    )
-    .await;
-    assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    eventually(30, "the new image is available", || async {
-        let img = get_json(app, token, &format!("/api/v1/images/{id}")).await;
-        (img["state"] == "available").then_some(())
+/// No release or rollback in progress.
+async fn settled(app: &TestApp) {
+    eventually(30, "the rollout in progress ends", || async {
+        (app.count("SELECT count(*) FROM rollouts WHERE state IN ('pending', 'running', 'paused')")
+            .await
+            == 0)
+            .then_some(())
     })
     .await;
-    id
-}
-
-async fn current(app: &TestApp) -> String {
-    sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
 }
 
 async fn delete(app: &TestApp, token: &str, path: &str) -> reqwest::Response {
@@ -216,13 +200,7 @@ async fn a_release_during_a_freeze_is_refused_unless_an_admin_overrides_and_a_ro
     );
 
     // A rollback is never refused.
-    eventually(30, "the release's rollout ends", || async {
-        (app.count("SELECT count(*) FROM rollouts WHERE state IN ('pending', 'running', 'paused')")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
+    settled(&app).await;
     let res = post(
         &app,
         &operator,
@@ -278,13 +256,7 @@ async fn the_release_page_asks_an_admin_a_second_time_during_a_freeze() {
     // An operator sees the refusal and no button.
     let operator = app.user_client("olga", Role::Operator).await;
     let third = add_image(&app, &token, "3").await;
-    eventually(30, "the release's rollout ends", || async {
-        (app.count("SELECT count(*) FROM rollouts WHERE state IN ('pending', 'running', 'paused')")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
+    settled(&app).await;
     let res = app
         .post_form(
             &operator,

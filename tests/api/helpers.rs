@@ -434,3 +434,33 @@ pub async fn browser_check(app: &TestApp, script: &str) -> std::process::Output 
         .await
         .unwrap()
 }
+
+/// The current image (the newest release's).
+pub async fn current_image(app: &TestApp) -> String {
+    sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Adds a local image through the API and waits until it is available.
+pub async fn add_image(app: &TestApp, token: &str, version: &str) -> String {
+    let res = post(
+        app,
+        token,
+        "/api/v1/images",
+        json!({"name": "worker", "version": version}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(30, "the new image is available", || async {
+        let img = get_json(app, token, &format!("/api/v1/images/{id}")).await;
+        (img["state"] == "available").then_some(())
+    })
+    .await;
+    id
+}

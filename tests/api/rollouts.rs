@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, add_image, current_image, spawn_app_with};
 use crate::helpers::{eventually, get_json, launch_agents, post, stop_fleet};
 use crate::jobs::enqueue;
 
@@ -23,35 +23,6 @@ async fn fleet_app(grace_s: u64, slots: u32) -> (TestApp, String) {
     .await;
     let token = app.token_for("admin").await;
     (app, token)
-}
-
-async fn current_image(app: &TestApp) -> String {
-    sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
-}
-
-/// Adds a local image through the API and waits until it is available.
-async fn add_image(app: &TestApp, token: &str, version: &str) -> String {
-    let res = post(
-        app,
-        token,
-        "/api/v1/images",
-        json!({"name": "worker", "version": version}),
-    )
-    .await;
-    assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    eventually(30, "the new image is available", || async {
-        let img = get_json(app, token, &format!("/api/v1/images/{id}")).await;
-        (img["state"] == "available").then_some(())
-    })
-    .await;
-    id
 }
 
 async fn start(app: &TestApp, token: &str, image: &str, kind: &str, body: Value) -> Value {
