@@ -168,3 +168,30 @@ pub async fn unsettled_launches(
     .fetch_all(db)
     .await
 }
+
+/// The finished, unpinned jobs per image, of two images, finished within `since..=until`
+/// (until: now when None): (image, jobs, failed, p50 seconds, p95 seconds).
+pub async fn job_figures(
+    db: impl PgExecutor<'_>,
+    images: [&str; 2],
+    since: OffsetDateTime,
+    until: Option<OffsetDateTime>,
+) -> sqlx::Result<Vec<(String, i64, i64, Option<f64>, Option<f64>)>> {
+    sqlx::query_as(
+        "SELECT s.image_id, count(*), count(*) FILTER (WHERE j.state = 'failed'),
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.started_at))::FLOAT8,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.started_at))::FLOAT8
+         FROM jobs j JOIN servers s ON s.id = j.server_id
+         WHERE j.state IN ('succeeded', 'failed') AND j.finished_at >= $3
+           AND ($4::TIMESTAMPTZ IS NULL OR j.finished_at <= $4)
+           AND j.pinned_server_id IS NULL AND j.started_at IS NOT NULL
+           AND s.image_id IN ($1, $2)
+         GROUP BY s.image_id",
+    )
+    .bind(images[0])
+    .bind(images[1])
+    .bind(since)
+    .bind(until)
+    .fetch_all(db)
+    .await
+}

@@ -13,6 +13,7 @@
 pub mod advance;
 pub mod decide;
 pub mod freezes;
+pub mod judge;
 pub mod retire_servers;
 pub mod rollout_step;
 pub mod undo;
@@ -264,6 +265,45 @@ pub async fn start(
         .expect("inserted above");
     tx.commit().await?;
     Ok((row, true))
+}
+
+/// The jobs on the rollout's new image against those on its old one, over the rollout's
+/// time (pinned jobs left out), judged with the default margin. None without an old image.
+pub struct Comparison {
+    pub old: judge::Sample,
+    pub new: judge::Sample,
+    pub verdict: judge::Verdict,
+}
+
+pub async fn comparison(
+    db: impl sqlx::PgExecutor<'_>,
+    r: &RolloutRow,
+    p95_margin: f64,
+) -> sqlx::Result<Option<Comparison>> {
+    let Some(from) = r.from_image_id.as_deref() else {
+        return Ok(None);
+    };
+    let figures =
+        crate::db::rollouts::job_figures(db, [from, &r.to_image_id], r.created_at, r.finished_at)
+            .await?;
+    let of = |image: &str| {
+        figures
+            .iter()
+            .find(|f| f.0 == image)
+            .map(|&(_, jobs, failed, p50_s, p95_s)| judge::Sample {
+                jobs,
+                failed,
+                p50_s,
+                p95_s,
+            })
+            .unwrap_or_default()
+    };
+    let (old, new) = (of(from), of(&r.to_image_id));
+    Ok(Some(Comparison {
+        verdict: judge::judge(&old, &new, p95_margin),
+        old,
+        new,
+    }))
 }
 
 /// The dedupe key of a rollout's step task: one unfinished step per rollout.

@@ -678,3 +678,85 @@ async fn an_image_rolled_back_from_comes_back_only_through_a_release() {
     rollout_in(&app, &token, r["id"].as_i64().unwrap(), &["succeeded"], 30).await;
     assert_eq!(current_image(&app).await, first);
 }
+
+/// The rollout's page compares the jobs on the new image with those on the old over the
+/// rollout's time, pinned jobs left out, and says when the new image is worse.
+#[tokio::test]
+async fn the_rollout_page_compares_the_jobs_on_the_new_image_with_the_old() {
+    let app = crate::helpers::spawn_app().await;
+    let token = app.token_for("admin").await;
+    let first = current_image(&app).await;
+    let second = add_image(&app, &token, "2").await;
+    let r = start(&app, &token, &second, "release", json!({})).await;
+    let id = r["id"].as_i64().unwrap();
+    rollout_in(&app, &token, id, &["succeeded"], 30).await;
+    let admin = app.admin().await;
+    let page = app
+        .get(&admin, &format!("/rollouts/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("not enough data: 0 jobs on the new image and 0 on the old"),
+        "{page}"
+    );
+
+    // Jobs finished during the rollout: 10 of 40 failed on the new image, 4 of 200 on the
+    // old; 50 failed pinned jobs (health checks, bake steps) on the new one do not count.
+    sqlx::query(
+        "INSERT INTO servers (id, image_id, instance_type, state, mode, launched_by) VALUES
+             ('i-cmp-old', $1, 't3.micro', 'running', 'enabled', 'test'),
+             ('i-cmp-new', $2, 't3.micro', 'running', 'enabled', 'test')",
+    )
+    .bind(&first)
+    .bind(&second)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    for (server, n, failed, pinned) in [
+        ("i-cmp-new", 40, 10, false),
+        ("i-cmp-old", 200, 4, false),
+        ("i-cmp-new", 50, 50, true),
+    ] {
+        sqlx::query(
+            "INSERT INTO jobs (command, timeout_s, enqueued_by, state, attempt, server_id, pinned_server_id,
+                               started_at, finished_at)
+             SELECT 'true', 60, 'test', CASE WHEN g <= $3 THEN 'failed' ELSE 'succeeded' END, 1, $1,
+                    CASE WHEN $4 THEN $1 END, r.created_at, r.created_at
+             FROM generate_series(1, $2) g, rollouts r WHERE r.id = $5",
+        )
+        .bind(server)
+        .bind(n)
+        .bind(failed)
+        .bind(pinned)
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let page = app
+        .get(&admin, &format!("/rollouts/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(
+            "<td class=\"num\">40</td><td class=\"num\">10</td><td class=\"num\">25.0%</td>"
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "<td class=\"num\">200</td><td class=\"num\">4</td><td class=\"num\">2.0%</td>"
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "worse: 25.0% of its jobs failed against 2.0% on the old image (Fisher exact p = "
+        ),
+        "{page}"
+    );
+}

@@ -329,6 +329,41 @@ struct RolloutLive {
 struct RolloutPage {
     layout: Layout,
     live: RolloutLive,
+    comparison: Option<ComparisonView>,
+}
+
+/// One side of the comparison, as the page shows it.
+pub struct SideView {
+    pub label: &'static str,
+    pub image: String,
+    pub jobs: i64,
+    pub failed: i64,
+    pub rate: String,
+    pub p50: String,
+    pub p95: String,
+}
+
+pub struct ComparisonView {
+    /// The new image first.
+    pub sides: Vec<SideView>,
+    pub worse: bool,
+    pub verdict: String,
+}
+
+fn side(label: &'static str, image: &str, s: &crate::rollouts::judge::Sample) -> SideView {
+    let secs = |v: Option<f64>| v.map(|v| format!("{v:.1} s")).unwrap_or_else(|| "—".into());
+    SideView {
+        label,
+        image: image.to_owned(),
+        jobs: s.jobs,
+        failed: s.failed,
+        rate: s
+            .failure_rate()
+            .map(|r| format!("{:.1}%", r * 100.0))
+            .unwrap_or_else(|| "—".into()),
+        p50: secs(s.p50_s),
+        p95: secs(s.p95_s),
+    }
 }
 
 const PAGE: i64 = 50;
@@ -385,7 +420,37 @@ pub async fn show(
     if query.live && is_htmx(&req) {
         return super::html(&live, StatusCode::OK);
     }
-    super::html(&RolloutPage { layout, live }, StatusCode::OK)
+    // Jobs on the new image against the old, over the rollout's time (the full page only:
+    // the live part refreshes every two seconds).
+    let comparison = match crate::db::rollouts::find(&state.pool, id).await? {
+        Some(row) => crate::rollouts::comparison(
+            &state.pool,
+            &row,
+            crate::rollouts::judge::DEFAULT_P95_MARGIN,
+        )
+        .await?
+        .map(|c| ComparisonView {
+            sides: vec![
+                side("new", &row.to_image_id, &c.new),
+                side(
+                    "old",
+                    row.from_image_id.as_deref().unwrap_or_default(),
+                    &c.old,
+                ),
+            ],
+            worse: matches!(c.verdict, crate::rollouts::judge::Verdict::Worse(_)),
+            verdict: c.verdict.sentence().to_owned(),
+        }),
+        None => None,
+    };
+    super::html(
+        &RolloutPage {
+            layout,
+            live,
+            comparison,
+        },
+        StatusCode::OK,
+    )
 }
 
 /// `POST /rollouts/{id}/{pause|resume|cancel}` from the rollout's page.
