@@ -20,6 +20,7 @@ use crate::config::{Settings, default_database_url};
 
 pub mod alerts;
 pub mod bake;
+pub mod canary;
 pub mod metrics;
 pub mod queue;
 pub mod rollout;
@@ -39,6 +40,8 @@ pub enum Suite {
     Alerts(alerts::AlertsArgs),
     /// Autoscaling: one decision with 1,000 workers and 100,000 queued jobs.
     Scaling(scaling::ScalingArgs),
+    /// Canary judgment: a rollout's comparison over 100,000 finished jobs.
+    Canary(canary::CanaryArgs),
 }
 
 /// `kiln bench` measures the fleet pages; `kiln bench queue` the work queue.
@@ -313,6 +316,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Suite::Bake(b)) => return bake::run(b).await,
         Some(Suite::Alerts(a)) => return alerts::run(a).await,
         Some(Suite::Scaling(s)) => return scaling::run(s).await,
+        Some(Suite::Canary(c)) => return canary::run(c).await,
         None => {}
     }
     let db = ThrowawayDb::new()?;
