@@ -47,7 +47,7 @@ async fn measure(url: &str, args: &CanaryArgs) -> anyhow::Result<()> {
     // since, on servers of both images (a fifth on the new one), 2% failing, 10–70 s long.
     sqlx::query(
         "INSERT INTO jobs (command, timeout_s, enqueued_by, state, attempt, server_id, started_at, finished_at)
-         SELECT 'true', 600, 'bench', CASE WHEN g % 50 = 0 THEN 'failed' ELSE 'succeeded' END, 1,
+         SELECT 'true', 600, 'bench', CASE WHEN g % 47 = 0 THEN 'failed' ELSE 'succeeded' END, 1,
                 'i-' || (1 + g % 200), t - make_interval(secs => 10 + g % 61), t
          FROM (SELECT g, CASE WHEN g <= $2 THEN now() - interval '1 hour' - make_interval(secs => g % 604800)
                               ELSE now() - make_interval(secs => g % 3500) END AS t

@@ -169,29 +169,46 @@ pub async fn unsettled_launches(
     .await
 }
 
-/// The finished, unpinned jobs per image, of two images, finished within `since..=until`
-/// (until: now when None): (image, jobs, failed, p50 seconds, p95 seconds).
+/// The finished, unpinned jobs on each of two images, finished within `since..=until`
+/// (until: now when None): for each, (jobs, failed, p50 seconds, p95 seconds).
+///
+/// One aggregate without grouping, each image's figures FILTERed: grouped, PostgreSQL sorts
+/// every row by image (on disk at 100,000 jobs) before sorting each image's durations again;
+/// both percentiles come from one ordered-set aggregate, over date_part's float8 (extract's
+/// numeric costs three times as much). `kiln bench canary`.
 pub async fn job_figures(
     db: impl PgExecutor<'_>,
     images: [&str; 2],
     since: OffsetDateTime,
     until: Option<OffsetDateTime>,
-) -> sqlx::Result<Vec<(String, i64, i64, Option<f64>, Option<f64>)>> {
-    sqlx::query_as(
-        "SELECT s.image_id, count(*), count(*) FILTER (WHERE j.state = 'failed'),
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.started_at))::FLOAT8,
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.started_at))::FLOAT8
+) -> sqlx::Result<[(i64, i64, Option<f64>, Option<f64>); 2]> {
+    type Row = (i64, i64, Option<Vec<f64>>, i64, i64, Option<Vec<f64>>);
+    let (n0, f0, p0, n1, f1, p1): Row = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.image_id = $1),
+                count(*) FILTER (WHERE s.image_id = $1 AND j.state = 'failed'),
+                percentile_cont(ARRAY[0.5, 0.95]::FLOAT8[])
+                    WITHIN GROUP (ORDER BY date_part('epoch', j.finished_at - j.started_at))
+                    FILTER (WHERE s.image_id = $1),
+                count(*) FILTER (WHERE s.image_id = $2),
+                count(*) FILTER (WHERE s.image_id = $2 AND j.state = 'failed'),
+                percentile_cont(ARRAY[0.5, 0.95]::FLOAT8[])
+                    WITHIN GROUP (ORDER BY date_part('epoch', j.finished_at - j.started_at))
+                    FILTER (WHERE s.image_id = $2)
          FROM jobs j JOIN servers s ON s.id = j.server_id
          WHERE j.state IN ('succeeded', 'failed') AND j.finished_at >= $3
            AND ($4::TIMESTAMPTZ IS NULL OR j.finished_at <= $4)
            AND j.pinned_server_id IS NULL AND j.started_at IS NOT NULL
-           AND s.image_id IN ($1, $2)
-         GROUP BY s.image_id",
+           AND s.image_id IN ($1, $2)",
     )
     .bind(images[0])
     .bind(images[1])
     .bind(since)
     .bind(until)
-    .fetch_all(db)
-    .await
+    .fetch_one(db)
+    .await?;
+    let side = |n, f, p: Option<Vec<f64>>| {
+        let p = p.unwrap_or_default();
+        (n, f, p.first().copied(), p.get(1).copied())
+    };
+    Ok([side(n0, f0, p0), side(n1, f1, p1)])
 }

@@ -283,22 +283,15 @@ pub async fn comparison(
     let Some(from) = r.from_image_id.as_deref() else {
         return Ok(None);
     };
-    let figures =
+    let [old, new] =
         crate::db::rollouts::job_figures(db, [from, &r.to_image_id], r.created_at, r.finished_at)
-            .await?;
-    let of = |image: &str| {
-        figures
-            .iter()
-            .find(|f| f.0 == image)
-            .map(|&(_, jobs, failed, p50_s, p95_s)| judge::Sample {
+            .await?
+            .map(|(jobs, failed, p50_s, p95_s)| judge::Sample {
                 jobs,
                 failed,
                 p50_s,
                 p95_s,
-            })
-            .unwrap_or_default()
-    };
-    let (old, new) = (of(from), of(&r.to_image_id));
+            });
     Ok(Some(Comparison {
         verdict: judge::judge(&old, &new, p95_margin),
         old,
