@@ -137,6 +137,7 @@ route_table! {
     POST "/api/v1/images/{id}/rollback" OPERATOR => api::rollouts::rollback;
     GET  "/api/v1/rollouts"           VIEWER => api::rollouts::list;
     GET  "/api/v1/rollouts/{id}"      VIEWER => api::rollouts::show;
+    GET  "/api/v1/rollouts/{id}/comparison" VIEWER => api::rollouts::comparison;
     POST "/api/v1/rollouts/{id}/{action}" OPERATOR => api::rollouts::control;
     GET  "/api/v1/freezes"            VIEWER => api::freezes::list;
     POST "/api/v1/freezes"            ADMIN  => api::freezes::create;

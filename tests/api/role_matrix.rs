@@ -196,6 +196,11 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     ),
     ("POST", "/freezes", Access::Role(Role::Admin)),
     ("POST", "/freezes/{id}/delete", Access::Role(Role::Admin)),
+    (
+        "GET",
+        "/api/v1/rollouts/{id}/comparison",
+        Access::Role(Role::Viewer),
+    ),
     ("GET", "/api/v1/freezes", Access::Role(Role::Viewer)),
     ("POST", "/api/v1/freezes", Access::Role(Role::Admin)),
     ("DELETE", "/api/v1/freezes/{id}", Access::Role(Role::Admin)),

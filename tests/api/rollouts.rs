@@ -759,4 +759,8 @@ async fn the_rollout_page_compares_the_jobs_on_the_new_image_with_the_old() {
         ),
         "{page}"
     );
+    let api = get_json(&app, &token, &format!("/api/v1/rollouts/{id}/comparison")).await;
+    assert_eq!(api["new"]["jobs"], 40, "{api}");
+    assert_eq!(api["old"]["failed"], 4, "{api}");
+    assert_eq!(api["verdict"]["verdict"], "worse", "{api}");
 }

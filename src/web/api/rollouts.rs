@@ -172,6 +172,37 @@ pub async fn show(
     Ok(HttpResponse::Ok().json(RolloutJson::from(row)))
 }
 
+/// `GET /api/v1/rollouts/{id}/comparison`: the jobs on the new image against those on the
+/// old over the rollout's time (pinned jobs left out), and the judgment; 404 for a rollout
+/// without an old image.
+pub async fn comparison(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = rollout_id(&id)?;
+    let row = crate::db::rollouts::find(&state.pool, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("There is no rollout {id}.")))?;
+    let c = crate::rollouts::comparison(
+        &state.pool,
+        &row,
+        crate::rollouts::judge::DEFAULT_P95_MARGIN,
+    )
+    .await?
+    .ok_or_else(|| {
+        AppError::NotFound(format!(
+            "Rollout {id} had no previous image to compare with."
+        ))
+    })?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "new": {"image_id": row.to_image_id, "jobs": c.new.jobs, "failed": c.new.failed,
+                "p50_s": c.new.p50_s, "p95_s": c.new.p95_s},
+        "old": {"image_id": row.from_image_id, "jobs": c.old.jobs, "failed": c.old.failed,
+                "p50_s": c.old.p50_s, "p95_s": c.old.p95_s},
+        "verdict": c.verdict,
+    })))
+}
+
 /// `POST /api/v1/rollouts/{id}/{pause|resume|cancel}` -> 200 with the rollout.
 pub async fn control(
     req: HttpRequest,
