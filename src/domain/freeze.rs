@@ -8,6 +8,10 @@ use time::OffsetDateTime;
 use super::ValidationError;
 use super::window::Window;
 
+/// How every refusal of a release during a freeze begins (the release page answers such a
+/// conflict with the admin's second question).
+pub const REFUSED: &str = "Releases are frozen";
+
 /// A freeze as asked for (`POST /api/v1/freezes`, the Rollouts page's form).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FreezeInput {
@@ -98,7 +102,7 @@ impl Freeze {
     /// The sentence a refused release shows.
     pub fn refusal(&self) -> String {
         format!(
-            "Releases are frozen: \"{}\" ({}, freeze #{} by {}). An admin can override the freeze; a rollback is always allowed.",
+            "{REFUSED}: \"{}\" ({}, freeze #{} by {}). An admin can override the freeze; a rollback is always allowed.",
             self.reason,
             self.when(),
             self.id,

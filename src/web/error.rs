@@ -96,3 +96,9 @@ impl ResponseError for AppError {
         res.finish()
     }
 }
+
+/// A path's numeric id, or a 404 that says there is no such `what` ("There is no rollout x.").
+pub fn path_id(raw: &str, what: &str) -> Result<i64, AppError> {
+    raw.parse()
+        .map_err(|_| AppError::NotFound(format!("There is no {what} {raw}.")))
+}

@@ -4,12 +4,7 @@
 
 use kiln::domain::Role;
 
-use crate::helpers::spawn_app;
-
-fn python() -> String {
-    std::env::var("KILN_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
-}
+use crate::helpers::{python, spawn_app};
 
 #[tokio::test]
 async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
@@ -30,18 +25,7 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let out = format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(&out).unwrap();
-
-    let result = tokio::process::Command::new(&python)
-        .arg(format!(
-            "{}/tests/browser/console_check.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([&app.address, "admin", &app.admin_password, &out])
-        .output()
-        .await
-        .unwrap();
+    let result = crate::helpers::browser_check(&app, "console_check.py").await;
 
     let stdout = String::from_utf8_lossy(&result.stdout);
     let stderr = String::from_utf8_lossy(&result.stderr);
@@ -68,7 +52,7 @@ async fn a_browser_logs_in_sees_the_overview_without_console_errors() {
     }
     assert!(stdout.contains("console errors: 0"), "{stdout}");
     assert!(
-        std::fs::metadata(format!("{out}/overview.png"))
+        std::fs::metadata(format!("{}/overview.png", crate::helpers::browser_output()))
             .unwrap()
             .len()
             > 5_000

@@ -417,14 +417,24 @@ pub async fn start_console(
     child
 }
 
+/// The test venv's Python (Playwright, moto, the Librato client): `KILN_TEST_PYTHON`, or
+/// `.venv/bin/python` as `scripts/test-env` makes it.
+pub fn python() -> String {
+    std::env::var("KILN_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Where the browser checks leave their screenshots.
+pub fn browser_output() -> String {
+    format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"))
+}
+
 /// Runs `tests/browser/<script>` (Python Playwright on Debian's Chromium, from the test venv)
 /// against the app, logged in as admin; its screenshots go to test-output/browser/.
 pub async fn browser_check(app: &TestApp, script: &str) -> std::process::Output {
-    let out = format!("{}/test-output/browser", env!("CARGO_MANIFEST_DIR"));
+    let out = browser_output();
     std::fs::create_dir_all(&out).unwrap();
-    let python = std::env::var("KILN_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-    tokio::process::Command::new(python)
+    tokio::process::Command::new(python())
         .arg(format!(
             "{}/tests/browser/{script}",
             env!("CARGO_MANIFEST_DIR")

@@ -3,12 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
-
-fn python() -> String {
-    std::env::var("KILN_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
-}
+use crate::helpers::{TestApp, python, spawn_app};
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()

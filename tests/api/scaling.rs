@@ -7,6 +7,21 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, eventually, get_json, post, put, spawn_app_with};
 
+/// A console deciding every second (agents heartbeating and tasks looked at every second, and
+/// `extra` settings), with an operator's API token.
+async fn scaling_app(extra: impl FnOnce(&mut kiln::config::Settings)) -> (TestApp, String) {
+    let app = spawn_app_with(|s| {
+        s.scaling_interval = 1;
+        s.heartbeat = 1;
+        s.task_poll = 1;
+        extra(s);
+    })
+    .await;
+    app.create_user("sam", kiln::domain::Role::Operator).await;
+    let token = app.token_for("sam").await;
+    (app, token)
+}
+
 async fn live_workers(app: &TestApp) -> (i64, i64) {
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE mode = 'enabled'), count(*) FROM servers
@@ -19,15 +34,7 @@ async fn live_workers(app: &TestApp) -> (i64, i64) {
 
 #[tokio::test]
 async fn a_burst_grows_the_fleet_to_max_every_job_succeeds_and_it_shrinks_back_to_min() {
-    let app = spawn_app_with(|s| {
-        s.scaling_interval = 1;
-        s.heartbeat = 1;
-        s.task_poll = 1;
-        s.job_lease = 10;
-    })
-    .await;
-    app.create_user("sam", kiln::domain::Role::Operator).await;
-    let token = app.token_for("sam").await;
+    let (app, token) = scaling_app(|s| s.job_lease = 10).await;
 
     // Settings are checked as a whole, and the refusal names the field.
     let res = put(
@@ -395,14 +402,7 @@ async fn in_service(app: &TestApp) -> i64 {
 /// busy ones finish their jobs, and only then does the fleet reach its minimum.
 #[tokio::test]
 async fn a_scale_in_drains_only_idle_servers_while_long_jobs_run() {
-    let app = spawn_app_with(|s| {
-        s.scaling_interval = 1;
-        s.heartbeat = 1;
-        s.task_poll = 1;
-    })
-    .await;
-    app.create_user("sam", kiln::domain::Role::Operator).await;
-    let token = app.token_for("sam").await;
+    let (app, token) = scaling_app(|_| {}).await;
     let res = put(
         &app,
         &token,
@@ -491,14 +491,7 @@ async fn a_scale_in_drains_only_idle_servers_while_long_jobs_run() {
 /// workers in service never drop below 3; the Servers page shows when each is due.
 #[tokio::test]
 async fn recycling_replaces_old_servers_surge_first_a_share_at_a_time() {
-    let app = spawn_app_with(|s| {
-        s.scaling_interval = 1;
-        s.heartbeat = 1;
-        s.task_poll = 1;
-    })
-    .await;
-    app.create_user("sam", kiln::domain::Role::Operator).await;
-    let token = app.token_for("sam").await;
+    let (app, token) = scaling_app(|_| {}).await;
     let res = put(
         &app,
         &token,
@@ -794,12 +787,7 @@ async fn on_aws_the_fleet_scales_out_and_in_through_ec2() {
 /// decision list and the chart (screenshot in test-output/browser/scaling.png).
 #[tokio::test]
 async fn a_browser_saves_scaling_settings_previews_and_sees_the_decisions() {
-    let app = spawn_app_with(|s| {
-        s.scaling_interval = 1;
-        s.heartbeat = 1;
-        s.task_poll = 1;
-    })
-    .await;
+    let (app, _) = scaling_app(|_| {}).await;
     let result = crate::helpers::browser_check(&app, "scaling_check.py").await;
     crate::helpers::stop_fleet(&app).await;
     let stdout = String::from_utf8_lossy(&result.stdout);

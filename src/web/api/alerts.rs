@@ -13,7 +13,7 @@ use crate::db::alerts::{RuleRow, SilenceRow, StateRow, TransitionRow};
 use crate::domain::AlertState;
 use crate::domain::alert_rule::{Condition, RuleInput};
 use crate::web::AppState;
-use crate::web::error::AppError;
+use crate::web::error::{AppError, path_id};
 use crate::web::json::{NoBody, Strict};
 use crate::web::pages::source_ip;
 
@@ -127,11 +127,6 @@ pub fn rule_json(r: &RuleRow, states: &[&StateRow]) -> RuleJson {
     }
 }
 
-fn id_of(raw: &str, what: &str) -> Result<i64, AppError> {
-    raw.parse()
-        .map_err(|_| AppError::NotFound(format!("No {what} {raw}.")))
-}
-
 async fn one(state: &AppState, id: i64) -> Result<RuleJson, AppError> {
     let row = crate::db::alerts::rule(&state.pool, id)
         .await?
@@ -172,7 +167,7 @@ pub async fn show(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "alert rule")?;
+    let id = path_id(&id, "alert rule")?;
     Ok(HttpResponse::Ok().json(one(&state, id).await?))
 }
 
@@ -184,7 +179,7 @@ pub async fn update(
     id: web::Path<String>,
     body: Strict<RuleInput>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "alert rule")?;
+    let id = path_id(&id, "alert rule")?;
     crate::alerts::rules::update(&state.pool, &principal, source_ip(&req), id, &body).await?;
     Ok(HttpResponse::Ok().json(one(&state, id).await?))
 }
@@ -197,7 +192,7 @@ pub async fn delete(
     id: web::Path<String>,
     _body: NoBody,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "alert rule")?;
+    let id = path_id(&id, "alert rule")?;
     crate::alerts::rules::delete(&state.pool, &principal, source_ip(&req), id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -255,7 +250,7 @@ pub async fn ack(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "alert rule")?;
+    let id = path_id(&id, "alert rule")?;
     let body: AckBody = crate::web::json::parse_optional(&body)?;
     crate::alerts::rules::acknowledge(&state.pool, &principal, source_ip(&req), id, &body.source)
         .await?;
@@ -284,7 +279,7 @@ pub async fn silence_rule(
     id: web::Path<String>,
     body: Strict<RuleSilence>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "alert rule")?;
+    let id = path_id(&id, "alert rule")?;
     if crate::db::alerts::rule(&state.pool, id).await?.is_none() {
         return Err(AppError::NotFound(format!("No alert rule {id}.")));
     }
@@ -308,7 +303,7 @@ pub async fn test_rule(
     id: web::Path<String>,
     _body: NoBody,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "alert rule")?;
+    let id = path_id(&id, "alert rule")?;
     let ids = crate::alerts::rules::test(&state.pool, &principal, id, &state.settings.public_url())
         .await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "notifications": ids })))
@@ -349,7 +344,7 @@ pub async fn history(
     id: web::Path<String>,
     q: web::Query<LimitQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "alert rule")?;
+    let id = path_id(&id, "alert rule")?;
     let limit = super::limit(q.limit)?;
     one(&state, id).await?;
     let rows = crate::db::alerts::transitions_of(&state.pool, id, limit).await?;
@@ -366,7 +361,7 @@ pub async fn deliveries(
     id: web::Path<String>,
     q: web::Query<LimitQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "alert rule")?;
+    let id = path_id(&id, "alert rule")?;
     let limit = super::limit(q.limit)?;
     one(&state, id).await?;
     let rows = crate::db::alerts::deliveries(&state.pool, Some(id), limit).await?;
@@ -426,7 +421,7 @@ pub async fn end_silence(
     id: web::Path<String>,
     _body: NoBody,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "silence")?;
+    let id = path_id(&id, "silence")?;
     let ended =
         crate::alerts::rules::end_silence(&state.pool, &principal, source_ip(&req), id).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "ended": ended })))
@@ -461,7 +456,7 @@ pub async fn show_channel(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "channel")?;
+    let id = path_id(&id, "channel")?;
     let row = crate::db::alerts::channel(&state.pool, id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("No channel {id}.")))?;
@@ -476,7 +471,7 @@ pub async fn update_channel(
     id: web::Path<String>,
     body: Strict<ChannelInput>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "channel")?;
+    let id = path_id(&id, "channel")?;
     let row = crate::alerts::channels::update(
         &state.pool,
         &principal,
@@ -497,7 +492,7 @@ pub async fn delete_channel(
     id: web::Path<String>,
     _body: NoBody,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "channel")?;
+    let id = path_id(&id, "channel")?;
     crate::alerts::channels::delete(&state.pool, &principal, source_ip(&req), id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -509,7 +504,7 @@ pub async fn test_channel(
     id: web::Path<String>,
     _body: NoBody,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "channel")?;
+    let id = path_id(&id, "channel")?;
     let n =
         crate::alerts::channels::test(&state.pool, &principal, id, &state.settings.public_url())
             .await?;

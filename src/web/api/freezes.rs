@@ -45,9 +45,7 @@ pub async fn delete(
     id: web::Path<String>,
     _body: NoBody,
 ) -> Result<HttpResponse, AppError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| AppError::NotFound(format!("There is no freeze {id}.")))?;
+    let id = crate::web::error::path_id(&id, "freeze")?;
     crate::rollouts::freezes::delete(&state.pool, &principal, source_ip(&req), id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

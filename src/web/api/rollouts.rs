@@ -157,8 +157,7 @@ pub async fn list(
 }
 
 fn rollout_id(raw: &str) -> Result<i64, AppError> {
-    raw.parse::<i64>()
-        .map_err(|_| AppError::NotFound(format!("There is no rollout {raw}.")))
+    crate::web::error::path_id(raw, "rollout")
 }
 
 pub async fn show(

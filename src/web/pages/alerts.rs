@@ -19,7 +19,7 @@ use crate::db::alerts::{DeliveryRow, RuleRow, SilenceRow, StateRow, TransitionRo
 use crate::domain::alert_rule::{ConditionInput, RuleInput};
 use crate::domain::{AlertAggregate, AlertGroup, AlertOp, AlertState, ChannelKind, NoDataPolicy};
 use crate::web::AppState;
-use crate::web::error::AppError;
+use crate::web::error::{AppError, path_id};
 use crate::web::layout::{Layout, flash};
 use crate::web::view::{When, when};
 
@@ -587,14 +587,8 @@ struct AlertPage {
     to: i64,
 }
 
-/// A path's id, or a 404 that says there is no such `what`.
-fn id_of(raw: &str, what: &str) -> Result<i64, AppError> {
-    raw.parse()
-        .map_err(|_| AppError::NotFound(format!("There is no {what} {raw}.")))
-}
-
 fn rule_id(raw: &str) -> Result<i64, AppError> {
-    id_of(raw, "alert rule")
+    path_id(raw, "alert rule")
 }
 
 async fn render_rule(
@@ -830,7 +824,7 @@ pub async fn end_silence(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "silence")?;
+    let id = path_id(&id, "silence")?;
     crate::alerts::rules::end_silence(&state.pool, &principal, source_ip(&req), id).await?;
     flash(&session, "Ended the silence.");
     Ok(see_other("/alerts"))
@@ -957,7 +951,7 @@ pub async fn delete_channel(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "channel")?;
+    let id = path_id(&id, "channel")?;
     crate::alerts::channels::delete(&state.pool, &principal, source_ip(&req), id).await?;
     flash(&session, "Deleted the channel.");
     Ok(see_other("/alerts#channels"))
@@ -969,7 +963,7 @@ pub async fn test_channel(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = id_of(&id, "channel")?;
+    let id = path_id(&id, "channel")?;
     crate::alerts::channels::test(&state.pool, &principal, id, &state.settings.public_url())
         .await?;
     flash(&session, "Sending a test notification.");

@@ -303,9 +303,7 @@ pub async fn delete_freeze(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| AppError::NotFound(format!("There is no freeze {id}.")))?;
+    let id = crate::web::error::path_id(&id, "freeze")?;
     let f = crate::rollouts::freezes::delete(&state.pool, &principal, source_ip(&req), id).await?;
     flash(
         &session,
@@ -382,24 +380,29 @@ pub async fn list(
 }
 
 fn rollout_id(raw: &str) -> Result<i64, AppError> {
-    raw.parse()
-        .map_err(|_| AppError::NotFound(format!("There is no rollout {raw}.")))
+    crate::web::error::path_id(raw, "rollout")
 }
 
-async fn live(state: &AppState, layout: &Layout, id: i64) -> Result<RolloutLive, AppError> {
+/// The page's live part, and the rollout's row it was made from.
+async fn live(
+    state: &AppState,
+    layout: &Layout,
+    id: i64,
+) -> Result<(RolloutLive, RolloutRow), AppError> {
     let (row, batches, servers) = tokio::try_join!(
         crate::db::rollouts::find(&state.pool, id),
         crate::db::rollouts::batches_of(&state.pool, id),
         crate::db::rollouts::servers_of(&state.pool, id),
     )?;
     let row = row.ok_or_else(|| AppError::NotFound(format!("There is no rollout {id}.")))?;
-    Ok(RolloutLive {
-        rollout: row.into(),
+    let live = RolloutLive {
+        rollout: row.clone().into(),
         batches: batches.into_iter().map(BatchView::from).collect(),
         servers: servers.into_iter().map(RolloutServerView::from).collect(),
         can_act: layout.can_act(),
         csrf: layout.csrf.clone(),
-    })
+    };
+    Ok((live, row))
 }
 
 #[derive(serde::Deserialize)]
@@ -416,33 +419,30 @@ pub async fn show(
     query: web::Query<ShowQuery>,
 ) -> Result<HttpResponse, AppError> {
     let id = rollout_id(&id)?;
-    let live = live(&state, &layout, id).await?;
+    let (live, row) = live(&state, &layout, id).await?;
     if query.live && is_htmx(&req) {
         return super::html(&live, StatusCode::OK);
     }
     // Jobs on the new image against the old, over the rollout's time (the full page only:
     // the live part refreshes every two seconds).
-    let comparison = match crate::db::rollouts::find(&state.pool, id).await? {
-        Some(row) => crate::rollouts::comparison(
-            &state.pool,
-            &row,
-            crate::rollouts::judge::DEFAULT_P95_MARGIN,
-        )
-        .await?
-        .map(|c| ComparisonView {
-            sides: vec![
-                side("new", &row.to_image_id, &c.new),
-                side(
-                    "old",
-                    row.from_image_id.as_deref().unwrap_or_default(),
-                    &c.old,
-                ),
-            ],
-            worse: matches!(c.verdict, crate::rollouts::judge::Verdict::Worse(_)),
-            verdict: c.verdict.sentence().to_owned(),
-        }),
-        None => None,
-    };
+    let comparison = crate::rollouts::comparison(
+        &state.pool,
+        &row,
+        crate::rollouts::judge::DEFAULT_P95_MARGIN,
+    )
+    .await?
+    .map(|c| ComparisonView {
+        sides: vec![
+            side("new", &row.to_image_id, &c.new),
+            side(
+                "old",
+                row.from_image_id.as_deref().unwrap_or_default(),
+                &c.old,
+            ),
+        ],
+        worse: matches!(c.verdict, crate::rollouts::judge::Verdict::Worse(_)),
+        verdict: c.verdict.sentence().to_owned(),
+    });
     super::html(
         &RolloutPage {
             layout,
@@ -586,7 +586,7 @@ async fn start(
     .await;
     let (row, created) = match started {
         Err(crate::error::Error::Conflict(message))
-            if message.starts_with("Releases are frozen") =>
+            if message.starts_with(crate::domain::freeze::REFUSED) =>
         {
             // The refusal, and for an admin the one button that goes ahead.
             return super::html(
