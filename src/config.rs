@@ -193,6 +193,51 @@ pub struct Settings {
     #[arg(long, env = "KILN_MIN_HEALTHY", default_value_t = 100)]
     pub min_healthy_percent: u32,
 
+    /// A release's default canary: servers replaced first, alone (0: no canary).
+    #[arg(long, env = "KILN_RELEASE_CANARY", default_value_t = 0)]
+    pub release_canary: u32,
+
+    /// A release's default soak time in seconds after each batch (the canary's included):
+    /// its guards are watched before the next batch starts.
+    #[arg(long, env = "KILN_RELEASE_SOAK_S", default_value_t = 0)]
+    pub release_soak_s: u32,
+
+    /// A release's default health check: a command run as a job on each new server, which
+    /// must succeed before the server counts as healthy (empty: none).
+    #[arg(long, env = "KILN_RELEASE_HEALTH_COMMAND", default_value = "")]
+    pub release_health_command: String,
+
+    /// The alerts that guard a release by default: `any` (any alert firing on the new
+    /// servers), alert ids separated by commas, or empty for none.
+    #[arg(long, env = "KILN_RELEASE_GUARD_ALERTS", default_value = "")]
+    pub release_guard_alerts: String,
+
+    /// When a release waits for an operator's go-ahead by default: none, after_canary or
+    /// each_batch.
+    #[arg(long, env = "KILN_RELEASE_APPROVAL", default_value = "none")]
+    pub release_approval: crate::domain::Approval,
+
+    /// Seconds a release waits for a go-ahead by default (at most 86400).
+    #[arg(long, env = "KILN_RELEASE_APPROVAL_DEADLINE_S", default_value_t = 3600)]
+    pub release_approval_deadline_s: u32,
+
+    /// What happens when nobody decides in time: rollback or continue.
+    #[arg(long, env = "KILN_RELEASE_ON_DEADLINE", default_value = "rollback")]
+    pub release_on_deadline: crate::domain::DeadlineAction,
+
+    /// What a canary with too few jobs to judge does: wait (for a human) or continue.
+    #[arg(
+        long,
+        env = "KILN_RELEASE_ON_INSUFFICIENT_DATA",
+        default_value = "wait"
+    )]
+    pub release_on_insufficient_data: crate::domain::InsufficientData,
+
+    /// How much longer the canary's p95 job duration may be than the old image's before it
+    /// is judged worse (0.5: 50% longer).
+    #[arg(long, env = "KILN_RELEASE_CANARY_P95_MARGIN", default_value_t = 0.5)]
+    pub release_canary_p95_margin: f64,
+
     /// Seconds a job attempt's lease lasts; agents' heartbeats renew it. An attempt whose
     /// lease runs out (server died, agent killed) is recorded `lost` and the job requeued.
     #[arg(long, env = "KILN_LEASE", default_value_t = 60)]
@@ -287,7 +332,47 @@ impl Settings {
     }
 
     /// Checks what clap cannot: combinations of settings.
+    /// A rollout's defaults as the console's settings give them; the guard alerts' list
+    /// may not parse.
+    pub fn rollout_defaults(
+        &self,
+    ) -> Result<crate::domain::release_plan::Defaults, crate::domain::ValidationError> {
+        use crate::domain::release_plan::{Defaults, GuardAlerts, Plan, RolloutSettings};
+        let clamp = |n: u64| n.min(i32::MAX as u64) as i32;
+        let (guard_any, guard_rule_ids) = match GuardAlerts::parse(&self.release_guard_alerts)? {
+            GuardAlerts::Any => (true, Vec::new()),
+            GuardAlerts::Rules(ids) => (false, ids),
+        };
+        Ok(Defaults {
+            settings: RolloutSettings {
+                batch_size: clamp(self.rollout_batch.into()),
+                min_healthy_percent: clamp(self.min_healthy_percent.into()),
+                health_timeout_s: clamp(self.health_timeout),
+                drain_timeout_s: clamp(self.drain_timeout.min(86_400)),
+                grace_s: clamp(self.rollback_grace),
+            },
+            plan: Plan {
+                canary: clamp(self.release_canary.into()),
+                soak_s: clamp(self.release_soak_s.into()),
+                health_command: self.release_health_command.trim().to_owned(),
+                guard_any,
+                guard_rule_ids,
+                approval: self.release_approval,
+                approval_deadline_s: clamp(self.release_approval_deadline_s.into()),
+                on_deadline: self.release_on_deadline,
+                on_insufficient_data: self.release_on_insufficient_data,
+                canary_p95_margin: self.release_canary_p95_margin,
+            },
+        })
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        let defaults = self
+            .rollout_defaults()
+            .map_err(|e| anyhow::anyhow!("KILN_RELEASE_GUARD_ALERTS: {e}"))?;
+        if let Err(e) = defaults.check() {
+            anyhow::bail!("The release defaults (KILN_RELEASE_…) are not valid: {e}");
+        }
         if self.provider == ProviderKind::Aws && self.ec2_endpoint.is_none() {
             let url = self.public_url();
             let host = url::Url::parse(&url)

@@ -34,9 +34,18 @@ fn event_of(e: &AuditEvent) -> Option<(&'static str, String)> {
             "rollout_failed",
             format!("Rollout #{} failed: {}", what("rollout:"), e.detail),
         ),
-        "image.rollback" => (
+        // A release rolled back by its guards says why in its own event.
+        "image.rollback" if e.actor != "kiln" => (
             "rollout_rolled_back",
             format!("{} rolled the fleet back to {}", e.actor, what("image:")),
+        ),
+        "rollout.rolled_back" => (
+            "rollout_rolled_back",
+            format!(
+                "Release #{} was rolled back automatically: {}",
+                what("rollout:"),
+                e.detail
+            ),
         ),
         "bake.failed" => (
             "bake_failed",
@@ -55,7 +64,7 @@ pub async fn send_new(conn: &mut PgConnection, public_url: &str) -> sqlx::Result
     let events: Vec<AuditEvent> = sqlx::query_as(
         "SELECT a.id, a.at, a.actor, a.action, a.target, a.detail FROM audit_events a
          WHERE a.at > now() - interval '1 hour'
-           AND (a.action IN ('rollout.failed', 'image.rollback', 'bake.failed')
+           AND (a.action IN ('rollout.failed', 'image.rollback', 'rollout.rolled_back', 'bake.failed')
                 OR (a.action = 'servers.launched' AND a.result = 'failed'))
            AND NOT EXISTS (SELECT 1 FROM alert_fleet_events f WHERE f.audit_id = a.id)
          ORDER BY a.id LIMIT 100",
@@ -81,7 +90,20 @@ pub async fn send_new(conn: &mut PgConnection, public_url: &str) -> sqlx::Result
                 "detail": e.detail,
                 "at": e.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             });
-            sent += notify::fleet_event(&mut *conn, event, &summary, detail, public_url).await?;
+            // The channels of the guarding alert that tripped the release hear of it too.
+            let also: Vec<i64> = if e.action == "rollout.rolled_back" {
+                sqlx::query_scalar(
+                    "SELECT unnest(ru.channel_ids) FROM rollouts r JOIN alert_rules ru ON ru.id = r.tripped_rule_id
+                     WHERE 'rollout:' || r.id = $1",
+                )
+                .bind(&e.target)
+                .fetch_all(&mut *conn)
+                .await?
+            } else {
+                Vec::new()
+            };
+            sent +=
+                notify::fleet_event(&mut *conn, event, &summary, detail, public_url, &also).await?;
         }
     }
     Ok(sent)

@@ -161,19 +161,23 @@ pub fn test_notification(
 }
 
 /// A fleet event (a bake failed, a rollout failed or was rolled back, a launch got only part
-/// of its servers) for every channel subscribed to it.
+/// of its servers) for every channel subscribed to it, and the channels in `also` (a
+/// guarding alert's, when it rolled a release back).
 pub async fn fleet_event(
     conn: &mut PgConnection,
     event: &str,
     summary: &str,
     detail: Value,
     public_url: &str,
+    also: &[i64],
 ) -> sqlx::Result<usize> {
-    let channels: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM alert_channels WHERE $1 = ANY(events) ORDER BY id")
-            .bind(event)
-            .fetch_all(&mut *conn)
-            .await?;
+    let channels: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM alert_channels WHERE $1 = ANY(events) OR id = ANY($2) ORDER BY id",
+    )
+    .bind(event)
+    .bind(also)
+    .fetch_all(&mut *conn)
+    .await?;
     if channels.is_empty() {
         return Ok(0);
     }

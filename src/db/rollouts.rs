@@ -4,9 +4,10 @@
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
+use crate::domain::release_plan::Plan;
 use crate::domain::{
-    LaunchState, RolloutKind, RolloutRole, RolloutServerState, RolloutState, ServerMode,
-    ServerState,
+    Approval, DeadlineAction, InsufficientData, LaunchState, RolloutKind, RolloutPhase,
+    RolloutRole, RolloutServerState, RolloutState, ServerMode, ServerState,
 };
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -32,6 +33,24 @@ pub struct RolloutRow {
     pub updated_at: OffsetDateTime,
     pub finished_at: Option<OffsetDateTime>,
     pub cleaned_at: Option<OffsetDateTime>,
+    // The release's plan (a rollback's is none).
+    pub canary: i32,
+    pub soak_s: i32,
+    pub health_command: String,
+    pub guard_any: bool,
+    pub guard_rule_ids: Vec<i64>,
+    pub approval: Approval,
+    pub approval_deadline_s: i32,
+    pub on_deadline: DeadlineAction,
+    pub on_insufficient_data: InsufficientData,
+    pub canary_p95_margin: f64,
+    /// Batches let go after their soak time.
+    pub approved_through: i32,
+    pub phase: Option<RolloutPhase>,
+    /// The rollback that undid this release.
+    pub rolled_back_by: Option<i64>,
+    /// The guarding alert rule that tripped it.
+    pub tripped_rule_id: Option<i64>,
     /// Filled by the queries: the images' versions, for display.
     pub from_version: Option<String>,
     pub to_version: Option<String>,
@@ -41,6 +60,21 @@ impl RolloutRow {
     pub fn is_active(&self) -> bool {
         self.state.is_active()
     }
+
+    pub fn plan(&self) -> Plan {
+        Plan {
+            canary: self.canary,
+            soak_s: self.soak_s,
+            health_command: self.health_command.clone(),
+            guard_any: self.guard_any,
+            guard_rule_ids: self.guard_rule_ids.clone(),
+            approval: self.approval,
+            approval_deadline_s: self.approval_deadline_s,
+            on_deadline: self.on_deadline,
+            on_insufficient_data: self.on_insufficient_data,
+            canary_p95_margin: self.canary_p95_margin,
+        }
+    }
 }
 
 macro_rules! select_rollouts {
@@ -49,6 +83,9 @@ macro_rules! select_rollouts {
             "SELECT r.id, r.kind, r.release_id, r.from_image_id, r.to_image_id, r.state, r.reason, r.batch_size,
                     r.min_healthy_percent, r.health_timeout_s, r.drain_timeout_s, r.grace_s, r.fleet_size, r.total,
                     r.replaced, r.superseded_by, r.started_by, r.created_at, r.updated_at, r.finished_at, r.cleaned_at,
+                    r.canary, r.soak_s, r.health_command, r.guard_any, r.guard_rule_ids, r.approval,
+                    r.approval_deadline_s, r.on_deadline, r.on_insufficient_data, r.canary_p95_margin,
+                    r.approved_through, r.phase, r.rolled_back_by, r.tripped_rule_id,
                     fi.version AS from_version, ti.version AS to_version
              FROM rollouts r LEFT JOIN images fi ON fi.id = r.from_image_id LEFT JOIN images ti ON ti.id = r.to_image_id ",
             $rest

@@ -8,6 +8,7 @@ pub mod measurement;
 mod names;
 mod next;
 mod password;
+pub mod release_plan;
 mod role;
 pub mod scaling;
 pub mod states;
@@ -19,9 +20,10 @@ pub use next::Next;
 pub use password::Password;
 pub use role::Role;
 pub use states::{
-    AlertAggregate, AlertGroup, AlertOp, AlertState, AttemptState, BakeState, BakeStep,
-    ChannelKind, DeliveryState, ImageState, JobState, LaunchState, NoDataPolicy, RolloutKind,
-    RolloutRole, RolloutServerState, RolloutState, ServerMode, ServerPurpose, ServerState,
+    AlertAggregate, AlertGroup, AlertOp, AlertState, Approval, AttemptState, BakeState, BakeStep,
+    ChannelKind, DeadlineAction, DeliveryState, ImageState, InsufficientData, JobState,
+    LaunchState, NoDataPolicy, RolloutKind, RolloutPhase, RolloutRole, RolloutServerState,
+    RolloutState, ServerMode, ServerPurpose, ServerState,
 };
 
 /// Input that failed validation; the message is shown to the user as it is.

@@ -143,6 +143,44 @@ impl RolloutState {
 }
 
 text_enum! {
+    /// Where a release's plan stands while it runs (`rollouts.phase`; none between steps).
+    pub enum RolloutPhase ("rollout phase") {
+        /// The canary batch is being brought in and checked.
+        Canary = "canary",
+        /// A batch is done; the release watches its guards until the soak time has passed.
+        Soaking = "soaking",
+        /// Waiting for an operator's Continue or Roll back (or the deadline's action).
+        AwaitingApproval = "awaiting_approval",
+    }
+}
+
+text_enum! {
+    /// When a release waits for a human's go-ahead (`rollouts.approval`).
+    pub enum Approval ("approval") {
+        None = "none",
+        AfterCanary = "after_canary",
+        EachBatch = "each_batch",
+    }
+}
+
+text_enum! {
+    /// What happens when a go-ahead's deadline passes (`rollouts.on_deadline`).
+    pub enum DeadlineAction ("deadline action") {
+        Rollback = "rollback",
+        Continue = "continue",
+    }
+}
+
+text_enum! {
+    /// What a canary with too few jobs to judge does (`rollouts.on_insufficient_data`).
+    pub enum InsufficientData ("insufficient-data action") {
+        /// Wait for a human, as if the plan asked for approval after the canary.
+        Wait = "wait",
+        Continue = "continue",
+    }
+}
+
+text_enum! {
     /// Which side of a rollout a server is on (`rollout_servers.role`).
     pub enum RolloutRole ("rollout server role") {
         /// A server being replaced.

@@ -11,16 +11,25 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 
 use super::decide::{
-    self, BatchLaunch, Decision, OpenBatch, Policy, Replacement, Snapshot, Source,
+    self, BatchLaunch, Decision, HealthCheck, OpenBatch, Policy, Replacement, Snapshot, Source,
+    Trip,
 };
+use super::guard::{Decider, roll_back};
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::rollouts::RolloutRow;
-use crate::domain::{LaunchState, Next, RolloutRole, RolloutServerState, RolloutState, ServerMode};
+use crate::domain::{
+    JobState, LaunchState, Next, RolloutPhase, RolloutRole, RolloutServerState, RolloutState,
+    ServerMode,
+};
 use crate::fleet::launch_servers::LaunchServers;
 
 /// How soon a waiting rollout looks again: often enough that a healthy batch moves on within
 /// a fraction of a second (one small transaction per look).
 const LOOK_AGAIN: Duration = Duration::from_millis(250);
+
+/// How soon a soaking or waiting release looks again: its guards are read each time (the
+/// canary's comparison too), so a tripped guard starts the rollback within a second.
+const HOLD_LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 /// Servers a rollout replaces: enabled workers, live, not on the target image, not already
 /// part of this rollout. Idle ones first (disabling them costs no drain), then the oldest.
@@ -100,6 +109,12 @@ async fn read_snapshot(
         reusable_kept: 0,
         healthy_workers: 0,
         common_instance_type: None,
+        plan: r.plan(),
+        approved_through: r.approved_through,
+        last_done: None,
+        tripped: None,
+        canary_verdict: None,
+        has_previous: r.from_image_id.is_some(),
     };
     match r.state {
         RolloutState::Pending => {
@@ -111,12 +126,26 @@ async fn read_snapshot(
             .await?;
         }
         RolloutState::Running => {
+            s.tripped = read_trip(conn, r).await?;
             let batches = crate::db::rollouts::batches_of(&mut *conn, r.id).await?;
             s.next_batch = batches.iter().map(|b| b.n).max().unwrap_or(0) + 1;
+            s.last_done = batches
+                .iter()
+                .filter_map(|b| b.done_at.map(|at| (b.n, at)))
+                .max_by_key(|(n, _)| *n);
             if let Some(b) = batches.into_iter().find(|b| b.done_at.is_none()) {
                 s.open_batch = Some(read_open_batch(conn, r.id, b).await?);
             } else {
                 read_fleet(conn, r, window, &mut s).await?;
+                // The canary is judged while it soaks or waits for its go-ahead.
+                if r.canary > 0
+                    && r.approved_through < 1
+                    && s.last_done.is_some_and(|(n, _)| n == 1)
+                {
+                    s.canary_verdict = super::comparison(&mut *conn, r, r.canary_p95_margin)
+                        .await?
+                        .map(|c| c.verdict);
+                }
             }
         }
         RolloutState::Paused
@@ -153,11 +182,23 @@ async fn read_open_batch(
         }
         _ => 0,
     };
-    let replacements: Vec<(bool, Option<OffsetDateTime>)> = sqlx::query_as(
-        "SELECT s.state = 'running' AND s.mode = 'enabled', a.last_heartbeat_at
+    type ReplacementRow = (
+        String,
+        bool,
+        Option<OffsetDateTime>,
+        Option<i64>,
+        Option<JobState>,
+        Option<i32>,
+        Option<String>,
+    );
+    let replacements: Vec<ReplacementRow> = sqlx::query_as(
+        "SELECT rs.server_id, s.state = 'running' AND s.mode = 'enabled', a.last_heartbeat_at,
+                j.id, j.state, j.exit_code, j.reason
          FROM rollout_servers rs JOIN servers s ON s.id = rs.server_id
          LEFT JOIN agents a ON a.server_id = s.id
-         WHERE rs.rollout_id = $1 AND rs.batch = $2 AND rs.role = 'new'",
+         LEFT JOIN jobs j ON j.id = rs.health_job_id
+         WHERE rs.rollout_id = $1 AND rs.batch = $2 AND rs.role = 'new'
+         ORDER BY rs.server_id",
     )
     .bind(rollout_id)
     .bind(b.n)
@@ -178,13 +219,83 @@ async fn read_open_batch(
         unrecorded,
         replacements: replacements
             .into_iter()
-            .map(|(serving, last_heartbeat_at)| Replacement {
-                serving,
-                last_heartbeat_at,
-            })
+            .map(
+                |(server_id, serving, last_heartbeat_at, job, state, exit_code, reason)| {
+                    Replacement {
+                        server_id,
+                        serving,
+                        last_heartbeat_at,
+                        health: health_check(job, state, exit_code, reason),
+                    }
+                },
+            )
             .collect(),
         disabled_early,
     })
+}
+
+/// A replacement's health-check job as the decision sees it.
+fn health_check(
+    job: Option<i64>,
+    state: Option<JobState>,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+) -> HealthCheck {
+    let (Some(job), Some(state)) = (job, state) else {
+        return HealthCheck::NotRun;
+    };
+    match state {
+        JobState::Queued | JobState::Running => HealthCheck::Running,
+        JobState::Succeeded => HealthCheck::Passed,
+        JobState::Failed => HealthCheck::Failed(match (exit_code, reason.as_deref()) {
+            (Some(code), _) => format!("job #{job} exited with {code}"),
+            (None, Some(r)) if !r.is_empty() => format!("job #{job}: {r}"),
+            _ => format!("job #{job} failed"),
+        }),
+        JobState::Cancelled => HealthCheck::Failed(format!("job #{job} was cancelled")),
+    }
+}
+
+/// The first guarding alert that began firing since the release started: one of the plan's
+/// rules on any source, or (guard "any") any rule on one of the release's new servers. An
+/// alert already firing when the release started does not trip it — it may be what the
+/// release fixes.
+async fn read_trip(conn: &mut PgConnection, r: &RolloutRow) -> sqlx::Result<Option<Trip>> {
+    if !r.guard_any && r.guard_rule_ids.is_empty() {
+        return Ok(None);
+    }
+    let fired: Option<(i64, String, String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT st.rule_id, ru.name, st.source, st.since
+         FROM alert_states st JOIN alert_rules ru ON ru.id = st.rule_id
+         WHERE st.state = 'firing' AND st.since >= $2
+           AND (st.rule_id = ANY($3)
+                OR ($4 AND st.source IN (SELECT server_id FROM rollout_servers
+                                         WHERE rollout_id = $1 AND role = 'new')))
+         ORDER BY st.since, st.rule_id LIMIT 1",
+    )
+    .bind(r.id)
+    .bind(r.created_at)
+    .bind(&r.guard_rule_ids)
+    .bind(r.guard_any)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(fired.map(|(rule_id, name, source, since)| {
+        let t = since.to_offset(time::UtcOffset::UTC);
+        Trip {
+            reason: format!(
+                "alert '{name}' fired{} at {:02}:{:02}:{:02} UTC",
+                if source.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {source}")
+                },
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+            rule_id: Some(rule_id),
+        }
+    }))
 }
 
 /// What the next batch needs to know of the fleet.
@@ -295,6 +406,48 @@ async fn apply(
             .await?;
             Ok(None)
         }
+        Decision::RollBack { reason, rule_id } => {
+            roll_back(
+                conn,
+                r,
+                Decider::Guard {
+                    reason: &reason,
+                    rule_id,
+                },
+            )
+            .await?;
+            Ok(None)
+        }
+        Decision::CheckHealth { servers } => {
+            check_health(conn, r, &servers).await?;
+            Ok(None)
+        }
+        Decision::Hold { phase, why } => {
+            set_phase(conn, r.id, Some(phase)).await?;
+            Ok(Some(Next::Wait(HOLD_LOOK_AGAIN, why)))
+        }
+        Decision::LetGo { batch, by } => {
+            sqlx::query(
+                "UPDATE rollouts SET approved_through = $2, phase = NULL, updated_at = now() WHERE id = $1",
+            )
+            .bind(r.id)
+            .bind(batch)
+            .execute(&mut *conn)
+            .await?;
+            if let Some(by) = by {
+                audit::record(
+                    &mut *conn,
+                    AuditEvent::system(
+                        "rollout.continue",
+                        format!("rollout:{}", r.id),
+                        Outcome::Ok,
+                    )
+                    .detail(by),
+                )
+                .await?;
+            }
+            Ok(None)
+        }
         Decision::Succeed { total } => {
             set_total(conn, r.id, total).await?;
             succeed(conn, r).await?;
@@ -308,6 +461,7 @@ async fn apply(
             disable_early: _,
         } => {
             set_total(conn, r.id, total).await?;
+            set_phase(conn, r.id, batch_phase(r, n)).await?;
             reuse_kept(conn, r, policy, n, count).await?;
             Ok(None)
         }
@@ -319,11 +473,69 @@ async fn apply(
             disable_early,
         } => {
             set_total(conn, r.id, total).await?;
+            set_phase(conn, r.id, batch_phase(r, n)).await?;
             launch_batch(conn, r, n, count, &instance_type).await?;
             disable_old(conn, r, n, disable_early).await?;
             Ok(Some(Next::Wait(LOOK_AGAIN, format!("launching batch {n}"))))
         }
     }
+}
+
+/// The phase a batch starts: the canary's, or none.
+fn batch_phase(r: &RolloutRow, n: i32) -> Option<RolloutPhase> {
+    (n == 1 && r.canary > 0).then_some(RolloutPhase::Canary)
+}
+
+/// Records the plan's phase for the pages (written only when it changes).
+async fn set_phase(
+    conn: &mut PgConnection,
+    rollout_id: i64,
+    phase: Option<RolloutPhase>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE rollouts SET phase = $2, updated_at = now() WHERE id = $1 AND phase IS DISTINCT FROM $2",
+    )
+    .bind(rollout_id)
+    .bind(phase)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Queues the plan's health command as a job pinned to each of `servers` (its agent has
+/// joined) and records it; the job's result decides whether the server counts as healthy.
+async fn check_health(
+    conn: &mut PgConnection,
+    r: &RolloutRow,
+    servers: &[String],
+) -> sqlx::Result<()> {
+    let labels = crate::db::jobs::Labels::from([
+        ("rollout".to_owned(), r.id.to_string()),
+        ("check".to_owned(), "health".to_owned()),
+    ]);
+    for server in servers {
+        let job = crate::db::jobs::insert(
+            conn,
+            &crate::db::jobs::NewJob {
+                command: &r.health_command,
+                labels: &labels,
+                timeout_s: r.health_timeout_s,
+                retries: 0,
+                pinned_server_id: Some(server),
+                enqueued_by: &format!("rollout #{}", r.id),
+            },
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE rollout_servers SET health_job_id = $3 WHERE rollout_id = $1 AND server_id = $2",
+        )
+        .bind(r.id)
+        .bind(server)
+        .bind(job.id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn set_total(conn: &mut PgConnection, rollout_id: i64, total: i32) -> sqlx::Result<()> {

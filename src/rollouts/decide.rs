@@ -10,12 +10,25 @@
 //! Replacements come before removals, so capacity stays at the fleet's size; with
 //! `min_healthy_percent` below 100, old servers beyond that share leave as their batch starts.
 //! A batch not healthy by its deadline fails the rollout, which is then put back ([`plan_undo`]).
+//!
+//! A release's [`Plan`] adds steps between batches, all decided here from recorded times: the
+//! canary is the first batch, alone; with a health command a replacement counts as healthy
+//! only once its health-check job (pinned to it) has passed; after each batch the release
+//! soaks (watched) until `done_at + soak_s`; then it may wait for an operator's go-ahead until
+//! a deadline. A guard that trips — a guarding alert firing, a failed health check, the canary
+//! judged worse, a deadline whose action is to roll back — rolls the release back
+//! ([`Decision::RollBack`]). A restarted console reads the same times, so nothing restarts.
 
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::domain::{LaunchState, RolloutRole, RolloutServerState, RolloutState};
+use crate::domain::release_plan::Plan;
+use crate::domain::{
+    Approval, DeadlineAction, InsufficientData, LaunchState, RolloutPhase, RolloutRole,
+    RolloutServerState, RolloutState,
+};
+use crate::rollouts::judge::Verdict;
 
 /// What the rollout's settings and the console's say about health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +75,25 @@ pub struct Snapshot {
     pub healthy_workers: i64,
     /// The instance type most of the remaining servers have.
     pub common_instance_type: Option<String>,
+    /// The release's plan ([`Plan::none`] for a rollback).
+    pub plan: Plan,
+    /// Batches let go after their soak time.
+    pub approved_through: i32,
+    /// Running with no batch open: the last closed batch and when it closed.
+    pub last_done: Option<(i32, OffsetDateTime)>,
+    /// Running: a guarding alert that fired since the release started.
+    pub tripped: Option<Trip>,
+    /// While the canary soaks or waits: the jobs on the new image judged against the old.
+    pub canary_verdict: Option<Verdict>,
+    /// There is an image to roll back to.
+    pub has_previous: bool,
+}
+
+/// A guard that tripped: the sentence saying so, and the alert rule if one did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trip {
+    pub reason: String,
+    pub rule_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,9 +121,21 @@ pub struct BatchLaunch {
 /// A replacement server of the open batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Replacement {
+    pub server_id: String,
     /// Running at the provider and enabled.
     pub serving: bool,
     pub last_heartbeat_at: Option<OffsetDateTime>,
+    pub health: HealthCheck,
+}
+
+/// A replacement's health-check job (when the plan has a health command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    NotRun,
+    Running,
+    Passed,
+    /// Failed, with what the job said.
+    Failed(String),
 }
 
 /// Where the next batch's servers come from.
@@ -124,6 +168,19 @@ pub enum Decision {
     CloseBatch { batch: i32, disable: i64 },
     /// Nothing is left to replace: the rollout succeeded.
     Succeed { total: i32 },
+    /// A guard tripped: the release ends, and a rollback to the previous image starts at once
+    /// (the kept old servers enabled again).
+    RollBack {
+        reason: String,
+        rule_id: Option<i64>,
+    },
+    /// Run the plan's health command on these replacements (their agents have joined).
+    CheckHealth { servers: Vec<String> },
+    /// Wait in a phase of the plan (soaking, awaiting approval); the sentence says until when.
+    Hold { phase: RolloutPhase, why: String },
+    /// Batch `batch` may be followed; `by` says why when it is not the plan's own course
+    /// (a deadline's action).
+    LetGo { batch: i32, by: Option<String> },
     /// Start batch `n` of `count` servers; `disable_early` old servers leave at once.
     StartBatch {
         n: i32,
@@ -156,19 +213,125 @@ pub fn decide(s: &Snapshot, now: OffsetDateTime, policy: &Policy) -> Decision {
             )),
             None => Decision::Start,
         },
-        RolloutState::Running => match &s.open_batch {
-            Some(b) => decide_open_batch(s.health_timeout_s, b, now, policy),
-            None => decide_next_batch(s),
-        },
+        RolloutState::Running => {
+            if let Some(trip) = &s.tripped {
+                return roll_back(s, trip.reason.clone(), trip.rule_id);
+            }
+            match &s.open_batch {
+                Some(b) => decide_open_batch(s, b, now, policy),
+                None => decide_between_batches(s, now),
+            }
+        }
+    }
+}
+
+/// Rolls the release back, or — with no earlier image to go back to — fails it.
+fn roll_back(s: &Snapshot, reason: String, rule_id: Option<i64>) -> Decision {
+    if s.has_previous {
+        Decision::RollBack { reason, rule_id }
+    } else {
+        Decision::Fail(format!(
+            "{reason}; there is no earlier image to roll back to."
+        ))
+    }
+}
+
+/// "14:02:07 UTC": when a phase ends, in the sentences.
+pub fn clock(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!("{:02}:{:02}:{:02} UTC", t.hour(), t.minute(), t.second())
+}
+
+/// After a batch closed: soak, judge the canary, wait for a go-ahead, or go on.
+fn decide_between_batches(s: &Snapshot, now: OffsetDateTime) -> Decision {
+    let Some((n, done_at)) = s.last_done else {
+        return decide_next_batch(s);
+    };
+    if s.approved_through >= n {
+        return decide_next_batch(s);
+    }
+    let plan = &s.plan;
+    let is_canary = plan.canary > 0 && n == 1;
+    let verdict = s.canary_verdict.as_ref().filter(|_| is_canary);
+    if let Some(Verdict::Worse(why)) = verdict {
+        return roll_back(s, format!("the canary was judged worse: {why}"), None);
+    }
+    let soak_end = done_at + time::Duration::seconds(plan.soak_s.into());
+    if now < soak_end {
+        return Decision::Hold {
+            phase: RolloutPhase::Soaking,
+            why: format!(
+                "soaking {} until {}",
+                if is_canary {
+                    "the canary".to_owned()
+                } else {
+                    format!("batch {n}")
+                },
+                clock(soak_end)
+            ),
+        };
+    }
+    let too_few = matches!(verdict, Some(Verdict::NotEnoughData(_)))
+        && plan.on_insufficient_data == InsufficientData::Wait;
+    let asked = match plan.approval {
+        Approval::None => false,
+        Approval::AfterCanary => is_canary,
+        // Nothing is left to approve after the last batch.
+        Approval::EachBatch => s.remaining > 0,
+    };
+    if !(asked || too_few) {
+        return Decision::LetGo { batch: n, by: None };
+    }
+    let deadline = soak_end + time::Duration::seconds(plan.approval_deadline_s.into());
+    let after = if is_canary {
+        "the canary".to_owned()
+    } else {
+        format!("batch {n}")
+    };
+    if now >= deadline {
+        return match plan.on_deadline {
+            DeadlineAction::Rollback => roll_back(
+                s,
+                format!(
+                    "nobody gave the go-ahead after {after} within {} s: rolled back, as the plan says",
+                    plan.approval_deadline_s
+                ),
+                None,
+            ),
+            DeadlineAction::Continue => Decision::LetGo {
+                batch: n,
+                by: Some(format!(
+                    "nobody gave the go-ahead after {after} within {} s: continued, as the plan says",
+                    plan.approval_deadline_s
+                )),
+            },
+        };
+    }
+    Decision::Hold {
+        phase: RolloutPhase::AwaitingApproval,
+        why: format!(
+            "waiting for an operator's go-ahead after {after}{} until {}, then {}",
+            if too_few && !asked {
+                " (too few jobs to judge the canary)"
+            } else {
+                ""
+            },
+            clock(deadline),
+            match plan.on_deadline {
+                DeadlineAction::Rollback => "roll back",
+                DeadlineAction::Continue => "continue",
+            }
+        ),
     }
 }
 
 fn decide_open_batch(
-    health_timeout_s: i32,
+    s: &Snapshot,
     b: &OpenBatch,
     now: OffsetDateTime,
     policy: &Policy,
 ) -> Decision {
+    let health_timeout_s = s.health_timeout_s;
     let late = now > b.deadline;
     if let Some(launch) = &b.launch {
         match launch.state {
@@ -198,19 +361,61 @@ fn decide_open_batch(
             }
         }
     }
-    let healthy = healthy_count(&b.replacements, now, policy);
+    let checked = !s.plan.health_command.is_empty();
+    if checked {
+        if let Some((id, why)) = b.replacements.iter().find_map(|r| match &r.health {
+            HealthCheck::Failed(why) => Some((&r.server_id, why)),
+            _ => None,
+        }) {
+            let what = if s.plan.canary > 0 && b.n == 1 {
+                "the canary"
+            } else {
+                "a new server"
+            };
+            return roll_back(
+                s,
+                format!("the health check failed on {what} {id}: {why}"),
+                None,
+            );
+        }
+        let unchecked: Vec<String> = b
+            .replacements
+            .iter()
+            .filter(|r| r.health == HealthCheck::NotRun && agent_healthy(r, now, policy))
+            .map(|r| r.server_id.clone())
+            .collect();
+        if !unchecked.is_empty() {
+            return Decision::CheckHealth { servers: unchecked };
+        }
+    }
+    let healthy = b
+        .replacements
+        .iter()
+        .filter(|r| agent_healthy(r, now, policy) && (!checked || r.health == HealthCheck::Passed))
+        .count() as i64;
     if healthy < i64::from(b.size) {
         if late {
             return Decision::Fail(format!(
-                "{} of batch {}'s {} replacement(s) had no healthy agent after {health_timeout_s} s (health timeout).",
+                "{} of batch {}'s {} replacement(s) had no healthy agent{} after {health_timeout_s} s (health timeout).",
                 i64::from(b.size) - healthy,
                 b.n,
-                b.size
+                b.size,
+                if checked {
+                    " and passed health check"
+                } else {
+                    ""
+                }
             ));
         }
         return Decision::Wait(format!(
-            "waiting for batch {}'s agents ({healthy} of {} healthy)",
-            b.n, b.size
+            "waiting for batch {}'s {} ({healthy} of {} healthy)",
+            b.n,
+            if checked {
+                "agents and health checks"
+            } else {
+                "agents"
+            },
+            b.size
         ));
     }
     // Healthy: as many old servers leave as came in, less those that left early.
@@ -225,7 +430,13 @@ fn decide_next_batch(s: &Snapshot) -> Decision {
     if s.remaining == 0 {
         return Decision::Succeed { total };
     }
-    let k = s.remaining.min(i64::from(s.batch_size));
+    // The canary is the first batch, alone.
+    let size = if s.next_batch == 1 && s.plan.canary > 0 {
+        s.plan.canary
+    } else {
+        s.batch_size
+    };
+    let k = s.remaining.min(i64::from(size));
     if s.reusable_kept > 0 {
         return Decision::StartBatch {
             n: s.next_batch,
@@ -256,13 +467,10 @@ pub fn early_disable(healthy: i64, fleet_size: i32, min_healthy_percent: i32, ba
     (healthy - need).clamp(0, batch.max(0))
 }
 
-/// Replacements serving with an agent heard from within the health window.
-pub fn healthy_count(replacements: &[Replacement], now: OffsetDateTime, policy: &Policy) -> i64 {
+/// A replacement serving with an agent heard from within the health window.
+fn agent_healthy(r: &Replacement, now: OffsetDateTime, policy: &Policy) -> bool {
     let window = time::Duration::try_from(policy.health_window).unwrap_or(time::Duration::MAX);
-    replacements
-        .iter()
-        .filter(|r| r.serving && r.last_heartbeat_at.is_some_and(|at| now - at < window))
-        .count() as i64
+    r.serving && r.last_heartbeat_at.is_some_and(|at| now - at < window)
 }
 
 /// A server an ended rollout touched, as the undo sees it.
@@ -413,6 +621,12 @@ mod tests {
             reusable_kept: 0,
             healthy_workers: 10,
             common_instance_type: Some("c5.large".into()),
+            plan: Plan::none(),
+            approved_through: 0,
+            last_done: None,
+            tripped: None,
+            canary_verdict: None,
+            has_previous: true,
         }
     }
 
@@ -421,13 +635,14 @@ mod tests {
     }
 
     fn healthy(n: usize) -> Vec<Replacement> {
-        vec![
-            Replacement {
+        (0..n)
+            .map(|i| Replacement {
+                server_id: format!("i-new{i}"),
                 serving: true,
                 last_heartbeat_at: Some(NOW - seconds(2)),
-            };
-            n
-        ]
+                health: HealthCheck::NotRun,
+            })
+            .collect()
     }
 
     fn batch(size: i32, launch: Option<LaunchState>, replacements: Vec<Replacement>) -> OpenBatch {
@@ -692,13 +907,12 @@ mod tests {
         ];
         for (n, want) in cases {
             let mut replacements = healthy(n);
-            replacements.extend(vec![
-                Replacement {
-                    serving: true,
-                    last_heartbeat_at: None
-                };
-                5 - n
-            ]);
+            replacements.extend((n..5).map(|i| Replacement {
+                server_id: format!("i-silent{i}"),
+                serving: true,
+                last_heartbeat_at: None,
+                health: HealthCheck::NotRun,
+            }));
             let b = batch(5, Some(LaunchState::Succeeded), replacements);
             assert_eq!(
                 decide(&running_with(b), NOW, &policy()),
@@ -744,12 +958,14 @@ mod tests {
             (false, at(1), 0),
         ];
         for (serving, last, want) in cases {
-            let r = [Replacement {
+            let r = Replacement {
+                server_id: "i-1".into(),
                 serving,
                 last_heartbeat_at: last,
-            }];
+                health: HealthCheck::NotRun,
+            };
             assert_eq!(
-                healthy_count(&r, NOW, &p),
+                i64::from(agent_healthy(&r, NOW, &p)),
                 want,
                 "serving={serving} {last:?}"
             );
@@ -949,6 +1165,300 @@ mod tests {
                 count: 5,
                 ..
             }
+        ));
+    }
+
+    fn plan(canary: i32, soak_s: i32, approval: Approval) -> Plan {
+        Plan {
+            canary,
+            soak_s,
+            approval,
+            approval_deadline_s: 600,
+            ..Plan::none()
+        }
+    }
+
+    /// Running with batch `n` closed at `done_ago` seconds before now.
+    fn after_batch(n: i32, done_ago: i64, plan: Plan) -> Snapshot {
+        Snapshot {
+            plan,
+            next_batch: n + 1,
+            last_done: Some((n, NOW - seconds(done_ago))),
+            ..snapshot(RolloutState::Running)
+        }
+    }
+
+    fn hold(d: Decision) -> (RolloutPhase, String) {
+        match d {
+            Decision::Hold { phase, why } => (phase, why),
+            other => panic!("expected a hold, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_canary_is_the_first_batch_alone_then_batches_take_their_size() {
+        let s = Snapshot {
+            plan: plan(2, 0, Approval::None),
+            ..snapshot(RolloutState::Running)
+        };
+        assert!(matches!(
+            decide(&s, NOW, &policy()),
+            Decision::StartBatch { n: 1, count: 2, .. }
+        ));
+        let s = Snapshot {
+            approved_through: 1,
+            ..after_batch(1, 5, plan(2, 0, Approval::None))
+        };
+        assert!(matches!(
+            decide(&s, NOW, &policy()),
+            Decision::StartBatch { n: 2, count: 5, .. }
+        ));
+    }
+
+    #[test]
+    fn a_health_command_runs_on_each_joined_replacement_and_a_failure_rolls_back() {
+        let checked = Plan {
+            health_command: "curl -fsS localhost:8080/health".into(),
+            ..plan(2, 0, Approval::None)
+        };
+        let with = |health: [HealthCheck; 2], silent_second: bool| {
+            let mut r = healthy(2);
+            for (r, h) in r.iter_mut().zip(health) {
+                r.health = h;
+            }
+            if silent_second {
+                r[1].last_heartbeat_at = None;
+            }
+            Snapshot {
+                plan: checked.clone(),
+                ..running_with(batch(2, Some(LaunchState::Succeeded), r))
+            }
+        };
+        use HealthCheck::{Failed, NotRun, Passed, Running};
+        // Only replacements whose agent has joined are checked.
+        assert_eq!(
+            decide(&with([NotRun, NotRun], true), NOW, &policy()),
+            Decision::CheckHealth {
+                servers: vec!["i-new0".into()]
+            }
+        );
+        assert_eq!(
+            decide(&with([Running, Passed], false), NOW, &policy()),
+            Decision::Wait(
+                "waiting for batch 1's agents and health checks (1 of 2 healthy)".into()
+            )
+        );
+        assert_eq!(
+            decide(&with([Passed, Passed], false), NOW, &policy()),
+            Decision::CloseBatch {
+                batch: 1,
+                disable: 2
+            }
+        );
+        assert_eq!(
+            decide(
+                &with([Passed, Failed("job #9 exited with 7".into())], false),
+                NOW,
+                &policy()
+            ),
+            Decision::RollBack {
+                reason: "the health check failed on the canary i-new1: job #9 exited with 7".into(),
+                rule_id: None
+            }
+        );
+        // The first release has nothing to go back to: it fails.
+        let first = Snapshot {
+            has_previous: false,
+            ..with([Failed("job #9 exited with 7".into()), Passed], false)
+        };
+        assert!(
+            matches!(decide(&first, NOW, &policy()), Decision::Fail(r) if r.ends_with("no earlier image to roll back to."))
+        );
+    }
+
+    #[test]
+    fn a_guarding_alert_rolls_back_in_any_running_step() {
+        let trip = Trip {
+            reason: "alert 'p95 latency' fired on i-1 at 14:02:07 UTC".into(),
+            rule_id: Some(4),
+        };
+        let want = Decision::RollBack {
+            reason: trip.reason.clone(),
+            rule_id: Some(4),
+        };
+        for s in [
+            snapshot(RolloutState::Running),
+            running_with(batch(2, Some(LaunchState::Running), vec![])),
+            after_batch(1, 5, plan(1, 600, Approval::AfterCanary)),
+        ] {
+            let s = Snapshot {
+                tripped: Some(trip.clone()),
+                ..s
+            };
+            assert_eq!(decide(&s, NOW, &policy()), want);
+        }
+        // Paused: a human holds it; the guard waits for them.
+        let paused = Snapshot {
+            tripped: Some(trip),
+            ..snapshot(RolloutState::Paused)
+        };
+        assert_eq!(decide(&paused, NOW, &policy()), Decision::Stop);
+    }
+
+    #[test]
+    fn soak_time_is_measured_from_the_batch_done_time() {
+        let p = plan(1, 60, Approval::None);
+        let (phase, why) = hold(decide(&after_batch(1, 10, p.clone()), NOW, &policy()));
+        assert_eq!(phase, RolloutPhase::Soaking);
+        assert_eq!(why, "soaking the canary until 12:00:50 UTC");
+        // The same recorded time after a restart: not restarted.
+        assert_eq!(
+            decide(&after_batch(1, 60, p.clone()), NOW, &policy()),
+            Decision::LetGo { batch: 1, by: None }
+        );
+        let (_, why) = hold(decide(
+            &after_batch(3, 0, plan(0, 30, Approval::None)),
+            NOW,
+            &policy(),
+        ));
+        assert_eq!(why, "soaking batch 3 until 12:00:30 UTC");
+    }
+
+    #[test]
+    fn the_canary_judgment_rolls_back_waits_or_goes_on() {
+        let judged = |v: Verdict, on: InsufficientData, done_ago: i64| Snapshot {
+            canary_verdict: Some(v),
+            plan: Plan {
+                on_insufficient_data: on,
+                ..plan(1, 60, Approval::None)
+            },
+            ..after_batch(1, done_ago, Plan::none())
+        };
+        // Worse rolls back at once, soak time or not.
+        assert_eq!(
+            decide(
+                &judged(
+                    Verdict::Worse("10 of 20 failed".into()),
+                    InsufficientData::Wait,
+                    5
+                ),
+                NOW,
+                &policy()
+            ),
+            Decision::RollBack {
+                reason: "the canary was judged worse: 10 of 20 failed".into(),
+                rule_id: None
+            }
+        );
+        let few = || Verdict::NotEnoughData("not enough data".into());
+        let (phase, why) = hold(decide(
+            &judged(few(), InsufficientData::Wait, 61),
+            NOW,
+            &policy(),
+        ));
+        assert_eq!(phase, RolloutPhase::AwaitingApproval);
+        assert!(why.contains("(too few jobs to judge the canary)"), "{why}");
+        assert_eq!(
+            decide(
+                &judged(few(), InsufficientData::Continue, 61),
+                NOW,
+                &policy()
+            ),
+            Decision::LetGo { batch: 1, by: None }
+        );
+        assert_eq!(
+            decide(
+                &judged(Verdict::NoWorse("fine".into()), InsufficientData::Wait, 61),
+                NOW,
+                &policy()
+            ),
+            Decision::LetGo { batch: 1, by: None }
+        );
+    }
+
+    #[test]
+    fn a_go_ahead_waits_until_its_deadline_then_does_what_the_plan_says() {
+        let waiting = |approval, n, ago, on| {
+            let mut s = after_batch(
+                n,
+                ago,
+                Plan {
+                    on_deadline: on,
+                    ..plan(1, 0, approval)
+                },
+            );
+            s.canary_verdict = Some(Verdict::NoWorse("fine".into()));
+            s
+        };
+        let (phase, why) = hold(decide(
+            &waiting(Approval::AfterCanary, 1, 10, DeadlineAction::Rollback),
+            NOW,
+            &policy(),
+        ));
+        assert_eq!(phase, RolloutPhase::AwaitingApproval);
+        assert_eq!(
+            why,
+            "waiting for an operator's go-ahead after the canary until 12:09:50 UTC, then roll back"
+        );
+        assert_eq!(
+            decide(
+                &waiting(Approval::AfterCanary, 1, 600, DeadlineAction::Rollback),
+                NOW,
+                &policy()
+            ),
+            Decision::RollBack {
+                reason: "nobody gave the go-ahead after the canary within 600 s: rolled back, as the plan says".into(),
+                rule_id: None
+            }
+        );
+        assert!(matches!(
+            decide(
+                &waiting(Approval::AfterCanary, 1, 600, DeadlineAction::Continue),
+                NOW,
+                &policy()
+            ),
+            Decision::LetGo {
+                batch: 1,
+                by: Some(_)
+            }
+        ));
+        // After the canary only: batch 2 goes on; each batch: it waits too.
+        assert_eq!(
+            decide(
+                &waiting(Approval::AfterCanary, 2, 10, DeadlineAction::Rollback),
+                NOW,
+                &policy()
+            ),
+            Decision::LetGo { batch: 2, by: None }
+        );
+        assert!(matches!(
+            decide(
+                &waiting(Approval::EachBatch, 2, 10, DeadlineAction::Rollback),
+                NOW,
+                &policy()
+            ),
+            Decision::Hold {
+                phase: RolloutPhase::AwaitingApproval,
+                ..
+            }
+        ));
+        // Nothing is left to approve after the last batch.
+        let last = Snapshot {
+            remaining: 0,
+            ..waiting(Approval::EachBatch, 2, 10, DeadlineAction::Rollback)
+        };
+        assert_eq!(
+            decide(&last, NOW, &policy()),
+            Decision::LetGo { batch: 2, by: None }
+        );
+        // Let go: the next batch.
+        let approved = Snapshot {
+            approved_through: 2,
+            ..waiting(Approval::EachBatch, 2, 10, DeadlineAction::Rollback)
+        };
+        assert!(matches!(
+            decide(&approved, NOW, &policy()),
+            Decision::StartBatch { n: 3, .. }
         ));
     }
 }

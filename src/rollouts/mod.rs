@@ -13,6 +13,7 @@
 pub mod advance;
 pub mod decide;
 pub mod freezes;
+pub mod guard;
 pub mod judge;
 pub mod retire_servers;
 pub mod rollout_step;
@@ -31,65 +32,7 @@ use crate::rollouts::rollout_step::RolloutStep;
 /// Release or rollback.
 pub use crate::domain::RolloutKind as Kind;
 
-/// A rollout's settings as asked for; each one left out takes its default from the
-/// console's settings. (The release form's strings are parsed into one by the page.)
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-pub struct RolloutInput {
-    #[serde(default)]
-    pub batch_size: Option<i64>,
-    #[serde(default)]
-    pub min_healthy_percent: Option<i64>,
-    #[serde(default)]
-    pub health_timeout_s: Option<i64>,
-    #[serde(default)]
-    pub drain_timeout_s: Option<i64>,
-    /// Release during a change freeze (admins only: the web layer checks the role).
-    #[serde(default)]
-    pub override_freeze: Option<bool>,
-}
-
-/// Validated settings of one rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RolloutSettings {
-    pub batch_size: i32,
-    pub min_healthy_percent: i32,
-    pub health_timeout_s: i32,
-    pub drain_timeout_s: i32,
-    pub grace_s: i32,
-}
-
-/// A whole number within `range`, or None when left out.
-fn whole(
-    value: Option<i64>,
-    name: &str,
-    range: std::ops::RangeInclusive<i64>,
-) -> Result<Option<i32>, Error> {
-    match value {
-        None => Ok(None),
-        Some(n) if range.contains(&n) => Ok(Some(n as i32)),
-        Some(n) => Err(Error::Invalid(format!(
-            "{name} must be a whole number from {} to {}, not {n}.",
-            range.start(),
-            range.end()
-        ))),
-    }
-}
-
-impl RolloutInput {
-    pub fn resolve(&self, settings: &Settings) -> Result<RolloutSettings, Error> {
-        Ok(RolloutSettings {
-            batch_size: whole(self.batch_size, "batch_size", 1..=500)?
-                .unwrap_or(settings.rollout_batch as i32),
-            min_healthy_percent: whole(self.min_healthy_percent, "min_healthy_percent", 0..=100)?
-                .unwrap_or(settings.min_healthy_percent as i32),
-            health_timeout_s: whole(self.health_timeout_s, "health_timeout_s", 1..=86_400)?
-                .unwrap_or(settings.health_timeout as i32),
-            drain_timeout_s: whole(self.drain_timeout_s, "drain_timeout_s", 0..=86_400)?
-                .unwrap_or(settings.drain_timeout.min(86_400) as i32),
-            grace_s: settings.rollback_grace as i32,
-        })
-    }
-}
+pub use crate::domain::release_plan::{Plan, RolloutInput, RolloutSettings};
 
 /// Makes `image_id` current and starts its rollout. Returns the rollout and whether it was
 /// created now (false: the image was already current with its rollout in progress — a second
@@ -103,7 +46,7 @@ pub async fn start(
     kind: Kind,
     input: &RolloutInput,
 ) -> Result<(RolloutRow, bool), Error> {
-    let chosen = input.resolve(settings)?;
+    let (chosen, plan) = input.resolve(&settings.rollout_defaults()?, kind)?;
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.releases'))")
         .execute(&mut *tx)
@@ -152,6 +95,7 @@ pub async fn start(
             "{image_id} was never current, so there is nothing to roll back to: release it instead (Make current)."
         )));
     }
+    check_plan(&mut tx, &plan).await?;
     let mut superseded = None;
     if let Some(a) = active {
         if kind == Kind::Release {
@@ -192,8 +136,11 @@ pub async fn start(
     .await?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO rollouts (kind, release_id, from_image_id, to_image_id, batch_size, min_healthy_percent,
-                               health_timeout_s, drain_timeout_s, grace_s, started_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                               health_timeout_s, drain_timeout_s, grace_s, started_by,
+                               canary, soak_s, health_command, guard_any, guard_rule_ids, approval,
+                               approval_deadline_s, on_deadline, on_insufficient_data, canary_p95_margin)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+         RETURNING id",
     )
     .bind(kind.as_str())
     .bind(release_id)
@@ -205,6 +152,16 @@ pub async fn start(
     .bind(chosen.drain_timeout_s)
     .bind(chosen.grace_s)
     .bind(&principal.name)
+    .bind(plan.canary)
+    .bind(plan.soak_s)
+    .bind(&plan.health_command)
+    .bind(plan.guard_any)
+    .bind(&plan.guard_rule_ids)
+    .bind(plan.approval)
+    .bind(plan.approval_deadline_s)
+    .bind(plan.on_deadline)
+    .bind(plan.on_insufficient_data)
+    .bind(plan.canary_p95_margin)
     .fetch_one(&mut *tx)
     .await?;
     if let Some(a) = &superseded {
@@ -242,12 +199,16 @@ pub async fn start(
             Outcome::Ok,
         )
         .detail(format!(
-            "rollout #{id} from {} (batch {}, min healthy {}%, health timeout {} s, drain timeout {} s){}",
+            "rollout #{id} from {} (batch {}, min healthy {}%, health timeout {} s, drain timeout {} s{}){}",
             current.as_deref().unwrap_or("no image"),
             chosen.batch_size,
             chosen.min_healthy_percent,
             chosen.health_timeout_s,
             chosen.drain_timeout_s,
+            match plan.describe() {
+                d if d.is_empty() => d,
+                d => format!("; {d}"),
+            },
             overridden
                 .map(|f| format!(
                     "; overriding freeze #{} \"{}\" ({})",
@@ -265,6 +226,37 @@ pub async fn start(
         .expect("inserted above");
     tx.commit().await?;
     Ok((row, true))
+}
+
+/// What of a release's plan only the database can check: a canary no larger than the fleet
+/// it replaces, and guarding alerts that exist.
+async fn check_plan(conn: &mut PgConnection, plan: &Plan) -> Result<(), Error> {
+    if plan.canary > 0 {
+        let fleet: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM servers WHERE purpose = 'worker' AND mode = 'enabled'
+               AND state IN ('pending', 'running')",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if i64::from(plan.canary) > fleet {
+            return Err(Error::Invalid(format!(
+                "canary: {} server(s), but the fleet has {fleet} enabled worker(s) to replace.",
+                plan.canary
+            )));
+        }
+    }
+    if !plan.guard_rule_ids.is_empty() {
+        let known: Vec<i64> = sqlx::query_scalar("SELECT id FROM alert_rules WHERE id = ANY($1)")
+            .bind(&plan.guard_rule_ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        if let Some(missing) = plan.guard_rule_ids.iter().find(|id| !known.contains(id)) {
+            return Err(Error::Invalid(format!(
+                "guard_alerts: there is no alert {missing}."
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The jobs on the rollout's new image against those on its old one, over the rollout's
@@ -312,7 +304,7 @@ pub(crate) async fn finish(
     reason: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE rollouts SET state = $2, reason = $3, finished_at = now(), updated_at = now() WHERE id = $1",
+        "UPDATE rollouts SET state = $2, reason = $3, phase = NULL, finished_at = now(), updated_at = now() WHERE id = $1",
     )
     .bind(r.id)
     .bind(state)
@@ -359,18 +351,44 @@ pub enum Effect {
 
 pub use decide::Control;
 
-impl Control {
+/// An action on a rollout from its page or the API: pause, resume, cancel, or a release's
+/// go-ahead (continue, rollback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Control(Control),
+    GoAhead(guard::GoAhead),
+}
+
+impl Action {
     pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
-            "pause" => Ok(Control::Pause),
-            "resume" => Ok(Control::Resume),
-            "cancel" => Ok(Control::Cancel),
+            "pause" => Ok(Action::Control(Control::Pause)),
+            "resume" => Ok(Action::Control(Control::Resume)),
+            "cancel" => Ok(Action::Control(Control::Cancel)),
+            "continue" => Ok(Action::GoAhead(guard::GoAhead::Continue)),
+            "rollback" => Ok(Action::GoAhead(guard::GoAhead::RollBack)),
             other => Err(Error::Invalid(format!(
-                "{other:?} is not a rollout action; use pause, resume or cancel."
+                "{other:?} is not a rollout action; use pause, resume, cancel, continue or rollback."
             ))),
         }
     }
+}
 
+/// Carries out an action on rollout `id`.
+pub async fn act(
+    pool: &sqlx::PgPool,
+    principal: &Principal,
+    source_ip: Option<String>,
+    id: i64,
+    action: Action,
+) -> Result<(RolloutRow, Effect), Error> {
+    match action {
+        Action::Control(c) => control(pool, principal, source_ip, id, c).await,
+        Action::GoAhead(g) => guard::decide_go_ahead(pool, principal, source_ip, id, g).await,
+    }
+}
+
+impl Control {
     fn verb(self) -> &'static str {
         match self {
             Control::Pause => "rollout.pause",
@@ -465,49 +483,4 @@ pub async fn control(
         .expect("locked above");
     tx.commit().await?;
     Ok((row, effect))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settings_take_defaults_and_refuse_out_of_range() {
-        let settings = Settings::with_defaults(String::new(), "127.0.0.1:0".parse().unwrap());
-        let all_default = RolloutInput::default().resolve(&settings).unwrap();
-        assert_eq!(all_default.batch_size, settings.rollout_batch as i32);
-        assert_eq!(all_default.health_timeout_s, 300);
-        assert_eq!(all_default.grace_s, 1800);
-        let given = RolloutInput {
-            batch_size: Some(3),
-            min_healthy_percent: Some(50),
-            health_timeout_s: None,
-            drain_timeout_s: Some(0),
-            override_freeze: None,
-        }
-        .resolve(&settings)
-        .unwrap();
-        assert_eq!(
-            (
-                given.batch_size,
-                given.min_healthy_percent,
-                given.health_timeout_s,
-                given.drain_timeout_s
-            ),
-            (3, 50, 300, 0)
-        );
-        for bad in [0, 501, -1] {
-            let input = RolloutInput {
-                batch_size: Some(bad),
-                ..Default::default()
-            };
-            let e = input.resolve(&settings).unwrap_err().to_string();
-            assert!(e.starts_with("batch_size must be"), "{e}");
-        }
-        let over = RolloutInput {
-            min_healthy_percent: Some(101),
-            ..Default::default()
-        };
-        assert!(over.resolve(&settings).is_err());
-    }
 }

@@ -20,8 +20,9 @@ pub struct Read {
     pub scaling: Snapshot,
     pub recycling: RecycleSnapshot,
     /// What the autoscaler launches: the image the fleet is known to run well on — a
-    /// rollout's source image while it is pending or paused (waiting for a human), its target
-    /// once it runs, otherwise the current image.
+    /// rollout's source image while it is pending or paused (waiting for a human) or while a
+    /// release's canary has not been let go (the new image is not proven yet), its target
+    /// once it runs past that, otherwise the current image.
     pub launch_image: Option<String>,
     /// What recycling launches: the current image.
     pub current_image: Option<String>,
@@ -94,7 +95,8 @@ SELECT now() AS now,
   (SELECT mode() WITHIN GROUP (ORDER BY a.slots) FROM agents a
     JOIN servers s ON s.id = a.server_id WHERE s.state <> 'terminated' AND s.purpose = 'worker') AS slots,
   ro.state AS rollout_state,
-  CASE WHEN ro.state = 'running' THEN ro.to_image_id ELSE COALESCE(ro.from_image_id, ro.to_image_id) END AS rollout_image,
+  CASE WHEN ro.state = 'running' AND (ro.canary = 0 OR ro.approved_through >= 1) THEN ro.to_image_id
+       ELSE COALESCE(ro.from_image_id, ro.to_image_id) END AS rollout_image,
   (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1) AS current_image,
   (SELECT r.name FROM alert_states x JOIN alert_rules r ON r.id = x.rule_id
     WHERE x.state = 'firing' AND r.blocks_changes ORDER BY x.since LIMIT 1) AS blocking_alert,
@@ -117,7 +119,7 @@ SELECT now() AS now,
   (SELECT COALESCE(json_agg(json_build_array(server_id, extract(epoch FROM finished_at)::BIGINT)), '[]')
    FROM recycles WHERE state = 'failed' AND finished_at > now() - make_interval(secs => $3)) AS failed_lately
 FROM scaling_state st
-LEFT JOIN LATERAL (SELECT state, from_image_id, to_image_id FROM rollouts
+LEFT JOIN LATERAL (SELECT state, from_image_id, to_image_id, canary, approved_through FROM rollouts
                    WHERE state IN ('pending', 'running', 'paused') ORDER BY id DESC LIMIT 1) ro ON true
 WHERE $1::BIGINT IS NULL OR pg_try_advisory_xact_lock($1)";
 

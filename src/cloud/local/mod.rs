@@ -153,15 +153,22 @@ impl LocalProvider {
     /// Starts the process of every server of this launch that has none yet (a previous try
     /// may have stopped between recording them and starting them).
     async fn start_missing(&self, token: &str, request: &LaunchRequest) -> CloudResult<()> {
-        // An image may name the agent its servers run (a broken image's never comes up).
-        let unstarted: Vec<(String, Option<String>)> =
-            sqlx::query_as("SELECT i.id, img.agent_exe FROM local_instances i LEFT JOIN local_images img ON img.id = i.image_id
+        // An image may name the agent its servers run (a broken image's never comes up), and
+        // the environment it runs with — what its jobs see, as a real image's installed
+        // software is (an image whose jobs fail or run slower, honestly).
+        type Unstarted = (
+            String,
+            Option<String>,
+            Option<Json<std::collections::BTreeMap<String, String>>>,
+        );
+        let unstarted: Vec<Unstarted> =
+            sqlx::query_as("SELECT i.id, img.agent_exe, img.agent_env FROM local_instances i LEFT JOIN local_images img ON img.id = i.image_id
                             WHERE i.launch_token = $1 AND i.pid IS NULL AND i.state = 'pending' ORDER BY i.id")
                 .bind(token)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_error)?;
-        for (id, agent_exe) in unstarted {
+        for (id, agent_exe, agent_env) in unstarted {
             let exe = agent_exe
                 .map(PathBuf::from)
                 .unwrap_or_else(|| self.settings.agent_exe.clone());
@@ -172,6 +179,7 @@ impl LocalProvider {
                 &request.bootstrap.enrollment_token,
                 self.settings.agent_slots,
                 &self.settings.log_dir,
+                &agent_env.map(|e| e.0).unwrap_or_default(),
             )
             .map_err(|e| {
                 CloudError::new(

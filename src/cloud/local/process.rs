@@ -15,6 +15,7 @@ pub fn spawn_agent(
     token: &str,
     slots: u32,
     log_dir: &PathBuf,
+    env: &std::collections::BTreeMap<String, String>,
 ) -> std::io::Result<u32> {
     std::fs::create_dir_all(log_dir)?;
     let log = std::fs::OpenOptions::new()
@@ -34,6 +35,7 @@ pub fn spawn_agent(
             "--slots",
             &slots.to_string(),
         ])
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

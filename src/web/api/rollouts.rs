@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use crate::auth::Principal;
 use crate::db::rollouts::RolloutRow;
-use crate::rollouts::{Control, Effect, Kind, RolloutInput};
+use crate::rollouts::{Action, Effect, Kind, RolloutInput};
 use crate::web::AppState;
 use crate::web::error::AppError;
 
@@ -27,6 +27,22 @@ pub struct RolloutJson {
     grace_s: i32,
     superseded_by: Option<i64>,
     started_by: String,
+    /// canary, soaking or awaiting_approval while the release's plan holds it; else null.
+    phase: Option<crate::domain::RolloutPhase>,
+    /// The rollback that undid this release (by its guards or an operator).
+    rolled_back_by: Option<i64>,
+    /// The plan (a rollback's: no canary, no soak, no guards, no wait).
+    canary: i32,
+    soak_s: i32,
+    health_command: Option<String>,
+    guard_alerts: serde_json::Value,
+    approval: crate::domain::Approval,
+    approval_deadline_s: i32,
+    on_deadline: crate::domain::DeadlineAction,
+    on_insufficient_data: crate::domain::InsufficientData,
+    canary_p95_margin: f64,
+    /// Batches let go after their soak time (by the plan, an operator or a deadline).
+    approved_through: i32,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -52,6 +68,22 @@ impl From<RolloutRow> for RolloutJson {
             grace_s: r.grace_s,
             superseded_by: r.superseded_by,
             started_by: r.started_by,
+            phase: r.phase,
+            rolled_back_by: r.rolled_back_by,
+            canary: r.canary,
+            soak_s: r.soak_s,
+            health_command: Some(r.health_command).filter(|c| !c.is_empty()),
+            guard_alerts: if r.guard_any {
+                serde_json::json!("any")
+            } else {
+                serde_json::json!(r.guard_rule_ids)
+            },
+            approval: r.approval,
+            approval_deadline_s: r.approval_deadline_s,
+            on_deadline: r.on_deadline,
+            on_insufficient_data: r.on_insufficient_data,
+            canary_p95_margin: r.canary_p95_margin,
+            approved_through: r.approved_through,
             created_at: r.created_at,
             finished_at: r.finished_at,
         }
@@ -59,7 +91,7 @@ impl From<RolloutRow> for RolloutJson {
 }
 
 /// The optional settings body: empty means every default; anything else must be a JSON
-/// object of `batch_size`, `min_healthy_percent`, `health_timeout_s`, `drain_timeout_s`.
+/// object of the rollout's settings and, for a release, its plan (see `RolloutInput`).
 fn settings_body(body: &[u8]) -> Result<RolloutInput, AppError> {
     crate::web::json::parse_optional(body)
 }
@@ -182,17 +214,13 @@ pub async fn comparison(
     let row = crate::db::rollouts::find(&state.pool, id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("There is no rollout {id}.")))?;
-    let c = crate::rollouts::comparison(
-        &state.pool,
-        &row,
-        crate::rollouts::judge::DEFAULT_P95_MARGIN,
-    )
-    .await?
-    .ok_or_else(|| {
-        AppError::NotFound(format!(
-            "Rollout {id} had no previous image to compare with."
-        ))
-    })?;
+    let c = crate::rollouts::comparison(&state.pool, &row, row.canary_p95_margin)
+        .await?
+        .ok_or_else(|| {
+            AppError::NotFound(format!(
+                "Rollout {id} had no previous image to compare with."
+            ))
+        })?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "new": {"image_id": row.to_image_id, "jobs": c.new.jobs, "failed": c.new.failed,
                 "p50_s": c.new.p50_s, "p95_s": c.new.p95_s},
@@ -202,7 +230,8 @@ pub async fn comparison(
     })))
 }
 
-/// `POST /api/v1/rollouts/{id}/{pause|resume|cancel}` -> 200 with the rollout.
+/// `POST /api/v1/rollouts/{id}/{pause|resume|cancel|continue|rollback}` -> 200 with the
+/// rollout (continue and rollback: a release's go-ahead).
 pub async fn control(
     req: HttpRequest,
     principal: Principal,
@@ -211,10 +240,10 @@ pub async fn control(
     _body: crate::web::json::NoBody,
 ) -> Result<HttpResponse, AppError> {
     let (id, action) = path.into_inner();
-    let action = Control::parse(&action)?;
+    let action = Action::parse(&action)?;
     let id = rollout_id(&id)?;
     let ip = crate::web::pages::source_ip(&req);
     let (row, _effect): (RolloutRow, Effect) =
-        crate::rollouts::control(&state.pool, &principal, ip, id, action).await?;
+        crate::rollouts::act(&state.pool, &principal, ip, id, action).await?;
     Ok(HttpResponse::Ok().json(RolloutJson::from(row)))
 }

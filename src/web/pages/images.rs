@@ -257,7 +257,9 @@ struct ImagePage {
     releases: Vec<ReleaseView>,
     rollouts: Vec<crate::web::pages::rollouts::RolloutView>,
     events: Vec<EventView>,
-    defaults: crate::rollouts::RolloutSettings,
+    defaults: crate::domain::release_plan::Defaults,
+    /// Alert rules a release may be guarded by: (id, name).
+    alerts: Vec<(i64, String)>,
     /// The bake that made it (its log and test report are on the bake's page).
     bake: Option<(i64, String, i32)>,
 }
@@ -291,10 +293,11 @@ pub async fn show(
         })
         .collect();
     let target = format!("image:{id}");
-    let (events, rollouts, bake) = tokio::try_join!(
+    let (events, rollouts, bake, alerts) = tokio::try_join!(
         crate::db::audit::for_target(&state.pool, &target, 50),
         crate::db::rollouts::list(&state.pool, Some(&id), None, 50),
         crate::db::bakes::of_image(&state.pool, &id),
+        crate::db::alerts::rules(&state.pool),
     )?;
     let events = events.into_iter().map(EventView::from).collect();
     super::html(
@@ -306,7 +309,8 @@ pub async fn show(
             releases,
             rollouts: rollouts.into_iter().map(Into::into).collect(),
             events,
-            defaults: crate::rollouts::RolloutInput::default().resolve(&state.settings)?,
+            defaults: state.settings.rollout_defaults()?,
+            alerts: alerts.into_iter().map(|r| (r.id, r.name)).collect(),
             bake,
         },
         StatusCode::OK,

@@ -14,7 +14,8 @@ use crate::domain::{
     LaunchState, RolloutKind, RolloutRole, RolloutServerState, RolloutState, ServerMode,
     ServerState,
 };
-use crate::rollouts::{Control, Effect, Kind, RolloutInput};
+use crate::rollouts::guard::GoAhead;
+use crate::rollouts::{Action, Control, Effect, Kind, RolloutInput};
 use crate::web::AppState;
 use crate::web::error::AppError;
 use crate::web::layout::{Layout, flash};
@@ -43,6 +44,10 @@ pub struct RolloutView {
     pub created: When,
     pub finished: Option<When>,
     pub active: bool,
+    pub phase: Option<crate::domain::RolloutPhase>,
+    /// The release's plan in a few words ("" without one).
+    pub plan: String,
+    pub rolled_back_by: Option<i64>,
 }
 
 impl From<RolloutRow> for RolloutView {
@@ -55,6 +60,7 @@ impl From<RolloutRow> for RolloutView {
             0
         };
         Self {
+            plan: r.plan().describe(),
             active: r.is_active(),
             id: r.id,
             kind: r.kind,
@@ -77,6 +83,8 @@ impl From<RolloutRow> for RolloutView {
             started_by: r.started_by,
             created: when(r.created_at),
             finished: when_opt(r.finished_at),
+            phase: r.phase,
+            rolled_back_by: r.rolled_back_by,
         }
     }
 }
@@ -316,6 +324,8 @@ pub async fn delete_freeze(
 #[template(path = "partials/rollout_live.html")]
 struct RolloutLive {
     rollout: RolloutView,
+    /// What the release's plan holds it for, and until when.
+    phase_note: Option<String>,
     batches: Vec<BatchView>,
     servers: Vec<RolloutServerView>,
     can_act: bool,
@@ -396,6 +406,7 @@ async fn live(
     )?;
     let row = row.ok_or_else(|| AppError::NotFound(format!("There is no rollout {id}.")))?;
     let live = RolloutLive {
+        phase_note: phase_note(&row, &batches),
         rollout: row.clone().into(),
         batches: batches.into_iter().map(BatchView::from).collect(),
         servers: servers.into_iter().map(RolloutServerView::from).collect(),
@@ -403,6 +414,56 @@ async fn live(
         csrf: layout.csrf.clone(),
     };
     Ok((live, row))
+}
+
+/// The plan's phase in a sentence, with the time it ends (from the recorded batch times, as
+/// the step reads them).
+fn phase_note(r: &RolloutRow, batches: &[BatchRow]) -> Option<String> {
+    use crate::domain::{DeadlineAction, RolloutPhase};
+    use crate::rollouts::decide::clock;
+    let phase = r.phase?;
+    let last = batches
+        .iter()
+        .filter_map(|b| b.done_at.map(|at| (b.n, at)))
+        .max_by_key(|(n, _)| *n);
+    let after = |n: i32| {
+        if r.canary > 0 && n == 1 {
+            "the canary".to_owned()
+        } else {
+            format!("batch {n}")
+        }
+    };
+    Some(match (phase, last) {
+        (RolloutPhase::Canary, _) => format!(
+            "Canary: {} server{} on the new image first, alone{}.",
+            r.canary,
+            if r.canary == 1 { "" } else { "s" },
+            if r.health_command.is_empty() {
+                ""
+            } else {
+                ", each health-checked"
+            }
+        ),
+        (RolloutPhase::Soaking, Some((n, at))) => format!(
+            "Soaking {} until {}: its guards are watched before anything else is replaced.",
+            after(n),
+            clock(at + time::Duration::seconds(r.soak_s.into()))
+        ),
+        (RolloutPhase::AwaitingApproval, Some((n, at))) => format!(
+            "Waiting for an operator's go-ahead after {}: Continue or Roll back before {}, or it will {}.",
+            after(n),
+            clock(
+                at + time::Duration::seconds(
+                    i64::from(r.soak_s) + i64::from(r.approval_deadline_s)
+                )
+            ),
+            match r.on_deadline {
+                DeadlineAction::Rollback => "roll back by itself",
+                DeadlineAction::Continue => "continue by itself",
+            }
+        ),
+        (RolloutPhase::Soaking | RolloutPhase::AwaitingApproval, None) => return None,
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -425,24 +486,20 @@ pub async fn show(
     }
     // Jobs on the new image against the old, over the rollout's time (the full page only:
     // the live part refreshes every two seconds).
-    let comparison = crate::rollouts::comparison(
-        &state.pool,
-        &row,
-        crate::rollouts::judge::DEFAULT_P95_MARGIN,
-    )
-    .await?
-    .map(|c| ComparisonView {
-        sides: vec![
-            side("new", &row.to_image_id, &c.new),
-            side(
-                "old",
-                row.from_image_id.as_deref().unwrap_or_default(),
-                &c.old,
-            ),
-        ],
-        worse: matches!(c.verdict, crate::rollouts::judge::Verdict::Worse(_)),
-        verdict: c.verdict.sentence().to_owned(),
-    });
+    let comparison = crate::rollouts::comparison(&state.pool, &row, row.canary_p95_margin)
+        .await?
+        .map(|c| ComparisonView {
+            sides: vec![
+                side("new", &row.to_image_id, &c.new),
+                side(
+                    "old",
+                    row.from_image_id.as_deref().unwrap_or_default(),
+                    &c.old,
+                ),
+            ],
+            worse: matches!(c.verdict, crate::rollouts::judge::Verdict::Worse(_)),
+            verdict: c.verdict.sentence().to_owned(),
+        });
     super::html(
         &RolloutPage {
             layout,
@@ -453,7 +510,7 @@ pub async fn show(
     )
 }
 
-/// `POST /rollouts/{id}/{pause|resume|cancel}` from the rollout's page.
+/// `POST /rollouts/{id}/{pause|resume|cancel|continue|rollback}` from the rollout's page.
 pub async fn control(
     req: HttpRequest,
     principal: Principal,
@@ -462,20 +519,29 @@ pub async fn control(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, AppError> {
     let (id, action) = path.into_inner();
-    let action = Control::parse(&action)?;
+    let action = Action::parse(&action)?;
     let id = rollout_id(&id)?;
-    let (_, effect) =
-        crate::rollouts::control(&state.pool, &principal, source_ip(&req), id, action).await?;
+    let (row, effect) =
+        crate::rollouts::act(&state.pool, &principal, source_ip(&req), id, action).await?;
     let done = match action {
-        Control::Pause => "paused",
-        Control::Resume => "resumed",
-        Control::Cancel => "cancelled: the fleet goes back to the previous image",
+        Action::Control(Control::Pause) => "paused".to_owned(),
+        Action::Control(Control::Resume) => "resumed".to_owned(),
+        Action::Control(Control::Cancel) => {
+            "cancelled: the fleet goes back to the previous image".to_owned()
+        }
+        Action::GoAhead(GoAhead::Continue) => "continues: the next batch starts".to_owned(),
+        Action::GoAhead(GoAhead::RollBack) => match row.rolled_back_by {
+            Some(by) => format!("rolled back: the kept servers take work again (rollback #{by})"),
+            None => "cancelled: its servers are put back".to_owned(),
+        },
     };
     flash(
         &session,
-        match effect {
-            Effect::Done => format!("Rollout #{id} {done}."),
-            Effect::AlreadyDone => format!("Rollout #{id} was already {}.", action_state(action)),
+        match (effect, action) {
+            (Effect::AlreadyDone, Action::Control(c)) => {
+                format!("Rollout #{id} was already {}.", action_state(c))
+            }
+            _ => format!("Rollout #{id} {done}."),
         },
     );
     Ok(see_other(&format!("/rollouts/{id}")))
@@ -489,7 +555,7 @@ fn action_state(action: Control) -> &'static str {
     }
 }
 
-/// The release dialog's settings as typed: strings, blank for the default.
+/// The release dialog's settings and plan as typed: strings, blank for the default.
 #[derive(serde::Deserialize)]
 pub struct RolloutForm {
     #[serde(default)]
@@ -500,6 +566,25 @@ pub struct RolloutForm {
     health_timeout_s: String,
     #[serde(default)]
     drain_timeout_s: String,
+    #[serde(default)]
+    canary: String,
+    #[serde(default)]
+    soak_s: String,
+    #[serde(default)]
+    health_command: String,
+    /// "any", "none", or alert ids separated by commas.
+    #[serde(default)]
+    guard_alerts: String,
+    #[serde(default)]
+    approval: String,
+    #[serde(default)]
+    approval_deadline_s: String,
+    #[serde(default)]
+    on_deadline: String,
+    #[serde(default)]
+    on_insufficient_data: String,
+    #[serde(default)]
+    canary_p95_margin: String,
     /// The admin's second confirmation of a release during a change freeze.
     #[serde(default)]
     override_freeze: String,
@@ -533,6 +618,15 @@ impl RolloutForm {
             ("min_healthy_percent", &self.min_healthy_percent),
             ("health_timeout_s", &self.health_timeout_s),
             ("drain_timeout_s", &self.drain_timeout_s),
+            ("canary", &self.canary),
+            ("soak_s", &self.soak_s),
+            ("health_command", &self.health_command),
+            ("guard_alerts", &self.guard_alerts),
+            ("approval", &self.approval),
+            ("approval_deadline_s", &self.approval_deadline_s),
+            ("on_deadline", &self.on_deadline),
+            ("on_insufficient_data", &self.on_insufficient_data),
+            ("canary_p95_margin", &self.canary_p95_margin),
         ]
     }
 
@@ -545,6 +639,22 @@ impl RolloutForm {
                 }),
             }
         }
+        /// A choice's word, or None when left blank (the default).
+        fn word<T: std::str::FromStr<Err = crate::domain::ValidationError>>(
+            value: &str,
+            name: &str,
+        ) -> Result<Option<T>, AppError> {
+            match value.trim() {
+                "" => Ok(None),
+                w => w
+                    .parse()
+                    .map(Some)
+                    .map_err(|e: crate::domain::ValidationError| {
+                        AppError::BadRequest(format!("{name}: {e}."))
+                    }),
+            }
+        }
+        use crate::domain::release_plan::GuardAlerts;
         Ok(RolloutInput {
             batch_size: number(&self.batch_size, "batch_size")?,
             min_healthy_percent: number(&self.min_healthy_percent, "min_healthy_percent")?,
@@ -552,6 +662,29 @@ impl RolloutForm {
             drain_timeout_s: number(&self.drain_timeout_s, "drain_timeout_s")?,
             override_freeze: matches!(self.override_freeze.as_str(), "1" | "on" | "true")
                 .then_some(true),
+            canary: number(&self.canary, "canary")?,
+            soak_s: number(&self.soak_s, "soak_s")?,
+            health_command: Some(self.health_command.trim().to_owned()).filter(|c| !c.is_empty()),
+            guard_alerts: match self.guard_alerts.trim() {
+                "" => None,
+                "none" => Some(GuardAlerts::Rules(Vec::new())),
+                g => Some(
+                    GuardAlerts::parse(g)
+                        .map_err(|e| AppError::BadRequest(format!("guard_alerts: {e}.")))?,
+                ),
+            },
+            approval: word(&self.approval, "approval")?,
+            approval_deadline_s: number(&self.approval_deadline_s, "approval_deadline_s")?,
+            on_deadline: word(&self.on_deadline, "on_deadline")?,
+            on_insufficient_data: word(&self.on_insufficient_data, "on_insufficient_data")?,
+            canary_p95_margin: match self.canary_p95_margin.trim() {
+                "" => None,
+                m => Some(m.parse().map_err(|_| {
+                    AppError::BadRequest(format!(
+                        "canary_p95_margin must be a fraction such as 0.5, not {m:?}."
+                    ))
+                })?),
+            },
         })
     }
 }
