@@ -220,7 +220,7 @@ pub async fn admin_token(app: &TestApp) -> String {
     app.token_for("admin").await
 }
 
-async fn created(res: reqwest::Response) -> Value {
+pub(crate) async fn created(res: reqwest::Response) -> Value {
     let status = res.status();
     let body: Value = res.json().await.unwrap();
     assert_eq!(status, 201, "{body}");
@@ -228,7 +228,7 @@ async fn created(res: reqwest::Response) -> Value {
 }
 
 /// Keeps sending `values` every 300 ms until the returned guard is dropped.
-fn keep_sending(
+pub(crate) fn keep_sending(
     app: &TestApp,
     token: &str,
     name: &'static str,

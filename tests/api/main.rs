@@ -14,6 +14,7 @@ mod cloud_local;
 mod csrf;
 mod dashboards;
 mod freezes;
+mod guarded_releases;
 mod health;
 mod helpers;
 mod images;

@@ -10,7 +10,7 @@ use crate::helpers::{eventually, get_json, launch_agents, post, stop_fleet};
 use crate::jobs::enqueue;
 
 /// Agents heartbeat every second; tasks are looked at every second.
-async fn fleet_app(grace_s: u64, slots: u32) -> (TestApp, String) {
+pub(crate) async fn fleet_app(grace_s: u64, slots: u32) -> (TestApp, String) {
     let app = spawn_app_with(|s| {
         s.heartbeat = 1;
         s.job_lease = 4;
@@ -25,7 +25,13 @@ async fn fleet_app(grace_s: u64, slots: u32) -> (TestApp, String) {
     (app, token)
 }
 
-async fn start(app: &TestApp, token: &str, image: &str, kind: &str, body: Value) -> Value {
+pub(crate) async fn start(
+    app: &TestApp,
+    token: &str,
+    image: &str,
+    kind: &str,
+    body: Value,
+) -> Value {
     let res = post(app, token, &format!("/api/v1/images/{image}/{kind}"), body).await;
     let status = res.status();
     let rollout: Value = res.json().await.unwrap();
@@ -33,7 +39,13 @@ async fn start(app: &TestApp, token: &str, image: &str, kind: &str, body: Value)
     rollout
 }
 
-async fn rollout_in(app: &TestApp, token: &str, id: i64, states: &[&str], secs: u64) -> Value {
+pub(crate) async fn rollout_in(
+    app: &TestApp,
+    token: &str,
+    id: i64,
+    states: &[&str],
+    secs: u64,
+) -> Value {
     eventually(secs, &format!("rollout {id} in {states:?}"), || async {
         let r = get_json(app, token, &format!("/api/v1/rollouts/{id}")).await;
         states
@@ -44,7 +56,7 @@ async fn rollout_in(app: &TestApp, token: &str, id: i64, states: &[&str], secs: 
 }
 
 /// (image, mode) of every live worker, sorted.
-async fn fleet(app: &TestApp) -> Vec<(String, String)> {
+pub(crate) async fn fleet(app: &TestApp) -> Vec<(String, String)> {
     sqlx::query_as(
         "SELECT image_id, mode FROM servers WHERE purpose = 'worker' AND state IN ('pending', 'running')
          ORDER BY image_id, mode",
@@ -54,7 +66,7 @@ async fn fleet(app: &TestApp) -> Vec<(String, String)> {
     .unwrap()
 }
 
-async fn enabled_images(app: &TestApp) -> Vec<String> {
+pub(crate) async fn enabled_images(app: &TestApp) -> Vec<String> {
     fleet(app)
         .await
         .into_iter()
@@ -64,7 +76,7 @@ async fn enabled_images(app: &TestApp) -> Vec<String> {
 }
 
 /// Makes the local image's servers run `exe` as their agent (a broken image: `/bin/false`).
-async fn set_agent(pool: &sqlx::PgPool, image: &str, exe: &str) {
+pub(crate) async fn set_agent(pool: &sqlx::PgPool, image: &str, exe: &str) {
     sqlx::query("UPDATE local_images SET agent_exe = $2 WHERE id = $1")
         .bind(image)
         .bind(exe)
