@@ -259,7 +259,8 @@ fn health_check(
 /// The first guarding alert that began firing since the release started: one of the plan's
 /// rules on any source, or (guard "any") any rule on one of the release's new servers. An
 /// alert already firing when the release started does not trip it — it may be what the
-/// release fixes.
+/// release fixes. (The evaluator's times are whole seconds: an alert that fired in the
+/// second the release started counts.)
 async fn read_trip(conn: &mut PgConnection, r: &RolloutRow) -> sqlx::Result<Option<Trip>> {
     if !r.guard_any && r.guard_rule_ids.is_empty() {
         return Ok(None);
@@ -267,7 +268,7 @@ async fn read_trip(conn: &mut PgConnection, r: &RolloutRow) -> sqlx::Result<Opti
     let fired: Option<(i64, String, String, OffsetDateTime)> = sqlx::query_as(
         "SELECT st.rule_id, ru.name, st.source, st.since
          FROM alert_states st JOIN alert_rules ru ON ru.id = st.rule_id
-         WHERE st.state = 'firing' AND st.since >= $2
+         WHERE st.state = 'firing' AND st.since >= date_trunc('second', $2::TIMESTAMPTZ)
            AND (st.rule_id = ANY($3)
                 OR ($4 AND st.source IN (SELECT server_id FROM rollout_servers
                                          WHERE rollout_id = $1 AND role = 'new')))
