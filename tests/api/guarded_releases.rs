@@ -148,7 +148,10 @@ async fn a_good_image_goes_canary_soak_batches_done_with_health_checks_and_a_com
     let c = get_json(&app, &token, &format!("/api/v1/rollouts/{id}/comparison")).await;
     assert_eq!(c["old"]["image_id"], old.as_str());
     assert!(c["new"]["jobs"].as_i64().unwrap() > 0, "{c}");
-    assert_eq!((c["new"]["failed"].as_i64(), c["old"]["failed"].as_i64()), (Some(0), Some(0)));
+    assert_eq!(
+        (c["new"]["failed"].as_i64(), c["old"]["failed"].as_i64()),
+        (Some(0), Some(0))
+    );
     stop_fleet(&app).await;
 }
 
@@ -546,4 +549,124 @@ async fn bad_plans_are_refused_naming_the_field_and_change_nothing() {
     assert_eq!(app.count("SELECT count(*) FROM releases").await, releases);
     assert_eq!(app.count("SELECT count(*) FROM rollouts").await, 0);
     assert_eq!(current_image(&app).await, old);
+}
+
+/// A real `kiln serve` killed with SIGKILL while the canary soaks, and kept down until the
+/// soak time has passed: started again, it goes on at once — the soak time is measured from
+/// the canary batch's recorded done time, not restarted by the new process.
+#[tokio::test]
+async fn a_console_killed_during_soak_time_resumes_without_restarting_it() {
+    const SOAK_S: f64 = 8.0;
+    let db = crate::helpers::fresh_database_url();
+    let agents = crate::helpers::AgentsGuard::new(&db);
+    let fleet = format!("g-{}", uuid::Uuid::new_v4().simple());
+    let port = crate::helpers::free_port();
+    let console_up =
+        || crate::helpers::start_console(&db, port, &fleet, &[("KILN_TASK_LEASE", "3")]);
+    let mut console = console_up().await;
+    let token = crate::cli::admin_token(&db).await;
+    let pool = kiln::db::connect(&db).await.unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let call = |path: String, body: Option<Value>| {
+        let (http, token, base) = (http.clone(), token.clone(), base.clone());
+        async move {
+            let req = match body {
+                Some(b) => http.post(format!("{base}{path}")).json(&b),
+                None => http.get(format!("{base}{path}")),
+            };
+            let res = req.bearer_auth(&token).send().await.unwrap();
+            (
+                res.status().as_u16(),
+                res.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let old: String = eventually(30, "the base image is current", || async {
+        sqlx::query_scalar("SELECT image_id FROM releases ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    let (status, _) = call(
+        "/api/v1/servers".into(),
+        Some(json!({"image_id": old, "count": 2})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    eventually(60, "two agents register", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM agents")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
+    let (_, image) = call(
+        "/api/v1/images".into(),
+        Some(json!({"name": "worker", "version": "2"})),
+    )
+    .await;
+    let new = image["id"].as_str().unwrap().to_owned();
+    eventually(30, "the new image is available", || async {
+        let (_, img) = call(format!("/api/v1/images/{new}"), None).await;
+        (img["state"] == "available").then_some(())
+    })
+    .await;
+    let (status, r) = call(
+        format!("/api/v1/images/{new}/release"),
+        Some(json!({"canary": 1, "soak_s": SOAK_S as i64, "on_insufficient_data": "continue"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{r}");
+    let id = r["id"].as_i64().unwrap();
+    eventually(60, "the canary soaks", || async {
+        let (_, r) = call(format!("/api/v1/rollouts/{id}"), None).await;
+        (r["phase"] == "soaking").then_some(())
+    })
+    .await;
+    console.kill().await.unwrap();
+    // Down until the soak time is over.
+    let left: f64 = sqlx::query_scalar(
+        "SELECT date_part('epoch', done_at + make_interval(secs => $1) - now()) FROM rollout_batches WHERE n = 1",
+    )
+    .bind(SOAK_S)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(left > 1.0, "killed during the soak time ({left:.1} s left)");
+    tokio::time::sleep(std::time::Duration::from_secs_f64(left + 1.0)).await;
+    let mut console = console_up().await;
+    let restarted: time::OffsetDateTime = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    eventually(60, "the release completes", || async {
+        let (_, r) = call(format!("/api/v1/rollouts/{id}"), None).await;
+        (r["state"] == "succeeded").then_some(())
+    })
+    .await;
+    // The second batch started soon after the restart (within the killed step's task lease
+    // and a look), where a restarted soak time would have held it for another 8 s; and never
+    // before the canary's soak time had passed.
+    let (soak_end, second): (time::OffsetDateTime, time::OffsetDateTime) = sqlx::query_as(
+        "SELECT (SELECT done_at + make_interval(secs => $1) FROM rollout_batches WHERE n = 1),
+                (SELECT min(at) FROM audit_events WHERE action = 'rollout.batch' AND detail LIKE 'batch 2:%')",
+    )
+    .bind(SOAK_S)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        second >= soak_end,
+        "batch 2 at {second}, soak ended {soak_end}"
+    );
+    let after_restart = (second - restarted).as_seconds_f64();
+    assert!(
+        after_restart < SOAK_S,
+        "batch 2 started {after_restart:.1} s after the restart: the soak time was restarted"
+    );
+    drop(agents);
+    crate::cli::sigterm_and_wait(&mut console).await;
 }
