@@ -187,7 +187,10 @@ impl Plan {
                     "after each batch"
                 },
                 self.approval_deadline_s,
-                self.on_deadline
+                match self.on_deadline {
+                    DeadlineAction::Rollback => "roll back",
+                    DeadlineAction::Continue => "continue",
+                }
             )),
         }
         parts.join(", ")

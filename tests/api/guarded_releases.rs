@@ -670,3 +670,51 @@ async fn a_console_killed_during_soak_time_resumes_without_restarting_it() {
     drop(agents);
     crate::cli::sigterm_and_wait(&mut console).await;
 }
+
+/// A real browser: the release dialog with a plan, the rollout page waiting for the go-ahead
+/// with the canary comparison, Continue (screenshots in test-output/browser/release-*.png).
+#[tokio::test]
+async fn a_browser_releases_with_a_plan_and_gives_the_go_ahead() {
+    let (app, token) = guarded_app().await;
+    launch_agents(&app, &token, 2).await;
+    let new = add_image(&app, &token, "2").await;
+    let result = crate::helpers::browser_check_with(&app, "release_check.py", &[&new]).await;
+    stop_fleet(&app).await;
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stdout.contains("console errors: 0"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("asked: Release {new}?")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "plan: canary of 1, soak 1 s, go-ahead after the canary (within 600 s, else roll back)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("waiting: Waiting for an operator's go-ahead after the canary: Continue or Roll back before"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("comparison: not enough data"), "{stdout}");
+    assert!(stdout.contains("state: succeeded"), "{stdout}");
+    assert!(stdout.contains("overview waiting banner: 0"), "{stdout}");
+    let r: (i32, i32, String) = sqlx::query_as(
+        "SELECT canary, approved_through, state FROM rollouts WHERE kind = 'release'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(r, (1, 2, "succeeded".to_owned()));
+    assert!(
+        app.audit()
+            .await
+            .iter()
+            .any(|e| e.action == "rollout.continue" && e.actor == "admin")
+    );
+}

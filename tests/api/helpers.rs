@@ -432,6 +432,15 @@ pub fn browser_output() -> String {
 /// Runs `tests/browser/<script>` (Python Playwright on Debian's Chromium, from the test venv)
 /// against the app, logged in as admin; its screenshots go to test-output/browser/.
 pub async fn browser_check(app: &TestApp, script: &str) -> std::process::Output {
+    browser_check_with(app, script, &[]).await
+}
+
+/// [`browser_check`] with arguments of the script's own after the four every script takes.
+pub async fn browser_check_with(
+    app: &TestApp,
+    script: &str,
+    args: &[&str],
+) -> std::process::Output {
     let out = browser_output();
     std::fs::create_dir_all(&out).unwrap();
     tokio::process::Command::new(python())
@@ -440,6 +449,7 @@ pub async fn browser_check(app: &TestApp, script: &str) -> std::process::Output 
             env!("CARGO_MANIFEST_DIR")
         ))
         .args([&app.address, "admin", &app.admin_password, &out])
+        .args(args)
         .output()
         .await
         .unwrap()
