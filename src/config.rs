@@ -474,3 +474,52 @@ impl Settings {
         settings
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Settings {
+        Settings::with_defaults(String::new(), "127.0.0.1:0".parse().unwrap())
+    }
+
+    #[test]
+    fn a_rollout_s_defaults_come_from_the_settings() {
+        let d = defaults().rollout_defaults().unwrap();
+        assert_eq!(
+            (
+                d.settings.batch_size,
+                d.settings.health_timeout_s,
+                d.settings.grace_s
+            ),
+            (5, 300, 1800)
+        );
+        assert_eq!(d.plan, crate::domain::release_plan::Plan::none());
+        let mut s = defaults();
+        s.release_canary = 2;
+        s.release_guard_alerts = "any".into();
+        s.release_approval = crate::domain::Approval::AfterCanary;
+        let d = s.rollout_defaults().unwrap();
+        assert!(d.plan.guard_any);
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_release_defaults_stop_the_console_naming_the_setting() {
+        let mut s = defaults();
+        s.release_guard_alerts = "p95".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.starts_with("KILN_RELEASE_GUARD_ALERTS: "), "{e}");
+        let mut s = defaults();
+        s.release_approval = crate::domain::Approval::AfterCanary;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("after_canary needs a canary"), "{e}");
+        let mut s = defaults();
+        s.release_soak_s = 90_000;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("soak_s must be a whole number from 0 to 86400"),
+            "{e}"
+        );
+    }
+}

@@ -21,6 +21,7 @@ use crate::config::{Settings, default_database_url};
 pub mod alerts;
 pub mod bake;
 pub mod canary;
+pub mod guard;
 pub mod metrics;
 pub mod queue;
 pub mod rollout;
@@ -42,6 +43,8 @@ pub enum Suite {
     Scaling(scaling::ScalingArgs),
     /// Canary judgment: a rollout's comparison over 100,000 finished jobs.
     Canary(canary::CanaryArgs),
+    /// Guarded releases: how soon a tripped guard (an alert, a health check) starts the rollback.
+    Guard(guard::GuardArgs),
 }
 
 /// `kiln bench` measures the fleet pages; `kiln bench queue` the work queue.
@@ -317,6 +320,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Suite::Alerts(a)) => return alerts::run(a).await,
         Some(Suite::Scaling(s)) => return scaling::run(s).await,
         Some(Suite::Canary(c)) => return canary::run(c).await,
+        Some(Suite::Guard(g)) => return guard::run(g).await,
         None => {}
     }
     let db = ThrowawayDb::new()?;
