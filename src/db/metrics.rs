@@ -329,8 +329,8 @@ pub async fn insert_annotation(
     .await
 }
 
-/// A marker on a chart: a posted annotation, or a release / rollback / finished bake from the
-/// fleet's own records.
+/// A marker on a chart: a posted annotation, or a release / rollback ("(automatic)" when a
+/// release's guards started it) / finished bake from the fleet's own records.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Marker {
     pub t: i64,
@@ -350,7 +350,9 @@ pub async fn markers(
         "SELECT floor(extract(epoch FROM start_time))::BIGINT AS t, title, stream, '' AS metrics FROM annotations
          WHERE start_time >= $1 AND start_time < $2
          UNION ALL
-         SELECT floor(extract(epoch FROM r.created_at))::BIGINT, r.kind || ' #' || r.id || ' to ' || r.to_image_id, r.kind || 's', ''
+         SELECT floor(extract(epoch FROM r.created_at))::BIGINT,
+                r.kind || ' #' || r.id || ' to ' || r.to_image_id || CASE WHEN r.started_by = 'kiln' THEN ' (automatic)' ELSE '' END,
+                r.kind || 's', ''
          FROM rollouts r WHERE r.created_at >= $1 AND r.created_at < $2
          UNION ALL
          SELECT floor(extract(epoch FROM b.finished_at))::BIGINT, 'bake #' || b.id || ' ' || r.name || ' v' || b.version, 'bakes', ''

@@ -309,6 +309,105 @@ async fn a_guarding_alert_that_fires_during_soak_time_rolls_the_release_back_and
         got["summary"],
         format!("Release #{id} was rolled back automatically: {reason}")
     );
+    // The charts carry the rollback's marker, marked automatic.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let markers = app
+        .admin()
+        .await
+        .get(app.url(&format!(
+            "/dashboards/markers?from={}&to={}",
+            now - 600,
+            now + 60
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let back = done["rolled_back_by"].as_i64().unwrap();
+    assert!(
+        markers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["title"] == format!("rollback #{back} to {old} (automatic)")),
+        "{markers}"
+    );
+    stop_fleet(&app).await;
+}
+
+/// `"any"`: an alert firing on one of the release's new servers trips it; the same alert on
+/// an old server does not.
+#[tokio::test]
+async fn guarded_by_any_alert_only_the_new_servers_alerts_trip_the_release() {
+    let (app, token) = guarded_app().await;
+    let old = current_image(&app).await;
+    created(
+        post(
+            &app,
+            &token,
+            "/api/v1/alerts",
+            json!({
+                "name": "queue.stuck",
+                "conditions": [{"metric": "app.stuck", "source": "*", "aggregate": "max", "window_s": 10,
+                                "op": "above", "threshold": 0, "for_s": 0}],
+            }),
+        )
+        .await,
+    )
+    .await;
+    let old_servers = launch_agents(&app, &token, 2).await;
+    let new = add_image(&app, &token, "2").await;
+    let r = start(
+        &app,
+        &token,
+        &new,
+        "release",
+        json!({"canary": 1, "soak_s": 600, "guard_alerts": "any"}),
+    )
+    .await;
+    let id = r["id"].as_i64().unwrap();
+    assert_eq!(r["guard_alerts"], "any");
+    phase_is(&app, &token, id, "soaking", 60).await;
+    let canary: String = sqlx::query_scalar(
+        "SELECT server_id FROM rollout_servers WHERE rollout_id = $1 AND role = 'new'",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    // Firing on an old server: the release soaks on.
+    let old_source: &'static str = Box::leak(old_servers[0].clone().into_boxed_str());
+    let values = Arc::new(Mutex::new(vec![(old_source, 1.0)]));
+    let sender = keep_sending(&app, &token, "app.stuck", values.clone());
+    eventually(30, "the alert fires on the old server", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM alert_states WHERE state = 'firing' AND source = $1",
+        )
+        .bind(old_source)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(rollout(&app, &token, id).await["phase"], "soaking");
+    // Firing on the canary: rolled back.
+    let canary_source: &'static str = Box::leak(canary.clone().into_boxed_str());
+    values.lock().unwrap().push((canary_source, 1.0));
+    let done = rollout_in(&app, &token, id, &["failed", "succeeded", "cancelled"], 60).await;
+    sender.abort();
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("alert 'queue.stuck' fired on {canary} at ")),
+        "{done}"
+    );
+    assert_eq!(current_image(&app).await, old);
     stop_fleet(&app).await;
 }
 
