@@ -13,15 +13,14 @@
 //!
 //! Both times are the database's clock. The target: within one rollout step, at most 2 s.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use sqlx::PgPool;
 
-use crate::auth::{Principal, Via};
+use super::rollout::{add_image, principal, wait_for};
 use crate::config::Settings;
-use crate::domain::Role;
 use crate::rollouts::{Kind, RolloutInput};
 
 #[derive(Debug, Clone, Args)]
@@ -29,27 +28,6 @@ pub struct GuardArgs {
     /// Trials of each guard.
     #[arg(long, default_value_t = 5)]
     pub trials: usize,
-}
-
-fn principal() -> Principal {
-    Principal {
-        user_id: 1,
-        name: "bench".into(),
-        role: Role::Admin,
-        via: Via::Session,
-    }
-}
-
-async fn wait_for(
-    what: &str,
-    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check().await? {
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
 
 async fn scalar<T>(pool: &PgPool, sql: &'static str, id: i64) -> anyhow::Result<T>
@@ -67,29 +45,9 @@ async fn release(
     version: usize,
     input: RolloutInput,
 ) -> anyhow::Result<i64> {
-    let image = crate::fleet::images::add(
-        pool,
-        cloud,
-        &principal(),
-        None,
-        &crate::fleet::images::AddImage {
-            id: None,
-            name: "bench".into(),
-            version: Some(version.to_string()),
-            description: None,
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let id = image.id;
-    wait_for("the image to be available", async || {
-        Ok(crate::db::images::find(pool, &id)
-            .await?
-            .is_some_and(|i| i.state == crate::domain::ImageState::Available))
-    })
-    .await?;
+    let id = add_image(pool, cloud, &version.to_string()).await?;
     // The previous trial's rollback has finished putting the fleet back.
-    wait_for("no rollout in progress", async || {
+    wait_for("no rollout in progress", 120, async || {
         Ok(crate::db::rollouts::active(pool).await?.is_none())
     })
     .await?;
@@ -109,7 +67,7 @@ async fn release(
 
 /// Waits for the release to end rolled back; returns the lag from `tripped_sql`'s time.
 async fn lag(pool: &PgPool, id: i64, tripped_sql: &'static str) -> anyhow::Result<f64> {
-    wait_for("the release to be rolled back", async || {
+    wait_for("the release to be rolled back", 120, async || {
         Ok(scalar::<Option<i64>>(
             pool,
             "SELECT rolled_back_by FROM rollouts WHERE id = $1",
@@ -150,7 +108,7 @@ pub async fn run(args: GuardArgs) -> anyhow::Result<()> {
     let pool = app.pool().clone();
     let cloud = app.cloud();
     tokio::spawn(app.run_until_stopped());
-    wait_for("the base image to become current", async || {
+    wait_for("the base image to become current", 60, async || {
         Ok(crate::db::images::current_id(&pool).await?.is_some())
     })
     .await?;
@@ -171,7 +129,7 @@ pub async fn run(args: GuardArgs) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    wait_for("the fleet's agents", async || {
+    wait_for("the fleet's agents", 120, async || {
         Ok(scalar::<i64>(&pool, "SELECT count(*) FROM agents WHERE $1 = $1", 0).await? == 3)
     })
     .await?;
@@ -203,7 +161,7 @@ pub async fn run(args: GuardArgs) -> anyhow::Result<()> {
             },
         )
         .await?;
-        wait_for("the canary to soak", async || {
+        wait_for("the canary to soak", 120, async || {
             Ok(crate::db::rollouts::find(&pool, id)
                 .await?
                 .and_then(|r| r.phase)

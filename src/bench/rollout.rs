@@ -33,7 +33,8 @@ pub struct RolloutArgs {
     pub job_seconds: u64,
 }
 
-fn principal() -> Principal {
+/// Who the fleet benches act as.
+pub(super) fn principal() -> Principal {
     Principal {
         user_id: 1,
         name: "bench".into(),
@@ -42,7 +43,8 @@ fn principal() -> Principal {
     }
 }
 
-async fn wait_for(
+/// Polls `check` every 20 ms until it holds, for at most `secs`.
+pub(super) async fn wait_for(
     what: &str,
     secs: u64,
     mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
@@ -59,7 +61,8 @@ async fn count(pool: &PgPool, sql: &'static str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
 }
 
-async fn add_image(
+/// Adds a local image and waits until it is available.
+pub(super) async fn add_image(
     pool: &PgPool,
     app_cloud: &std::sync::Arc<crate::cloud::AnyProvider>,
     version: &str,
