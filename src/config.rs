@@ -256,6 +256,26 @@ pub struct Settings {
     #[arg(long, env = "KILN_METRICS_RETENTION_DAYS", default_value_t = 7)]
     pub metrics_retention_days: u64,
 
+    /// Days the output of a finished job is kept (the job itself stays longer).
+    #[arg(long, env = "KILN_RETAIN_JOB_OUTPUT_DAYS", default_value_t = 7)]
+    pub retain_job_output_days: u32,
+
+    /// Days a finished job (with its attempts) is kept; a bake's jobs stay with the bake.
+    #[arg(long, env = "KILN_RETAIN_JOBS_DAYS", default_value_t = 30)]
+    pub retain_jobs_days: u32,
+
+    /// Days a finished background task is kept.
+    #[arg(long, env = "KILN_RETAIN_TASKS_DAYS", default_value_t = 7)]
+    pub retain_tasks_days: u32,
+
+    /// Days an audit event is kept.
+    #[arg(long, env = "KILN_RETAIN_AUDIT_DAYS", default_value_t = 400)]
+    pub retain_audit_days: u32,
+
+    /// Days a scaling decision (and a finished recycle) is kept.
+    #[arg(long, env = "KILN_RETAIN_DECISIONS_DAYS", default_value_t = 30)]
+    pub retain_decisions_days: u32,
+
     /// The GitHub webhook's secret (`POST /hooks/github` checks each delivery's HMAC-SHA256
     /// signature with it). Unset: the webhook refuses every delivery.
     #[arg(long, env = "KILN_WEBHOOK_SECRET", hide_env_values = true)]
@@ -332,6 +352,17 @@ impl Settings {
     }
 
     /// Checks what clap cannot: combinations of settings.
+    /// How long the records that grow without bound are kept.
+    pub fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention {
+            job_output_days: self.retain_job_output_days,
+            jobs_days: self.retain_jobs_days,
+            tasks_days: self.retain_tasks_days,
+            audit_days: self.retain_audit_days,
+            decisions_days: self.retain_decisions_days,
+        }
+    }
+
     /// A rollout's defaults as the console's settings give them; the guard alerts' list
     /// may not parse.
     pub fn rollout_defaults(
@@ -367,6 +398,20 @@ impl Settings {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        let days = [
+            self.retain_job_output_days,
+            self.retain_jobs_days,
+            self.retain_tasks_days,
+            self.retain_audit_days,
+            self.retain_decisions_days,
+        ];
+        if days.iter().any(|d| !(1..=3650).contains(d))
+            || self.retain_job_output_days > self.retain_jobs_days
+        {
+            anyhow::bail!(
+                "KILN_RETAIN_…_DAYS must be between 1 and 3650, and job output kept no longer than jobs."
+            );
+        }
         let defaults = self
             .rollout_defaults()
             .map_err(|e| anyhow::anyhow!("KILN_RELEASE_GUARD_ALERTS: {e}"))?;

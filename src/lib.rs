@@ -18,6 +18,7 @@ pub mod error;
 pub mod fleet;
 pub mod jobs;
 pub mod metrics;
+pub mod retention;
 pub mod rollouts;
 pub mod scaling;
 pub mod startup;

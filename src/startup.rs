@@ -204,7 +204,7 @@ impl Application {
     /// Serves until SIGINT/SIGTERM, then stops accepting, lets in-flight requests finish
     /// (up to 10 s), stops the background work and closes the pool.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let janitor = tokio::spawn(janitor(self.pool.clone()));
+        let janitor = tokio::spawn(janitor(self.pool.clone(), self.settings.retention()));
         let workers = crate::tasks::worker::spawn(
             self.pool.clone(),
             task_registry(),
@@ -335,12 +335,27 @@ async fn create_initial_admin(pool: &PgPool) -> anyhow::Result<Option<String>> {
     Ok(created.then(|| password.expose().to_owned()))
 }
 
-/// Deletes what has expired: sessions, old login failures. Runs on every replica; the
-/// deletes are idempotent, so no coordination is needed.
-async fn janitor(pool: PgPool) {
+/// Deletes what has expired: sessions, old login failures, alert history, and what the
+/// retention settings keep no longer (`retention::pass`, in short batches). Runs on every
+/// replica; the deletes are idempotent and skip rows another replica holds, so no
+/// coordination is needed.
+async fn janitor(pool: PgPool, keep: crate::retention::Retention) {
     let mut tick = tokio::time::interval(Duration::from_secs(300));
     loop {
         tick.tick().await;
+        match crate::retention::pass(&pool, &keep, time::OffsetDateTime::now_utc()).await {
+            Ok(r) if r.total() > 0 => tracing::info!(
+                job_output = r.job_output,
+                jobs = r.jobs,
+                tasks = r.tasks,
+                audit = r.audit,
+                decisions = r.decisions,
+                longest_ms = r.longest.as_millis() as u64,
+                "retention removed old records"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one goes on"),
+        }
         let absolute = 7 * 24 * 3600;
         if let Err(e) = crate::db::sessions::prune(&pool, absolute).await {
             tracing::warn!(error = %e, "failed to prune sessions");

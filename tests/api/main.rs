@@ -24,6 +24,7 @@ mod login;
 mod metrics;
 mod moto;
 mod replicas;
+mod retention;
 mod role_matrix;
 mod rollouts;
 mod scaling;
