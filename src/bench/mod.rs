@@ -24,6 +24,7 @@ pub mod canary;
 pub mod guard;
 pub mod metrics;
 pub mod queue;
+pub mod retention;
 pub mod rollout;
 pub mod scaling;
 
@@ -45,6 +46,8 @@ pub enum Suite {
     Canary(canary::CanaryArgs),
     /// Guarded releases: how soon a tripped guard (an alert, a health check) starts the rollback.
     Guard(guard::GuardArgs),
+    /// Retention: one pass over a backlog of old jobs, tasks and audit events.
+    Retention(retention::RetentionArgs),
 }
 
 /// `kiln bench` measures the fleet pages; `kiln bench queue` the work queue.
@@ -321,6 +324,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Suite::Scaling(s)) => return scaling::run(s).await,
         Some(Suite::Canary(c)) => return canary::run(c).await,
         Some(Suite::Guard(g)) => return guard::run(g).await,
+        Some(Suite::Retention(r)) => return retention::run(r).await,
         None => {}
     }
     let db = ThrowawayDb::new()?;
