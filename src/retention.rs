@@ -71,9 +71,11 @@ async fn in_batches(
     }
 }
 
-/// Removes the output of jobs finished before the cutoff, from where the last pass stopped:
-/// each batch takes the next finished jobs in (`finished_at`, id) order and moves the mark
-/// past them, so a pass never reads jobs whose output is already gone.
+/// Removes the output of jobs finished before the cutoff, from where the last pass stopped.
+/// Each statement takes the next finished jobs in (`finished_at`, id) order, removes at most
+/// [`BATCH`] of their output rows, and moves the mark past them once none is left (a chatty
+/// job's output takes several statements) — so a pass never reads jobs whose output is
+/// already gone, and no statement removes more than a batch.
 async fn job_output(
     pool: &PgPool,
     cutoff: OffsetDateTime,
@@ -82,31 +84,36 @@ async fn job_output(
     let mut removed = 0;
     loop {
         let started = Instant::now();
-        let (rows, through): (i64, Option<OffsetDateTime>) = sqlx::query_as(
+        let (rows, moved): (i64, bool) = sqlx::query_as(
             "WITH mark AS (SELECT COALESCE(m.through, '-infinity'::TIMESTAMPTZ) AS through,
                                   COALESCE(m.through_id, 0) AS through_id
                            FROM (SELECT 1) one LEFT JOIN retention_marks m ON m.what = 'job_output'),
                   done AS (SELECT j.id, j.finished_at FROM jobs j, mark
                            WHERE j.state IN ('succeeded', 'failed', 'cancelled')
+                             AND j.finished_at >= mark.through AND j.finished_at < $1
                              AND (j.finished_at, j.id) > (mark.through, mark.through_id)
-                             AND j.finished_at < $1
-                           ORDER BY j.finished_at, j.id LIMIT $2),
-                  gone AS (DELETE FROM job_output o USING done WHERE o.job_id = done.id RETURNING 1),
+                           ORDER BY j.finished_at, j.id LIMIT $3),
+                  gone AS (DELETE FROM job_output o WHERE o.ctid = ANY (ARRAY(
+                               SELECT o2.ctid FROM job_output o2 JOIN done ON o2.job_id = done.id LIMIT $2))
+                           RETURNING 1),
                   last AS (SELECT finished_at, id FROM done ORDER BY finished_at DESC, id DESC LIMIT 1),
                   moved AS (INSERT INTO retention_marks (what, through, through_id)
                             SELECT 'job_output', finished_at, id FROM last
+                            WHERE (SELECT count(*) FROM gone) < $2
                             ON CONFLICT (what) DO UPDATE
                                 SET through = EXCLUDED.through, through_id = EXCLUDED.through_id
-                            RETURNING through)
-             SELECT (SELECT count(*) FROM gone), (SELECT through FROM moved)",
+                            RETURNING 1)
+             SELECT (SELECT count(*) FROM gone), EXISTS (SELECT 1 FROM moved)",
         )
         .bind(cutoff)
-        .bind(BATCH / 10)
+        .bind(BATCH)
+        .bind(BATCH / 5)
         .fetch_one(pool)
         .await?;
         *longest = (*longest).max(started.elapsed());
         removed += rows as u64;
-        if through.is_none() {
+        // Done when the jobs ran out (nothing to move past) with nothing removed.
+        if !moved && rows == 0 {
             return Ok(removed);
         }
     }
