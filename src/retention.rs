@@ -88,10 +88,11 @@ async fn job_output(
             "WITH mark AS (SELECT COALESCE(m.through, '-infinity'::TIMESTAMPTZ) AS through,
                                   COALESCE(m.through_id, 0) AS through_id
                            FROM (SELECT 1) one LEFT JOIN retention_marks m ON m.what = 'job_output'),
-                  done AS (SELECT j.id, j.finished_at FROM jobs j, mark
+                  -- The mark as scalar subqueries (init plans): the finished index's range.
+                  done AS (SELECT j.id, j.finished_at FROM jobs j
                            WHERE j.state IN ('succeeded', 'failed', 'cancelled')
-                             AND j.finished_at >= mark.through AND j.finished_at < $1
-                             AND (j.finished_at, j.id) > (mark.through, mark.through_id)
+                             AND j.finished_at >= (SELECT through FROM mark) AND j.finished_at < $1
+                             AND (j.finished_at, j.id) > ((SELECT through FROM mark), (SELECT through_id FROM mark))
                            ORDER BY j.finished_at, j.id LIMIT $3),
                   gone AS (DELETE FROM job_output o WHERE o.ctid = ANY (ARRAY(
                                SELECT o2.ctid FROM job_output o2 JOIN done ON o2.job_id = done.id LIMIT $2))
