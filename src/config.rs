@@ -115,6 +115,12 @@ pub struct Settings {
     #[arg(long, env = "KILN_EC2_MAX_ATTEMPTS", default_value_t = 5)]
     pub ec2_max_attempts: u32,
 
+    /// Client-side token buckets for EC2's request rate limits, shared by everything the
+    /// console does: `CLASS=SIZE/RATE` for run (RunInstances), terminate, describe and mutate
+    /// (other changes); each class left out keeps AWS's default (5/2, 5/2, 100/20, 200/5).
+    #[arg(long, env = "KILN_EC2_BUCKETS", default_value = "")]
+    pub ec2_buckets: String,
+
     /// Seconds one EC2 call may take, retries included.
     #[arg(long, env = "KILN_EC2_TIMEOUT", default_value_t = 60)]
     pub ec2_timeout: u64,

@@ -101,6 +101,8 @@ pub async fn from_settings(
                 initial_backoff: std::time::Duration::from_secs(1),
                 call_timeout: std::time::Duration::from_secs(settings.ec2_timeout),
                 static_credentials: None,
+                pacing: aws::pacing::PacingSettings::parse(&settings.ec2_buckets)
+                    .map_err(|e| anyhow::anyhow!("KILN_EC2_BUCKETS: {e}"))?,
             };
             Ok(AnyProvider::Aws(
                 aws::AwsProvider::new(aws, registry).await?,

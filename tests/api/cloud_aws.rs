@@ -331,3 +331,55 @@ async fn ec2_call_counts_for_launch_describe_1000_terminate_100() {
         .await
         .unwrap();
 }
+
+/// EC2's rate limits, enforced by the fault proxy as token buckets (RunInstances and
+/// TerminateInstances: 2 at once, 1 a second): a provider paced with the same buckets sends
+/// six launches and six terminations at once and is never throttled; one paced with AWS's
+/// default (larger) buckets is.
+#[tokio::test]
+async fn calls_paced_by_the_client_s_buckets_are_never_throttled() {
+    use kiln::cloud::aws::pacing::PacingSettings;
+    let proxy = FaultProxy::start().await;
+    proxy.enforce("RunInstances", 2.0, 1.0);
+    proxy.enforce("TerminateInstances", 2.0, 1.0);
+    let (p, registry) = crate::moto::provider_paced(
+        proxy.endpoint.clone(),
+        &fleet(),
+        3,
+        PacingSettings::parse("run=2/1,terminate=2/1").unwrap(),
+    )
+    .await;
+    let paced_ctx = ctx(registry);
+    let launches = futures_util::future::join_all((0..6).map(|_| async {
+        let r = request(&paced_ctx, 1, &token());
+        p.launch(&r).await
+    }))
+    .await;
+    let mut ids = Vec::new();
+    for l in launches {
+        let l = l.expect("a paced launch succeeds");
+        ids.extend(l.servers.into_iter().map(|s| s.id));
+    }
+    assert_eq!(ids.len(), 6);
+    let terminations =
+        futures_util::future::join_all(ids.iter().map(|id| p.terminate(std::slice::from_ref(id))))
+            .await;
+    assert!(terminations.iter().all(Result::is_ok), "{terminations:?}");
+    assert_eq!(proxy.throttled("RunInstances"), 0);
+    assert_eq!(proxy.throttled("TerminateInstances"), 0);
+    assert_eq!(proxy.forwarded("RunInstances"), 6);
+    assert_eq!(proxy.forwarded("TerminateInstances"), 6);
+
+    // The same burst under AWS's default buckets (5 at once) meets the proxy's smaller ones.
+    let (unpaced, registry) = provider(proxy.endpoint.clone(), &fleet(), 1).await;
+    let unpaced_ctx = ctx(registry);
+    let _ = futures_util::future::join_all((0..6).map(|_| async {
+        let r = request(&unpaced_ctx, 1, &token());
+        unpaced.launch(&r).await
+    }))
+    .await;
+    assert!(
+        proxy.throttled("RunInstances") > 0,
+        "the proxy enforces its buckets"
+    );
+}

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use kiln::cloud::aws::pacing::PacingSettings;
 use kiln::cloud::aws::{AwsProvider, AwsSettings};
 use kiln::telemetry::prometheus::Registry;
 
@@ -71,6 +72,16 @@ pub async fn provider(
     fleet: &str,
     max_attempts: u32,
 ) -> (AwsProvider, Arc<Registry>) {
+    provider_paced(endpoint, fleet, max_attempts, PacingSettings::default()).await
+}
+
+/// [`provider`] with its own token buckets.
+pub async fn provider_paced(
+    endpoint: String,
+    fleet: &str,
+    max_attempts: u32,
+    pacing: PacingSettings,
+) -> (AwsProvider, Arc<Registry>) {
     let registry = Arc::new(Registry::default());
     let settings = AwsSettings {
         fleet: fleet.to_owned(),
@@ -80,6 +91,7 @@ pub async fn provider(
         initial_backoff: Duration::from_millis(5),
         call_timeout: Duration::from_secs(60),
         static_credentials: Some(("testing".into(), "testing".into())),
+        pacing,
     };
     (
         AwsProvider::new(settings, registry.clone()).await.unwrap(),
@@ -108,6 +120,10 @@ pub enum Fault {
 struct Plan {
     rules: Vec<(String, Fault, u32)>,
     forwarded: Vec<String>,
+    /// EC2's rate limits as the proxy enforces them: (action, size, rate, tokens, counted at).
+    buckets: Vec<(String, f64, f64, f64, std::time::Instant)>,
+    /// Calls refused by a bucket.
+    throttled: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -147,6 +163,30 @@ impl FaultProxy {
             .push((action.to_owned(), fault, times));
     }
 
+    /// Enforces a token bucket on `action`, as EC2 does per account: `size` calls at once,
+    /// refilled `per_second`; a call finding it empty gets RequestLimitExceeded. (The refill
+    /// allows 10% for the jitter between the client's clock and the proxy's arrivals.)
+    pub fn enforce(&self, action: &str, size: f64, per_second: f64) {
+        self.plan.lock().unwrap().buckets.push((
+            action.to_owned(),
+            size,
+            per_second * 1.1,
+            size,
+            std::time::Instant::now(),
+        ));
+    }
+
+    /// How many calls of `action` a bucket refused.
+    pub fn throttled(&self, action: &str) -> usize {
+        self.plan
+            .lock()
+            .unwrap()
+            .throttled
+            .iter()
+            .filter(|a| *a == action)
+            .count()
+    }
+
     /// How many calls of `action` reached moto.
     pub fn forwarded(&self, action: &str) -> usize {
         self.plan
@@ -179,6 +219,23 @@ async fn forward(req: HttpRequest, body: web::Bytes, state: web::Data<ProxyState
         .unwrap_or_default();
     let fault = {
         let mut plan = plan.lock().unwrap();
+        let now = std::time::Instant::now();
+        let empty = plan.buckets.iter_mut().find(|b| b.0 == action).is_some_and(
+            |(_, size, rate, tokens, at)| {
+                *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * *rate).min(*size);
+                *at = now;
+                if *tokens >= 1.0 {
+                    *tokens -= 1.0;
+                    false
+                } else {
+                    true
+                }
+            },
+        );
+        if empty {
+            plan.throttled.push(action.clone());
+            return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.");
+        }
 
         plan.rules
             .iter_mut()

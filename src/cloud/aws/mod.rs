@@ -15,6 +15,9 @@
 
 pub mod calls;
 mod errors;
+pub mod pacing;
+
+use pacing::Class;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,10 +59,14 @@ pub struct AwsSettings {
     pub call_timeout: Duration,
     /// Static credentials instead of the chain (tests against an emulator).
     pub static_credentials: Option<(String, String)>,
+    /// The client-side token buckets the process's calls wait on.
+    pub pacing: pacing::PacingSettings,
 }
 
 pub struct AwsProvider {
     client: Client,
+    /// Boxed: four buckets would make the provider enum lopsided.
+    pacing: Box<pacing::Pacing>,
     fleet: String,
     max_attempts: u32,
     initial_backoff: Duration,
@@ -107,6 +114,7 @@ impl AwsProvider {
         }
         Ok(Self {
             client: Client::from_conf(config.build()),
+            pacing: Box::new(pacing::Pacing::new(settings.pacing)),
             fleet: settings.fleet,
             max_attempts: settings.max_attempts.max(1),
             initial_backoff: settings.initial_backoff,
@@ -116,6 +124,7 @@ impl AwsProvider {
     /// Checks that EC2 answers and accepts the credentials (a DryRun DescribeInstances: EC2
     /// says "DryRunOperation" when the call would have succeeded).
     pub async fn check_access(&self) -> CloudResult<()> {
+        self.pacing.take(Class::Describe).await;
         match self.client.describe_instances().dry_run(true).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -200,6 +209,7 @@ impl AwsProvider {
             call = call.iam_instance_profile(spec);
         }
         // No SDK retries here: `launch` retries, after looking for the token's instances.
+        self.pacing.take(Class::Run).await;
         let output = call
             .customize()
             .config_override(
@@ -212,6 +222,7 @@ impl AwsProvider {
     }
 
     async fn terminate_chunk(&self, ids: &[String]) -> CloudResult<()> {
+        self.pacing.take(Class::Terminate).await;
         match self
             .client
             .terminate_instances()
@@ -283,6 +294,7 @@ impl Provider for AwsProvider {
         for (k, v) in &query.tags {
             call = call.filters(Filter::builder().name(format!("tag:{k}")).values(v).build());
         }
+        self.pacing.take(Class::Describe).await;
         let output = call
             .send()
             .await
@@ -298,6 +310,7 @@ impl Provider for AwsProvider {
 
     async fn get_image(&self, id: &str) -> CloudResult<Option<Image>> {
         self.check_image_id(id)?;
+        self.pacing.take(Class::Describe).await;
         match self.client.describe_images().image_ids(id).send().await {
             Ok(output) => Ok(output.images().first().map(image_from)),
             Err(e) => {
@@ -319,6 +332,7 @@ impl Provider for AwsProvider {
         tags: &Tags,
     ) -> CloudResult<String> {
         self.check_server_id(server_id)?;
+        self.pacing.take(Class::Mutate).await;
         let output = self
             .client
             .create_image()
@@ -341,6 +355,7 @@ impl Provider for AwsProvider {
 
     async fn deregister_image(&self, id: &str) -> CloudResult<()> {
         self.check_image_id(id)?;
+        self.pacing.take(Class::Mutate).await;
         match self.client.deregister_image().image_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -445,6 +460,7 @@ impl Provider for AwsProvider {
                     .build(),
             );
         }
+        self.pacing.take(Class::Describe).await;
         let output = call
             .send()
             .await
@@ -483,6 +499,7 @@ impl Provider for AwsProvider {
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
         for chunk in ids.chunks(1000) {
+            self.pacing.take(Class::Mutate).await;
             self.client
                 .create_tags()
                 .set_resources(Some(chunk.to_vec()))
