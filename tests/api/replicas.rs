@@ -182,3 +182,184 @@ async fn a_console_killed_mid_launch_loses_nothing_and_two_consoles_run_each_tas
     assert!(crate::cli::sigterm_and_wait(&mut b.child).await.success());
     assert!(crate::cli::sigterm_and_wait(&mut c.child).await.success());
 }
+
+/// Two real consoles on one database: a session made by logging in on one acts on the other
+/// (a form posted with its CSRF token), and an agent registered through one heartbeats
+/// through the other. (HTTP as a browser and an agent speak it; the servers are moto's.)
+#[tokio::test]
+async fn a_session_and_an_agent_move_between_consoles() {
+    let db = crate::helpers::fresh_database_url();
+    let _agents = crate::helpers::AgentsGuard::new(&db);
+    let fleet = format!("f-{}", uuid::Uuid::new_v4().simple());
+    let endpoint = format!("http://127.0.0.1:{}", crate::moto::moto_port());
+    let mut a = start(&db, &endpoint, &fleet).await;
+    let mut b = start(&db, &endpoint, &fleet).await;
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(args)
+            .env("DATABASE_URL", &db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(
+        &["user", "add", "dana", "--role", "admin", "--password-stdin"],
+        Some("dana-password-1234\n"),
+    );
+
+    // Log in on A; the same cookie posts a form on B.
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = browser
+        .get(format!("{}/login", a.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let res = browser
+        .post(format!("{}/login", a.base))
+        .form(&[
+            ("csrf_token", crate::helpers::csrf_from(&login).as_str()),
+            ("username", "dana"),
+            ("password", "dana-password-1234"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303, "logged in on A");
+    let rollouts = browser
+        .get(format!("{}/rollouts", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rollouts.status(), 200, "the session is known to B");
+    let csrf = crate::helpers::csrf_from(&rollouts.text().await.unwrap());
+    let res = browser
+        .post(format!("{}/freezes", b.base))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("reason", "made on B by a session from A"),
+            ("from", "2030-01-01 00:00"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303, "B acted on the session from A");
+    let token = crate::cli::admin_token(&db).await;
+    let freezes = get_json(format!("{}/api/v1/freezes", a.base), &token).await;
+    assert_eq!(
+        freezes[0]["reason"], "made on B by a session from A",
+        "{freezes}"
+    );
+    assert_eq!(freezes[0]["created_by"], "dana", "{freezes}");
+
+    // A server at the provider, launched through A; its agent registers through A and
+    // heartbeats through B.
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{}/api/v1/images", a.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"id": "ami-1e749f67", "name": "ubuntu"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let image: String = until_json(&http, &format!("{}/api/v1/images", a.base), &token, |v| {
+        v.as_array()?
+            .iter()
+            .find(|i| i["state"] == "available")
+            .and_then(|i| i["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    let res = http
+        .post(format!("{}/api/v1/servers", a.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"image_id": image, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let server: String = until_json(&http, &format!("{}/api/v1/servers", a.base), &token, |v| {
+        v.as_array()?
+            .first()
+            .and_then(|s| s["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    let enrollment = run(&["token", "create", "--enrollment"], None)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let registered: serde_json::Value = http
+        .post(format!("{}/agent/v1/register", a.base))
+        .json(
+            &serde_json::json!({"protocol": 1, "enrollment_token": enrollment,
+                                   "instance_id": server, "version": "test", "slots": 1}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent_token = registered["agent_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("registered on A: {registered}"))
+        .to_owned();
+    let res = http
+        .post(format!("{}/agent/v1/heartbeat", b.base))
+        .bearer_auth(&agent_token)
+        .json(&serde_json::json!({"running": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "B knows the agent A registered");
+    let reply: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(reply["mode"], "enabled", "{reply}");
+    crate::cli::sigterm_and_wait(&mut a.child).await;
+    crate::cli::sigterm_and_wait(&mut b.child).await;
+}
+
+/// Polls `url` until `pick` finds something in its JSON.
+async fn until_json<T>(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    pick: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
+    crate::helpers::eventually(60, url, || async {
+        let v: serde_json::Value = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        pick(&v)
+    })
+    .await
+}
