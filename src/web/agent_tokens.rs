@@ -3,13 +3,14 @@
 //! each call doubled the round trips of a claim+finish cycle. A registration in this process
 //! forgets the server's old token at once; another replica may accept a replaced token for
 //! up to [`TTL`] (a replaced token belongs to an agent process that has restarted, so it has
-//! nobody left to use it).
+//! nobody left to use it). The bound is an invariant (ARCHITECTURE.md): a replaced agent token
+//! is refused by every console within 5 s.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const TTL: Duration = Duration::from_secs(30);
+pub const TTL: Duration = Duration::from_secs(5);
 /// More entries than agents a console serves; past it the cache starts over.
 const MAX_ENTRIES: usize = 100_000;
 

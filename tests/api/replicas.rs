@@ -338,6 +338,40 @@ async fn a_session_and_an_agent_move_between_consoles() {
     assert_eq!(res.status(), 200, "B knows the agent A registered");
     let reply: serde_json::Value = res.json().await.unwrap();
     assert_eq!(reply["mode"], "enabled", "{reply}");
+
+    // The agent registers again through A (a restarted agent process): B, which remembered
+    // the old token, refuses it within the cache's bound of 5 s.
+    let again = run(&["token", "create", "--enrollment"], None)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let res = http
+        .post(format!("{}/agent/v1/register", a.base))
+        .json(
+            &serde_json::json!({"protocol": 1, "enrollment_token": again,
+                                   "instance_id": server, "version": "test", "slots": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let replaced = std::time::Instant::now();
+    crate::helpers::eventually(30, "B refuses the replaced token", || async {
+        let res = http
+            .post(format!("{}/agent/v1/heartbeat", b.base))
+            .bearer_auth(&agent_token)
+            .json(&serde_json::json!({"running": []}))
+            .send()
+            .await
+            .unwrap();
+        (res.status() == 401).then_some(())
+    })
+    .await;
+    println!(
+        "B refused the replaced token {:.1} s after the new registration",
+        replaced.elapsed().as_secs_f64()
+    );
     crate::cli::sigterm_and_wait(&mut a.child).await;
     crate::cli::sigterm_and_wait(&mut b.child).await;
 }
