@@ -15,11 +15,10 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use sqlx::PgPool;
 
-use super::rollout::{add_image, principal, wait_for};
+use super::rollout::{add_image, base_fleet, principal, wait_for};
 use crate::config::Settings;
 use crate::rollouts::{Kind, RolloutInput};
 
@@ -108,31 +107,7 @@ pub async fn run(args: GuardArgs) -> anyhow::Result<()> {
     let pool = app.pool().clone();
     let cloud = app.cloud();
     tokio::spawn(app.run_until_stopped());
-    wait_for("the base image to become current", 60, async || {
-        Ok(crate::db::images::current_id(&pool).await?.is_some())
-    })
-    .await?;
-    let base = crate::db::images::current_id(&pool)
-        .await?
-        .context("a fresh install has a base image")?;
-    crate::fleet::servers::launch(
-        &pool,
-        &cloud,
-        &settings,
-        &principal(),
-        None,
-        &crate::fleet::servers::Launch {
-            image_id: base,
-            count: 3,
-            instance_type: None,
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    wait_for("the fleet's agents", 120, async || {
-        Ok(scalar::<i64>(&pool, "SELECT count(*) FROM agents WHERE $1 = $1", 0).await? == 3)
-    })
-    .await?;
+    base_fleet(&pool, &cloud, &settings, 3).await?;
     println!(
         "kiln bench guard: 3 local servers, a canary of 1, {} trials per guard",
         args.trials

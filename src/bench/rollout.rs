@@ -91,6 +91,42 @@ pub(super) async fn add_image(
     Ok(id)
 }
 
+/// Waits for a fresh install's base image to become current (a task adopts it), launches
+/// `servers` from it and waits for their agents; returns the base image.
+pub(super) async fn base_fleet(
+    pool: &PgPool,
+    cloud: &std::sync::Arc<crate::cloud::AnyProvider>,
+    settings: &Settings,
+    servers: i64,
+) -> anyhow::Result<String> {
+    wait_for("the base image to become current", 60, async || {
+        Ok(crate::db::images::current_id(pool).await?.is_some())
+    })
+    .await?;
+    let base = crate::db::images::current_id(pool)
+        .await?
+        .context("a fresh install has a base image")?;
+    crate::fleet::servers::launch(
+        pool,
+        cloud,
+        settings,
+        &principal(),
+        None,
+        &crate::fleet::servers::Launch {
+            image_id: base.clone(),
+            count: u32::try_from(servers)?,
+            instance_type: None,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    wait_for("the fleet's agents", 120, async || {
+        Ok(count(pool, "SELECT count(*) FROM agents").await? == servers)
+    })
+    .await?;
+    Ok(base)
+}
+
 /// Starts a rollout and waits for it to succeed; returns its id and the wall time.
 async fn roll(
     pool: &PgPool,
@@ -172,32 +208,7 @@ pub async fn run(args: RolloutArgs) -> anyhow::Result<()> {
     let mut no_grace = settings.clone();
     no_grace.rollback_grace = 0;
 
-    // A fresh install's base image becomes current once a task has adopted it.
-    wait_for("the base image to become current", 60, async || {
-        Ok(crate::db::images::current_id(&pool).await?.is_some())
-    })
-    .await?;
-    let a = crate::db::images::current_id(&pool)
-        .await?
-        .context("a fresh install has a base image")?;
-    crate::fleet::servers::launch(
-        &pool,
-        &cloud,
-        &settings,
-        &principal(),
-        None,
-        &crate::fleet::servers::Launch {
-            image_id: a.clone(),
-            count: u32::try_from(args.servers)?,
-            instance_type: None,
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    wait_for("the fleet's agents", 120, async || {
-        Ok(count(&pool, "SELECT count(*) FROM agents").await? == args.servers)
-    })
-    .await?;
+    let a = base_fleet(&pool, &cloud, &settings, args.servers).await?;
     let jobs = args.servers * 2;
     println!(
         "kiln bench rollout: {} local servers, batches of {}, {jobs} jobs of {} s running during each rollback",
