@@ -148,6 +148,25 @@ impl Plan {
         }
     }
 
+    /// "the canary" or "batch n": how the sentences name batch `n`.
+    pub fn batch_name(&self, n: i32) -> String {
+        if self.canary > 0 && n == 1 {
+            "the canary".to_owned()
+        } else {
+            format!("batch {n}")
+        }
+    }
+
+    /// When a batch that closed at `done_at` has soaked.
+    pub fn soak_end(&self, done_at: time::OffsetDateTime) -> time::OffsetDateTime {
+        done_at + time::Duration::seconds(self.soak_s.into())
+    }
+
+    /// When the go-ahead after a batch that closed at `done_at` is due.
+    pub fn approval_deadline(&self, done_at: time::OffsetDateTime) -> time::OffsetDateTime {
+        self.soak_end(done_at) + time::Duration::seconds(self.approval_deadline_s.into())
+    }
+
     /// The plan in a few words, for the audit log and the rollout page; "" for none.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();

@@ -280,22 +280,17 @@ async fn read_trip(conn: &mut PgConnection, r: &RolloutRow) -> sqlx::Result<Opti
     .bind(r.guard_any)
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(fired.map(|(rule_id, name, source, since)| {
-        let t = since.to_offset(time::UtcOffset::UTC);
-        Trip {
-            reason: format!(
-                "alert '{name}' fired{} at {:02}:{:02}:{:02} UTC",
-                if source.is_empty() {
-                    String::new()
-                } else {
-                    format!(" on {source}")
-                },
-                t.hour(),
-                t.minute(),
-                t.second()
-            ),
-            rule_id: Some(rule_id),
-        }
+    Ok(fired.map(|(rule_id, name, source, since)| Trip {
+        reason: format!(
+            "alert '{name}' fired{} at {}",
+            if source.is_empty() {
+                String::new()
+            } else {
+                format!(" on {source}")
+            },
+            decide::clock(since)
+        ),
+        rule_id: Some(rule_id),
     }))
 }
 

@@ -256,19 +256,12 @@ fn decide_between_batches(s: &Snapshot, now: OffsetDateTime) -> Decision {
     if let Some(Verdict::Worse(why)) = verdict {
         return roll_back(s, format!("the canary was judged worse: {why}"), None);
     }
-    let soak_end = done_at + time::Duration::seconds(plan.soak_s.into());
+    let after = plan.batch_name(n);
+    let soak_end = plan.soak_end(done_at);
     if now < soak_end {
         return Decision::Hold {
             phase: RolloutPhase::Soaking,
-            why: format!(
-                "soaking {} until {}",
-                if is_canary {
-                    "the canary".to_owned()
-                } else {
-                    format!("batch {n}")
-                },
-                clock(soak_end)
-            ),
+            why: format!("soaking {after} until {}", clock(soak_end)),
         };
     }
     let too_few = matches!(verdict, Some(Verdict::NotEnoughData(_)))
@@ -282,12 +275,7 @@ fn decide_between_batches(s: &Snapshot, now: OffsetDateTime) -> Decision {
     if !(asked || too_few) {
         return Decision::LetGo { batch: n, by: None };
     }
-    let deadline = soak_end + time::Duration::seconds(plan.approval_deadline_s.into());
-    let after = if is_canary {
-        "the canary".to_owned()
-    } else {
-        format!("batch {n}")
-    };
+    let deadline = plan.approval_deadline(done_at);
     if now >= deadline {
         return match plan.on_deadline {
             DeadlineAction::Rollback => roll_back(

@@ -9,8 +9,7 @@
 
 use sqlx::PgConnection;
 
-use super::rollout_step::RolloutStep;
-use super::{Effect, step_key};
+use super::Effect;
 use crate::auth::Principal;
 use crate::db::audit::{self, AuditEvent, Outcome};
 use crate::db::rollouts::RolloutRow;
@@ -56,6 +55,8 @@ pub(crate) async fn roll_back(
     // The release's image is current unless something moved it since; only then does the
     // current image move back (by a rollback, so the image fled comes back only by a release).
     let current = crate::db::images::current_id(&mut *conn).await?;
+    // Ended first: the rollback's rollout is the one active rollout.
+    super::finish(conn, r, state, "").await?;
     let mut rollback_id = None;
     if current.as_deref() == Some(r.to_image_id.as_str()) {
         let release_id: i64 = sqlx::query_scalar(
@@ -67,7 +68,6 @@ pub(crate) async fn roll_back(
         .bind(&by)
         .fetch_one(&mut *conn)
         .await?;
-        super::finish(conn, r, state, "").await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO rollouts (kind, release_id, from_image_id, to_image_id, batch_size, min_healthy_percent,
                                    health_timeout_s, drain_timeout_s, grace_s, started_by)
@@ -80,10 +80,8 @@ pub(crate) async fn roll_back(
         .bind(&by)
         .fetch_one(&mut *conn)
         .await?;
-        crate::tasks::enqueue(conn, &RolloutStep { rollout_id: id }, Some(&step_key(id))).await?;
+        super::enqueue_step(conn, id).await?;
         rollback_id = Some(id);
-    } else {
-        super::finish(conn, r, state, "").await?;
     }
     let reason = match rollback_id {
         Some(id) => format!("{why}: rolled back to {from} (rollout #{id})"),
@@ -185,40 +183,33 @@ pub async fn decide_go_ahead(
                     r.phase.map(|p| format!(" ({p})")).unwrap_or_default()
                 )));
             }
-            {
-                let batch: i32 = sqlx::query_scalar(
+            let batch: i32 = sqlx::query_scalar(
                     "SELECT COALESCE(max(n), 0) FROM rollout_batches WHERE rollout_id = $1 AND done_at IS NOT NULL",
                 )
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
-                sqlx::query(
+            sqlx::query(
                     "UPDATE rollouts SET approved_through = $2, phase = NULL, updated_at = now() WHERE id = $1",
                 )
                 .bind(id)
                 .bind(batch)
                 .execute(&mut *tx)
                 .await?;
-                crate::tasks::enqueue(
-                    &mut tx,
-                    &RolloutStep { rollout_id: id },
-                    Some(&step_key(id)),
+            super::enqueue_step(&mut tx, id).await?;
+            audit::record(
+                &mut *tx,
+                AuditEvent::by(
+                    principal,
+                    "rollout.continue",
+                    format!("rollout:{id}"),
+                    Outcome::Ok,
                 )
-                .await?;
-                audit::record(
-                    &mut *tx,
-                    AuditEvent::by(
-                        principal,
-                        "rollout.continue",
-                        format!("rollout:{id}"),
-                        Outcome::Ok,
-                    )
-                    .detail(format!("go-ahead after batch {batch}"))
-                    .from_ip(source_ip),
-                )
-                .await?;
-                Effect::Done
-            }
+                .detail(format!("go-ahead after batch {batch}"))
+                .from_ip(source_ip),
+            )
+            .await?;
+            Effect::Done
         }
         GoAhead::RollBack => {
             if r.kind != crate::domain::RolloutKind::Release || !r.state.is_active() {

@@ -116,12 +116,7 @@ pub async fn start(
         )
         .await?;
         undo::undo(&mut tx, a.id, a.drain_timeout_s).await?;
-        crate::tasks::enqueue(
-            &mut tx,
-            &RolloutStep { rollout_id: a.id },
-            Some(&step_key(a.id)),
-        )
-        .await?;
+        enqueue_step(&mut tx, a.id).await?;
         superseded = Some(a);
     }
     let current = crate::db::images::current_id(&mut *tx).await?;
@@ -184,12 +179,7 @@ pub async fn start(
         )
         .await?;
     }
-    crate::tasks::enqueue(
-        &mut tx,
-        &RolloutStep { rollout_id: id },
-        Some(&step_key(id)),
-    )
-    .await?;
+    enqueue_step(&mut tx, id).await?;
     audit::record(
         &mut *tx,
         AuditEvent::by(
@@ -294,6 +284,17 @@ pub async fn comparison(
 /// The dedupe key of a rollout's step task: one unfinished step per rollout.
 pub fn step_key(rollout_id: i64) -> String {
     format!("rollout:{rollout_id}")
+}
+
+/// Queues the rollout's next step (a no-op when one is already queued or running).
+pub(crate) async fn enqueue_step(conn: &mut PgConnection, rollout_id: i64) -> sqlx::Result<()> {
+    crate::tasks::enqueue(
+        conn,
+        &RolloutStep { rollout_id },
+        Some(&step_key(rollout_id)),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Ends a rollout (succeeded, failed or cancelled) with its reason.
@@ -435,12 +436,7 @@ pub async fn control(
             .bind(f64::from(r.health_timeout_s))
             .execute(&mut *tx)
             .await?;
-            crate::tasks::enqueue(
-                &mut tx,
-                &RolloutStep { rollout_id: id },
-                Some(&step_key(id)),
-            )
-            .await?;
+            enqueue_step(&mut tx, id).await?;
             Effect::Done
         }
         decide::ControlDecision::Cancel => {
@@ -453,12 +449,7 @@ pub async fn control(
             .await?;
             revert_current(&mut tx, &r, &principal.name).await?;
             undo::undo(&mut tx, id, r.drain_timeout_s).await?;
-            crate::tasks::enqueue(
-                &mut tx,
-                &RolloutStep { rollout_id: id },
-                Some(&step_key(id)),
-            )
-            .await?;
+            enqueue_step(&mut tx, id).await?;
             Effect::Done
         }
     };

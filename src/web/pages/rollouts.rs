@@ -426,13 +426,7 @@ fn phase_note(r: &RolloutRow, batches: &[BatchRow]) -> Option<String> {
         .iter()
         .filter_map(|b| b.done_at.map(|at| (b.n, at)))
         .max_by_key(|(n, _)| *n);
-    let after = |n: i32| {
-        if r.canary > 0 && n == 1 {
-            "the canary".to_owned()
-        } else {
-            format!("batch {n}")
-        }
-    };
+    let plan = r.plan();
     Some(match (phase, last) {
         (RolloutPhase::Canary, _) => format!(
             "Canary: {} server{} on the new image first, alone{}.",
@@ -446,17 +440,13 @@ fn phase_note(r: &RolloutRow, batches: &[BatchRow]) -> Option<String> {
         ),
         (RolloutPhase::Soaking, Some((n, at))) => format!(
             "Soaking {} until {}: its guards are watched before anything else is replaced.",
-            after(n),
-            clock(at + time::Duration::seconds(r.soak_s.into()))
+            plan.batch_name(n),
+            clock(plan.soak_end(at))
         ),
         (RolloutPhase::AwaitingApproval, Some((n, at))) => format!(
             "Waiting for an operator's go-ahead after {}: Continue or Roll back before {}, or it will {}.",
-            after(n),
-            clock(
-                at + time::Duration::seconds(
-                    i64::from(r.soak_s) + i64::from(r.approval_deadline_s)
-                )
-            ),
+            plan.batch_name(n),
+            clock(plan.approval_deadline(at)),
             match r.on_deadline {
                 DeadlineAction::Rollback => "roll back by itself",
                 DeadlineAction::Continue => "continue by itself",
