@@ -299,6 +299,11 @@ pub struct Settings {
     #[arg(long, env = "KILN_HEARTBEAT", default_value_t = 5)]
     pub heartbeat: u64,
 
+    /// Milliseconds between writes of agents' heartbeats (all of this console's agents in one
+    /// statement). A server's last-seen time lags by at most this: 50 to 1000.
+    #[arg(long, env = "KILN_HEARTBEAT_FLUSH_MS", default_value_t = 1000)]
+    pub heartbeat_flush_ms: u64,
+
     /// A job's timeout when its enqueuer gives none, in seconds.
     #[arg(long, env = "KILN_JOB_TIMEOUT", default_value_t = 3600)]
     pub default_job_timeout: u64,
@@ -462,6 +467,9 @@ impl Settings {
             anyhow::bail!(
                 "KILN_LEASE must be at least twice KILN_HEARTBEAT (heartbeats renew leases), and KILN_HEARTBEAT at least 1."
             );
+        }
+        if !(50..=1000).contains(&self.heartbeat_flush_ms) {
+            anyhow::bail!("KILN_HEARTBEAT_FLUSH_MS must be between 50 and 1000.");
         }
         if !(1..=604_800).contains(&self.default_job_timeout) {
             anyhow::bail!("KILN_JOB_TIMEOUT must be between 1 and 604800 seconds.");

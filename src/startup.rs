@@ -43,6 +43,11 @@ pub struct Application {
     cloud: Arc<crate::cloud::AnyProvider>,
     server: Server,
     wakeups: crate::jobs::wakeups::Wakeups,
+    /// Agents' heartbeats and tokens, flushed and verified by background work.
+    heartbeats: (
+        Arc<crate::web::heartbeats::Heartbeats>,
+        Arc<crate::web::agent_tokens::AgentTokens>,
+    ),
     /// The console's own figures (`/metrics`), also recorded as metrics.
     registry: Arc<Registry>,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
@@ -101,6 +106,8 @@ impl Application {
         let settings_for_tasks = settings.clone();
         let wakeups = crate::jobs::wakeups::Wakeups::new();
         let agent_tokens = Arc::new(crate::web::agent_tokens::AgentTokens::default());
+        let heartbeats = Arc::new(crate::web::heartbeats::Heartbeats::default());
+        let (flush_tokens, flush_beats) = (agent_tokens.clone(), heartbeats.clone());
         let series_ids = crate::metrics::series_ids::SeriesIds::default();
         let shared_pool = pool.clone();
         let (http_cloud, http_metrics, http_wakeups, http_settings) = (
@@ -122,6 +129,7 @@ impl Application {
                 metrics: http_metrics.clone(),
                 wakeups: http_wakeups.clone(),
                 agent_tokens: agent_tokens.clone(),
+                heartbeats: heartbeats.clone(),
                 series_ids: series_ids.clone(),
             });
             let store = PgSessionStore::new(
@@ -182,6 +190,7 @@ impl Application {
             cloud,
             server,
             wakeups,
+            heartbeats: (flush_beats, flush_tokens),
             registry: metrics,
             shutdown,
             pool,
@@ -269,6 +278,15 @@ impl Application {
             self.registry.clone(),
             stop_reconciler.subscribe(),
         ));
+        // Stopped only after the HTTP server: its last flush writes the last heartbeats.
+        let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
+        let flusher = tokio::spawn(crate::web::heartbeats::run(
+            self.pool.clone(),
+            self.heartbeats.0.clone(),
+            self.heartbeats.1.clone(),
+            Duration::from_millis(self.settings.heartbeat_flush_ms),
+            flusher_stopped,
+        ));
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
@@ -282,6 +300,8 @@ impl Application {
             }
         };
         let _ = stop_reconciler.send(true);
+        let _ = stop_flusher.send(true);
+        let _ = flusher.await;
         let _ = reconciler.await;
         let _ = listener.await;
         let _ = sweeper.await;

@@ -18,6 +18,7 @@ use sqlx::PgPool;
 
 use crate::config::{Settings, default_database_url};
 
+pub mod agents;
 pub mod alerts;
 pub mod bake;
 pub mod canary;
@@ -30,6 +31,8 @@ pub mod scaling;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Suite {
+    /// Many agents on several consoles: statements per heartbeat and per job, latencies, CPU.
+    Agents(agents::AgentsArgs),
     /// The work queue: claim+finish cycles vs plain SQL, pickup latency, idle agents.
     Queue(queue::QueueArgs),
     /// Rollouts: a full rollback of a local fleet with jobs running, and where its time goes.
@@ -316,6 +319,7 @@ fn rss_mb() -> f64 {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.suite {
+        Some(Suite::Agents(a)) => return agents::run(a).await,
         Some(Suite::Queue(q)) => return queue::run(q).await,
         Some(Suite::Rollout(r)) => return rollout::run(r).await,
         Some(Suite::Metrics(m)) => return metrics::run(m).await,

@@ -37,9 +37,9 @@ pub struct QueueArgs {
 
 const LEASE_S: u64 = 60;
 
-struct Console {
-    child: tokio::process::Child,
-    base: String,
+pub(super) struct Console {
+    pub child: tokio::process::Child,
+    pub base: String,
 }
 
 impl Drop for Console {
@@ -54,7 +54,8 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn start_console(db: &str) -> anyhow::Result<Console> {
+/// A `kiln serve` child process on `db`; `env` adds to (or overrides) its settings.
+pub(super) async fn start_console(db: &str, env: &[(&str, &str)]) -> anyhow::Result<Console> {
     let port = free_port()?;
     let child = tokio::process::Command::new(std::env::current_exe()?)
         .arg("serve")
@@ -63,6 +64,7 @@ async fn start_console(db: &str) -> anyhow::Result<Console> {
         .env("KILN_FLEET", "bench-queue")
         .env("KILN_RECONCILE_INTERVAL", "3600")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -237,7 +239,7 @@ async fn throughput_sql(
     Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
@@ -298,7 +300,7 @@ async fn pickup_latency(
 }
 
 /// (user + system CPU seconds, RSS MB) of a process.
-fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
+pub(super) fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -358,7 +360,7 @@ async fn idle_window(pool: &PgPool, pid: u32, secs: u64) -> anyhow::Result<Idle>
 pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let throwaway = super::ThrowawayDb::new()?;
     let db = throwaway.url.clone();
-    let console = start_console(&db).await?;
+    let console = start_console(&db, &[]).await?;
     let pid = console.child.id().context("console pid")?;
     let pool = crate::db::connect(&db).await?;
     // Many idle long-polls at once: one client, many connections.

@@ -56,12 +56,19 @@ pub async fn upsert(conn: &mut PgConnection, agent: &NewAgent<'_>) -> sqlx::Resu
     Ok(())
 }
 
-/// The server an agent token belongs to.
-pub async fn server_of(db: impl PgExecutor<'_>, token_hash: &str) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT server_id FROM agents WHERE token_hash = $1")
-        .bind(token_hash)
-        .fetch_optional(db)
-        .await
+/// The server an agent token belongs to, and where it stands.
+pub async fn server_of(
+    db: impl PgExecutor<'_>,
+    token_hash: &str,
+) -> sqlx::Result<Option<(String, Standing)>> {
+    let row: Option<(String, ServerMode, ServerState)> = sqlx::query_as(
+        "SELECT a.server_id, s.mode, s.state FROM agents a JOIN servers s ON s.id = a.server_id
+         WHERE a.token_hash = $1",
+    )
+    .bind(token_hash)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(server, mode, state)| (server, Standing { mode, state })))
 }
 
 /// The server's mode and state as its agent should see them (None: the server is gone).
@@ -84,28 +91,75 @@ impl Standing {
     }
 }
 
-/// A heartbeat: the agent's figures and the server's last-seen time, in one statement;
-/// returns where the server stands.
-pub async fn heartbeat(
+/// One server's heartbeat as a flush writes it: `ago` is how long before the statement the
+/// console heard it (the database's clock stamps it, so consoles' clocks do not matter).
+pub struct Heard<'a> {
+    pub server_id: &'a str,
+    pub ago: std::time::Duration,
+    pub metrics: &'a SystemMetrics,
+}
+
+/// Writes a batch of heartbeats (agents' figures and times, servers' `last_seen_at`) and, in
+/// the same statement, returns the server and standing of every token in `verify` that is
+/// still an agent's. Rows are locked in server order, so two consoles' flushes cannot
+/// deadlock; a time never moves backwards (a later heartbeat may have reached another
+/// console).
+pub async fn heartbeats(
     db: impl PgExecutor<'_>,
-    server_id: &str,
-    m: &SystemMetrics,
-) -> sqlx::Result<Option<Standing>> {
-    sqlx::query_as(
-        "WITH a AS (
-             UPDATE agents SET last_heartbeat_at = now(), cpu_percent = $2, mem_percent = $3,
-                 load1 = $4, disk_percent = $5
-             WHERE server_id = $1
+    beats: &[Heard<'_>],
+    verify: &[String],
+) -> sqlx::Result<Vec<(String, String, Standing)>> {
+    let mut ids = Vec::with_capacity(beats.len());
+    let mut ago = Vec::with_capacity(beats.len());
+    let (mut cpu, mut mem, mut load1, mut disk) = (vec![], vec![], vec![], vec![]);
+    for b in beats {
+        ids.push(b.server_id);
+        ago.push(b.ago.as_secs_f64());
+        cpu.push(b.metrics.cpu_percent);
+        mem.push(b.metrics.mem_percent);
+        load1.push(b.metrics.load1);
+        disk.push(b.metrics.disk_percent);
+    }
+    let rows: Vec<(String, String, ServerMode, ServerState)> = sqlx::query_as(
+        "WITH beat AS (
+             SELECT b.server_id, now() - make_interval(secs => b.ago) AS at, b.cpu, b.mem, b.load1, b.disk
+             FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[], $5::float8[], $6::float8[])
+                  AS b(server_id, ago, cpu, mem, load1, disk)
+         ),
+         agent_rows AS (
+             SELECT server_id FROM agents WHERE server_id = ANY($1) ORDER BY server_id FOR NO KEY UPDATE
+         ),
+         a AS (
+             UPDATE agents SET last_heartbeat_at = GREATEST(agents.last_heartbeat_at, b.at),
+                 cpu_percent = b.cpu, mem_percent = b.mem, load1 = b.load1, disk_percent = b.disk
+             FROM beat b JOIN agent_rows USING (server_id)
+             WHERE agents.server_id = b.server_id
+         ),
+         server_rows AS (
+             SELECT id FROM servers WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE
+         ),
+         s AS (
+             UPDATE servers SET last_seen_at = GREATEST(servers.last_seen_at, b.at)
+             FROM beat b JOIN server_rows ON server_rows.id = b.server_id
+             WHERE servers.id = b.server_id
          )
-         UPDATE servers SET last_seen_at = now() WHERE id = $1 RETURNING mode, state",
+         SELECT ag.token_hash, ag.server_id, sv.mode, sv.state
+         FROM agents ag JOIN servers sv ON sv.id = ag.server_id
+         WHERE ag.token_hash = ANY($7)",
     )
-    .bind(server_id)
-    .bind(m.cpu_percent)
-    .bind(m.mem_percent)
-    .bind(m.load1)
-    .bind(m.disk_percent)
-    .fetch_optional(db)
-    .await
+    .bind(&ids)
+    .bind(&ago)
+    .bind(&cpu)
+    .bind(&mem)
+    .bind(&load1)
+    .bind(&disk)
+    .bind(verify)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(hash, server, mode, state)| (hash, server, Standing { mode, state }))
+        .collect())
 }
 
 pub async fn standing(db: impl PgExecutor<'_>, server_id: &str) -> sqlx::Result<Option<Standing>> {

@@ -40,6 +40,9 @@ pub enum Access {
 #[derive(Debug, Clone)]
 pub struct AgentIdentity {
     pub server_id: String,
+    /// Where the server stood when its token was last verified (at most one heartbeat
+    /// flush ago, see `web::agent_tokens`).
+    pub standing: crate::db::agents::Standing,
 }
 
 impl FromRequest for AgentIdentity {
@@ -264,14 +267,22 @@ async fn agent_from_token(req: &ServiceRequest) -> Result<Option<AgentIdentity>,
     };
     let state = state(req)?;
     let hash = crate::auth::token::hash(token);
-    if let Some(server_id) = state.agent_tokens.get(&hash) {
-        return Ok(Some(AgentIdentity { server_id }));
+    if let Some((server_id, standing)) = state.agent_tokens.get(&hash) {
+        return Ok(Some(AgentIdentity {
+            server_id,
+            standing,
+        }));
     }
     let server = crate::db::agents::server_of(&state.pool, &hash).await?;
-    if let Some(server_id) = &server {
-        state.agent_tokens.put(hash, server_id.clone());
+    if let Some((server_id, standing)) = &server {
+        state
+            .agent_tokens
+            .put(hash, server_id.clone(), standing.clone());
     }
-    Ok(server.map(|server_id| AgentIdentity { server_id }))
+    Ok(server.map(|(server_id, standing)| AgentIdentity {
+        server_id,
+        standing,
+    }))
 }
 
 /// An API token from `Authorization: Bearer TOKEN`, or from HTTP basic auth's password (how

@@ -9,6 +9,7 @@ pub mod api;
 pub mod assets;
 pub mod body;
 pub mod error;
+pub mod heartbeats;
 pub mod hooks;
 pub mod json;
 pub mod layout;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub wakeups: crate::jobs::wakeups::Wakeups,
     /// Agent tokens seen lately (see `agent_tokens.rs`).
     pub agent_tokens: Arc<agent_tokens::AgentTokens>,
+    /// Agents' heartbeats waiting for the next flush (see `heartbeats.rs`).
+    pub heartbeats: Arc<heartbeats::Heartbeats>,
     /// Metric series ids seen by this process (ingest's fast path).
     pub series_ids: crate::metrics::series_ids::SeriesIds,
 }

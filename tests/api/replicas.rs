@@ -339,6 +339,62 @@ async fn a_session_and_an_agent_move_between_consoles() {
     let reply: serde_json::Value = res.json().await.unwrap();
     assert_eq!(reply["mode"], "enabled", "{reply}");
 
+    // The heartbeat B answered reaches the database with B's next flush (at most 1 s).
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let figures = |pool: sqlx::PgPool, server: String| async move {
+        sqlx::query_scalar::<_, Option<f64>>("SELECT cpu_percent FROM agents WHERE server_id = $1")
+            .bind(server)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(figures(pool.clone(), server.clone()).await, None);
+    let res = http
+        .post(format!("{}/agent/v1/heartbeat", b.base))
+        .bearer_auth(&agent_token)
+        .json(&serde_json::json!({"running": [], "metrics": {"cpu_percent": 42.5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    crate::helpers::eventually(10, "B's flush writes the heartbeat", || {
+        let (pool, server) = (pool.clone(), server.clone());
+        async move { (figures(pool, server).await == Some(42.5)).then_some(()) }
+    })
+    .await;
+
+    // Disabled through A: B's answers to the agent say so within the token cache's bound
+    // (its flush brings the server's standing with the token's verification).
+    let res = http
+        .post(format!("{}/api/v1/servers/{server}/disable", a.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "disable: {}", res.status());
+    let disabled = std::time::Instant::now();
+    crate::helpers::eventually(30, "B tells the agent its server is disabled", || async {
+        let reply: serde_json::Value = http
+            .post(format!("{}/agent/v1/heartbeat", b.base))
+            .bearer_auth(&agent_token)
+            .json(&serde_json::json!({"running": []}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (reply["mode"] == "disabled").then_some(())
+    })
+    .await;
+    // The bound is 5 s by construction (an entry unverified for 5 s is looked up again),
+    // one flush interval (1 s) while flushes succeed; the margin is the polling's.
+    assert!(
+        disabled.elapsed() < std::time::Duration::from_millis(5500),
+        "B said 'disabled' {:?} after the disable",
+        disabled.elapsed()
+    );
+
     // The agent registers again through A (a restarted agent process): B, which remembered
     // the old token, refuses it within the cache's bound of 5 s.
     let again = run(&["token", "create", "--enrollment"], None)
@@ -371,6 +427,11 @@ async fn a_session_and_an_agent_move_between_consoles() {
     println!(
         "B refused the replaced token {:.1} s after the new registration",
         replaced.elapsed().as_secs_f64()
+    );
+    assert!(
+        replaced.elapsed() < std::time::Duration::from_millis(5500),
+        "B accepted the replaced token for {:?} (the bound is 5 s)",
+        replaced.elapsed()
     );
     crate::cli::sigterm_and_wait(&mut a.child).await;
     crate::cli::sigterm_and_wait(&mut b.child).await;
