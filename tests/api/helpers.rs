@@ -441,6 +441,17 @@ pub async fn browser_check_with(
     script: &str,
     args: &[&str],
 ) -> std::process::Output {
+    browser_script(script, &app.address, "admin", &app.admin_password, args).await
+}
+
+/// Runs `tests/browser/<script>` against the console at `base` as `user`.
+pub async fn browser_script(
+    script: &str,
+    base: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+) -> std::process::Output {
     let out = browser_output();
     std::fs::create_dir_all(&out).unwrap();
     tokio::process::Command::new(python())
@@ -448,7 +459,7 @@ pub async fn browser_check_with(
             "{}/tests/browser/{script}",
             env!("CARGO_MANIFEST_DIR")
         ))
-        .args([&app.address, "admin", &app.admin_password, &out])
+        .args([base, user, password, &out])
         .args(args)
         .output()
         .await

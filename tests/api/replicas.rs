@@ -184,8 +184,8 @@ async fn a_console_killed_mid_launch_loses_nothing_and_two_consoles_run_each_tas
 }
 
 /// Two real consoles on one database: a session made by logging in on one acts on the other
-/// (a form posted with its CSRF token), and an agent registered through one heartbeats
-/// through the other. (HTTP as a browser and an agent speak it; the servers are moto's.)
+/// (a form posted with its CSRF token, by HTTP and then in Chromium), and an agent
+/// registered through one heartbeats through the other. (The servers are moto's.)
 #[tokio::test]
 async fn a_session_and_an_agent_move_between_consoles() {
     let db = crate::helpers::fresh_database_url();
@@ -274,6 +274,23 @@ async fn a_session_and_an_agent_move_between_consoles() {
         "{freezes}"
     );
     assert_eq!(freezes[0]["created_by"], "dana", "{freezes}");
+
+    // The same in a real browser: log in on A, act on B, log out on B.
+    let out = crate::helpers::browser_script(
+        "two_consoles_check.py",
+        &a.base,
+        "dana",
+        "dana-password-1234",
+        &[&b.base],
+    )
+    .await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    println!("{said}");
+    assert!(
+        out.status.success(),
+        "the browser check failed:\n{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A server at the provider, launched through A; its agent registers through A and
     // heartbeats through B.
