@@ -239,16 +239,17 @@ async fn a_rollback_while_fifty_jobs_run_loses_none_and_runs_none_twice() {
     })
     .await;
 
+    // The jobs hold until the test opens their gate (once the rollback has started), so that
+    // all fifty are running at once however slowly they were enqueued.
+    let gate = std::env::temp_dir().join(format!("kiln-gate-{}", uuid::Uuid::new_v4().simple()));
+    let command = format!(
+        // (At most a minute, should the test fail before opening it.)
+        "for i in $(seq 600); do [ -e {} ] && break; sleep 0.1; done; sleep 1; echo done $KILN_JOB_ID",
+        gate.display()
+    );
     let mut jobs = Vec::new();
     for _ in 0..50 {
-        jobs.push(
-            enqueue(
-                &app,
-                &token,
-                json!({"command": "sleep 3; echo done $KILN_JOB_ID"}),
-            )
-            .await,
-        );
+        jobs.push(enqueue(&app, &token, json!({ "command": command })).await);
     }
     eventually(30, "all fifty jobs run at once", || async {
         (app.count("SELECT count(*) FROM jobs WHERE state = 'running'")
@@ -258,6 +259,7 @@ async fn a_rollback_while_fifty_jobs_run_loses_none_and_runs_none_twice() {
     })
     .await;
     let back = start(&app, &token, &old, "rollback", json!({"batch_size": 3})).await;
+    std::fs::write(&gate, b"open").unwrap();
     let done = rollout_in(
         &app,
         &token,
@@ -299,6 +301,7 @@ async fn a_rollback_while_fifty_jobs_run_loses_none_and_runs_none_twice() {
             .then_some(())
     })
     .await;
+    let _ = std::fs::remove_file(&gate);
     stop_fleet(&app).await;
 }
 
