@@ -21,6 +21,7 @@ use crate::config::{Settings, default_database_url};
 pub mod agents;
 pub mod alerts;
 pub mod bake;
+pub mod big_rollback;
 pub mod canary;
 pub mod guard;
 pub mod metrics;
@@ -33,6 +34,8 @@ pub mod scaling;
 pub enum Suite {
     /// Many agents on several consoles: statements per heartbeat and per job, latencies, CPU.
     Agents(agents::AgentsArgs),
+    /// A 1,000-server release and rollback on moto within EC2's rate limits (needs moto_server).
+    BigRollback(big_rollback::BigRollbackArgs),
     /// The work queue: claim+finish cycles vs plain SQL, pickup latency, idle agents.
     Queue(queue::QueueArgs),
     /// Rollouts: a full rollback of a local fleet with jobs running, and where its time goes.
@@ -320,6 +323,7 @@ fn rss_mb() -> f64 {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.suite {
         Some(Suite::Agents(a)) => return agents::run(a).await,
+        Some(Suite::BigRollback(b)) => return big_rollback::run(b).await,
         Some(Suite::Queue(q)) => return queue::run(q).await,
         Some(Suite::Rollout(r)) => return rollout::run(r).await,
         Some(Suite::Metrics(m)) => return metrics::run(m).await,
