@@ -380,6 +380,7 @@ pub async fn run(args: BigRollbackArgs) -> anyhow::Result<()> {
         "kiln bench big-rollback: {} servers on moto (port {port}), batch size {}, EC2 buckets at AWS's defaults",
         args.servers, args.batch_size
     );
+    // One after the other: the first to become available is the current image.
     for (i, image) in IMAGES.iter().enumerate() {
         post(
             &http,
@@ -389,19 +390,18 @@ pub async fn run(args: BigRollbackArgs) -> anyhow::Result<()> {
             json!({"id": image, "name": "worker", "version": (i + 1).to_string()}),
         )
         .await?;
+        until("the image", 120, async || {
+            let v: Value = http
+                .get(format!("{base}/api/v1/images/{image}"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok(v["state"] == "available")
+        })
+        .await?;
     }
-    until("the images", 120, async || {
-        let v: Value = http
-            .get(format!("{base}/api/v1/images"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(v.as_array()
-            .is_some_and(|a| a.iter().filter(|i| i["state"] == "available").count() == 2))
-    })
-    .await?;
     let agents = Arc::new(Agents::default());
     let tasks = [
         tokio::spawn(boot(
@@ -414,17 +414,7 @@ pub async fn run(args: BigRollbackArgs) -> anyhow::Result<()> {
         tokio::spawn(heartbeat(http.clone(), base.clone(), agents.clone())),
     ];
 
-    // The fleet on the first image: made current (no servers yet), then launched 100 at a time.
-    rollout(
-        &pool,
-        &http,
-        &base,
-        &token,
-        IMAGES[0],
-        "release",
-        args.batch_size,
-    )
-    .await?;
+    // The fleet on the first image (the first one adopted is current), launched 100 at a time.
     let launching = Instant::now();
     let mut left = args.servers;
     while left > 0 {

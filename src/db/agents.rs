@@ -49,10 +49,17 @@ pub async fn upsert(conn: &mut PgConnection, agent: &NewAgent<'_>) -> sqlx::Resu
     .bind(agent.hostname)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE servers SET last_seen_at = now() WHERE id = $1")
-        .bind(agent.server_id)
-        .execute(conn)
-        .await?;
+    // An agent runs only on a running server: a launch recorded as pending need not wait for
+    // the next reconcile (up to KILN_RECONCILE_INTERVAL) before a rollout counts it healthy.
+    sqlx::query(
+        "UPDATE servers SET last_seen_at = now(),
+             state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
+             updated_at = CASE WHEN state = 'pending' THEN now() ELSE updated_at END
+         WHERE id = $1",
+    )
+    .bind(agent.server_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

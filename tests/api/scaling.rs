@@ -77,6 +77,14 @@ async fn a_burst_grows_the_fleet_to_max_every_job_succeeds_and_it_shrinks_back_t
     })
     .await;
 
+    // The burst arrives all at once, whatever the speed of enqueueing it here: autoscaling
+    // is off while the jobs are enqueued and back on once they all wait.
+    let settings = |enabled: bool| {
+        json!({"enabled": enabled, "min": 1, "max": 8, "max_queue_latency_s": 1,
+               "scale_in_delay_s": 3, "cooldown_s": 3})
+    };
+    let res = put(&app, &token, "/api/v1/scaling", settings(false)).await;
+    assert_eq!(res.status(), 200);
     let burst_at = std::time::Instant::now();
     for n in 0..200 {
         let res = post(
@@ -88,6 +96,8 @@ async fn a_burst_grows_the_fleet_to_max_every_job_succeeds_and_it_shrinks_back_t
         .await;
         assert_eq!(res.status(), 201);
     }
+    let res = put(&app, &token, "/api/v1/scaling", settings(true)).await;
+    assert_eq!(res.status(), 200);
     eventually(30, "the fleet reaches its maximum of 8", || async {
         (live_workers(&app).await.0 == 8).then_some(())
     })
@@ -736,11 +746,18 @@ async fn on_aws_the_fleet_scales_out_and_in_through_ec2() {
     )
     .await;
 
+    // The jobs hold until the fleet has grown (a gate the test opens), so the queue waits
+    // however slowly they were enqueued.
+    let gate = std::env::temp_dir().join(format!("kiln-gate-{}", uuid::Uuid::new_v4().simple()));
+    let command = format!(
+        "for i in $(seq 600); do [ -e {} ] && break; sleep 0.1; done; sleep 1",
+        gate.display()
+    );
     for n in 0..8 {
         let res = send(
             reqwest::Method::POST,
             "/api/v1/jobs",
-            json!({"command": "sleep 2", "labels": {"n": n.to_string()}}),
+            json!({"command": command, "labels": {"n": n.to_string()}}),
         )
         .await
         .unwrap();
@@ -750,6 +767,7 @@ async fn on_aws_the_fleet_scales_out_and_in_through_ec2() {
         (at_provider().await.0 == 4).then_some(())
     })
     .await;
+    std::fs::write(&gate, b"open").unwrap();
     eventually(120, "every job succeeds", || async {
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
             .fetch_one(&pool)
@@ -778,6 +796,7 @@ async fn on_aws_the_fleet_scales_out_and_in_through_ec2() {
     .unwrap();
     assert_eq!(actions.first().map(String::as_str), Some("scale_out"));
     assert!(actions.iter().any(|a| a == "scale_in"), "{actions:?}");
+    let _ = std::fs::remove_file(&gate);
     booter.abort();
     let _ = booter.await;
     console.kill().await.unwrap();
