@@ -4,10 +4,11 @@
 //! the instances: each server row Kiln records gets an agent registered for it at once (the
 //! simulated boot), and every agent heartbeats every 5 s until told its server is gone.
 //!
-//! Reports per rollout: its duration, the simulated boot inside it (per batch, the slowest
-//! agent's registration after its server was recorded), Kiln's own time (the rest, moto's
-//! answers included), EC2 calls by action (the console's `kiln_ec2_calls_total`), and the
-//! minimum time the buckets allow for those calls. `KILN_ROLLBACK_GRACE=0`, so that the
+//! Reports per rollout: its duration, the simulated boot inside it (the slowest agent's
+//! registration after its server was recorded, per group of servers recorded in the same
+//! second: an upper bound, groups overlap), the time spent waiting for EC2's (moto's)
+//! answers (`kiln_ec2_call_seconds`), the rest, EC2 calls by action (the console's
+//! `kiln_ec2_calls_total`), and the minimum time the buckets allow for those calls. `KILN_ROLLBACK_GRACE=0`, so that the
 //! rollback replaces the whole fleet again instead of re-enabling the kept servers.
 //!
 //! Needs `moto_server` (`.venv/bin/moto_server` after `scripts/test-env`, or `KILN_MOTO_SERVER`).
@@ -34,6 +35,9 @@ pub struct BigRollbackArgs {
     #[arg(long, default_value_t = 100)]
     pub batch_size: u32,
 }
+
+/// The key of [`ec2_calls`]'s total time waiting for EC2's answers.
+const WAITED: &str = "~waited";
 
 const IMAGES: [&str; 2] = ["ami-1e749f67", "ami-03cf127a"];
 
@@ -171,6 +175,13 @@ async fn ec2_calls(http: &reqwest::Client, base: &str) -> anyhow::Result<HashMap
         .text()
         .await?;
     let mut calls = HashMap::new();
+    // The time spent waiting for EC2's (moto's) answers, all actions together.
+    let waited: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("kiln_ec2_call_seconds_sum{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    calls.insert(WAITED.to_owned(), waited);
     for line in text
         .lines()
         .filter(|l| l.starts_with("kiln_ec2_calls_total{"))
@@ -242,6 +253,8 @@ fn bucket_minimum(calls: f64, size: f64, rate: f64) -> f64 {
 struct Measured {
     secs: f64,
     boot_secs: f64,
+    /// Waiting for EC2's (moto's) answers, summed over calls (some overlap).
+    ec2_secs: f64,
     calls: Vec<(String, f64)>,
 }
 
@@ -290,6 +303,11 @@ async fn rollout(
         .filter(|(_, v)| *v > 0.0)
         .collect();
     calls.sort_by(|a, b| a.0.cmp(&b.0));
+    let ec2_secs = calls
+        .iter()
+        .find(|(k, _)| k == WAITED)
+        .map_or(0.0, |(_, v)| *v);
+    calls.retain(|(k, _)| k != WAITED);
     // Per batch of launched servers (one launch each), the slowest agent's registration.
     let boot_secs: f64 = sqlx::query_scalar(
         "SELECT COALESCE(sum(slowest), 0)::FLOAT8 FROM (
@@ -306,16 +324,18 @@ async fn rollout(
     Ok(Measured {
         secs,
         boot_secs,
+        ec2_secs,
         calls,
     })
 }
 
 fn report(kind: &str, m: &Measured, servers: u32, batch: u32) {
     println!(
-        "{kind} of {servers} servers (batch {batch}): {:.1} s; simulated boot inside it {:.1} s; Kiln's own time (moto's answers included) {:.1} s",
+        "{kind} of {servers} servers (batch {batch}): {:.1} s; simulated boot inside it {:.1} s; waiting for EC2's (moto's) answers {:.1} s (summed over calls); the rest, Kiln's own time and its pacing: {:.1} s",
         m.secs,
         m.boot_secs,
-        m.secs - m.boot_secs
+        m.ec2_secs,
+        (m.secs - m.boot_secs - m.ec2_secs).max(0.0)
     );
     let mut minimum: f64 = 0.0;
     for (action, n) in &m.calls {
