@@ -444,21 +444,7 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
         tokens.len(),
         registering.elapsed().as_secs_f64()
     );
-    let api = crate::auth::token::Secret::generate(crate::auth::token::API_PREFIX);
-    {
-        let mut conn = pool.acquire().await?;
-        let admin: i64 = sqlx::query_scalar("SELECT id FROM users WHERE name = 'admin'")
-            .fetch_one(&mut *conn)
-            .await?;
-        crate::db::tokens::create_api(
-            &mut conn,
-            admin,
-            &crate::domain::TokenName::parse("bench")?,
-            &api.hash(),
-            None,
-        )
-        .await?;
-    }
+    let api = super::admin_api_token(&pool).await?;
 
     let sim = Arc::new(Sim::default());
     let mut tasks = Vec::new();
@@ -496,7 +482,7 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
     tasks.push(tokio::spawn(produce(
         http.clone(),
         bases.clone(),
-        api.expose().to_owned(),
+        api.clone(),
         args.jobs_per_s,
         sim.clone(),
     )));

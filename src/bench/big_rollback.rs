@@ -232,19 +232,6 @@ async fn post(
     Ok(v)
 }
 
-async fn until(
-    what: &str,
-    secs: u64,
-    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await? {
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
 /// The least time a bucket of `size` refilled `rate` a second allows for `calls` calls.
 fn bucket_minimum(calls: f64, size: f64, rate: f64) -> f64 {
     ((calls - size) / rate).max(0.0)
@@ -279,7 +266,7 @@ async fn rollout(
     .await?;
     let id = r["id"].as_i64().context("rollout id")?;
     let mut state = String::new();
-    until(&format!("{kind} #{id}"), 3600, async || {
+    super::rollout::wait_for(&format!("{kind} #{id}"), 3600, async || {
         let v: Value = http
             .get(format!("{base}/api/v1/rollouts/{id}"))
             .bearer_auth(token)
@@ -378,24 +365,12 @@ pub async fn run(args: BigRollbackArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(120))
         .build()?;
-    let api = crate::auth::token::Secret::generate(crate::auth::token::API_PREFIX);
+    let token = super::admin_api_token(&pool).await?;
     let enrollment = crate::auth::token::Secret::generate(crate::auth::token::ENROLLMENT_PREFIX);
     {
         let mut conn = pool.acquire().await?;
-        let admin: i64 = sqlx::query_scalar("SELECT id FROM users WHERE name = 'admin'")
-            .fetch_one(&mut *conn)
-            .await?;
-        crate::db::tokens::create_api(
-            &mut conn,
-            admin,
-            &crate::domain::TokenName::parse("bench")?,
-            &api.hash(),
-            None,
-        )
-        .await?;
         crate::db::tokens::create_enrollment(&mut conn, &enrollment.hash(), None, 86_400).await?;
     }
-    let token = api.expose().to_owned();
     println!(
         "kiln bench big-rollback: {} servers on moto (port {port}), batch size {}, EC2 buckets at AWS's defaults",
         args.servers, args.batch_size
@@ -410,7 +385,7 @@ pub async fn run(args: BigRollbackArgs) -> anyhow::Result<()> {
             json!({"id": image, "name": "worker", "version": (i + 1).to_string()}),
         )
         .await?;
-        until("the image", 120, async || {
+        super::rollout::wait_for("the image", 120, async || {
             let v: Value = http
                 .get(format!("{base}/api/v1/images/{image}"))
                 .bearer_auth(&token)
@@ -449,7 +424,7 @@ pub async fn run(args: BigRollbackArgs) -> anyhow::Result<()> {
         .await?;
         left -= n;
     }
-    until("the fleet's agents", 1800, async || {
+    super::rollout::wait_for("the fleet's agents", 1800, async || {
         Ok(agents.tokens.lock().await.len() as u32 >= args.servers)
     })
     .await?;

@@ -270,22 +270,7 @@ pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
     let pool = app.pool().clone();
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
-    let secret = crate::auth::token::Secret::generate(crate::auth::token::API_PREFIX);
-    {
-        let mut conn = pool.acquire().await?;
-        let admin: i64 = sqlx::query_scalar("SELECT id FROM users WHERE name = 'admin'")
-            .fetch_one(&mut *conn)
-            .await?;
-        crate::db::tokens::create_api(
-            &mut conn,
-            admin,
-            &crate::domain::TokenName::parse("bench")?,
-            &secret.hash(),
-            None,
-        )
-        .await?;
-    }
-    let token = secret.expose().to_owned();
+    let token = super::admin_api_token(&pool).await?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
 
     println!(

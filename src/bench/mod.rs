@@ -71,6 +71,25 @@ pub struct BenchArgs {
     pub requests: usize,
 }
 
+/// A new API token of the `admin` user (whom the console created on first start), for a
+/// benchmark's API calls; returns the secret.
+pub async fn admin_api_token(pool: &PgPool) -> anyhow::Result<String> {
+    let secret = crate::auth::token::Secret::generate(crate::auth::token::API_PREFIX);
+    let mut conn = pool.acquire().await?;
+    let admin: i64 = sqlx::query_scalar("SELECT id FROM users WHERE name = 'admin'")
+        .fetch_one(&mut *conn)
+        .await?;
+    crate::db::tokens::create_api(
+        &mut conn,
+        admin,
+        &crate::domain::TokenName::parse("bench")?,
+        &secret.hash(),
+        None,
+    )
+    .await?;
+    Ok(secret.expose().to_owned())
+}
+
 /// Counts the statements sqlx runs (its `sqlx::query` events) under the returned subscriber;
 /// a benchmark runs the work it counts `.with_subscriber(…)`.
 pub fn statement_counter() -> (
