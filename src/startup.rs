@@ -43,11 +43,10 @@ pub struct Application {
     cloud: Arc<crate::cloud::AnyProvider>,
     server: Server,
     wakeups: crate::jobs::wakeups::Wakeups,
-    /// Agents' heartbeats and tokens, flushed and verified by background work.
-    heartbeats: (
-        Arc<crate::web::heartbeats::Heartbeats>,
-        Arc<crate::web::agent_tokens::AgentTokens>,
-    ),
+    /// Agents' heartbeats and tokens, shared with the handlers; flushed and verified by
+    /// background work (`web::heartbeats::run`).
+    heartbeats: Arc<crate::web::heartbeats::Heartbeats>,
+    agent_tokens: Arc<crate::web::agent_tokens::AgentTokens>,
     /// The console's own figures (`/metrics`), also recorded as metrics.
     registry: Arc<Registry>,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
@@ -107,7 +106,7 @@ impl Application {
         let wakeups = crate::jobs::wakeups::Wakeups::new();
         let agent_tokens = Arc::new(crate::web::agent_tokens::AgentTokens::default());
         let heartbeats = Arc::new(crate::web::heartbeats::Heartbeats::default());
-        let (flush_tokens, flush_beats) = (agent_tokens.clone(), heartbeats.clone());
+        let (app_tokens, app_beats) = (agent_tokens.clone(), heartbeats.clone());
         let series_ids = crate::metrics::series_ids::SeriesIds::default();
         let shared_pool = pool.clone();
         let (http_cloud, http_metrics, http_wakeups, http_settings) = (
@@ -190,7 +189,8 @@ impl Application {
             cloud,
             server,
             wakeups,
-            heartbeats: (flush_beats, flush_tokens),
+            heartbeats: app_beats,
+            agent_tokens: app_tokens,
             registry: metrics,
             shutdown,
             pool,
@@ -282,8 +282,8 @@ impl Application {
         let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
         let flusher = tokio::spawn(crate::web::heartbeats::run(
             self.pool.clone(),
-            self.heartbeats.0.clone(),
-            self.heartbeats.1.clone(),
+            self.heartbeats.clone(),
+            self.agent_tokens.clone(),
             Duration::from_millis(self.settings.heartbeat_flush_ms),
             flusher_stopped,
         ));

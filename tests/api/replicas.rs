@@ -345,13 +345,14 @@ async fn a_session_and_an_agent_move_between_consoles() {
         .as_str()
         .unwrap_or_else(|| panic!("registered on A: {registered}"))
         .to_owned();
-    let res = http
-        .post(format!("{}/agent/v1/heartbeat", b.base))
-        .bearer_auth(&agent_token)
-        .json(&serde_json::json!({"running": []}))
-        .send()
-        .await
-        .unwrap();
+    // The agent's heartbeat, sent to B.
+    let beat_on_b = |body: serde_json::Value| {
+        http.post(format!("{}/agent/v1/heartbeat", b.base))
+            .bearer_auth(&agent_token)
+            .json(&body)
+            .send()
+    };
+    let res = beat_on_b(serde_json::json!({"running": []})).await.unwrap();
     assert_eq!(res.status(), 200, "B knows the agent A registered");
     let reply: serde_json::Value = res.json().await.unwrap();
     assert_eq!(reply["mode"], "enabled", "{reply}");
@@ -366,11 +367,7 @@ async fn a_session_and_an_agent_move_between_consoles() {
             .unwrap()
     };
     assert_eq!(figures(pool.clone(), server.clone()).await, None);
-    let res = http
-        .post(format!("{}/agent/v1/heartbeat", b.base))
-        .bearer_auth(&agent_token)
-        .json(&serde_json::json!({"running": [], "metrics": {"cpu_percent": 42.5}}))
-        .send()
+    let res = beat_on_b(serde_json::json!({"running": [], "metrics": {"cpu_percent": 42.5}}))
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
@@ -391,11 +388,7 @@ async fn a_session_and_an_agent_move_between_consoles() {
     assert!(res.status().is_success(), "disable: {}", res.status());
     let disabled = std::time::Instant::now();
     crate::helpers::eventually(30, "B tells the agent its server is disabled", || async {
-        let reply: serde_json::Value = http
-            .post(format!("{}/agent/v1/heartbeat", b.base))
-            .bearer_auth(&agent_token)
-            .json(&serde_json::json!({"running": []}))
-            .send()
+        let reply: serde_json::Value = beat_on_b(serde_json::json!({"running": []}))
             .await
             .unwrap()
             .json()
@@ -431,13 +424,7 @@ async fn a_session_and_an_agent_move_between_consoles() {
     assert_eq!(res.status(), 200);
     let replaced = std::time::Instant::now();
     crate::helpers::eventually(30, "B refuses the replaced token", || async {
-        let res = http
-            .post(format!("{}/agent/v1/heartbeat", b.base))
-            .bearer_auth(&agent_token)
-            .json(&serde_json::json!({"running": []}))
-            .send()
-            .await
-            .unwrap();
+        let res = beat_on_b(serde_json::json!({"running": []})).await.unwrap();
         (res.status() == 401).then_some(())
     })
     .await;
