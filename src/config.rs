@@ -180,6 +180,11 @@ pub struct Settings {
     #[arg(long, env = "KILN_DRAIN_TIMEOUT", default_value_t = 600)]
     pub drain_timeout: u64,
 
+    /// Milliseconds a drained server waits for others before they are terminated together
+    /// (one TerminateInstances for up to 1,000); a forced terminate does not wait. 0 to 60000.
+    #[arg(long, env = "KILN_TERMINATE_GATHER_MS", default_value_t = 1000)]
+    pub terminate_gather_ms: u64,
+
     /// Seconds a rollout waits for a batch of replacements' agents to register and heartbeat
     /// before it fails (and puts the fleet back on the previous image).
     #[arg(long, env = "KILN_HEALTH_TIMEOUT", default_value_t = 300)]
@@ -467,6 +472,9 @@ impl Settings {
             anyhow::bail!(
                 "KILN_LEASE must be at least twice KILN_HEARTBEAT (heartbeats renew leases), and KILN_HEARTBEAT at least 1."
             );
+        }
+        if self.terminate_gather_ms > 60_000 {
+            anyhow::bail!("KILN_TERMINATE_GATHER_MS must be between 0 and 60000.");
         }
         if !(50..=1000).contains(&self.heartbeat_flush_ms) {
             anyhow::bail!("KILN_HEARTBEAT_FLUSH_MS must be between 50 and 1000.");

@@ -10,3 +10,4 @@ pub mod launch_servers;
 pub mod reconciler;
 pub mod servers;
 pub mod terminate_server;
+pub mod terminations;

@@ -1,8 +1,9 @@
 //! TerminateServer: the server is already disabled (the action did that in its transaction).
 //! A graceful terminate first waits, without holding a worker, until the server runs no job
 //! or its drain deadline passes (the task is deferred and looks again every couple of
-//! seconds); a forced one goes at once. Then it terminates the server at the provider and
-//! records the attempts still running there as `lost`, which puts their jobs back in the
+//! seconds); a forced one goes at once. Then it hands the server in to be terminated with
+//! the others drained meanwhile (one provider call for up to 1,000: see `terminations`),
+//! which records the attempts still running there as `lost` and puts their jobs back in the
 //! queue. Idempotent: a terminated server is left alone, and the provider treats a second
 //! terminate as a no-op.
 
@@ -11,9 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::cloud::{Provider, ServerFilter, describe_all};
-use crate::db::audit::{self, AuditEvent, Outcome};
-use crate::db::jobs::Lose;
+use crate::fleet::terminations;
 use crate::tasks::{Context, Task, TaskError};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +101,13 @@ pub async fn request(
 /// How often a draining server is looked at again.
 const DRAIN_POLL: Duration = Duration::from_secs(2);
 
+/// The gathering window of a worker started without settings (KILN_TERMINATE_GATHER_MS's
+/// default).
+const DEFAULT_GATHER_MS: u64 = 1000;
+
+/// How soon a server another task's batch is terminating is looked at again.
+const IN_ANOTHER_BATCH_POLL: Duration = Duration::from_secs(1);
+
 /// Turns a pending graceful terminate (by its dedupe key) into a forced one, due now.
 /// False when there is none left to escalate.
 pub async fn escalate(conn: &mut PgConnection, dedupe_key: &str) -> sqlx::Result<bool> {
@@ -124,17 +130,21 @@ impl Task for TerminateServer {
     const KIND: &'static str = "terminate_server";
 
     async fn run(&self, ctx: &Context) -> Result<(), TaskError> {
-        let cloud = ctx.cloud()?;
-        let Some(server) = crate::db::servers::find(&ctx.pool, &self.server_id).await? else {
+        let mut conn = ctx.pool.acquire().await?;
+        let Some(server) = crate::db::servers::find(&mut *conn, &self.server_id).await? else {
             return Err(TaskError::Fatal(anyhow::anyhow!(
                 "server {} does not exist",
                 self.server_id
             )));
         };
         if server.state == crate::domain::ServerState::Terminated {
+            terminations::forget(&mut conn, &self.server_id).await?;
             return Ok(());
         }
-        let running = crate::db::jobs::running_on(&ctx.pool, &self.server_id).await?;
+        if terminations::terminated_by_another(&mut conn, &self.server_id).await? {
+            return Ok(());
+        }
+        let running = crate::db::jobs::running_on(&mut *conn, &self.server_id).await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let draining = !self.force && running > 0 && self.drain_until.is_some_and(|d| now < d);
         if draining {
@@ -143,55 +153,26 @@ impl Task for TerminateServer {
                 format!("draining: {running} job(s) still running"),
             ));
         }
-        cloud
-            .terminate(std::slice::from_ref(&self.server_id))
-            .await?;
-        let state = describe_all(
-            cloud.as_ref(),
-            &ServerFilter {
-                ids: vec![self.server_id.clone()],
-                ..Default::default()
-            },
-        )
-        .await?
-        .first()
-        .map(|s| s.state.as_str())
-        .unwrap_or("terminated");
-        let mut tx = ctx.pool.begin().await?;
-        sqlx::query(
-            "UPDATE servers SET state = $2, updated_at = now(),
-                 terminated_at = CASE WHEN $2 = 'terminated' THEN now() ELSE terminated_at END
-             WHERE id = $1 AND state <> 'terminated'",
-        )
-        .bind(&self.server_id)
-        .bind(state)
-        .execute(&mut *tx)
-        .await?;
-        let why = if self.force {
-            "its server was force-terminated"
+        let gather = Duration::from_millis(
+            ctx.settings
+                .as_ref()
+                .map_or(DEFAULT_GATHER_MS, |s| s.terminate_gather_ms),
+        );
+        let new = terminations::hand_in(&mut conn, &self.server_id, self.force).await?;
+        drop(conn);
+        if new && !self.force && !gather.is_zero() {
+            return Err(TaskError::NotYet(
+                gather,
+                "drained; gathering others to terminate with it".into(),
+            ));
+        }
+        if terminations::lead(ctx, &self.server_id).await? {
+            Ok(())
         } else {
-            "its server's drain timeout passed"
-        };
-        let lost = crate::db::jobs::lose(&mut tx, Lose::OnServer(&self.server_id), why).await?;
-        audit::record(
-            &mut *tx,
-            AuditEvent::system(
-                "server.terminated",
-                format!("server:{}", self.server_id),
-                Outcome::Ok,
-            )
-            .detail(format!(
-                "{} terminate; the provider reports it {state}{}",
-                if self.force { "forced" } else { "graceful" },
-                if lost.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {} running job(s) requeued", lost.len())
-                }
-            )),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            Err(TaskError::NotYet(
+                IN_ANOTHER_BATCH_POLL,
+                "being terminated with others".into(),
+            ))
+        }
     }
 }

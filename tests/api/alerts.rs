@@ -234,25 +234,36 @@ pub(crate) fn keep_sending(
     name: &'static str,
     values: Arc<Mutex<Vec<(&'static str, f64)>>>,
 ) -> tokio::task::JoinHandle<()> {
-    let url = app.url("/v1/metrics");
-    let token = token.to_owned();
-    tokio::spawn(async move {
-        loop {
-            let now: Vec<Value> = values
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(source, v)| json!({"name": name, "source": source, "value": v}))
-                .collect();
-            let _ = reqwest::Client::new()
-                .post(&url)
-                .basic_auth("ops", Some(&token))
-                .json(&json!({ "gauges": now }))
-                .send()
-                .await;
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        }
-    })
+    tokio::spawn(send_forever(
+        app.url("/v1/metrics"),
+        token.to_owned(),
+        name,
+        values,
+    ))
+}
+
+/// Posts `values` as gauges named `name` to `url` every 300 ms until aborted.
+async fn send_forever(
+    url: String,
+    token: String,
+    name: &'static str,
+    values: Arc<Mutex<Vec<(&'static str, f64)>>>,
+) {
+    loop {
+        let now: Vec<Value> = values
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(source, v)| json!({"name": name, "source": source, "value": v}))
+            .collect();
+        let _ = reqwest::Client::new()
+            .post(&url)
+            .basic_auth("ops", Some(&token))
+            .json(&json!({ "gauges": now }))
+            .send()
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
 
 async fn state_of(app: &TestApp, rule: i64, source: &str) -> Option<String> {
@@ -1146,11 +1157,29 @@ async fn a_browser_writes_a_rule_previews_it_watches_it_fire_and_silences_it() {
         .unwrap();
     assert_eq!(res.status(), 200);
     kiln::metrics::rollup::roll_up_all(&app.pool).await.unwrap();
-    // And now it runs hot again.
-    let values = Arc::new(Mutex::new(vec![("t-1", 95.0)]));
-    let sender = keep_sending(&app, &token, "app.temp", values);
-    let result = crate::helpers::browser_check(&app, "alerts_check.py").await;
+    // And it runs hot again once the browser has read the preview (the script creates
+    // `previewed` then), so that the preview sees only the history however long Chromium
+    // takes to start.
+    let previewed = std::env::temp_dir().join(format!(
+        "kiln-previewed-{}-{}",
+        std::process::id(),
+        app.address.rsplit(':').next().unwrap()
+    ));
+    let _ = std::fs::remove_file(&previewed);
+    let gate = previewed.clone();
+    let (url, sender_token) = (app.url("/v1/metrics"), token.clone());
+    let sender = tokio::spawn(async move {
+        while !gate.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let values = Arc::new(Mutex::new(vec![("t-1", 95.0)]));
+        send_forever(url, sender_token, "app.temp", values).await;
+    });
+    let result =
+        crate::helpers::browser_check_with(&app, "alerts_check.py", &[previewed.to_str().unwrap()])
+            .await;
     sender.abort();
+    let _ = std::fs::remove_file(&previewed);
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(
         result.status.success(),

@@ -564,27 +564,6 @@ async fn the_github_webhook_bakes_pushes_to_its_branch_once_per_delivery() {
     stop_fleet(&app).await;
 }
 
-/// `kiln_ec2_calls_total` per action, from the console's `/metrics`.
-async fn ec2_calls(base: &str) -> std::collections::BTreeMap<String, f64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("kiln_ec2_calls_total{"))
-        .filter_map(|l| {
-            let action = l.split("action=\"").nth(1)?.split('"').next()?.to_owned();
-            let n: f64 = l.rsplit(' ').next()?.parse().ok()?;
-            Some((action, n))
-        })
-        .fold(Default::default(), |mut m, (a, n)| {
-            *m.entry(a).or_insert(0.0) += n;
-            m
-        })
-}
-
 /// The aws provider against moto. Moto runs no instance, so the test plays the builder's boot
 /// (what its user-data does on EC2): it starts `kiln agent` for the builder's instance id with
 /// an enrollment token. The bake makes exactly one AMI, named and tagged for its bake, and
@@ -641,7 +620,7 @@ async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
     .unwrap();
     assert_eq!(res.status(), 201);
     let recipe_id = res.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
-    let before = ec2_calls(&base).await;
+    let before = crate::cli::ec2_calls(&base).await;
     let res = post("/api/v1/bakes", json!({ "recipe_id": recipe_id }))
         .await
         .unwrap();
@@ -743,7 +722,7 @@ async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
             .then_some(())
     })
     .await;
-    let after = ec2_calls(&base).await;
+    let after = crate::cli::ec2_calls(&base).await;
     let used: Vec<String> = after
         .iter()
         .map(|(a, n)| (a, n - before.get(a).copied().unwrap_or(0.0)))

@@ -395,3 +395,24 @@ pub async fn admin_token(db: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// `kiln_ec2_calls_total` per action, from the console's `/metrics`.
+pub async fn ec2_calls(base: &str) -> std::collections::BTreeMap<String, f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("kiln_ec2_calls_total{"))
+        .filter_map(|l| {
+            let action = l.split("action=\"").nth(1)?.split('"').next()?.to_owned();
+            let n: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((action, n))
+        })
+        .fold(Default::default(), |mut m, (a, n)| {
+            *m.entry(a).or_insert(0.0) += n;
+            m
+        })
+}

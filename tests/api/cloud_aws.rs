@@ -383,3 +383,121 @@ async fn calls_paced_by_the_client_s_buckets_are_never_throttled() {
         "the proxy enforces its buckets"
     );
 }
+
+/// Servers drained together are terminated together: six graceful terminates asked for within
+/// the gathering window make one TerminateInstances and one DescribeInstances, and each server
+/// still gets its own state and audit event.
+#[tokio::test]
+async fn servers_drained_together_are_terminated_with_one_call() {
+    use serde_json::{Value, json};
+
+    let db = crate::helpers::fresh_database_url();
+    let endpoint = format!("http://127.0.0.1:{}", moto_port());
+    let fleet = fleet();
+    // The reconciler stays out of the way so that every DescribeInstances is the batch's.
+    let mut console = crate::cli::serve_aws(
+        &db,
+        &endpoint,
+        &fleet,
+        &[
+            ("KILN_TASK_POLL", "1"),
+            ("KILN_RECONCILE_INTERVAL", "3600"),
+            ("KILN_TERMINATE_GATHER_MS", "5000"),
+        ],
+    );
+    let port = crate::cli::listening_port(&mut console).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let token = crate::cli::admin_token(&db).await;
+    let pool = kiln::db::connect(&db).await.unwrap();
+    let api = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        api.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let res = post(
+        "/api/v1/images".into(),
+        json!({"id": SEEDED_AMI, "name": "ubuntu", "version": "1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    crate::helpers::eventually(30, "the AMI is adopted", || async {
+        let state: String = sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
+            .bind(SEEDED_AMI)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (state == "available").then_some(())
+    })
+    .await;
+    let res = post(
+        "/api/v1/servers".into(),
+        json!({"image_id": SEEDED_AMI, "count": 6, "instance_type": "t3.micro"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 202);
+    let ids: Vec<String> = crate::helpers::eventually(60, "six servers launched", || async {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM servers ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        (ids.len() == 6).then_some(ids)
+    })
+    .await;
+
+    let before = crate::cli::ec2_calls(&base).await;
+    for id in &ids {
+        let res = post(format!("/api/v1/servers/{id}/terminate"), json!({}))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    }
+    crate::helpers::eventually(60, "the six terminate tasks are done", || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE kind = 'terminate_server' AND state <> 'succeeded'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let after = crate::cli::ec2_calls(&base).await;
+    let delta =
+        |action: &str| after.get(action).unwrap_or(&0.0) - before.get(action).unwrap_or(&0.0);
+    assert_eq!(delta("TerminateInstances"), 1.0, "{before:?} → {after:?}");
+    assert_eq!(delta("DescribeInstances"), 1.0, "{before:?} → {after:?}");
+
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT state FROM servers WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(states, ["terminated"]);
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'server.terminated'
+         AND detail LIKE 'graceful terminate (one call for 6 servers)%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 6);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM server_terminations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "every handed-in row is gone with its task");
+    let (p, _) = provider(endpoint.clone(), &fleet, 3).await;
+    let at_moto = describe_all(&p, &ServerFilter::fleet(&fleet))
+        .await
+        .unwrap();
+    assert!(
+        at_moto.iter().all(|s| s.state == ServerState::Terminated) && at_moto.len() == 6,
+        "{at_moto:?}"
+    );
+    assert!(crate::cli::sigterm_and_wait(&mut console).await.success());
+}

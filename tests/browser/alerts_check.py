@@ -1,7 +1,9 @@
 """Drive Debian's Chromium through the Alerts page: write a rule, read its preview, save it,
 watch it fire, find its marker on the rule's chart, silence it.
 
-Usage: alerts_check.py BASE_URL USER PASSWORD OUT_DIR
+Usage: alerts_check.py BASE_URL USER PASSWORD OUT_DIR [PREVIEWED_FILE]
+PREVIEWED_FILE, when given, is created once the preview has been read: the test starts the
+hot readings only then, so the preview sees the history alone however slowly Chromium starts.
 Prints what it saw; exits non-zero on any failure or browser console error.
 """
 import sys
@@ -43,6 +45,8 @@ def main() -> int:
         preview = page.locator("#preview")
         preview.get_by_text("Would have fired").wait_for(timeout=10000)
         print("preview:", preview.inner_text().splitlines()[0])
+        if len(sys.argv) > 5:
+            open(sys.argv[5], "w").close()
         form.get_by_role("button", name="Add rule").click()
         page.wait_for_url(f"{base}/alerts/*")
         rule_url = page.url
