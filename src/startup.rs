@@ -61,6 +61,14 @@ impl Application {
         let pool = crate::db::connect(&settings.database.url()).await?;
         crate::db::migrate(&pool).await?;
         let initial_admin_password = create_initial_admin(&pool).await?;
+        // Before any ingest: the partitions for every time ingest accepts.
+        crate::metrics::storage::maintain(
+            &pool,
+            &crate::metrics::rollup::Retention::from_settings(&settings),
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )
+        .await
+        .context("Failed to create the metrics' partitions")?;
         let key = crate::db::secrets::get_or_create(&pool, "session_key", 64)
             .await
             .context("Failed to load the session signing key")?;

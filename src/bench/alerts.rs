@@ -46,8 +46,8 @@ async fn seed(pool: &PgPool, rules: i64, sources: i64) -> anyhow::Result<()> {
     .execute(pool)
     .await?;
     sqlx::query(
-        "INSERT INTO metric_points (series_id, t, count, sum, min, max, last)
-         SELECT s.id, date_trunc('minute', now()) - make_interval(mins => m), 1, v, v, v, v
+        "INSERT INTO metric_values (series_id, t, value)
+         SELECT s.id, metric_t(date_trunc('minute', now()) - make_interval(mins => m)), v
          FROM metric_series s, generate_series(0, 59) m,
               LATERAL (SELECT ((s.id * 7919 + m * 13) % 1000) / 10.0 AS v) x
          WHERE s.name LIKE 'bench.m%'",
@@ -82,11 +82,11 @@ type BareRow = (i64, String, i64, Option<f64>, Option<f64>, Option<f64>);
 /// The same windows, as a person would write them for one set of conditions: a join and a
 /// GROUP BY…
 const BARE_JOIN: &str =
-    "SELECT c.rule_id, s.source, sum(p.count)::BIGINT, sum(p.sum), min(p.min), max(p.max)
+    "SELECT c.rule_id, s.source, count(*), sum(p.value), min(p.value), max(p.value)
      FROM bench_conditions c
      JOIN metric_series s ON s.name = c.metric AND s.source LIKE c.source_like
-     JOIN metric_points p ON p.series_id = s.id
-         AND p.t >= $1::TIMESTAMPTZ - make_interval(secs => c.window_s) AND p.t < $1
+     JOIN metric_values p ON p.series_id = s.id
+         AND p.t >= metric_t($1::TIMESTAMPTZ - make_interval(secs => c.window_s)) AND p.t < metric_t($1)
      GROUP BY c.rule_id, s.id, s.source";
 
 /// …or one index range scan per series (what the pass's own statement does too). The
@@ -95,9 +95,10 @@ const BARE_LATERAL: &str = "SELECT c.rule_id, s.source, v.count, v.sum, v.min, v
      FROM bench_conditions c
      JOIN metric_series s ON s.name = c.metric AND s.source LIKE c.source_like
      CROSS JOIN LATERAL (
-         SELECT sum(p.count)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min, max(p.max) AS max
-         FROM metric_points p
-         WHERE p.series_id = s.id AND p.t >= $1::TIMESTAMPTZ - make_interval(secs => c.window_s) AND p.t < $1
+         SELECT count(*) AS count, sum(p.value) AS sum, min(p.value) AS min, max(p.value) AS max
+         FROM metric_values p
+         WHERE p.series_id = s.id AND p.t >= metric_t($1::TIMESTAMPTZ - make_interval(secs => c.window_s))
+           AND p.t < metric_t($1)
      ) v";
 
 async fn statements_per_pass(pool: &PgPool, cfg: &EvalConfig) -> anyhow::Result<usize> {
@@ -120,6 +121,7 @@ pub async fn run(args: AlertsArgs) -> anyhow::Result<()> {
 async fn measure(url: &str, args: &AlertsArgs) -> anyhow::Result<()> {
     let pool = crate::db::connect(url).await?;
     crate::db::migrate(&pool).await?;
+    crate::metrics::storage::prepare(&pool).await?;
     let cfg = EvalConfig {
         interval: Duration::from_secs(15),
         for_scale: 1.0,
@@ -136,7 +138,7 @@ async fn measure(url: &str, args: &AlertsArgs) -> anyhow::Result<()> {
     sqlx::query("DROP TABLE bench_conditions")
         .execute(&pool)
         .await?;
-    sqlx::query("DELETE FROM metric_points")
+    sqlx::query("DELETE FROM metric_values")
         .execute(&pool)
         .await?;
     sqlx::query("DELETE FROM metric_series")

@@ -108,7 +108,7 @@ async fn ingest_copy(
     now: i64,
     per_copy: usize,
 ) -> anyhow::Result<Duration> {
-    let ids: Vec<i64> =
+    let ids: Vec<i32> =
         sqlx::query_scalar("SELECT id FROM metric_series WHERE name = $1 ORDER BY source")
             .bind(name)
             .fetch_all(pool)
@@ -128,16 +128,8 @@ async fn ingest_copy(
                     let mut text = String::with_capacity(chunk.len() * 64);
                     for &i in chunk {
                         let v = (i % 1000) as f64 / 10.0;
-                        let t = time::OffsetDateTime::from_unix_timestamp(
-                            now - 3600 + (i as i64 % 3600),
-                        )
-                        .expect("a time")
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .expect("formattable");
-                        text.push_str(&format!(
-                            "{}\t{t}\t1\t{v}\t{v}\t{v}\t{v}\n",
-                            ids[i % SOURCES]
-                        ));
+                        let t = crate::metrics::storage::stored_t(now - 3600 + (i as i64 % 3600));
+                        text.push_str(&format!("{}\t{t}\t{v}\n", ids[i % SOURCES]));
                     }
                     text
                 })
@@ -146,7 +138,7 @@ async fn ingest_copy(
             for text in texts {
                 let mut copy = conn
                     .copy_in_raw(
-                        "COPY metric_points (series_id, t, count, sum, min, max, last) FROM STDIN WITH (FORMAT text)",
+                        "COPY metric_values (series_id, t, value) FROM STDIN WITH (FORMAT text)",
                     )
                     .await?;
                 copy.send(text.into_bytes()).await?;
@@ -173,8 +165,8 @@ async fn seed(pool: &PgPool, name: &str, per_series: i64) -> anyhow::Result<()> 
     .execute(pool)
     .await?;
     sqlx::query(
-        "INSERT INTO metric_points (series_id, t, count, sum, min, max, last)
-         SELECT s.id, now() - make_interval(secs => 86400.0 * g / $2), 1, v, v, v, v
+        "INSERT INTO metric_values (series_id, t, value)
+         SELECT s.id, metric_t(now() - make_interval(secs => 86400.0 * g / $2)), v
          FROM metric_series s, generate_series(1, $2) g, LATERAL (SELECT (g % 1000) / 10.0 AS v) x
          WHERE s.name = $1
          ORDER BY 2",
@@ -312,7 +304,7 @@ pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         // Grow the same series to the target: 1M, then 10M stored points in the window.
         let have: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM metric_points p JOIN metric_series s ON s.id = p.series_id WHERE s.name = $1",
+            "SELECT count(*) FROM metric_values p JOIN metric_series s ON s.id = p.series_id WHERE s.name = $1",
         )
         .bind(name)
         .fetch_one(&pool)

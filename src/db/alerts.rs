@@ -282,9 +282,10 @@ macro_rules! conditions_cte {
             "WITH c AS MATERIALIZED (
     SELECT r.id AS rule_id, (c.ord - 1)::INT AS idx, c.cond->>'metric' AS metric,
            c.cond->>'source_like' AS source_like, c.cond->>'op' AS op,
-           $1::TIMESTAMPTZ - make_interval(secs => (c.cond->>'window_s')::INT) AS w_from,
-           greatest($1::TIMESTAMPTZ - make_interval(secs => (c.cond->>'window_s')::INT),
-                    date_trunc('minute', $1::TIMESTAMPTZ - interval '2 minutes')) AS raw_from
+           metric_t($1::TIMESTAMPTZ - make_interval(secs => (c.cond->>'window_s')::INT)) AS w_from,
+           metric_t(greatest($1::TIMESTAMPTZ - make_interval(secs => (c.cond->>'window_s')::INT),
+                    date_trunc('minute', $1::TIMESTAMPTZ - interval '2 minutes'))) AS raw_from,
+           metric_t($1::TIMESTAMPTZ) AS w_to
     FROM alert_rules r CROSS JOIN LATERAL jsonb_array_elements(r.conditions) WITH ORDINALITY AS c(cond, ord)
     WHERE r.enabled AND ",
             $filter,
@@ -301,8 +302,7 @@ macro_rules! absent_or_data {
         "
 WHERE v.count > 0
    OR (c.op = 'absent' AND EXISTS (
-        SELECT 1 FROM metric_rollups u
-        WHERE u.resolution = 60 AND u.series_id = s.id AND u.t >= $1::TIMESTAMPTZ - interval '1 hour'))"
+        SELECT 1 FROM metric_rolled(60, s.id, c.w_to - 3600, 2147483647)))"
     };
 }
 
@@ -314,8 +314,7 @@ FROM c
 JOIN metric_series s ON s.name = c.metric AND s.source LIKE c.source_like
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(p.count), 0)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min, max(p.max) AS max
-    FROM metric_points p
-    WHERE p.series_id = s.id AND p.t >= c.w_from AND p.t < $1
+    FROM metric_raw(s.id, c.w_from, c.w_to) p
 ) v",
     absent_or_data!()
 );
@@ -329,11 +328,9 @@ JOIN metric_series s ON s.name = c.metric AND s.source LIKE c.source_like
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(x.count), 0)::BIGINT AS count, sum(x.sum) AS sum, min(x.min) AS min, max(x.max) AS max
     FROM (
-        SELECT p.count, p.sum, p.min, p.max FROM metric_points p
-        WHERE p.series_id = s.id AND p.t >= c.raw_from AND p.t < $1
+        SELECT p.count, p.sum, p.min, p.max FROM metric_raw(s.id, c.raw_from, c.w_to) p
         UNION ALL
-        SELECT u.count, u.sum, u.min, u.max FROM metric_rollups u
-        WHERE u.resolution = 60 AND u.series_id = s.id AND u.t >= c.w_from AND u.t < c.raw_from
+        SELECT u.count, u.sum, u.min, u.max FROM metric_rolled(60, s.id, c.w_from, c.raw_from) u
     ) x
 ) v",
     absent_or_data!()

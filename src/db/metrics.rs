@@ -5,6 +5,16 @@ use time::OffsetDateTime;
 
 use crate::domain::measurement::Measurement;
 
+/// Unix seconds of 2000-01-01 UTC, where stored times count from (`metric_t` in SQL; see
+/// migrations/20261205000025_metrics_partitioned.sql).
+pub const EPOCH_UNIX: i64 = 946_684_800;
+
+/// The stored time of unix seconds (ingest accepts only times a 4-byte count holds: the
+/// retention window around now, until 2068).
+pub fn stored_t(unix: i64) -> i32 {
+    (unix - EPOCH_UNIX) as i32
+}
+
 /// Stores a validated request in the caller's transaction: its series (created on first
 /// sight), its points, and the minute buckets the rollup task must recompute. Fails with
 /// the name of the series when a name+source already exists as the other kind.
@@ -25,7 +35,7 @@ pub async fn store(
 pub async fn resolve_series(
     conn: &mut PgConnection,
     measurements: &[Measurement],
-) -> sqlx::Result<Result<Vec<i64>, String>> {
+) -> sqlx::Result<Result<Vec<i32>, String>> {
     let mut keys: Vec<(&str, &str, &str, String)> = measurements
         .iter()
         .map(|m| {
@@ -56,7 +66,7 @@ pub async fn resolve_series(
     .bind(&tags)
     .execute(&mut *conn)
     .await?;
-    let series: Vec<(i64, String, String, String)> = sqlx::query_as(
+    let series: Vec<(i32, String, String, String)> = sqlx::query_as(
         "SELECT s.id, s.name, s.source, s.kind FROM metric_series s
          JOIN unnest($1::TEXT[], $2::TEXT[]) AS i(name, source) ON i.name = s.name AND i.source = s.source",
     )
@@ -64,7 +74,7 @@ pub async fn resolve_series(
     .bind(&sources)
     .fetch_all(&mut *conn)
     .await?;
-    let lookup: std::collections::HashMap<(&str, &str), (i64, &str)> = series
+    let lookup: std::collections::HashMap<(&str, &str), (i32, &str)> = series
         .iter()
         .map(|(id, n, s, k)| ((n.as_str(), s.as_str()), (*id, k.as_str())))
         .collect();
@@ -82,31 +92,33 @@ pub async fn resolve_series(
 }
 
 /// Appends the points (`ids[i]` is the series of `measurements[i]`) and marks their minutes
-/// dirty, in one statement: atomic even outside a transaction.
+/// dirty, in one statement: atomic even outside a transaction. A plain value goes to
+/// `metric_values` as one number, a pre-aggregated gauge to `metric_aggregates`.
 pub async fn insert_points(
     db: impl PgExecutor<'_>,
     measurements: &[Measurement],
-    ids: &[i64],
+    ids: &[i32],
 ) -> sqlx::Result<()> {
-    let times: Vec<OffsetDateTime> = measurements
-        .iter()
-        .map(|m| OffsetDateTime::from_unix_timestamp(m.time).unwrap_or(OffsetDateTime::UNIX_EPOCH))
-        .collect();
-    let counts: Vec<i64> = measurements.iter().map(|m| m.count).collect();
-    let sums: Vec<f64> = measurements.iter().map(|m| m.sum).collect();
-    let mins: Vec<f64> = measurements.iter().map(|m| m.min).collect();
-    let maxs: Vec<f64> = measurements.iter().map(|m| m.max).collect();
-    let lasts: Vec<f64> = measurements.iter().map(|m| m.last).collect();
+    let mut plain = Columns::default();
+    let mut aggregated = Columns::default();
+    for (m, &id) in measurements.iter().zip(ids) {
+        let to = if is_plain(m) {
+            &mut plain
+        } else {
+            &mut aggregated
+        };
+        to.push(id, m);
+    }
     // The (series, minute) pairs to mark, deduplicated here and sorted (concurrent requests
     // mark shared minutes in the same order): usually a handful for hundreds of points.
-    let mut dirty: Vec<(i64, i64)> = ids
+    let mut dirty: Vec<(i32, i64)> = ids
         .iter()
         .zip(measurements)
         .map(|(&id, m)| (id, m.time.div_euclid(60) * 60))
         .collect();
     dirty.sort_unstable();
     dirty.dedup();
-    let (dirty_ids, dirty_minutes): (Vec<i64>, Vec<OffsetDateTime>) = dirty
+    let (dirty_ids, dirty_minutes): (Vec<i32>, Vec<OffsetDateTime>) = dirty
         .into_iter()
         .map(|(id, minute)| {
             (
@@ -116,20 +128,26 @@ pub async fn insert_points(
         })
         .unzip();
     sqlx::query(
-        "WITH p AS (
-             INSERT INTO metric_points (series_id, t, count, sum, min, max, last)
-             SELECT * FROM unnest($1::BIGINT[], $2::TIMESTAMPTZ[], $3::BIGINT[], $4::FLOAT8[], $5::FLOAT8[], $6::FLOAT8[], $7::FLOAT8[]))
+        "WITH v AS (
+             INSERT INTO metric_values (series_id, t, value)
+             SELECT * FROM unnest($1::INT[], $2::INT[], $3::FLOAT8[])),
+         a AS (
+             INSERT INTO metric_aggregates (series_id, t, count, sum, min, max, last)
+             SELECT * FROM unnest($4::INT[], $5::INT[], $6::BIGINT[], $7::FLOAT8[], $8::FLOAT8[], $9::FLOAT8[], $10::FLOAT8[]))
          INSERT INTO metric_dirty (series_id, minute)
-         SELECT * FROM unnest($8::BIGINT[], $9::TIMESTAMPTZ[])
+         SELECT * FROM unnest($11::INT[], $12::TIMESTAMPTZ[])
          ON CONFLICT DO NOTHING",
     )
-    .bind(ids)
-    .bind(&times)
-    .bind(&counts)
-    .bind(&sums)
-    .bind(&mins)
-    .bind(&maxs)
-    .bind(&lasts)
+    .bind(&plain.ids)
+    .bind(&plain.times)
+    .bind(&plain.lasts)
+    .bind(&aggregated.ids)
+    .bind(&aggregated.times)
+    .bind(&aggregated.counts)
+    .bind(&aggregated.sums)
+    .bind(&aggregated.mins)
+    .bind(&aggregated.maxs)
+    .bind(&aggregated.lasts)
     .bind(&dirty_ids)
     .bind(&dirty_minutes)
     .execute(db)
@@ -137,10 +155,39 @@ pub async fn insert_points(
     Ok(())
 }
 
+/// A measurement of one number (a plain gauge or a counter): stored as that number alone.
+pub fn is_plain(m: &Measurement) -> bool {
+    m.count == 1 && m.sum == m.last && m.min == m.last && m.max == m.last
+}
+
+/// Points as columns, for `unnest`.
+#[derive(Default)]
+struct Columns {
+    ids: Vec<i32>,
+    times: Vec<i32>,
+    counts: Vec<i64>,
+    sums: Vec<f64>,
+    mins: Vec<f64>,
+    maxs: Vec<f64>,
+    lasts: Vec<f64>,
+}
+
+impl Columns {
+    fn push(&mut self, id: i32, m: &Measurement) {
+        self.ids.push(id);
+        self.times.push(stored_t(m.time));
+        self.counts.push(m.count);
+        self.sums.push(m.sum);
+        self.mins.push(m.min);
+        self.maxs.push(m.max);
+        self.lasts.push(m.last);
+    }
+}
+
 /// Recomputes the 1-minute rollups of up to `limit` dirty minutes from the raw points, then
 /// the 1-hour rollups of their hours from the minutes. Returns the minutes done.
 pub async fn roll_up(conn: &mut PgConnection, limit: i64) -> sqlx::Result<usize> {
-    let hours: Vec<(i64, OffsetDateTime)> = sqlx::query_as(
+    let hours: Vec<(i32, i32)> = sqlx::query_as(
         "WITH pick AS MATERIALIZED (
              SELECT ctid AS tid FROM metric_dirty ORDER BY series_id, minute LIMIT $1 FOR UPDATE SKIP LOCKED),
          -- By the picked rows' ctids (stable: they are locked): a TID scan whatever the
@@ -148,24 +195,24 @@ pub async fn roll_up(conn: &mut PgConnection, limit: i64) -> sqlx::Result<usize>
          -- burst, as a nested loop over every dirty row per picked row (20 s per batch).
          d AS (
              DELETE FROM metric_dirty x WHERE x.ctid = ANY (ARRAY(SELECT tid FROM pick))
-             RETURNING x.series_id, x.minute),
+             RETURNING x.series_id, metric_t(x.minute) AS t),
          -- LATERAL: one index range scan per dirty minute (a join would let the planner hash
          -- on the series and compare every minute with every point of it).
          m AS (
-             SELECT d.series_id, d.minute AS t, x.count, x.sum, x.min, x.max, x.last, x.last_t
+             SELECT d.series_id, d.t, x.count, x.sum, x.min, x.max, x.last
              FROM d CROSS JOIN LATERAL (
                  SELECT sum(p.count)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min, max(p.max) AS max,
-                        (array_agg(p.last ORDER BY p.t DESC))[1] AS last, max(p.t) AS last_t
-                 FROM metric_points p
-                 WHERE p.series_id = d.series_id AND p.t >= d.minute AND p.t < d.minute + interval '1 minute') x
+                        (array_agg(p.last ORDER BY p.t DESC))[1] AS last
+                 FROM metric_raw(d.series_id, d.t, d.t + 60) p) x
              WHERE x.count IS NOT NULL),
          up AS (
-             INSERT INTO metric_rollups (resolution, series_id, t, count, sum, min, max, last, last_t)
-             SELECT 60, series_id, t, count, sum, min, max, last, last_t FROM m ORDER BY series_id, t
-             ON CONFLICT (resolution, series_id, t) DO UPDATE SET count = EXCLUDED.count, sum = EXCLUDED.sum,
-                 min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, last_t = EXCLUDED.last_t
+             INSERT INTO metric_minutes (series_id, t, count, sum, min, max, last)
+             SELECT series_id, t, count, sum, min, max, last FROM m ORDER BY series_id, t
+             ON CONFLICT (series_id, t) DO UPDATE SET count = EXCLUDED.count, sum = EXCLUDED.sum,
+                 min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last
              RETURNING series_id, t)
-         SELECT DISTINCT series_id, date_trunc('hour', t) FROM up",
+         -- Stored times count from a midnight: an hour starts where t is a multiple of 3600.
+         SELECT DISTINCT series_id, t - t % 3600 FROM up",
     )
     .bind(limit)
     .fetch_all(&mut *conn)
@@ -173,43 +220,25 @@ pub async fn roll_up(conn: &mut PgConnection, limit: i64) -> sqlx::Result<usize>
     if hours.is_empty() {
         return Ok(0);
     }
-    let (series, starts): (Vec<i64>, Vec<OffsetDateTime>) = hours.iter().cloned().unzip();
+    let (series, starts): (Vec<i32>, Vec<i32>) = hours.iter().cloned().unzip();
     sqlx::query(
-        "INSERT INTO metric_rollups (resolution, series_id, t, count, sum, min, max, last, last_t)
-         SELECT 3600, h.series_id, h.hour, x.count, x.sum, x.min, x.max, x.last, x.last_t
-         FROM unnest($1::BIGINT[], $2::TIMESTAMPTZ[]) AS h(series_id, hour)
+        "INSERT INTO metric_hours (series_id, t, count, sum, min, max, last)
+         SELECT h.series_id, h.hour, x.count, x.sum, x.min, x.max, x.last
+         FROM unnest($1::INT[], $2::INT[]) AS h(series_id, hour)
          CROSS JOIN LATERAL (
              SELECT sum(r.count)::BIGINT AS count, sum(r.sum) AS sum, min(r.min) AS min, max(r.max) AS max,
-                    (array_agg(r.last ORDER BY r.last_t DESC))[1] AS last, max(r.last_t) AS last_t
-             FROM metric_rollups r
-             WHERE r.resolution = 60 AND r.series_id = h.series_id AND r.t >= h.hour AND r.t < h.hour + interval '1 hour') x
+                    (array_agg(r.last ORDER BY r.t DESC))[1] AS last
+             FROM metric_rolled(60, h.series_id, h.hour, h.hour + 3600) r) x
          WHERE x.count IS NOT NULL
          ORDER BY h.series_id, h.hour
-         ON CONFLICT (resolution, series_id, t) DO UPDATE SET count = EXCLUDED.count, sum = EXCLUDED.sum,
-             min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, last_t = EXCLUDED.last_t",
+         ON CONFLICT (series_id, t) DO UPDATE SET count = EXCLUDED.count, sum = EXCLUDED.sum,
+             min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last",
     )
     .bind(&series)
     .bind(&starts)
     .execute(&mut *conn)
     .await?;
     Ok(hours.len())
-}
-
-/// Drops raw points and rollups past their retention (seconds).
-pub async fn prune(db: &sqlx::PgPool, raw_s: i64, minute_s: i64, hour_s: i64) -> sqlx::Result<u64> {
-    let raw = sqlx::query("DELETE FROM metric_points WHERE t < now() - make_interval(secs => $1)")
-        .bind(raw_s as f64)
-        .execute(db)
-        .await?;
-    let rolled = sqlx::query(
-        "DELETE FROM metric_rollups WHERE (resolution = 60 AND t < now() - make_interval(secs => $1))
-                                      OR (resolution = 3600 AND t < now() - make_interval(secs => $2))",
-    )
-    .bind(minute_s as f64)
-    .bind(hour_s as f64)
-    .execute(db)
-    .await?;
-    Ok(raw.rows_affected() + rolled.rows_affected())
 }
 
 /// One bucket of one series, aggregated over the bucket.
@@ -246,27 +275,27 @@ pub async fn buckets(
     match table {
         Table::Raw => {
             sqlx::query_as(
-                "SELECT s.source, s.kind, (floor(extract(epoch FROM p.t) / $5) * $5)::BIGINT AS t,
+                "SELECT s.source, s.kind, metric_unix(p.t) / $5 * $5 AS t,
                         sum(p.count)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min, max(p.max) AS max,
                         (array_agg(p.last ORDER BY p.t DESC))[1] AS last
-                 FROM metric_series s JOIN metric_points p ON p.series_id = s.id
-                 WHERE s.name = $1 AND s.source LIKE $2 AND p.t >= $3 AND p.t < $4
+                 FROM metric_series s CROSS JOIN LATERAL metric_raw(s.id, metric_t($3), metric_t($4)) p
+                 WHERE s.name = $1 AND s.source LIKE $2
                  GROUP BY s.source, s.kind, 3 ORDER BY s.source, 3",
             )
             .bind(name)
             .bind(source_like)
             .bind(from)
             .bind(to)
-            .bind(resolution as f64)
+            .bind(resolution)
             .fetch_all(db)
             .await
         }
         // At the rollup's own step a bucket is one rollup row: no grouping needed.
         Table::Rollup(r) if i64::from(r) == resolution => {
             sqlx::query_as(
-                "SELECT s.source, s.kind, extract(epoch FROM p.t)::BIGINT AS t, p.count, p.sum, p.min, p.max, p.last
-                 FROM metric_series s JOIN metric_rollups p ON p.series_id = s.id AND p.resolution = $5
-                 WHERE s.name = $1 AND s.source LIKE $2 AND p.t >= $3 AND p.t < $4
+                "SELECT s.source, s.kind, metric_unix(p.t) AS t, p.count, p.sum, p.min, p.max, p.last
+                 FROM metric_series s CROSS JOIN LATERAL metric_rolled($5, s.id, metric_t($3), metric_t($4)) p
+                 WHERE s.name = $1 AND s.source LIKE $2
                  ORDER BY s.source, p.t",
             )
             .bind(name)
@@ -279,18 +308,18 @@ pub async fn buckets(
         }
         Table::Rollup(r) => {
             sqlx::query_as(
-                "SELECT s.source, s.kind, (floor(extract(epoch FROM p.t) / $5) * $5)::BIGINT AS t,
+                "SELECT s.source, s.kind, metric_unix(p.t) / $5 * $5 AS t,
                         sum(p.count)::BIGINT AS count, sum(p.sum) AS sum, min(p.min) AS min, max(p.max) AS max,
-                        (array_agg(p.last ORDER BY p.last_t DESC))[1] AS last
-                 FROM metric_series s JOIN metric_rollups p ON p.series_id = s.id AND p.resolution = $6
-                 WHERE s.name = $1 AND s.source LIKE $2 AND p.t >= $3 AND p.t < $4
+                        (array_agg(p.last ORDER BY p.t DESC))[1] AS last
+                 FROM metric_series s CROSS JOIN LATERAL metric_rolled($6, s.id, metric_t($3), metric_t($4)) p
+                 WHERE s.name = $1 AND s.source LIKE $2
                  GROUP BY s.source, s.kind, 3 ORDER BY s.source, 3",
             )
             .bind(name)
             .bind(source_like)
             .bind(from)
             .bind(to)
-            .bind(resolution as f64)
+            .bind(resolution)
             .bind(r)
             .fetch_all(db)
             .await

@@ -99,7 +99,7 @@ pub async fn lead(ctx: &Context, own: &str) -> Result<bool, TaskError> {
             .iter()
             .find(|s| &s.id == id)
             .map_or("terminated", |s| s.state.as_str());
-        record(&mut *tx, id, *forced, state, &together).await?;
+        record(&mut tx, id, *forced, state, &together).await?;
     }
     sqlx::query(
         "UPDATE server_terminations SET terminated_at = now() WHERE server_id = ANY($1) AND server_id <> $2",
@@ -108,7 +108,7 @@ pub async fn lead(ctx: &Context, own: &str) -> Result<bool, TaskError> {
     .bind(own)
     .execute(&mut *tx)
     .await?;
-    forget(&mut *tx, own).await?;
+    forget(&mut tx, own).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -1,5 +1,6 @@
 //! Librato-style metrics: ingest (the two Librato formats, validated in `ingest`), storage in
-//! PostgreSQL (raw points + 1-minute and 1-hour rollups, kept by `rollup`), and series
+//! PostgreSQL (raw points + 1-minute and 1-hour rollups, kept by `rollup`, in tables
+//! partitioned by time: `storage`), and series
 //! queries (`series`) that pick the coarsest stored resolution that still fills the chart.
 
 pub mod dashboard_edits;
@@ -9,3 +10,4 @@ pub mod recorder;
 pub mod rollup;
 pub mod series;
 pub mod series_ids;
+pub mod storage;

@@ -1,6 +1,8 @@
 //! The rollup loop: every few seconds, recompute the 1-minute rollups of the minutes that got
-//! new raw points (and the 1-hour rollups of their hours); now and then drop what is past its
-//! retention. Several consoles may run it at once: dirty minutes are claimed with SKIP LOCKED.
+//! new raw points (and the 1-hour rollups of their hours) and move a batch of rows from the
+//! tables before partitioning, if any are left; now and then create the partitions ahead and
+//! drop those past retention (`storage::maintain`). Several consoles may run it at once:
+//! dirty minutes are claimed with SKIP LOCKED, maintenance is one console at a time.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +11,8 @@ use tokio::sync::watch;
 
 /// Dirty minutes per transaction.
 const BATCH: i64 = 5000;
-/// How often retention is applied.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often partitions are created ahead and retention is applied.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -20,6 +22,13 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// KILN_METRICS_RETENTION_DAYS's default, 7 days.
+    pub const DEFAULT: Retention = Retention {
+        raw_s: 7 * 86_400,
+        minute_s: 30 * 86_400,
+        hour_s: 400 * 86_400,
+    };
+
     /// Raw points for KILN_METRICS_RETENTION_DAYS; 1-minute rollups 30 days (at least as long);
     /// 1-hour rollups 400 days.
     pub fn from_settings(settings: &crate::config::Settings) -> Self {
@@ -52,22 +61,28 @@ pub async fn run(
     retention: Retention,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut pruned = Instant::now();
+    let mut maintained = Instant::now();
+    // Where moving the legacy rows got to; None once both legacy tables are empty.
+    let mut moving = Some((0, 0));
     loop {
         if let Err(e) = roll_up_all(&pool).await {
             tracing::warn!(error = %e, "metric rollup failed; next try soon");
         }
-        if pruned.elapsed() >= PRUNE_EVERY {
-            pruned = Instant::now();
-            if let Err(e) = crate::db::metrics::prune(
-                &pool,
-                retention.raw_s,
-                retention.minute_s,
-                retention.hour_s,
-            )
-            .await
-            {
-                tracing::warn!(error = %e, "metric retention failed; next try later");
+        if let Some(after) = moving.as_mut() {
+            let batch = crate::metrics::storage::MOVE_BATCH;
+            match crate::metrics::storage::move_legacy(&pool, &retention, after, batch).await {
+                Ok(0) => moving = None,
+                Ok(n) => tracing::debug!(rows = n, "moved metric rows to the partitioned tables"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "moving legacy metric rows failed; next try soon")
+                }
+            }
+        }
+        if maintained.elapsed() >= MAINTAIN_EVERY {
+            maintained = Instant::now();
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            if let Err(e) = crate::metrics::storage::maintain(&pool, &retention, now).await {
+                tracing::warn!(error = %e, "metric partition maintenance failed; next try later");
             }
         }
         tokio::select! {

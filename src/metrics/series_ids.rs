@@ -13,7 +13,7 @@ use crate::metrics::ingest::{Kind, Measurement, kind_clash};
 const MAX_ENTRIES: usize = 200_000;
 
 /// name -> source -> (id, kind): nested, so a lookup borrows the measurement's strings.
-type Map = HashMap<String, HashMap<String, (i64, Kind)>>;
+type Map = HashMap<String, HashMap<String, (i32, Kind)>>;
 
 #[derive(Clone, Default)]
 pub struct SeriesIds(Arc<RwLock<(Map, usize)>>);
@@ -21,7 +21,7 @@ pub struct SeriesIds(Arc<RwLock<(Map, usize)>>);
 /// What the cache knows of a request's series.
 pub enum Known {
     /// Every series, with its id per measurement.
-    All(Vec<i64>),
+    All(Vec<i32>),
     /// At least one series is new to this process.
     Incomplete,
     /// A measurement's name+source exists as the other kind.
@@ -47,7 +47,7 @@ impl SeriesIds {
     }
 
     /// Remembers the series of committed measurements (`ids[i]` is `measurements[i]`'s).
-    pub fn learn(&self, measurements: &[Measurement], ids: &[i64]) {
+    pub fn learn(&self, measurements: &[Measurement], ids: &[i32]) {
         let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
         let (map, entries) = &mut *guard;
         if *entries + measurements.len() > MAX_ENTRIES {

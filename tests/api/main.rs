@@ -22,6 +22,7 @@ mod invariants;
 mod jobs;
 mod login;
 mod metrics;
+mod metrics_storage;
 mod moto;
 mod replicas;
 mod retention;
