@@ -25,6 +25,7 @@ pub mod big_rollback;
 pub mod canary;
 pub mod guard;
 pub mod metrics;
+pub mod metrics_storage;
 pub mod queue;
 pub mod retention;
 pub mod rollout;
@@ -42,6 +43,8 @@ pub enum Suite {
     Rollout(rollout::RolloutArgs),
     /// Metrics: HTTP ingest vs COPY, chart query vs its SQL at 1M and 10M points, the page.
     Metrics(metrics::MetricsArgs),
+    /// Metrics storage: bytes per point and per rollup row, a day's retention, vs the old layout.
+    MetricsStorage(metrics_storage::MetricsStorageArgs),
     /// Bakes: Kiln's own overhead per bake (all but the commands and the provider).
     Bake(bake::BakeArgs),
     /// Alerts: one evaluation pass over 1,000 rules x 50 sources vs the bare SQL.
@@ -346,6 +349,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Suite::Queue(q)) => return queue::run(q).await,
         Some(Suite::Rollout(r)) => return rollout::run(r).await,
         Some(Suite::Metrics(m)) => return metrics::run(m).await,
+        Some(Suite::MetricsStorage(m)) => return metrics_storage::run(m).await,
         Some(Suite::Bake(b)) => return bake::run(b).await,
         Some(Suite::Alerts(a)) => return alerts::run(a).await,
         Some(Suite::Scaling(s)) => return scaling::run(s).await,
