@@ -130,3 +130,11 @@ CREATE VIEW metric_rollups AS
     SELECT 3600, series_id, to_timestamp(metric_unix(t)), count, sum, min, max, last FROM metric_hours
     UNION ALL
     SELECT resolution, series_id::INTEGER, t, count, sum, min, max, last FROM metric_rollups_legacy;
+
+-- Raw partitions whose day has ended and whose indexes were rebuilt: a day's index, filled
+-- by points arriving for every series at once, splits its pages half full; rebuilt once the
+-- day is over it is packed (src/metrics/storage.rs, `compact_closed`).
+CREATE TABLE metric_compactions (
+    partition TEXT PRIMARY KEY,
+    at        TIMESTAMPTZ NOT NULL DEFAULT now()
+);

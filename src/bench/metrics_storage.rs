@@ -7,7 +7,8 @@
 //!   source's point of a moment together), then rolled up by the console's own rollup code;
 //! - the same points and rollup rows copied into tables of the old layout (8-byte ids and
 //!   times, five numbers per point, a `t` index), as the reference;
-//! - bytes per raw point and per 1-minute rollup row, heap + indexes, of both;
+//! - bytes per raw point and per 1-minute rollup row, heap + indexes, of both; and per raw
+//!   point again once the closed days' partitions are compacted (`storage::compact_closed`);
 //! - retention of the oldest day: `storage::maintain` dropping its partitions, against the
 //!   `DELETE` the old layout needed for the same rows.
 
@@ -181,19 +182,41 @@ async fn measure(url: &str, args: &MetricsStorageArgs) -> anyhow::Result<()> {
     );
     sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
 
+    let all_open = bytes(&pool, "metric_values").await?;
+    let started = Instant::now();
+    let compacted = storage::compact_closed(&pool, now).await?;
+    let compaction = started.elapsed();
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
     let points = count(&pool, "metric_values").await?;
     let minutes = count(&pool, "metric_minutes").await?;
     let hours = count(&pool, "metric_hours").await?;
     let per = |b: i64, n: i64| b as f64 / n.max(1) as f64;
-    let new_point = per(bytes(&pool, "metric_values").await?, points);
+    let new_point = per(all_open, points);
+    let (mut closed_bytes, mut closed_points) = (0, 0);
+    for name in compacted.iter().filter(|n| n.starts_with("metric_values_")) {
+        closed_bytes += bytes(&pool, name).await?;
+        closed_points += count(&pool, name).await?;
+    }
+    let (today, ..) = storage::partition_of(&storage::TABLES[0], storage::stored_t(now).into());
+    let open_point = per(bytes(&pool, &today).await?, count(&pool, &today).await?);
+    let closed_point = per(closed_bytes, closed_points);
     let old_point = per(bytes(&pool, "bench_old_points").await?, points);
     let new_minute = per(bytes(&pool, "metric_minutes").await?, minutes);
     let old_minute = per(bytes(&pool, "bench_old_rollups").await?, minutes);
     let new_hour = per(bytes(&pool, "metric_hours").await?, hours);
     println!("  bytes on disk (heap + indexes), after VACUUM:");
     println!(
-        "    raw point:        {new_point:>6.1} B  (before partitioning {old_point:.1} B -> {:.2}x; target <= 70 B)",
+        "    raw point, as loaded:              {new_point:>6.1} B  (before partitioning {old_point:.1} B -> {:.2}x; target <= 70 B)",
         new_point / old_point
+    );
+    println!(
+        "    raw point, closed days compacted:  {closed_point:>6.1} B  ({closed_points} points; {} partitions rebuilt in {:.1} s)",
+        compacted.len(),
+        compaction.as_secs_f64()
+    );
+    println!(
+        "    raw point, today's open partition: {open_point:>6.1} B  ({} points)",
+        points - closed_points
     );
     println!(
         "    1-minute rollup:  {new_minute:>6.1} B  (before {old_minute:.1} B -> {:.2}x; target <= 120 B)  {minutes} rows",

@@ -62,6 +62,8 @@ pub async fn run(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut maintained = Instant::now();
+    // Compaction runs beside the loop (a day's rebuild takes seconds; rollups go on).
+    let mut compacting: Option<tokio::task::JoinHandle<()>> = None;
     // Where moving the legacy rows got to; None once both legacy tables are empty.
     let mut moving = Some((0, 0));
     loop {
@@ -83,6 +85,16 @@ pub async fn run(
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             if let Err(e) = crate::metrics::storage::maintain(&pool, &retention, now).await {
                 tracing::warn!(error = %e, "metric partition maintenance failed; next try later");
+            }
+            // Not while legacy rows are still moving into the old days' partitions.
+            let idle = compacting.as_ref().is_none_or(|c| c.is_finished());
+            if moving.is_none() && idle {
+                let pool = pool.clone();
+                compacting = Some(tokio::spawn(async move {
+                    if let Err(e) = crate::metrics::storage::compact_closed(&pool, now).await {
+                        tracing::warn!(error = %e, "compacting metric partitions failed; next try later");
+                    }
+                }));
             }
         }
         tokio::select! {

@@ -112,6 +112,16 @@ async fn plain_values_are_stored_narrow_late_points_land_and_retention_drops_who
     assert_eq!(a, [10.0, 40.0], "the late point is in its hour's rollup");
     assert_eq!(week[1]["points"][0][1], 40.0, "b's max");
 
+    // Closed days have their indexes rebuilt once; today's partition is left alone.
+    let compacted = storage::compact_closed(&app.pool, now).await.unwrap();
+    assert!(compacted.contains(&old), "{compacted:?}");
+    assert!(!compacted.contains(&today), "{compacted:?}");
+    assert_eq!(
+        storage::compact_closed(&app.pool, now).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(app.count(VALUES).await, 2, "nothing lost to the rebuild");
+
     // Two days of raw points kept now: the late point's day goes, as one DROP TABLE.
     let shorter = Retention {
         raw_s: 2 * 86_400,
