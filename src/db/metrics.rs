@@ -262,7 +262,16 @@ pub enum Table {
 }
 
 /// The buckets of `resolution` seconds of every series named `name` whose source is LIKE
-/// `source_like`, over [from, to), ordered by source then time.
+/// `source_like`, over [from, to), ordered by source (as bytes) then time.
+///
+/// The rows are ordered here, not by PostgreSQL: a prepared statement's cached generic plan,
+/// which a connection switches to after five calls, cannot see that the rows arrive in time
+/// order per source and sorts them all at once, past `work_mem` — measured on a 24-hour
+/// chart over 50 sources (72,000 rollup rows): 72 ms sorted by PostgreSQL, 12 ms unsorted,
+/// and runs already in order cost Rust's sort next to nothing. Grouped rollups (a coarser
+/// step, as a day's chart is) are planned on each call with their bounds
+/// (`persistent(false)`: about 3 ms of planning, 30 ms saved). Raw points are read over
+/// short windows, where the cached plan is fine.
 pub async fn buckets(
     db: impl PgExecutor<'_>,
     name: &str,
@@ -272,7 +281,7 @@ pub async fn buckets(
     resolution: i64,
     table: Table,
 ) -> sqlx::Result<Vec<Bucket>> {
-    match table {
+    let mut rows: Vec<Bucket> = match table {
         Table::Raw => {
             sqlx::query_as(
                 "SELECT s.source, s.kind, metric_unix(p.t) / $5 * $5 AS t,
@@ -280,7 +289,7 @@ pub async fn buckets(
                         (array_agg(p.last ORDER BY p.t DESC))[1] AS last
                  FROM metric_series s CROSS JOIN LATERAL metric_raw(s.id, metric_t($3), metric_t($4)) p
                  WHERE s.name = $1 AND s.source LIKE $2
-                 GROUP BY s.source, s.kind, 3 ORDER BY s.source, 3",
+                 GROUP BY s.source, s.kind, 3",
             )
             .bind(name)
             .bind(source_like)
@@ -295,8 +304,7 @@ pub async fn buckets(
             sqlx::query_as(
                 "SELECT s.source, s.kind, metric_unix(p.t) AS t, p.count, p.sum, p.min, p.max, p.last
                  FROM metric_series s CROSS JOIN LATERAL metric_rolled($5, s.id, metric_t($3), metric_t($4)) p
-                 WHERE s.name = $1 AND s.source LIKE $2
-                 ORDER BY s.source, p.t",
+                 WHERE s.name = $1 AND s.source LIKE $2",
             )
             .bind(name)
             .bind(source_like)
@@ -313,8 +321,9 @@ pub async fn buckets(
                         (array_agg(p.last ORDER BY p.t DESC))[1] AS last
                  FROM metric_series s CROSS JOIN LATERAL metric_rolled($6, s.id, metric_t($3), metric_t($4)) p
                  WHERE s.name = $1 AND s.source LIKE $2
-                 GROUP BY s.source, s.kind, 3 ORDER BY s.source, 3",
+                 GROUP BY s.source, s.kind, 3",
             )
+            .persistent(false)
             .bind(name)
             .bind(source_like)
             .bind(from)
@@ -324,7 +333,9 @@ pub async fn buckets(
             .fetch_all(db)
             .await
         }
-    }
+    }?;
+    rows.sort_by(|a, b| a.source.cmp(&b.source).then(a.t.cmp(&b.t)));
+    Ok(rows)
 }
 
 pub struct NewAnnotation<'a> {
