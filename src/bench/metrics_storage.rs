@@ -56,6 +56,29 @@ async fn bytes(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
     .await?)
 }
 
+/// Runs `sql` once per [`LOAD_CHUNK`] points, in time order: `$1` is the first point's unix
+/// time, `[$2, $3)` the chunk's point numbers (each series has one point per number).
+async fn by_chunks(
+    pool: &PgPool,
+    sql: &'static str,
+    first: i64,
+    per_series: i64,
+    series: i64,
+) -> anyhow::Result<()> {
+    let mut k = 0;
+    while k < per_series {
+        let upto = (k + (LOAD_CHUNK / series).max(1)).min(per_series);
+        sqlx::query(sql)
+            .bind(first as f64)
+            .bind(k)
+            .bind(upto)
+            .execute(pool)
+            .await?;
+        k = upto;
+    }
+    Ok(())
+}
+
 async fn count(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
     Ok(
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
@@ -86,22 +109,17 @@ async fn measure(url: &str, args: &MetricsStorageArgs) -> anyhow::Result<()> {
     .await?;
 
     let started = Instant::now();
-    let mut k = 0;
-    while k < per_series {
-        let upto = (k + LOAD_CHUNK / args.series).min(per_series);
-        sqlx::query(
-            "INSERT INTO metric_values (series_id, t, value)
-             SELECT s.id, metric_t(to_timestamp($1 + k * 10)), ((k * 7 + s.id * 13) % 1000) / 10.0
-             FROM generate_series($2, $3 - 1) k CROSS JOIN metric_series s
-             WHERE s.name = 'bench.store' ORDER BY k, s.id",
-        )
-        .bind(first as f64)
-        .bind(k)
-        .bind(upto)
-        .execute(&pool)
-        .await?;
-        k = upto;
-    }
+    by_chunks(
+        &pool,
+        "INSERT INTO metric_values (series_id, t, value)
+         SELECT s.id, metric_t(to_timestamp($1 + k * 10)), ((k * 7 + s.id * 13) % 1000) / 10.0
+         FROM generate_series($2, $3 - 1) k CROSS JOIN metric_series s
+         WHERE s.name = 'bench.store' ORDER BY k, s.id",
+        first,
+        per_series,
+        args.series,
+    )
+    .await?;
     let loaded = started.elapsed();
     sqlx::query(
         "INSERT INTO metric_dirty (series_id, minute)
@@ -139,23 +157,18 @@ async fn measure(url: &str, args: &MetricsStorageArgs) -> anyhow::Result<()> {
     sqlx::query("CREATE INDEX bench_old_points_t ON bench_old_points (t)")
         .execute(&pool)
         .await?;
-    let mut k = 0;
-    while k < per_series {
-        let upto = (k + LOAD_CHUNK / args.series).min(per_series);
-        sqlx::query(
-            "INSERT INTO bench_old_points
-             SELECT v.series_id, to_timestamp(metric_unix(v.t)), 1, v.value, v.value, v.value, v.value
-             FROM metric_values v
-             WHERE v.t >= metric_t(to_timestamp($1 + $2 * 10)) AND v.t < metric_t(to_timestamp($1 + $3 * 10))
-             ORDER BY v.t, v.series_id",
-        )
-        .bind(first as f64)
-        .bind(k)
-        .bind(upto)
-        .execute(&pool)
-        .await?;
-        k = upto;
-    }
+    by_chunks(
+        &pool,
+        "INSERT INTO bench_old_points
+         SELECT v.series_id, to_timestamp(metric_unix(v.t)), 1, v.value, v.value, v.value, v.value
+         FROM metric_values v
+         WHERE v.t >= metric_t(to_timestamp($1 + $2 * 10)) AND v.t < metric_t(to_timestamp($1 + $3 * 10))
+         ORDER BY v.t, v.series_id",
+        first,
+        per_series,
+        args.series,
+    )
+    .await?;
     sqlx::query(
         "CREATE TABLE bench_old_rollups (
              resolution INTEGER NOT NULL, series_id BIGINT NOT NULL, t TIMESTAMPTZ NOT NULL,

@@ -595,22 +595,7 @@ async fn on_aws_a_bake_makes_one_tagged_ami_and_terminates_its_builder() {
             .send()
     };
     let seeded = "ami-1e749f67";
-    let res = post(
-        "/api/v1/images",
-        json!({"id": seeded, "name": "ubuntu", "version": "1"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(res.status(), 201);
-    eventually(30, "the base AMI is adopted", || async {
-        let state: String = sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
-            .bind(seeded)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        (state == "available").then_some(())
-    })
-    .await;
+    crate::cli::adopt_ami(&base, &token, &pool, seeded).await;
     let res = post(
         "/api/v1/recipes",
         json!({"name": "aws-ci", "base_image_id": seeded, "setup_script": "echo set up",

@@ -416,3 +416,25 @@ pub async fn ec2_calls(base: &str) -> std::collections::BTreeMap<String, f64> {
             m
         })
 }
+
+/// Adds an AMI to the catalogue of the console at `base` through the API and waits until
+/// the console has adopted it (checked at EC2: `available`).
+pub async fn adopt_ami(base: &str, token: &str, pool: &sqlx::PgPool, ami: &str) {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/v1/images"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"id": ami, "name": "ubuntu", "version": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    crate::helpers::eventually(30, "the AMI is adopted", || async {
+        let state: String = sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
+            .bind(ami)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (state == "available").then_some(())
+    })
+    .await;
+}

@@ -424,22 +424,7 @@ async fn servers_drained_together_are_terminated_with_one_call() {
             .json(&body)
             .send()
     };
-    let res = post(
-        "/api/v1/images".into(),
-        json!({"id": SEEDED_AMI, "name": "ubuntu", "version": "1"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(res.status(), 201);
-    crate::helpers::eventually(30, "the AMI is adopted", || async {
-        let state: String = sqlx::query_scalar("SELECT state FROM images WHERE id = $1")
-            .bind(SEEDED_AMI)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        (state == "available").then_some(())
-    })
-    .await;
+    crate::cli::adopt_ami(&base, &token, &pool, SEEDED_AMI).await;
     let res = post(
         "/api/v1/servers".into(),
         json!({"image_id": SEEDED_AMI, "count": 6, "instance_type": "t3.micro"}),

@@ -9,7 +9,7 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-async fn series(app: &TestApp, token: &str, query: &str) -> Value {
+pub(crate) async fn series(app: &TestApp, token: &str, query: &str) -> Value {
     let res = reqwest::Client::new()
         .get(app.url(&format!("/api/v1/series?{query}")))
         .bearer_auth(token)

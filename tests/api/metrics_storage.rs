@@ -24,15 +24,9 @@ async fn ingest(app: &TestApp, token: &str, body: Value) {
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
 }
 
+/// The series of a `GET /api/v1/series` answer.
 async fn chart(app: &TestApp, token: &str, query: &str) -> Value {
-    let res = reqwest::Client::new()
-        .get(app.url(&format!("/api/v1/series?{query}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "{query}");
-    res.json::<Value>().await.unwrap()["series"].clone()
+    crate::metrics::series(app, token, query).await["series"].clone()
 }
 
 /// Rows of the tests' own series (the console records its `kiln.*` figures alongside).
