@@ -8,8 +8,10 @@
 //! registration after its server was recorded, per group of servers recorded in the same
 //! second: an upper bound, groups overlap), the time spent waiting for EC2's (moto's)
 //! answers (`kiln_ec2_call_seconds`), the rest, EC2 calls by action (the console's
-//! `kiln_ec2_calls_total`), and the minimum time the buckets allow for those calls. `KILN_ROLLBACK_GRACE=0`, so that the
-//! rollback replaces the whole fleet again instead of re-enabling the kept servers.
+//! `kiln_ec2_calls_total`), and the minimum time the buckets allow for those calls; then
+//! the termination of the servers it replaced, until the last is gone (`KILN_ROLLBACK_GRACE=0`:
+//! retired at once, so that the rollback replaces the whole fleet again instead of
+//! re-enabling the kept servers).
 //!
 //! Needs `moto_server` (`.venv/bin/moto_server` after `scripts/test-env`, or `KILN_MOTO_SERVER`).
 
@@ -245,6 +247,57 @@ struct Measured {
     calls: Vec<(String, f64)>,
 }
 
+/// EC2 calls by action since `before`, and the seconds spent waiting for their answers.
+async fn calls_since(
+    http: &reqwest::Client,
+    base: &str,
+    before: &HashMap<String, f64>,
+) -> anyhow::Result<(Vec<(String, f64)>, f64)> {
+    let after = ec2_calls(http, base).await?;
+    let mut calls: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    calls.sort_by(|a, b| a.0.cmp(&b.0));
+    let ec2_secs = calls
+        .iter()
+        .find(|(k, _)| k == WAITED)
+        .map_or(0.0, |(_, v)| *v);
+    calls.retain(|(k, _)| k != WAITED);
+    Ok((calls, ec2_secs))
+}
+
+/// Waits until every server on `image` (the ones a rollout replaced) is terminated: their
+/// retirement, due at the end of the grace (0 s here), drains them and terminates them.
+async fn retirement(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    base: &str,
+    image: &str,
+) -> anyhow::Result<Measured> {
+    let before = ec2_calls(http, base).await?;
+    let started = Instant::now();
+    super::rollout::wait_for("the replaced servers' termination", 3600, async || {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM servers WHERE image_id = $1 AND state <> 'terminated'",
+        )
+        .bind(image)
+        .fetch_one(pool)
+        .await?;
+        Ok(left == 0)
+    })
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let (calls, ec2_secs) = calls_since(http, base, &before).await?;
+    Ok(Measured {
+        secs,
+        boot_secs: 0.0,
+        ec2_secs,
+        calls,
+    })
+}
+
 async fn rollout(
     pool: &PgPool,
     http: &reqwest::Client,
@@ -283,18 +336,7 @@ async fn rollout(
     .await?;
     let secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(state == "succeeded", "{kind} #{id} ended {state}");
-    let after = ec2_calls(http, base).await?;
-    let mut calls: Vec<(String, f64)> = after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.0)
-        .collect();
-    calls.sort_by(|a, b| a.0.cmp(&b.0));
-    let ec2_secs = calls
-        .iter()
-        .find(|(k, _)| k == WAITED)
-        .map_or(0.0, |(_, v)| *v);
-    calls.retain(|(k, _)| k != WAITED);
+    let (calls, ec2_secs) = calls_since(http, base, &before).await?;
     // Per batch of launched servers (one launch each), the slowest agent's registration.
     let boot_secs: f64 = sqlx::query_scalar(
         "SELECT COALESCE(sum(slowest), 0)::FLOAT8 FROM (
@@ -445,6 +487,16 @@ pub async fn run(args: BigRollbackArgs) -> anyhow::Result<()> {
     )
     .await?;
     report("release", &release, args.servers, args.batch_size);
+    // The release's replaced servers go before the rollback starts, so that the rollback
+    // replaces the fleet again (instead of re-enabling them) and their terminations are
+    // counted on their own.
+    let retired = retirement(&pool, &http, &base, IMAGES[0]).await?;
+    report(
+        "termination after the release",
+        &retired,
+        args.servers,
+        args.batch_size,
+    );
     let back = rollout(
         &pool,
         &http,
@@ -456,6 +508,13 @@ pub async fn run(args: BigRollbackArgs) -> anyhow::Result<()> {
     )
     .await?;
     report("rollback", &back, args.servers, args.batch_size);
+    let retired = retirement(&pool, &http, &base, IMAGES[1]).await?;
+    report(
+        "termination after the rollback",
+        &retired,
+        args.servers,
+        args.batch_size,
+    );
     // moto never throttles; that the pacing never trips a bucket AWS enforces is tested with
     // the fault proxy enforcing them (tests/api/cloud_aws.rs). Here: any call not answered ok.
     let failed: f64 = ec2_calls(&http, &base)

@@ -158,7 +158,7 @@ pub async fn maintain(
     }
     tx.commit().await?;
     if !done.created.is_empty() || !done.dropped.is_empty() {
-        tracing::info!(created = ?done.created, dropped = ?done.dropped, "metric partitions maintained");
+        tracing::info!(created = done.created.len(), dropped = ?done.dropped, "metric partitions maintained");
     }
     Ok(done)
 }
