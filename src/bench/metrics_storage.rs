@@ -10,7 +10,9 @@
 //! - bytes per raw point and per 1-minute rollup row, heap + indexes, of both; and per raw
 //!   point again once the closed days' partitions are compacted (`storage::compact_closed`);
 //! - retention of the oldest day: `storage::maintain` dropping its partitions, against the
-//!   `DELETE` the old layout needed for the same rows.
+//!   `DELETE` the old layout needed for the same rows;
+//! - an upgrade: the old layout's remaining rows moved by `storage::move_legacy`'s batches
+//!   (points per second, the longest batch).
 
 use std::time::Instant;
 
@@ -268,6 +270,38 @@ async fn measure(url: &str, args: &MetricsStorageArgs) -> anyhow::Result<()> {
         dropped.as_secs_f64() * 1000.0,
         delete.as_secs_f64() * 1000.0,
         dropped.as_secs_f64() / delete.as_secs_f64()
+    );
+
+    // An upgrade: the old layout's rows (what is left of them) in the table the migration
+    // renamed, moved over by the background's batches while reads go on.
+    sqlx::query("INSERT INTO metric_points_legacy SELECT * FROM bench_old_points")
+        .execute(&pool)
+        .await?;
+    sqlx::query("VACUUM ANALYZE metric_points_legacy")
+        .execute(&pool)
+        .await?;
+    let legacy = count(&pool, "metric_points_legacy").await?;
+    let mut after = (0, 0);
+    let (mut batches, mut longest) = (0, std::time::Duration::ZERO);
+    let started = Instant::now();
+    loop {
+        let batch = Instant::now();
+        let moved =
+            storage::move_legacy(&pool, &Retention::DEFAULT, &mut after, storage::MOVE_BATCH)
+                .await?;
+        longest = longest.max(batch.elapsed());
+        if moved == 0 {
+            break;
+        }
+        batches += 1;
+    }
+    let moving = started.elapsed();
+    println!(
+        "  an upgrade's move of {legacy} points from the old table: {:.1} s, {:.0} points/s, {batches} batches of {}, the longest {:.0} ms",
+        moving.as_secs_f64(),
+        legacy as f64 / moving.as_secs_f64(),
+        storage::MOVE_BATCH,
+        longest.as_secs_f64() * 1000.0
     );
     Ok(())
 }
