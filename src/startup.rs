@@ -51,6 +51,9 @@ pub struct Application {
     registry: Arc<Registry>,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     pool: PgPool,
+    /// Whether the metrics tables before partitioning held rows at start: the rollup loop
+    /// then moves them over (nothing writes to them after the migration).
+    legacy_metrics: bool,
     /// Set when this start created the first admin: printed once, never stored in clear.
     pub initial_admin_password: Option<String>,
 }
@@ -69,6 +72,7 @@ impl Application {
         )
         .await
         .context("Failed to create the metrics' partitions")?;
+        let legacy_metrics = crate::metrics::storage::legacy_rows_left(&pool).await?;
         let key = crate::db::secrets::get_or_create(&pool, "session_key", 64)
             .await
             .context("Failed to load the session signing key")?;
@@ -202,6 +206,7 @@ impl Application {
             registry: metrics,
             shutdown,
             pool,
+            legacy_metrics,
             initial_admin_password,
         })
     }
@@ -252,6 +257,7 @@ impl Application {
             self.pool.clone(),
             Duration::from_secs(self.settings.metrics_rollup_interval),
             crate::metrics::rollup::Retention::from_settings(&self.settings),
+            self.legacy_metrics,
             stop_reconciler.subscribe(),
         ));
         let recorder = tokio::spawn(crate::metrics::recorder::run(

@@ -59,13 +59,15 @@ pub async fn run(
     pool: PgPool,
     every: Duration,
     retention: Retention,
+    legacy: bool,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut maintained = Instant::now();
     // Compaction runs beside the loop (a day's rebuild takes seconds; rollups go on).
     let mut compacting: Option<tokio::task::JoinHandle<()>> = None;
-    // Where moving the legacy rows got to; None once both legacy tables are empty.
-    let mut moving = Some((0, 0));
+    // Where moving the legacy rows got to; None once both legacy tables are empty (or were
+    // at start).
+    let mut moving = legacy.then_some((0, 0));
     loop {
         if let Err(e) = roll_up_all(&pool).await {
             tracing::warn!(error = %e, "metric rollup failed; next try soon");

@@ -267,6 +267,15 @@ fn start_of(p: &Partitioned, name: &str) -> Option<i64> {
     Some(day.midnight().assume_utc().unix_timestamp() - EPOCH_UNIX)
 }
 
+/// Whether either table from before partitioning still holds rows.
+pub async fn legacy_rows_left(pool: &PgPool) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM metric_points_legacy) OR EXISTS (SELECT 1 FROM metric_rollups_legacy)",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Moves up to `batch` rows of each legacy table to the partitioned ones (dropping those
 /// already past retention). Returns the rows taken; 0 when both are empty. `after`
 /// is where the last batch stopped (a series id per table), so that a batch starts past

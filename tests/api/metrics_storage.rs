@@ -229,3 +229,57 @@ async fn rows_from_before_partitioning_are_read_and_moved_in_batches() {
     assert_eq!(app.count(AGGREGATES).await, 59);
     assert_eq!(app.count(VALUES).await, 241);
 }
+
+/// An upgraded console: rows in the tables before partitioning when the console starts are
+/// moved over by its own background work, and nothing is lost on the way.
+#[tokio::test]
+async fn a_console_started_on_rows_from_before_partitioning_moves_them_itself() {
+    let db = crate::helpers::fresh_database_url();
+    let pool = kiln::db::connect(&db).await.unwrap();
+    kiln::db::migrate(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO metric_series (name, source, kind) VALUES ('old.load', 'w-1', 'gauge')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO metric_points_legacy (series_id, t, count, sum, min, max, last)
+         SELECT s.id, now() - make_interval(secs => g * 10), 1, g, g, g, g
+         FROM metric_series s, generate_series(1, 500) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO metric_rollups_legacy (resolution, series_id, t, count, sum, min, max, last, last_t)
+         SELECT 3600, s.id, date_trunc('hour', now()) - make_interval(hours => h), 360, 360, 1, 1, 1, now()
+         FROM metric_series s, generate_series(2, 4) h",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let mut console = crate::cli::serve_with(&db, &[("KILN_METRICS_ROLLUP_INTERVAL", "1")]);
+    crate::cli::listening_port(&mut console).await;
+    crate::helpers::eventually(60, "the legacy rows moved", || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM metric_points_legacy) + (SELECT count(*) FROM metric_rollups_legacy)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let (values, hours): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM metric_values v JOIN metric_series s ON s.id = v.series_id WHERE s.name = 'old.load'),
+                (SELECT count(*) FROM metric_hours h JOIN metric_series s ON s.id = h.series_id WHERE s.name = 'old.load')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(values, 500);
+    assert_eq!(hours, 3);
+    assert!(crate::cli::sigterm_and_wait(&mut console).await.success());
+}
