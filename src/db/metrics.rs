@@ -102,12 +102,11 @@ pub async fn insert_points(
     let mut plain = Columns::default();
     let mut aggregated = Columns::default();
     for (m, &id) in measurements.iter().zip(ids) {
-        let to = if is_plain(m) {
-            &mut plain
+        if is_plain(m) {
+            plain.push_value(id, m);
         } else {
-            &mut aggregated
-        };
-        to.push(id, m);
+            aggregated.push(id, m);
+        }
     }
     // The (series, minute) pairs to mark, deduplicated here and sorted (concurrent requests
     // mark shared minutes in the same order): usually a handful for hundreds of points.
@@ -160,7 +159,7 @@ pub fn is_plain(m: &Measurement) -> bool {
     m.count == 1 && m.sum == m.last && m.min == m.last && m.max == m.last
 }
 
-/// Points as columns, for `unnest`.
+/// Points as columns, for `unnest` (plain values fill `ids`, `times` and `lasts` only).
 #[derive(Default)]
 struct Columns {
     ids: Vec<i32>,
@@ -173,14 +172,18 @@ struct Columns {
 }
 
 impl Columns {
-    fn push(&mut self, id: i32, m: &Measurement) {
+    fn push_value(&mut self, id: i32, m: &Measurement) {
         self.ids.push(id);
         self.times.push(stored_t(m.time));
+        self.lasts.push(m.last);
+    }
+
+    fn push(&mut self, id: i32, m: &Measurement) {
+        self.push_value(id, m);
         self.counts.push(m.count);
         self.sums.push(m.sum);
         self.mins.push(m.min);
         self.maxs.push(m.max);
-        self.lasts.push(m.last);
     }
 }
 

@@ -101,10 +101,6 @@ pub async fn request(
 /// How often a draining server is looked at again.
 const DRAIN_POLL: Duration = Duration::from_secs(2);
 
-/// The gathering window of a worker started without settings (KILN_TERMINATE_GATHER_MS's
-/// default).
-const DEFAULT_GATHER_MS: u64 = 1000;
-
 /// How soon a server another task's batch is terminating is looked at again.
 const IN_ANOTHER_BATCH_POLL: Duration = Duration::from_secs(1);
 
@@ -153,11 +149,7 @@ impl Task for TerminateServer {
                 format!("draining: {running} job(s) still running"),
             ));
         }
-        let gather = Duration::from_millis(
-            ctx.settings
-                .as_ref()
-                .map_or(DEFAULT_GATHER_MS, |s| s.terminate_gather_ms),
-        );
+        let gather = Duration::from_millis(ctx.settings()?.terminate_gather_ms);
         let new = terminations::hand_in(&mut conn, &self.server_id, self.force).await?;
         drop(conn);
         if new && !self.force && !gather.is_zero() {

@@ -63,7 +63,7 @@ pub async fn forget(conn: &mut PgConnection, server_id: &str) -> sqlx::Result<()
 pub async fn lead(ctx: &Context, own: &str) -> Result<bool, TaskError> {
     let cloud = ctx.cloud()?;
     let mut tx = ctx.pool.begin().await?;
-    let batch: Vec<(String, bool)> = sqlx::query_as(
+    let mut batch: Vec<(String, bool)> = sqlx::query_as(
         "SELECT server_id, forced FROM server_terminations WHERE terminated_at IS NULL
          ORDER BY server_id = $1 DESC, handed_in_at, server_id
          LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -91,7 +91,6 @@ pub async fn lead(ctx: &Context, own: &str) -> Result<bool, TaskError> {
         String::new()
     };
     // Servers rows in key order, as the heartbeats' flush locks them: no deadlock between them.
-    let mut batch = batch;
     batch.sort_unstable();
     for (id, forced) in &batch {
         // A server the provider no longer lists is gone.

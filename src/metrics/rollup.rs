@@ -23,20 +23,29 @@ pub struct Retention {
 
 impl Retention {
     /// KILN_METRICS_RETENTION_DAYS's default, 7 days.
-    pub const DEFAULT: Retention = Retention {
-        raw_s: 7 * 86_400,
-        minute_s: 30 * 86_400,
-        hour_s: 400 * 86_400,
-    };
+    pub const DEFAULT: Retention = Retention::for_raw_days(7);
 
-    /// Raw points for KILN_METRICS_RETENTION_DAYS; 1-minute rollups 30 days (at least as long);
-    /// 1-hour rollups 400 days.
+    /// Raw points for KILN_METRICS_RETENTION_DAYS.
     pub fn from_settings(settings: &crate::config::Settings) -> Self {
-        let raw_s = (settings.metrics_retention_days * 86_400) as i64;
+        Retention::for_raw_days(settings.metrics_retention_days as i64)
+    }
+
+    /// Raw points for `days`; 1-minute rollups 30 days (at least as long); 1-hour rollups
+    /// 400 days.
+    pub const fn for_raw_days(days: i64) -> Self {
+        let raw_s = days * 86_400;
         Retention {
             raw_s,
-            minute_s: raw_s.max(30 * 86_400),
-            hour_s: raw_s.max(400 * 86_400),
+            minute_s: if raw_s > 30 * 86_400 {
+                raw_s
+            } else {
+                30 * 86_400
+            },
+            hour_s: if raw_s > 400 * 86_400 {
+                raw_s
+            } else {
+                400 * 86_400
+            },
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! - Raw points (`metric_values`, `metric_aggregates`) and rollups (`metric_minutes`,
 //!   `metric_hours`) are partitioned by time. [`maintain`] creates the partitions from the
-//!   oldest one retention keeps to [`AHEAD`] in the future — ingest accepts times from the
+//!   oldest one retention keeps to [`AHEAD_S`] in the future — ingest accepts times from the
 //!   retention's start up to 10 minutes ahead, so a point always finds its partition and
 //!   ingest never creates one — and drops a partition once all of its range is past
 //!   retention: retention is a `DROP TABLE`, not a `DELETE` of millions of rows.
@@ -12,7 +12,8 @@
 //! - Rows of the tables before partitioning (`metric_points_legacy`, `metric_rollups_legacy`)
 //!   are moved over by [`move_legacy`] in batches while reads see both.
 //!
-//! One console at a time maintains (a transaction-scoped advisory lock); the others skip.
+//! One console at a time maintains (a transaction-scoped advisory lock) and compacts
+//! (`db::exclusively`); the others skip.
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -79,6 +80,17 @@ pub struct Maintained {
     pub dropped: Vec<String>,
 }
 
+/// The names of `table`'s partitions.
+pub async fn partitions(db: impl sqlx::PgExecutor<'_>, table: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = $1::regclass ORDER BY 1",
+    )
+    .bind(table)
+    .fetch_all(db)
+    .await
+}
+
 /// The partition of `table` holding stored time `t`: its name and range of stored times.
 pub fn partition_of(p: &Partitioned, t: i64) -> (String, i64, i64) {
     let start = t.div_euclid(p.span_s) * p.span_s;
@@ -116,13 +128,7 @@ pub async fn maintain(
             Kept::Minutes => retention.minute_s,
             Kept::Hours => retention.hour_s,
         };
-        let existing: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = $1::regclass",
-        )
-        .bind(p.table)
-        .fetch_all(&mut *tx)
-        .await?;
+        let existing = partitions(&mut *tx, p.table).await?;
         let oldest_kept = stored_t(now - kept_s) as i64;
         let mut t = partition_of(p, oldest_kept).1;
         let last = stored_t(now + AHEAD_S) as i64;
@@ -178,41 +184,27 @@ pub const COMPACT_AFTER_S: i64 = 3_600;
 /// split half full (about 29 bytes an entry for 20 of data). Rebuilt once the day is over,
 /// the index is packed to its fillfactor (about 22 bytes an entry). `REINDEX CONCURRENTLY`
 /// lets ingest (a late point) and charts go on meanwhile.
-pub async fn compact_closed(pool: &PgPool, now: i64) -> sqlx::Result<Vec<String>> {
-    let mut conn = pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(COMPACT_LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !locked {
-        return Ok(Vec::new());
-    }
-    let result = compact_with(&mut conn, now).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(COMPACT_LOCK)
-        .execute(&mut *conn)
-        .await;
-    result
+pub async fn compact_closed(pool: &PgPool, now: i64) -> anyhow::Result<Vec<String>> {
+    let done = crate::db::exclusively(pool, COMPACT_LOCK, || async {
+        let mut conn = pool.acquire().await?;
+        Ok(compact_with(&mut conn, now).await?)
+    })
+    .await?;
+    Ok(done.unwrap_or_default())
 }
 
 async fn compact_with(conn: &mut sqlx::PgConnection, now: i64) -> sqlx::Result<Vec<String>> {
     let closed_before = i64::from(stored_t(now - COMPACT_AFTER_S));
-    let mut done = Vec::new();
-    for p in TABLES.iter().filter(|p| p.kept == Kept::Raw) {
-        let due: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = $1::regclass
-               AND NOT EXISTS (SELECT 1 FROM metric_compactions m WHERE m.partition = c.relname)
-             ORDER BY 1",
-        )
-        .bind(p.table)
+    let compacted: Vec<String> = sqlx::query_scalar("SELECT partition FROM metric_compactions")
         .fetch_all(&mut *conn)
         .await?;
-        for name in due {
+    let mut done = Vec::new();
+    for p in TABLES.iter().filter(|p| p.kept == Kept::Raw) {
+        for name in partitions(&mut *conn, p.table).await? {
             let Some(start) = start_of(p, &name) else {
                 continue;
             };
-            if start + p.span_s > closed_before {
+            if start + p.span_s > closed_before || compacted.contains(&name) {
                 continue;
             }
             // A rebuild interrupted (its console stopped) leaves an invalid copy behind:
@@ -292,15 +284,16 @@ pub async fn move_legacy(
                  SELECT ctid FROM metric_points_legacy WHERE series_id >= $1
                  ORDER BY series_id, t LIMIT $2))
              RETURNING series_id::INT AS series_id, metric_t(t) AS t, count, sum, min, max, last),
-         kept AS (SELECT * FROM taken WHERE t >= metric_t(now() - make_interval(secs => $3))),
+         -- `plain` as `db::metrics::is_plain` decides it for ingest.
+         kept AS (
+             SELECT *, count = 1 AND sum = last AND min = last AND max = last AS plain
+             FROM taken WHERE t >= metric_t(now() - make_interval(secs => $3))),
          v AS (
              INSERT INTO metric_values (series_id, t, value)
-             SELECT series_id, t, last FROM kept
-             WHERE count = 1 AND sum = last AND min = last AND max = last),
+             SELECT series_id, t, last FROM kept WHERE plain),
          a AS (
              INSERT INTO metric_aggregates (series_id, t, count, sum, min, max, last)
-             SELECT series_id, t, count, sum, min, max, last FROM kept
-             WHERE NOT (count = 1 AND sum = last AND min = last AND max = last))
+             SELECT series_id, t, count, sum, min, max, last FROM kept WHERE NOT plain)
          SELECT count(*), max(series_id)::BIGINT FROM taken",
     )
     .bind(after.0)

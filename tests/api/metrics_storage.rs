@@ -38,14 +38,7 @@ const AGGREGATES: &str =
                           WHERE s.name NOT LIKE 'kiln.%'";
 
 async fn partitions(app: &TestApp, table: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = $1::regclass ORDER BY 1",
-    )
-    .bind(table)
-    .fetch_all(&app.pool)
-    .await
-    .unwrap()
+    storage::partitions(&app.pool, table).await.unwrap()
 }
 
 #[tokio::test]
