@@ -54,4 +54,29 @@
   }
   document.addEventListener("DOMContentLoaded", armAll);
   document.addEventListener("htmx:afterSwap", armAll);
+
+  // Absolute times ("kept until 22:38") in the viewer's own time zone. The page says the
+  // time in UTC (and keeps the full UTC time on hover, in title); a day other than today
+  // is named too.
+  function localTimes(root) {
+    root.querySelectorAll("time[data-local]").forEach(function (el) {
+      var at = new Date(el.getAttribute("datetime"));
+      if (isNaN(at.getTime())) return;
+      var clock = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+      var sameDay = at.toDateString() === new Date().toDateString();
+      el.textContent = sameDay ? clock
+        : at.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + clock;
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { localTimes(document); });
+  document.addEventListener("htmx:afterSettle", function (event) { localTimes(event.target); });
+
+  // The phone layout folds the navigation behind one button.
+  document.addEventListener("click", function (event) {
+    var toggle = event.target.closest && event.target.closest("[data-nav-toggle]");
+    if (!toggle) return;
+    var bar = toggle.closest(".topbar");
+    var open = bar.classList.toggle("nav-open");
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+  });
 })();

@@ -145,16 +145,87 @@ pub async fn for_target(pool: &PgPool, target: &str, limit: i64) -> sqlx::Result
     .await
 }
 
-/// Newest first; `before` is the id of the last row of the previous page (keyset pagination,
-/// so deep pages cost the same as the first). Returns one row more than `limit` when there
-/// is a next page.
-pub async fn page(pool: &PgPool, before: Option<i64>, limit: i64) -> sqlx::Result<Vec<AuditRow>> {
+/// What the Audit page and `GET /api/v1/audit` filter by; None does not filter.
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    /// An action ("rollout.rollback"), or its family ("rollout": every "rollout.…").
+    pub action: Option<String>,
+    /// Who did it, exactly ("dana", "system").
+    pub actor: Option<String>,
+    /// A target ("server:i-0abc"), or a kind of target ("server": every "server:…").
+    pub target: Option<String>,
+    pub from: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+}
+
+/// Events matching `filter`, newest first, keyset-paginated like [`page`] (one row more than
+/// `limit` when there is a next page). A family or kind matches by prefix, compared as
+/// text (no LIKE: what the user typed is never a pattern).
+pub async fn search(
+    pool: &PgPool,
+    filter: &AuditFilter,
+    before: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<AuditRow>> {
     sqlx::query_as(
         "SELECT id, at, actor, action, target, result, detail, source_ip FROM audit_events
-         WHERE ($1::BIGINT IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+         WHERE ($1::BIGINT IS NULL OR id < $1)
+           AND ($2::TEXT IS NULL OR action = $2 OR left(action, length($2) + 1) = $2 || '.')
+           AND ($3::TEXT IS NULL OR actor = $3)
+           AND ($4::TEXT IS NULL OR target = $4 OR left(target, length($4) + 1) = $4 || ':')
+           AND ($5::TIMESTAMPTZ IS NULL OR at >= $5)
+           AND ($6::TIMESTAMPTZ IS NULL OR at < $6)
+         ORDER BY id DESC LIMIT $7",
     )
     .bind(before)
+    .bind(&filter.action)
+    .bind(&filter.actor)
+    .bind(&filter.target)
+    .bind(filter.from)
+    .bind(filter.until)
     .bind(limit + 1)
     .fetch_all(pool)
     .await
 }
+
+/// Routine events the Overview folds into one line per actor ("150 jobs enqueued by
+/// ci-bot"), so that releases, rollbacks and users' changes stay in sight.
+pub const ROUTINE: [&str; 4] = ["job.enqueue", "agent.register", "login", "logout"];
+
+/// Routine events folded: per action and actor, how many and the newest, since `since`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Folded {
+    pub action: String,
+    pub actor: String,
+    pub n: i64,
+    pub last_at: OffsetDateTime,
+}
+
+/// The newest `limit` events that are not routine, and the routine ones since the oldest of
+/// them, folded (all of them when fewer than `limit` notable events exist).
+pub async fn overview(pool: &PgPool, limit: i64) -> sqlx::Result<(Vec<AuditRow>, Vec<Folded>)> {
+    let notable: Vec<AuditRow> = sqlx::query_as(
+        "SELECT id, at, actor, action, target, result, detail, source_ip FROM audit_events
+         WHERE action <> ALL($1) ORDER BY id DESC LIMIT $2",
+    )
+    .bind(&ROUTINE[..])
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let since = if notable.len() as i64 == limit {
+        notable.last().map(|r| r.id)
+    } else {
+        None
+    };
+    let folded = sqlx::query_as(
+        "SELECT action, actor, count(*) AS n, max(at) AS last_at FROM audit_events
+         WHERE action = ANY($1) AND ($2::BIGINT IS NULL OR id > $2)
+         GROUP BY action, actor ORDER BY max(id) DESC",
+    )
+    .bind(&ROUTINE[..])
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    Ok((notable, folded))
+}
+

@@ -111,6 +111,8 @@ pub struct CatalogueRow {
     pub state: crate::domain::ImageState,
     pub state_reason: String,
     pub created_at: OffsetDateTime,
+    /// The bake that made it, if one did.
+    pub bake_id: Option<i64>,
 }
 
 /// Read by position, in [`catalogue`]'s column order: by name, sqlx hashes each column's name
@@ -126,6 +128,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for CatalogueRow {
             state: row.try_get(4)?,
             state_reason: row.try_get(5)?,
             created_at: row.try_get(6)?,
+            bake_id: row.try_get(7)?,
         })
     }
 }
@@ -147,7 +150,7 @@ pub struct CatalogueMarks {
 pub async fn catalogue(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<CatalogueRow>> {
     // The limit is written in, as in [`list`].
     let sql = format!(
-        "SELECT id, name, version, source_revision, state, state_reason, created_at FROM images
+        "SELECT id, name, version, source_revision, state, state_reason, created_at, bake_id FROM images
          ORDER BY created_at DESC, id DESC LIMIT {limit}"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(db).await
@@ -226,6 +229,63 @@ pub async fn current_id(db: impl PgExecutor<'_>) -> sqlx::Result<Option<String>>
         .await
 }
 
+/// An image as people name it: its id (the link, shown on hover), name and version.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ImageName {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+}
+
+/// The current image by name.
+pub async fn current(db: impl PgExecutor<'_>) -> sqlx::Result<Option<ImageName>> {
+    sqlx::query_as(
+        "SELECT i.id, i.name, i.version FROM images i
+         WHERE i.id = (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)",
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Where a rollback goes by default: the image that was current most recently before the
+/// current one, is still available, and was not rolled back from since (the same rule the
+/// rollback itself checks, [`rollback_targets!`]).
+pub async fn rollback_target(db: impl PgExecutor<'_>) -> sqlx::Result<Option<ImageName>> {
+    sqlx::query_as(concat!(
+        "WITH targets AS (",
+        rollback_targets!(),
+        ")
+         SELECT i.id, i.name, i.version FROM releases r JOIN images i ON i.id = r.image_id
+         WHERE r.image_id IN (SELECT image_id FROM targets) AND i.state = 'available'
+           AND r.image_id IS DISTINCT FROM (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1)
+         ORDER BY r.id DESC LIMIT 1"
+    ))
+    .fetch_optional(db)
+    .await
+}
+
+/// A rollback away from an image, not undone by a release of it since: the image was fled.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Fled {
+    pub image_id: String,
+    pub at: OffsetDateTime,
+    pub by: String,
+}
+
+/// Every image rolled back from and not released again since, with the last such rollback
+/// (the catalogue's marks; one image's is [`rolled_back_from`]).
+pub async fn fled(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Fled>> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (x.previous_image_id) x.previous_image_id AS image_id, x.at, x.released_by AS by
+         FROM releases x
+         WHERE x.kind = 'rollback' AND x.previous_image_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM releases y WHERE y.image_id = x.previous_image_id AND y.id > x.id)
+         ORDER BY x.previous_image_id, x.id DESC",
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Makes `id` current when no image is (the first image that becomes available is made
 /// current, a first release with nothing to replace). Serialised by an advisory lock.
 pub async fn make_first_current(conn: &mut PgConnection, id: &str, by: &str) -> sqlx::Result<bool> {
@@ -251,12 +311,19 @@ pub struct ReleaseRow {
     pub kind: String,
     pub released_by: String,
     pub at: OffsetDateTime,
+    pub to_name: String,
+    pub to_version: String,
+    pub from_name: Option<String>,
+    pub from_version: Option<String>,
 }
 
+/// An image's releases (to or from it), newest first, the images named for display.
 pub async fn releases_of(db: impl PgExecutor<'_>, image_id: &str) -> sqlx::Result<Vec<ReleaseRow>> {
     sqlx::query_as(
-        "SELECT id, image_id, previous_image_id, kind, released_by, at FROM releases
-         WHERE image_id = $1 OR previous_image_id = $1 ORDER BY id DESC LIMIT 100",
+        "SELECT r.id, r.image_id, r.previous_image_id, r.kind, r.released_by, r.at,
+                ti.name AS to_name, ti.version AS to_version, fi.name AS from_name, fi.version AS from_version
+         FROM releases r JOIN images ti ON ti.id = r.image_id LEFT JOIN images fi ON fi.id = r.previous_image_id
+         WHERE r.image_id = $1 OR r.previous_image_id = $1 ORDER BY r.id DESC LIMIT 100",
     )
     .bind(image_id)
     .fetch_all(db)

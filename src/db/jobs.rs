@@ -152,10 +152,7 @@ pub async fn list(
     before_id: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<JobRow>> {
-    let label = q
-        .label
-        .as_ref()
-        .map(|(k, v)| Json(Labels::from([(k.clone(), v.clone())])));
+    let label = label_filter(q);
     sqlx::query_as(select_jobs!(
         "WHERE ($1::TEXT IS NULL OR state = $1)
            AND ($2::JSONB IS NULL OR labels @> $2)
@@ -568,6 +565,45 @@ pub async fn retry(conn: &mut PgConnection, job_id: i64) -> sqlx::Result<Option<
         notify(&mut *conn, 1).await?;
     }
     Ok(Some(job.state))
+}
+
+/// The failed jobs a filter matches (its label and server; the state is `failed`).
+pub async fn count_failed(db: impl PgExecutor<'_>, q: &JobQuery) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE state = 'failed'
+           AND ($1::JSONB IS NULL OR labels @> $1) AND ($2::TEXT IS NULL OR server_id = $2)",
+    )
+    .bind(label_filter(q))
+    .bind(&q.server_id)
+    .fetch_one(db)
+    .await
+}
+
+/// Queues every failed job a filter matches for a new attempt, as [`retry`] does one; the
+/// ids, in order.
+pub async fn retry_failed(conn: &mut PgConnection, q: &JobQuery) -> sqlx::Result<Vec<i64>> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "WITH retried AS (
+             UPDATE jobs SET state = 'queued', failures = 0, losses = 0, exit_code = NULL, reason = '',
+                 finished_at = NULL, updated_at = now()
+             WHERE state = 'failed' AND ($1::JSONB IS NULL OR labels @> $1) AND ($2::TEXT IS NULL OR server_id = $2)
+             RETURNING id)
+         SELECT id FROM retried ORDER BY id",
+    )
+    .bind(label_filter(q))
+    .bind(&q.server_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !ids.is_empty() {
+        notify(&mut *conn, ids.len() as i64).await?;
+    }
+    Ok(ids)
+}
+
+fn label_filter(q: &JobQuery) -> Option<Json<Labels>> {
+    q.label
+        .as_ref()
+        .map(|(k, v)| Json(Labels::from([(k.clone(), v.clone())])))
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

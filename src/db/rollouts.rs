@@ -54,6 +54,8 @@ pub struct RolloutRow {
     /// Filled by the queries: the images' versions, for display.
     pub from_version: Option<String>,
     pub to_version: Option<String>,
+    pub from_name: Option<String>,
+    pub to_name: Option<String>,
 }
 
 impl RolloutRow {
@@ -86,7 +88,7 @@ macro_rules! select_rollouts {
                     r.canary, r.soak_s, r.health_command, r.guard_any, r.guard_rule_ids, r.approval,
                     r.approval_deadline_s, r.on_deadline, r.on_insufficient_data, r.canary_p95_margin,
                     r.approved_through, r.phase, r.rolled_back_by, r.tripped_rule_id,
-                    fi.version AS from_version, ti.version AS to_version
+                    fi.version AS from_version, ti.version AS to_version, fi.name AS from_name, ti.name AS to_name
              FROM rollouts r LEFT JOIN images fi ON fi.id = r.from_image_id LEFT JOIN images ti ON ti.id = r.to_image_id ",
             $rest
         )
@@ -126,6 +128,49 @@ pub async fn list(
     .bind(before)
     .bind(limit)
     .fetch_all(db)
+    .await
+}
+
+/// What rollouts did to one server, newest first: (rollout, its kind, the server's step
+/// there, when): a server's page shows them in its audit trail (the rollouts' own audit
+/// events name their servers in a sentence, under the rollout's target).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TouchRow {
+    pub rollout_id: i64,
+    pub kind: RolloutKind,
+    pub state: RolloutServerState,
+    pub batch: i32,
+    pub at: OffsetDateTime,
+}
+
+pub async fn touches_of(db: impl PgExecutor<'_>, server_id: &str) -> sqlx::Result<Vec<TouchRow>> {
+    sqlx::query_as(
+        "SELECT rs.rollout_id, r.kind, rs.state, rs.batch, rs.at
+         FROM rollout_servers rs JOIN rollouts r ON r.id = rs.rollout_id
+         WHERE rs.server_id = $1 ORDER BY rs.at DESC LIMIT 50",
+    )
+    .bind(server_id)
+    .fetch_all(db)
+    .await
+}
+
+/// The rollback that undid a release: the first rollback away from its image after it (a
+/// guard's own rollback is recorded on the release as `rolled_back_by`; one started by hand
+/// from the Images page or the Overview is found here).
+pub async fn undone_by(db: impl PgExecutor<'_>, release: &RolloutRow) -> sqlx::Result<Option<i64>> {
+    if let Some(id) = release.rolled_back_by {
+        return Ok(Some(id));
+    }
+    sqlx::query_scalar(
+        "SELECT x.id FROM rollouts x
+         WHERE x.kind = 'rollback' AND x.from_image_id = $2 AND x.id > $1
+           AND NOT EXISTS (SELECT 1 FROM rollouts y WHERE y.kind = 'release' AND y.to_image_id = $2
+                             AND y.id > $1 AND y.id < x.id)
+         ORDER BY x.id LIMIT 1",
+    )
+    .bind(release.id)
+    .bind(&release.to_image_id)
+    .fetch_optional(db)
     .await
 }
 

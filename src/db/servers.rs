@@ -10,6 +10,8 @@ pub struct ServerRow {
     pub id: String,
     pub image_id: String,
     pub image_version: Option<String>,
+    /// The image's name, for display ("worker v7").
+    pub image_name: Option<String>,
     pub launch_id: Option<i64>,
     pub instance_type: String,
     pub state: ServerState,
@@ -42,7 +44,7 @@ pub struct ServerQuery {
 macro_rules! select_servers {
     ($rest:literal) => {
         concat!(
-            "SELECT s.id, s.image_id, s.image_version, s.launch_id, s.instance_type, s.state, s.mode,
+            "SELECT s.id, s.image_id, s.image_version, (SELECT i.name FROM images i WHERE i.id = s.image_id) AS image_name, s.launch_id, s.instance_type, s.state, s.mode,
                     s.purpose, s.adopted, s.launched_by, s.launched_at, s.last_seen_at,
                     CASE WHEN s.last_seen_at IS NULL THEN 0
                          ELSE (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id)
@@ -80,6 +82,18 @@ pub async fn list(
         placeholder += 1;
         placeholder
     };
+    // "draining" is not a stored mode: a disabled server still running jobs.
+    let draining = q.mode.as_deref() == Some("draining");
+    let filters = filters.map(|(value, column)| match value {
+        Some(_) if draining && column == "s.mode" => (&None, column),
+        _ => (value, column),
+    });
+    if draining {
+        conditions.push(
+            "s.mode = 'disabled' AND EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id)"
+                .to_owned(),
+        );
+    }
     for (value, column) in filters {
         if value.is_some() {
             conditions.push(format!("{column} = ${}", next()));
@@ -123,6 +137,65 @@ pub async fn counts_by_state(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(Strin
     sqlx::query_as("SELECT state, n FROM server_state_counts WHERE n <> 0 ORDER BY state")
         .fetch_all(db)
         .await
+}
+
+/// A server a release kept disabled (and running) so that a rollback can enable it again at
+/// once; `until` is when the release's grace period ends and it is retired (None while the
+/// release is still running: its grace period has not begun).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Kept {
+    pub server_id: String,
+    pub until: Option<OffsetDateTime>,
+}
+
+/// Every server kept for a rollback now (live and disabled).
+pub async fn kept(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Kept>> {
+    sqlx::query_as(
+        "SELECT rs.server_id, max(r.finished_at + make_interval(secs => r.grace_s)) AS until
+         FROM rollout_servers rs JOIN rollouts r ON r.id = rs.rollout_id JOIN servers s ON s.id = rs.server_id
+         WHERE rs.role = 'old' AND rs.state = 'kept' AND s.state <> 'terminated' AND s.mode = 'disabled'
+         GROUP BY rs.server_id",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Servers counted by state, mode and whether they drain (disabled, jobs still running):
+/// what the state chips of the Servers page and the Overview say, within the page's image
+/// filter. Live servers are counted; terminated ones only for one image (all of them are in
+/// `server_state_counts`, which the callers read instead).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Tally {
+    pub state: ServerState,
+    pub mode: ServerMode,
+    pub draining: bool,
+    pub n: i64,
+}
+
+pub async fn tally(db: impl PgExecutor<'_>, image: Option<&str>) -> sqlx::Result<Vec<Tally>> {
+    const DRAINING: &str = "s.mode = 'disabled' AND s.last_seen_at IS NOT NULL
+        AND EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id)";
+    static LIVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT s.state, s.mode, {DRAINING} AS draining, count(*) AS n FROM servers s
+             WHERE s.state <> 'terminated' GROUP BY 1, 2, 3"
+        )
+    });
+    static ONE_IMAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT s.state, s.mode, {DRAINING} AS draining, count(*) AS n FROM servers s
+             WHERE s.image_id = $1 GROUP BY 1, 2, 3"
+        )
+    });
+    match image {
+        None => sqlx::query_as(LIVE.as_str()).fetch_all(db).await,
+        Some(image) => {
+            sqlx::query_as(ONE_IMAGE.as_str())
+                .bind(image)
+                .fetch_all(db)
+                .await
+        }
+    }
 }
 
 /// Servers not terminated: what counts toward KILN_MAX_SERVERS.

@@ -170,6 +170,50 @@ pub async fn cancel(
     Ok(change)
 }
 
+/// Retry all failed (as filtered): every failed job the filter matches is queued for a new
+/// attempt, in one transaction, recorded as one audit event. The number retried.
+pub async fn retry_failed(
+    pool: &PgPool,
+    principal: &Principal,
+    ip: Option<String>,
+    q: &crate::db::jobs::JobQuery,
+) -> Result<usize, Error> {
+    let mut tx = pool.begin().await?;
+    let ids = crate::db::jobs::retry_failed(&mut tx, q).await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut filter = Vec::new();
+    if let Some((k, v)) = &q.label {
+        filter.push(format!("label {k}={v}"));
+    }
+    if let Some(s) = &q.server_id {
+        filter.push(format!("server {s}"));
+    }
+    const SHOWN: usize = 20;
+    let shown: Vec<String> = ids.iter().take(SHOWN).map(i64::to_string).collect();
+    audit::record(
+        &mut *tx,
+        AuditEvent::by(principal, "job.retry_all", "jobs", Outcome::Ok)
+            .detail(format!(
+                "{} failed job{} queued for a new attempt ({}): {}{}",
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" },
+                if filter.is_empty() {
+                    "every failed job".to_owned()
+                } else {
+                    filter.join(", ")
+                },
+                shown.join(", "),
+                if ids.len() > SHOWN { ", …" } else { "" }
+            ))
+            .from_ip(ip),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ids.len())
+}
+
 pub async fn retry(
     pool: &PgPool,
     principal: &Principal,

@@ -85,6 +85,21 @@ pub fn fleet() -> Vec<Chart> {
     ]
 }
 
+/// A server's own small graphs (its page, the last hour): CPU, memory and load.
+pub fn server(id: &str) -> Vec<Chart> {
+    let of = |metric: &str, label: &str| SeriesSpec {
+        metric: metric.into(),
+        source: id.into(),
+        aggregate: "avg".into(),
+        label: label.into(),
+    };
+    vec![
+        chart("CPU", "%", vec![of("system.cpu", "cpu")]),
+        chart("Memory", "%", vec![of("system.mem", "memory")]),
+        chart("Load", "load (1 min)", vec![of("system.load", "load")]),
+    ]
+}
+
 /// The Overview's three small graphs (the last hour).
 pub fn overview() -> Vec<Chart> {
     let fleet = fleet();

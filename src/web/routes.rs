@@ -85,6 +85,7 @@ route_table! {
     POST "/bakes/{id}/cancel"         OPERATOR => pages::bakes::cancel;
     GET  "/jobs"                      VIEWER => pages::jobs::list;
     POST "/jobs"                      OPERATOR => pages::jobs::enqueue;
+    POST "/jobs/retry_failed"         OPERATOR => pages::jobs::retry_failed;
     GET  "/jobs/{id}"                 VIEWER => pages::jobs::show;
     POST "/jobs/{id}/cancel"          OPERATOR => pages::jobs::cancel;
     POST "/jobs/{id}/retry"           OPERATOR => pages::jobs::retry;

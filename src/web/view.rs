@@ -96,6 +96,58 @@ impl fmt::Display for Absolute {
     }
 }
 
+impl Absolute {
+    pub fn time(&self) -> OffsetDateTime {
+        self.0
+    }
+
+    /// The time for a `datetime` attribute ("2026-11-26T12:00:00Z"): app.js reads it to show
+    /// the time in the viewer's own time zone.
+    pub fn iso(&self) -> String {
+        let t = self.0;
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+
+    /// "12:00 UTC": what a page says before app.js puts the time in the viewer's zone.
+    pub fn clock(&self) -> String {
+        format!("{:02}:{:02} UTC", self.0.hour(), self.0.minute())
+    }
+}
+
+/// "3 min 20 s", "2 h 5 min", "45 s": how long something took or has been going.
+pub fn duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => match s % 60 {
+            0 => format!("{} min", s / 60),
+            r => format!("{} min {r} s", s / 60),
+        },
+        s if s < 86_400 => match (s % 3600) / 60 {
+            0 => format!("{} h", s / 3600),
+            m => format!("{} h {m} min", s / 3600),
+        },
+        s => format!("{} d {} h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// An image as people name it: "name vN" (or the name alone, or the id when it has no name).
+pub fn image_label(id: &str, name: &str, version: &str) -> String {
+    match (name.is_empty(), version.is_empty()) {
+        (true, _) => id.to_owned(),
+        (false, true) => name.to_owned(),
+        (false, false) => format!("{name} v{version}"),
+    }
+}
+
 // Digits, letters, spaces, '-' and ':' only: askama writes them without escaping.
 impl askama::filters::HtmlSafe for Relative {}
 impl askama::filters::HtmlSafe for Absolute {}
@@ -149,5 +201,20 @@ mod tests {
                 .to_string(),
             "2026-11-26 21:59:59 UTC"
         );
+        let t = when_at(datetime!(2026-11-26 09:05:07 +01:00), now);
+        assert_eq!(t.absolute.iso(), "2026-11-26T08:05:07Z");
+        assert_eq!(t.absolute.clock(), "08:05 UTC");
+    }
+
+    #[test]
+    fn durations_and_image_labels() {
+        assert_eq!(duration(-3), "0 s");
+        assert_eq!(duration(45), "45 s");
+        assert_eq!(duration(200), "3 min 20 s");
+        assert_eq!(duration(7500), "2 h 5 min");
+        assert_eq!(duration(90_000), "1 d 1 h");
+        assert_eq!(image_label("ami-1", "worker", "7"), "worker v7");
+        assert_eq!(image_label("ami-1", "worker", ""), "worker");
+        assert_eq!(image_label("ami-1", "", "7"), "ami-1");
     }
 }

@@ -78,6 +78,7 @@ def main() -> int:
 
         # Enqueue a job from the form; the running server's agent runs it.
         page.goto(f"{base}/jobs")
+        page.click("#enqueue summary")
         page.fill("#job-command", "echo hello from the browser")
         page.fill("#job-labels", "repo=console")
         page.get_by_role("button", name="Enqueue").click()

@@ -58,17 +58,40 @@ pub struct CatalogueView {
     pub current: bool,
     pub was_current: bool,
     pub servers: i64,
+    /// Rolled back from (and not released again since): when and by whom.
+    pub fled: Option<FledView>,
+}
+
+/// A rollback away from an image, as its row and page say it.
+pub struct FledView {
+    pub at: When,
+    pub by: String,
+}
+
+impl From<crate::db::images::Fled> for FledView {
+    fn from(f: crate::db::images::Fled) -> Self {
+        Self {
+            at: when(f.at),
+            by: f.by,
+        }
+    }
 }
 
 /// The whole catalogue, newest first, each image marked (current, was current, servers).
 async fn catalogue(pool: &sqlx::PgPool) -> Result<Vec<CatalogueView>, AppError> {
-    let (rows, marks) = tokio::try_join!(
+    let (rows, marks, fled) = tokio::try_join!(
         crate::db::images::catalogue(pool, MAX_IMAGES),
         crate::db::images::catalogue_marks(pool),
+        crate::db::images::fled(pool),
     )?;
+    let mut fled: std::collections::HashMap<String, FledView> = fled
+        .into_iter()
+        .map(|f| (f.image_id.clone(), FledView::from(f)))
+        .collect();
     Ok(rows
         .into_iter()
         .map(|row| CatalogueView {
+            fled: fled.remove(&row.id),
             current: marks.current.as_deref() == Some(row.id.as_str()),
             was_current: marks.released.contains(&row.id),
             servers: marks.servers.get(&row.id).copied().unwrap_or(0),
@@ -262,12 +285,16 @@ struct ImagePage {
     alerts: Vec<(i64, String)>,
     /// The bake that made it (its log and test report are on the bake's page).
     bake: Option<(i64, String, i32)>,
+    /// Rolled back from and not released again since.
+    fled: Option<FledView>,
 }
 
 pub struct ReleaseView {
     pub kind: String,
     pub to: String,
+    pub to_label: String,
     pub from: String,
+    pub from_label: String,
     pub by: String,
     pub at: When,
 }
@@ -286,6 +313,14 @@ pub async fn show(
         .into_iter()
         .map(|r| ReleaseView {
             kind: r.kind,
+            to_label: crate::web::view::image_label(&r.image_id, &r.to_name, &r.to_version),
+            from_label: r.previous_image_id.as_deref().map_or_else(String::new, |id| {
+                crate::web::view::image_label(
+                    id,
+                    r.from_name.as_deref().unwrap_or_default(),
+                    r.from_version.as_deref().unwrap_or_default(),
+                )
+            }),
             to: r.image_id,
             from: r.previous_image_id.unwrap_or_default(),
             by: r.released_by,
@@ -293,11 +328,12 @@ pub async fn show(
         })
         .collect();
     let target = format!("image:{id}");
-    let (events, rollouts, bake, alerts) = tokio::try_join!(
+    let (events, rollouts, bake, alerts, fled) = tokio::try_join!(
         crate::db::audit::for_target(&state.pool, &target, 50),
         crate::db::rollouts::list(&state.pool, Some(&id), None, 50),
         crate::db::bakes::of_image(&state.pool, &id),
         crate::db::alerts::rules(&state.pool),
+        crate::db::images::rolled_back_from(&state.pool, &id),
     )?;
     let events = events.into_iter().map(EventView::from).collect();
     super::html(
@@ -312,6 +348,7 @@ pub async fn show(
             defaults: state.settings.rollout_defaults()?,
             alerts: alerts.into_iter().map(|r| (r.id, r.name)).collect(),
             bake,
+            fled: fled.map(|(_, by, at)| FledView { at: when(at), by }),
         },
         StatusCode::OK,
     )

@@ -16,7 +16,7 @@ use crate::web::error::AppError;
 use crate::web::layout::{Layout, flash};
 use crate::web::view::{When, when, when_opt};
 
-const PAGE: i64 = 100;
+const PAGE: i64 = 50;
 const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 /// The job page shows at most this many output chunks (the API pages through the rest).
 const LOG_CHUNKS: i64 = 2000;
@@ -27,6 +27,12 @@ pub struct JobView {
     pub command: String,
     pub command_short: String,
     pub labels: Vec<String>,
+    /// Each label and the link that filters by it (the page's other filters kept).
+    pub label_links: Vec<(String, String)>,
+    /// How long it waited in the queue (so far, while queued).
+    pub queued_for: String,
+    /// How long its latest attempt ran (so far, while running); empty before it started.
+    pub run_time: String,
     pub timeout_s: i32,
     pub retries: i32,
     pub server_id: Option<String>,
@@ -46,7 +52,18 @@ impl From<JobRow> for JobView {
         } else {
             first_line.to_owned()
         };
+        let now = time::OffsetDateTime::now_utc();
+        let secs = |d: time::Duration| crate::web::view::duration(d.whole_seconds());
+        let queued_for = secs(j.started_at.unwrap_or(now) - j.created_at);
+        let run_time = j
+            .started_at
+            .filter(|_| j.state != crate::domain::JobState::Queued)
+            .map(|start| secs(j.finished_at.unwrap_or(now) - start))
+            .unwrap_or_default();
         Self {
+            label_links: Vec::new(),
+            queued_for,
+            run_time,
             id: j.id,
             finished: j.state.is_finished(),
             state: j.state,
@@ -102,6 +119,13 @@ struct JobsLive {
     filters: String,
     next: Option<i64>,
     first_page: bool,
+    /// Viewing failed jobs: how many the filter matches, for "Retry all failed".
+    failed_matching: Option<i64>,
+    can_act: bool,
+    csrf: String,
+    /// The filter's label and server, carried by the Retry all form.
+    filter_label: String,
+    filter_server: String,
 }
 
 /// The enqueue form as typed (re-shown with the error when refused).
@@ -129,15 +153,23 @@ struct JobsPage {
     error: Option<String>,
 }
 
-async fn live(state: &AppState, filters: &Filters) -> Result<JobsLive, AppError> {
+async fn live(state: &AppState, layout: &Layout, filters: &Filters) -> Result<JobsLive, AppError> {
     let q = job_query(
         filters.state.as_deref(),
         filters.label.as_deref(),
         filters.server.as_deref(),
     )?;
-    let (counts, mut rows) = tokio::try_join!(
+    let viewing_failed = q.state.as_deref() == Some("failed");
+    let (counts, mut rows, failed_matching) = tokio::try_join!(
         crate::db::jobs::counts(&state.pool),
         crate::db::jobs::list(&state.pool, &q, filters.before, PAGE + 1),
+        async {
+            if viewing_failed && layout.can_act() {
+                crate::db::jobs::count_failed(&state.pool, &q).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
     )?;
     let next = if rows.len() as i64 > PAGE {
         rows.truncate(PAGE as usize);
@@ -145,12 +177,39 @@ async fn live(state: &AppState, filters: &Filters) -> Result<JobsLive, AppError>
     } else {
         None
     };
+    let label_link = |label: &str| {
+        let f = Filters {
+            state: filters.state.clone(),
+            label: Some(label.to_owned()),
+            server: filters.server.clone(),
+            before: None,
+            live: false,
+        };
+        format!("/jobs?{}", f.encoded())
+    };
+    let jobs = rows
+        .into_iter()
+        .map(|row| {
+            let mut v = JobView::from(row);
+            v.label_links = v
+                .labels
+                .iter()
+                .map(|l| (l.clone(), label_link(l)))
+                .collect();
+            v
+        })
+        .collect();
     Ok(JobsLive {
         counts,
-        jobs: rows.into_iter().map(JobView::from).collect(),
+        jobs,
         filters: filters.encoded(),
         next,
         first_page: filters.before.is_none(),
+        failed_matching,
+        can_act: layout.can_act(),
+        csrf: layout.csrf.clone(),
+        filter_label: filters.label.clone().unwrap_or_default(),
+        filter_server: filters.server.clone().unwrap_or_default(),
     })
 }
 
@@ -176,7 +235,7 @@ async fn render(
         ..form
     };
     let page = JobsPage {
-        live: live(state, &filters).await?,
+        live: live(state, &layout, &filters).await?,
         layout,
         states: STATES,
         filter_state: filters.state.clone().unwrap_or_default(),
@@ -195,7 +254,7 @@ pub async fn list(
 ) -> Result<HttpResponse, AppError> {
     let filters = filters.into_inner();
     if filters.live && is_htmx(&req) {
-        return super::html(&live(&state, &filters).await?, StatusCode::OK);
+        return super::html(&live(&state, &layout, &filters).await?, StatusCode::OK);
     }
     render(
         layout,
@@ -411,6 +470,43 @@ pub async fn cancel(
         },
     );
     Ok(see_other(&format!("/jobs/{id}")))
+}
+
+/// The Retry all form: the filter it was shown under (the state is `failed`).
+#[derive(serde::Deserialize)]
+pub struct RetryAllForm {
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    server: String,
+}
+
+/// `POST /jobs/retry_failed`: Retry all failed (as filtered), audited as one action.
+pub async fn retry_failed(
+    req: HttpRequest,
+    principal: Principal,
+    session: Session,
+    state: web::Data<AppState>,
+    form: web::Form<RetryAllForm>,
+) -> Result<HttpResponse, AppError> {
+    let q = job_query(Some("failed"), Some(&form.label), Some(&form.server))?;
+    let n = crate::jobs::retry_failed(&state.pool, &principal, source_ip(&req), &q).await?;
+    flash(
+        &session,
+        match n {
+            0 => "No failed job matched: nothing was retried.".to_owned(),
+            1 => "1 failed job is queued for a new attempt.".to_owned(),
+            n => format!("{n} failed jobs are queued for a new attempt."),
+        },
+    );
+    let back = Filters {
+        state: Some("failed".into()),
+        label: Some(form.label.clone()),
+        server: Some(form.server.clone()),
+        before: None,
+        live: false,
+    };
+    Ok(see_other(&format!("/jobs?{}", back.encoded())))
 }
 
 pub async fn retry(

@@ -20,7 +20,11 @@ pub struct OverviewPage {
     users: i64,
     servers: Vec<(String, i64)>,
     live_servers: i64,
-    current: Option<String>,
+    fleet: super::servers::FleetLine,
+    /// The current image: its id and name ("worker v7").
+    current: Option<(String, String)>,
+    /// Where a one-click rollback goes (an operator's view only).
+    rollback_to: Option<super::rollouts::RollbackTarget>,
     queue: QueueCounts,
     rollout: Option<RolloutView>,
     /// Bakes in progress: (id, recipe, version, step).
@@ -36,29 +40,49 @@ pub struct OverviewPage {
 pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<OverviewPage, AppError> {
     let pool = &state.pool;
     let (rows, users, servers, current, queue, rollout, bakes, firing) = tokio::try_join!(
-        crate::db::audit::page(pool, None, 10),
+        crate::db::audit::overview(pool, 10),
         crate::db::users::count(pool),
         crate::db::servers::counts_by_state(pool),
-        crate::db::images::current_id(pool),
+        crate::db::images::current(pool),
         crate::db::jobs::counts(pool),
         crate::db::rollouts::active(pool),
         crate::db::bakes::running(pool),
         crate::db::alerts::firing(pool),
     )?;
+    let (tally, kept, rollback_to) = tokio::try_join!(
+        async { Ok(crate::db::servers::tally(pool, None).await?) },
+        async { Ok(crate::db::servers::kept(pool).await?) },
+        async {
+            if layout.can_act() {
+                super::rollouts::RollbackTarget::now(pool).await
+            } else {
+                Ok(None)
+            }
+        },
+    )?;
     let firing_total = firing.len();
-    let mut rows = rows;
-    rows.truncate(10);
+    // Notable events and the routine ones folded, newest first.
+    let (notable, folded) = rows;
+    let mut events: Vec<EventView> = notable
+        .into_iter()
+        .map(EventView::from)
+        .chain(folded.into_iter().map(EventView::folded))
+        .collect();
+    events.sort_by_key(|e| std::cmp::Reverse(e.at_time()));
     let servers: Vec<(String, i64)> = servers
         .into_iter()
         .filter(|(state, _)| state != "terminated")
         .collect();
     Ok(OverviewPage {
         layout,
-        events: rows.into_iter().map(EventView::from).collect(),
+        events,
         users,
         live_servers: servers.iter().map(|(_, n)| n).sum(),
         servers,
-        current,
+        fleet: super::servers::FleetLine::new(&tally, &kept),
+        current: current
+            .map(|i| (crate::web::view::image_label(&i.id, &i.name, &i.version), i.id)),
+        rollback_to,
         queue,
         rollout: rollout.map(Into::into),
         bakes,

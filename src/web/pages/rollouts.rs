@@ -48,6 +48,18 @@ pub struct RolloutView {
     /// The release's plan in a few words ("" without one).
     pub plan: String,
     pub rolled_back_by: Option<i64>,
+    /// The images as people name them ("worker v7").
+    pub from_label: String,
+    pub to_label: String,
+    /// Seconds from its start to its end (or to now while it runs).
+    pub elapsed_s: i64,
+}
+
+impl RolloutView {
+    /// How long it ran ("3 min 20 s"), or has been running.
+    pub fn elapsed(&self) -> String {
+        crate::web::view::duration(self.elapsed_s)
+    }
 }
 
 impl From<RolloutRow> for RolloutView {
@@ -59,7 +71,23 @@ impl From<RolloutRow> for RolloutView {
         } else {
             0
         };
+        let from_label = r.from_image_id.as_deref().map_or_else(String::new, |id| {
+            crate::web::view::image_label(
+                id,
+                r.from_name.as_deref().unwrap_or_default(),
+                r.from_version.as_deref().unwrap_or_default(),
+            )
+        });
+        let to_label = crate::web::view::image_label(
+            &r.to_image_id,
+            r.to_name.as_deref().unwrap_or_default(),
+            r.to_version.as_deref().unwrap_or_default(),
+        );
+        let end = r.finished_at.unwrap_or_else(time::OffsetDateTime::now_utc);
         Self {
+            from_label,
+            to_label,
+            elapsed_s: (end - r.created_at).whole_seconds(),
             plan: r.plan().describe(),
             active: r.is_active(),
             id: r.id,
@@ -330,6 +358,29 @@ struct RolloutLive {
     servers: Vec<RolloutServerView>,
     can_act: bool,
     csrf: String,
+    /// A finished release: the rollback that undid it, if one did.
+    undone_by: Option<i64>,
+    /// A finished release whose image is still current: where a rollback would go.
+    rollback_to: Option<RollbackTarget>,
+}
+
+/// The image a one-click rollback goes to, as its button names it ("Roll back to worker v6").
+pub struct RollbackTarget {
+    pub id: String,
+    pub label: String,
+}
+
+impl RollbackTarget {
+    /// Where a rollback goes now: the image current most recently before the current one and
+    /// not rolled back from since; None when there is none.
+    pub async fn now(pool: &sqlx::PgPool) -> Result<Option<Self>, AppError> {
+        Ok(crate::db::images::rollback_target(pool)
+            .await?
+            .map(|i| Self {
+                label: crate::web::view::image_label(&i.id, &i.name, &i.version),
+                id: i.id,
+            }))
+    }
 }
 
 #[derive(Template)]
@@ -405,7 +456,28 @@ async fn live(
         crate::db::rollouts::servers_of(&state.pool, id),
     )?;
     let row = row.ok_or_else(|| AppError::NotFound(format!("There is no rollout {id}.")))?;
+    // A finished release answers the next question: was it undone, and if not, where would a
+    // rollback go (only while its image is still the current one).
+    let (undone_by, rollback_to) = if row.kind == RolloutKind::Release && !row.is_active() {
+        let (undone_by, current) = tokio::try_join!(
+            crate::db::rollouts::undone_by(&state.pool, &row),
+            crate::db::images::current_id(&state.pool),
+        )?;
+        let rollback_to = if undone_by.is_none()
+            && current.as_deref() == Some(row.to_image_id.as_str())
+            && layout.can_act()
+        {
+            RollbackTarget::now(&state.pool).await?
+        } else {
+            None
+        };
+        (undone_by, rollback_to)
+    } else {
+        (None, None)
+    };
     let live = RolloutLive {
+        undone_by,
+        rollback_to,
         phase_note: phase_note(&row, &batches),
         rollout: row.clone().into(),
         batches: batches.into_iter().map(BatchView::from).collect(),

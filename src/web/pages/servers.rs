@@ -43,6 +43,11 @@ pub struct ServerView<'r> {
     pub running_jobs: i64,
     /// When recycling replaces it, if servers are recycled.
     pub recycle: Option<RecycleNote>,
+    /// Kept disabled by a release for an instant rollback: until when (None: until the
+    /// release ends and its grace period has passed).
+    pub kept: Option<Option<When>>,
+    /// The image as people name it ("worker v7").
+    pub image_label: String,
 }
 
 /// A worker's place in recycling, under its age.
@@ -107,6 +112,12 @@ impl<'r> From<&'r ServerRow> for ServerView<'r> {
             last_seen: when_opt(r.last_seen_at),
             running_jobs: r.running_jobs,
             recycle: None,
+            kept: None,
+            image_label: crate::web::view::image_label(
+                &r.image_id,
+                r.image_name.as_deref().unwrap_or_default(),
+                r.image_version.as_deref().unwrap_or_default(),
+            ),
         }
     }
 }
@@ -164,9 +175,36 @@ impl LaunchForm {
     }
 }
 
+/// A chip at the top of the list: a state or mode, how many servers within the other filters,
+/// and the link that filters by it (keeping the others).
 pub struct Count {
     pub state: &'static str,
     pub n: i64,
+    pub href: String,
+    pub active: bool,
+}
+
+/// "5 serving · 5 kept for rollback until 22:38": the fleet's truth in one line (kept servers
+/// are disabled but running, and would otherwise count as running).
+pub struct FleetLine {
+    pub serving: i64,
+    pub kept: usize,
+    /// When the last of them is retired (None while their release still runs).
+    pub kept_until: Option<When>,
+}
+
+impl FleetLine {
+    pub fn new(tally: &[crate::db::servers::Tally], kept: &[crate::db::servers::Kept]) -> Self {
+        Self {
+            serving: tally
+                .iter()
+                .filter(|t| t.state == ServerState::Running && t.mode == ServerMode::Enabled)
+                .map(|t| t.n)
+                .sum(),
+            kept: kept.len(),
+            kept_until: kept.iter().filter_map(|k| k.until).max().map(when),
+        }
+    }
 }
 
 pub struct ImageChoice {
@@ -234,6 +272,8 @@ struct ServersLive<'r> {
     csrf: String,
     servers: Vec<ServerView<'r>>,
     counts: Vec<Count>,
+    modes: Vec<Count>,
+    fleet: FleetLine,
     launches: Vec<LaunchView>,
     busy: bool,
     filters: String,
@@ -249,8 +289,8 @@ async fn live_oob(
     layout: &Layout,
     filters: &Filters,
 ) -> Result<String, AppError> {
-    let ServersData { context, rows } = reads(state, filters, false).await?;
-    let mut region = assemble(context, &rows, layout, filters)?.0;
+    let data = reads(state, filters, false).await?;
+    let mut region = assemble(&data, layout, filters)?.0;
     region.oob = true;
     region
         .render()
@@ -262,6 +302,8 @@ async fn live_oob(
 pub struct ServersData {
     context: crate::db::servers::PageContext,
     rows: Vec<ServerRow>,
+    tally: Vec<crate::db::servers::Tally>,
+    kept: Vec<crate::db::servers::Kept>,
 }
 
 /// The page's reads; the launch form's choices only when asked for (the live refresh shows
@@ -285,11 +327,18 @@ async fn reads(
     // ended in the last 10 s keeps the page refreshing (`recently_busy`); the next refresh,
     // two seconds later, reads after the end.
     let query = filters.query();
-    let (context, rows) = tokio::try_join!(
+    let (context, rows, tally, kept) = tokio::try_join!(
         crate::db::servers::page_context(pool, with_choices),
         crate::db::servers::list(pool, &query, after, PAGE + 1),
+        crate::db::servers::tally(pool, query.image.as_deref()),
+        crate::db::servers::kept(pool),
     )?;
-    Ok(ServersData { context, rows })
+    Ok(ServersData {
+        context,
+        rows,
+        tally,
+        kept,
+    })
 }
 
 /// Whether a GET of the page shows the launch form (a full page) or only its live part.
@@ -300,11 +349,10 @@ fn wants_choices(req: &HttpRequest, filters: &Filters) -> bool {
 /// The page's live part and the launch form's choices (id, name, version, current), from
 /// what was read.
 fn assemble<'r>(
-    context: crate::db::servers::PageContext,
-    rows: &'r [ServerRow],
+    data: &'r ServersData,
     layout: &Layout,
     filters: &Filters,
-) -> Result<(ServersLive<'r>, Vec<crate::db::servers::Choice>), AppError> {
+) -> Result<(ServersLive<'r>, &'r [crate::db::servers::Choice]), AppError> {
     let crate::db::servers::PageContext {
         counts: by_state,
         launches,
@@ -312,12 +360,19 @@ fn assemble<'r>(
         choices,
         recycle_max_age_s,
         being_replaced,
-    } = context;
-    let mut servers: Vec<ServerView<'r>> = rows
+    } = &data.context;
+    let kept: std::collections::HashMap<&str, Option<time::OffsetDateTime>> = data
+        .kept
+        .iter()
+        .map(|k| (k.server_id.as_str(), k.until))
+        .collect();
+    let mut servers: Vec<ServerView<'r>> = data
+        .rows
         .iter()
         .map(|r| {
             let mut v = ServerView::from(r);
-            v.note_recycling(recycle_max_age_s, &being_replaced, r.launched_at);
+            v.note_recycling(*recycle_max_age_s, being_replaced, r.launched_at);
+            v.kept = kept.get(r.id.as_str()).map(|until| until.map(when));
             v
         })
         .collect();
@@ -327,20 +382,10 @@ fn assemble<'r>(
     } else {
         None
     };
-    let counts = STATES
-        .iter()
-        .map(|s| Count {
-            state: s,
-            n: by_state
-                .iter()
-                .find(|(st, _)| st == s)
-                .map(|(_, n)| *n)
-                .unwrap_or(0),
-        })
-        .collect();
-    let launches: Vec<LaunchView> = launches.into_iter().map(LaunchView::from).collect();
+    let (counts, modes) = chips(filters, &data.tally, by_state);
+    let launches: Vec<LaunchView> = launches.iter().cloned().map(LaunchView::from).collect();
     // Terminations in flight keep the page refreshing until the servers are gone.
-    let busy = recently_busy
+    let busy = *recently_busy
         || launches.iter().any(|l| l.state.is_unsettled())
         || servers.iter().any(|s| match s.state {
             ServerState::Pending | ServerState::Stopping | ServerState::ShuttingDown => true,
@@ -351,6 +396,8 @@ fn assemble<'r>(
         csrf: layout.csrf.clone(),
         servers,
         counts,
+        modes,
+        fleet: FleetLine::new(&data.tally, &data.kept),
         launches,
         busy,
         filters: filters.encoded(),
@@ -380,8 +427,7 @@ fn render_read(
     error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
-    let ServersData { context, rows } = data;
-    let (live, images) = assemble(context, &rows, &layout, &filters)?;
+    let (live, images) = assemble(&data, &layout, &filters)?;
     let images = images
         .iter()
         .map(|(id, name, version, current)| ImageChoice {
@@ -407,7 +453,84 @@ fn render_read(
         states: STATES,
         error,
     };
-    super::html_sized(&page, status, size_hint(rows.len()))
+    super::html_sized(&page, status, size_hint(data.rows.len()))
+}
+
+/// The state chips (within the mode filter) and the mode chips (within the state filter),
+/// each linking to its filter with the others kept. Terminated servers are counted from
+/// `server_state_counts` unless one image is asked for (the tally counts them then).
+fn chips(
+    filters: &Filters,
+    tally: &[crate::db::servers::Tally],
+    by_state: &[(String, i64)],
+) -> (Vec<Count>, Vec<Count>) {
+    let q = filters.query();
+    let mode_of = |t: &crate::db::servers::Tally| match t.mode {
+        ServerMode::Disabled if t.draining => "draining",
+        m => m.as_str(),
+    };
+    let mode_matches = |t: &crate::db::servers::Tally| match q.mode.as_deref() {
+        None => true,
+        Some("disabled") => t.mode == ServerMode::Disabled,
+        Some(m) => mode_of(t) == m,
+    };
+    let state_matches = |t: &crate::db::servers::Tally| match q.state.as_deref() {
+        None => t.state != ServerState::Terminated,
+        Some(s) => t.state.as_str() == s,
+    };
+    let link = |key: &str, value: &str| {
+        let mut f = Filters {
+            image: q.image.clone(),
+            state: q.state.clone(),
+            mode: q.mode.clone(),
+            after: None,
+            live: false,
+        };
+        let slot = if key == "state" { &mut f.state } else { &mut f.mode };
+        *slot = Some(value.to_owned());
+        format!("/servers?{}", f.encoded())
+    };
+    let states = STATES
+        .iter()
+        .map(|&st| {
+            let n = if st == "terminated" && q.image.is_none() && q.mode.is_none() {
+                by_state
+                    .iter()
+                    .find(|(s, _)| s == st)
+                    .map_or(0, |(_, n)| *n)
+            } else {
+                tally
+                    .iter()
+                    .filter(|t| t.state.as_str() == st && mode_matches(t))
+                    .map(|t| t.n)
+                    .sum()
+            };
+            Count {
+                state: st,
+                n,
+                href: link("state", st),
+                active: q.state.as_deref() == Some(st),
+            }
+        })
+        .collect();
+    let modes = ["enabled", "disabled", "draining"]
+        .into_iter()
+        .map(|m| Count {
+            state: m,
+            n: tally
+                .iter()
+                .filter(|t| state_matches(t))
+                .filter(|t| match m {
+                    "disabled" => t.mode == ServerMode::Disabled,
+                    m => mode_of(t) == m,
+                })
+                .map(|t| t.n)
+                .sum(),
+            href: link("mode", m),
+            active: q.mode.as_deref() == Some(m),
+        })
+        .collect();
+    (states, modes)
 }
 
 /// Bytes the page will take, about: rendered into a buffer this large, the page is not
@@ -426,9 +549,8 @@ pub async fn list(
     let with_choices = wants_choices(&req, &filters);
     let data = reads(&state, &filters, with_choices).await?;
     if !with_choices {
-        let ServersData { context, rows } = data;
-        let live = assemble(context, &rows, &layout, &filters)?.0;
-        return super::html_sized(&live, StatusCode::OK, size_hint(rows.len()));
+        let live = assemble(&data, &layout, &filters)?.0;
+        return super::html_sized(&live, StatusCode::OK, size_hint(data.rows.len()));
     }
     render_read(layout, &state, data, filters, None, StatusCode::OK)
 }
@@ -546,6 +668,58 @@ struct ServerPage<'r> {
     agent: Option<AgentView>,
     jobs: Vec<crate::web::pages::jobs::JobView>,
     events: Vec<EventView>,
+    /// Its CPU, memory and load over the last hour.
+    charts: Vec<crate::web::pages::dashboards::ChartView>,
+    from: i64,
+    to: i64,
+}
+
+/// What a rollout did to a server, as a line of its audit trail.
+fn touch_event(t: crate::db::rollouts::TouchRow) -> EventView {
+    use crate::domain::RolloutServerState as S;
+    let r = format!("{} #{}", t.kind, t.rollout_id);
+    // The step says what happened (each step belongs to one role).
+    let (action, detail) = match t.state {
+        S::Kept => (
+            "rollout.disable",
+            format!("{r} disabled it (batch {}); kept for a rollback", t.batch),
+        ),
+        S::Restored => (
+            "rollout.enable",
+            format!("{r} had disabled it; enabled again when it was undone"),
+        ),
+        S::Reused => (
+            "rollout.enable",
+            format!("{r} had disabled it; a later rollout enabled it again"),
+        ),
+        S::Retired => (
+            "rollout.retire",
+            format!("{r} had disabled it; retired when its grace period ended"),
+        ),
+        S::Reenabled => (
+            "rollout.enable",
+            format!("{r} enabled it again (batch {})", t.batch),
+        ),
+        S::Removed => (
+            "rollout.remove",
+            format!("{r} took it away again when it was undone"),
+        ),
+        S::Launched => (
+            "rollout.launch",
+            format!("launched for {r} (batch {})", t.batch),
+        ),
+    };
+    EventView {
+        id: 0,
+        at: when(t.at),
+        actor: "system".into(),
+        action: action.into(),
+        target: format!("rollout:{}", t.rollout_id),
+        result: "ok".into(),
+        detail,
+        source_ip: String::new(),
+        folded: 0,
+    }
 }
 
 pub async fn show(
@@ -577,18 +751,41 @@ pub async fn show(
         server_id: Some(id.clone()),
         ..Default::default()
     };
-    let (agent, jobs) = tokio::try_join!(
+    let (agent, jobs, touches, kept) = tokio::try_join!(
         crate::db::agents::find(&state.pool, &id),
         crate::db::jobs::list(&state.pool, &jobs_here, None, 20),
+        crate::db::rollouts::touches_of(&state.pool, &id),
+        crate::db::servers::kept(&state.pool),
     )?;
+    // The rollouts' disables and re-enables of this server, beside its own events, newest
+    // first (by time: the rollouts' rows are not audit events and have no audit id).
+    let mut events: Vec<(time::OffsetDateTime, EventView)> = events
+        .into_iter()
+        .map(|e| (e.at_time(), e))
+        .chain(touches.into_iter().map(|t| (t.at, touch_event(t))))
+        .collect();
+    events.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    let events = events.into_iter().map(|(_, e)| e).collect();
+    let mut server = ServerView::from(&row);
+    server.kept = kept
+        .into_iter()
+        .find(|k| k.server_id == row.id)
+        .map(|k| k.until.map(when));
+    let to = crate::metrics::dashboards::window_end();
     super::html(
         &ServerPage {
             layout,
-            server: ServerView::from(&row),
+            server,
             launch_id,
             agent: agent.map(AgentView::from),
             jobs: jobs.into_iter().map(Into::into).collect(),
             events,
+            charts: crate::metrics::dashboards::server(&id)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            from: to - 3600,
+            to,
         },
         StatusCode::OK,
     )
