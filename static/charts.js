@@ -53,31 +53,80 @@
     return { data: out, raw: data };
   }
 
-  function markerPlugin(markers) {
+  // One colour per kind of marker (app.css's .mk-* legend uses the same).
+  var MARKER_COLOURS = {
+    release: "#2563eb", rollback: "#dc2626", bake: "#9333ea", annotation: "#b45309",
+    alert: "#db2777", resolved: "#16a34a"
+  };
+
+  // Markers: a line per event in its kind's colour with a short label ("▲ v2", "↩ v1"), an
+  // annotation with an end drawn as a band. Labels sit in two rows inside the plot, moved to
+  // the left of their line at the right edge, and a label that would overlap one already
+  // drawn is left out (its line stays; hovering shows the full text of the nearest marker).
+  function markerPlugin(markers, tip) {
+    var px = function (n) { return n * devicePixelRatio; };
     return {
       hooks: {
         draw: [function (u) {
           var ctx = u.ctx;
+          var left = u.bbox.left, right = u.bbox.left + u.bbox.width;
+          var top = u.bbox.top, bottom = u.bbox.top + u.bbox.height;
+          var rows = [-Infinity, -Infinity];
+          var drawnLabels = 0;
           ctx.save();
-          ctx.strokeStyle = "#f59e0b";
-          ctx.fillStyle = "#b45309";
-          ctx.lineWidth = 1.5 * devicePixelRatio;
-          ctx.setLineDash([4 * devicePixelRatio, 3 * devicePixelRatio]);
-          ctx.font = (10 * devicePixelRatio) + "px sans-serif";
-          markers.forEach(function (m, i) {
+          ctx.font = px(11) + "px sans-serif";
+          ctx.textBaseline = "top";
+          markers.forEach(function (m) {
+            var colour = MARKER_COLOURS[m.kind] || MARKER_COLOURS.annotation;
             var x = Math.round(u.valToPos(m.t, "x", true));
-            var alert = m.stream === "alerts";
-            ctx.strokeStyle = alert ? (/ resolved/.test(m.title) ? "#16a34a" : "#dc2626") : "#f59e0b";
-            ctx.fillStyle = alert ? ctx.strokeStyle : "#b45309";
-            if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
+            if (m.end != null && m.end > m.t) {
+              var x2 = Math.round(u.valToPos(m.end, "x", true));
+              var a = Math.max(x, left), b = Math.min(x2, right);
+              if (b > a) {
+                ctx.fillStyle = colour + "22";
+                ctx.fillRect(a, top, b - a, bottom - top);
+              }
+            }
+            if (x < left || x > right) return;
+            ctx.strokeStyle = colour;
+            ctx.lineWidth = px(1.5);
+            ctx.setLineDash(m.kind === "annotation" ? [px(4), px(3)] : []);
             ctx.beginPath();
-            ctx.moveTo(x, u.bbox.top);
-            ctx.lineTo(x, u.bbox.top + u.bbox.height);
+            ctx.moveTo(x, top);
+            ctx.lineTo(x, bottom);
             ctx.stroke();
-            // Staggered, so markers close in time keep readable titles.
-            ctx.fillText(m.title, x + 3 * devicePixelRatio, u.bbox.top + (10 + 12 * (i % 3)) * devicePixelRatio);
+            var label = m.short || m.title;
+            var w = ctx.measureText(label).width + px(6);
+            var lx = x + px(3) + w > right ? x - px(3) - w : x + px(3);
+            if (lx < left) return;
+            for (var r = 0; r < rows.length; r++) {
+              if (lx > rows[r]) {
+                rows[r] = lx + w;
+                ctx.fillStyle = "rgba(255,255,255,0.85)";
+                ctx.fillRect(lx, top + px(2 + 14 * r), w, px(13));
+                ctx.fillStyle = colour;
+                ctx.fillText(label, lx + px(3), top + px(3 + 14 * r));
+                drawnLabels++;
+                return;
+              }
+            }
           });
           ctx.restore();
+          u.root.setAttribute("data-marker-labels", String(drawnLabels));
+        }],
+        setCursor: [function (u) {
+          if (!tip) return;
+          var cx = u.cursor.left;
+          if (cx == null || cx < 0) { tip.hidden = true; return; }
+          var near = null, best = 7;
+          markers.forEach(function (m) {
+            var d = Math.abs(u.valToPos(m.t, "x") - cx);
+            if (d < best) { best = d; near = m; }
+          });
+          if (!near) { tip.hidden = true; return; }
+          tip.textContent = near.title;
+          tip.hidden = false;
+          tip.style.left = Math.min(cx + u.bbox.left / devicePixelRatio + 8, u.over.clientWidth - 40) + "px";
         }]
       }
     };
@@ -117,12 +166,17 @@
       return !m.metrics || m.metrics.split(",").some(function (x) { return shown.indexOf(x) >= 0; });
     });
     var requests = specs.map(function (spec) {
-      var url = "/dashboards/series?" + query({
-        metric: spec.metric, source: spec.source, aggregate: spec.aggregate, from: from, to: to
-      });
+      var params = { metric: spec.metric, source: spec.source, aggregate: spec.aggregate, from: from, to: to };
+      if (spec.across) params.across = spec.across;
+      var url = "/dashboards/series?" + query(params);
       return getJSON(url).then(function (answer) {
+        var names = answer.names || {};
         return answer.series.map(function (s) {
-          var label = spec.label ? (answer.series.length > 1 ? spec.label + " " + s.source : spec.label) : (s.source || spec.metric);
+          var source = names[s.source] || s.source;
+          // A combined line is named by its label, or by what it is ("max of 5 sources").
+          var label = spec.across ? (spec.label || source)
+            : spec.label ? (answer.series.length > 1 ? spec.label + " " + source : spec.label)
+            : (source || spec.metric);
           return { label: label, points: s.points };
         });
       });
@@ -152,11 +206,19 @@
           if (i > 1) bands.push({ series: [i, i - 1] });
         });
       }
+      var tip = document.createElement("div");
+      tip.className = "marker-tip";
+      tip.hidden = true;
+      plot.appendChild(tip);
       var opts = {
-        width: Math.max(300, plot.clientWidth),
+        width: Math.max(240, plot.clientWidth),
         height: height,
         series: series,
-        scales: levels.length ? {
+        scales: stacked ? {
+          x: { time: true, min: from, max: to },
+          // A stack is a total: it starts at 0, or the bands would lie about the parts.
+          y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } }
+        } : levels.length ? {
           x: { time: true, min: from, max: to },
           // Keep the thresholds in view even when the values stay far from them.
           y: { range: function (u, min, max) {
@@ -169,7 +231,7 @@
         cursor: { drag: { x: true, y: false } },
         legend: { live: true },
         bands: bands,
-        plugins: [markerPlugin(markers), thresholdPlugin(levels)]
+        plugins: [markerPlugin(markers, tip), thresholdPlugin(levels)]
       };
       new uPlot(opts, data, plot);
       figure.setAttribute("data-drawn", "lines");

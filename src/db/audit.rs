@@ -228,4 +228,3 @@ pub async fn overview(pool: &PgPool, limit: i64) -> sqlx::Result<(Vec<AuditRow>,
     .await?;
     Ok((notable, folded))
 }
-

@@ -247,6 +247,14 @@ pub async fn current(db: impl PgExecutor<'_>) -> sqlx::Result<Option<ImageName>>
     .await
 }
 
+/// The images among `ids`, by name (for legends and labels).
+pub async fn names_of(db: impl PgExecutor<'_>, ids: &[String]) -> sqlx::Result<Vec<ImageName>> {
+    sqlx::query_as("SELECT id, name, version FROM images WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(db)
+        .await
+}
+
 /// Where a rollback goes by default: the image that was current most recently before the
 /// current one, is still available, and was not rolled back from since (the same rule the
 /// rollback itself checks, [`rollback_targets!`]).

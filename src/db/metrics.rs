@@ -373,11 +373,19 @@ pub async fn insert_annotation(
 }
 
 /// A marker on a chart: a posted annotation, or a release / rollback ("(automatic)" when a
-/// release's guards started it) / finished bake from the fleet's own records.
+/// release's guards started it) / finished bake / alert firing or resolved from the fleet's
+/// own records.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Marker {
     pub t: i64,
+    /// An annotation's end (unix seconds): drawn as a band from `t`.
+    pub end: Option<i64>,
+    /// The full text, shown on hover.
     pub title: String,
+    /// A few characters drawn beside the line: "▲ v2", "↩ v1", "◆ v3", "✎ deploy", "! cpu".
+    pub short: String,
+    /// What it is, for its colour: release, rollback, bake, annotation, alert, resolved.
+    pub kind: String,
     pub stream: String,
     /// The metrics whose charts show it, comma-separated (an alert's); empty: every chart.
     pub metrics: String,
@@ -388,23 +396,39 @@ pub async fn markers(
     from: OffsetDateTime,
     to: OffsetDateTime,
 ) -> sqlx::Result<Vec<Marker>> {
+    // An image is named as people name it: "name vN" (the version alone on the short label).
     sqlx::query_as(
         // floor, not the cast's rounding: a marker stays inside a window that ends at its second.
-        "SELECT floor(extract(epoch FROM start_time))::BIGINT AS t, title, stream, '' AS metrics FROM annotations
+        "SELECT floor(extract(epoch FROM start_time))::BIGINT AS t,
+                floor(extract(epoch FROM end_time))::BIGINT AS end,
+                title || CASE WHEN description = '' THEN '' ELSE ': ' || description END AS title,
+                '✎ ' || CASE WHEN length(title) > 18 THEN left(title, 17) || '…' ELSE title END AS short,
+                'annotation' AS kind, stream, '' AS metrics FROM annotations
          WHERE start_time >= $1 AND start_time < $2
          UNION ALL
-         SELECT floor(extract(epoch FROM r.created_at))::BIGINT,
-                r.kind || ' #' || r.id || ' to ' || r.to_image_id || CASE WHEN r.started_by = 'kiln' THEN ' (automatic)' ELSE '' END,
-                r.kind || 's', ''
-         FROM rollouts r WHERE r.created_at >= $1 AND r.created_at < $2
+         SELECT floor(extract(epoch FROM r.created_at))::BIGINT, NULL,
+                r.kind || ' #' || r.id || ' to ' || COALESCE(NULLIF(i.name, ''), r.to_image_id)
+                    || CASE WHEN COALESCE(i.version, '') = '' THEN '' ELSE ' v' || i.version END
+                    || ' (' || r.to_image_id || ') by ' || r.started_by
+                    || CASE WHEN r.started_by = 'kiln' THEN ' (automatic)' ELSE '' END,
+                CASE WHEN r.kind = 'rollback' THEN '↩ ' ELSE '▲ ' END
+                    || CASE WHEN COALESCE(i.version, '') = '' THEN COALESCE(NULLIF(i.name, ''), r.to_image_id)
+                            ELSE 'v' || i.version END,
+                r.kind, r.kind || 's', ''
+         FROM rollouts r LEFT JOIN images i ON i.id = r.to_image_id
+         WHERE r.created_at >= $1 AND r.created_at < $2
          UNION ALL
-         SELECT floor(extract(epoch FROM b.finished_at))::BIGINT, 'bake #' || b.id || ' ' || r.name || ' v' || b.version, 'bakes', ''
+         SELECT floor(extract(epoch FROM b.finished_at))::BIGINT, NULL,
+                'bake #' || b.id || ' ' || r.name || ' v' || b.version, '◆ v' || b.version, 'bake', 'bakes', ''
          FROM bakes b JOIN recipes r ON r.id = b.recipe_id
          WHERE b.state = 'succeeded' AND b.finished_at >= $1 AND b.finished_at < $2
          UNION ALL
-         SELECT floor(extract(epoch FROM t.at))::BIGINT,
+         SELECT floor(extract(epoch FROM t.at))::BIGINT, NULL,
                 CASE WHEN t.to_state = 'firing' THEN a.name || ' firing' ELSE a.name || ' resolved' END
                     || CASE WHEN t.source = '' THEN '' ELSE ' on ' || t.source END,
+                CASE WHEN t.to_state = 'firing' THEN '! ' ELSE '✓ ' END
+                    || CASE WHEN length(a.name) > 14 THEN left(a.name, 13) || '…' ELSE a.name END,
+                CASE WHEN t.to_state = 'firing' THEN 'alert' ELSE 'resolved' END,
                 'alerts',
                 (SELECT string_agg(DISTINCT c->>'metric', ',') FROM jsonb_array_elements(a.conditions) c)
          FROM alert_transitions t JOIN alert_rules a ON a.id = t.rule_id

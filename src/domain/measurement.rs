@@ -58,6 +58,10 @@ pub struct SeriesSpec {
     /// What the legend calls the line; empty: the source's name.
     #[serde(default)]
     pub label: String,
+    /// Combine the sources the glob matches into one line, bucket by bucket: `max`, `min`,
+    /// `avg` or `sum` over the sources ("the worst server's CPU"); empty: a line per source.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub across: String,
 }
 
 /// A `*` glob as a LIKE pattern (other LIKE characters taken literally).

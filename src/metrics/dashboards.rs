@@ -19,6 +19,7 @@ fn line(metric: &str, aggregate: &str, label: &str) -> SeriesSpec {
         source: "*".into(),
         aggregate: aggregate.into(),
         label: label.into(),
+        across: String::new(),
     }
 }
 
@@ -92,6 +93,7 @@ pub fn server(id: &str) -> Vec<Chart> {
         source: id.into(),
         aggregate: "avg".into(),
         label: label.into(),
+        across: String::new(),
     };
     vec![
         chart("CPU", "%", vec![of("system.cpu", "cpu")]),
@@ -130,6 +132,8 @@ pub const MAX_SERIES: usize = 10;
 /// At most this many charts on one dashboard: the page draws them all at once.
 pub const MAX_CHARTS: i64 = 30;
 pub const AGGREGATES: [&str; 5] = ["avg", "sum", "min", "max", "count"];
+/// How a series may combine its sources ("": a line per source).
+pub const ACROSS: [&str; 5] = ["", "max", "min", "avg", "sum"];
 
 /// A dashboard's name as typed: trimmed, 1 to 80 characters.
 pub fn dashboard_name(name: &str) -> Result<String, String> {
@@ -165,6 +169,7 @@ pub fn series_spec(
     source: &str,
     aggregate: &str,
     label: &str,
+    across: &str,
 ) -> Result<SeriesSpec, String> {
     let metric = metric.trim();
     crate::metrics::ingest::check_name("Metric", metric).map_err(|e| e.0)?;
@@ -187,11 +192,18 @@ pub fn series_spec(
     if label.chars().count() > 60 {
         return Err("A series' label has at most 60 characters.".into());
     }
+    let across = across.trim();
+    if !ACROSS.contains(&across) {
+        return Err(format!(
+            "Across sources {across:?} is not one of max, min, avg, sum (or empty: a line per source)."
+        ));
+    }
     Ok(SeriesSpec {
         metric: metric.to_owned(),
         source: source.to_owned(),
         aggregate: aggregate.to_owned(),
         label: label.to_owned(),
+        across: across.to_owned(),
     })
 }
 
@@ -201,21 +213,28 @@ mod tests {
 
     #[test]
     fn series_specs_are_checked_like_ingest() {
-        let ok = series_spec(" kiln.jobs.queued ", "", "max", "queued").unwrap();
+        let ok = series_spec(" kiln.jobs.queued ", "", "max", "queued", "").unwrap();
         assert_eq!(ok.source, "*");
         assert_eq!(ok.metric, "kiln.jobs.queued");
         assert!(
-            series_spec("bad name", "*", "avg", "")
+            series_spec("bad name", "*", "avg", "", "")
                 .unwrap_err()
                 .contains("Metric")
         );
         assert!(
-            series_spec("a", "*", "median", "")
+            series_spec("a", "*", "median", "", "")
                 .unwrap_err()
                 .contains("median")
         );
-        assert!(series_spec("a", "x\ny", "avg", "").is_err());
-        assert!(series_spec("a", "*", "avg", &"l".repeat(61)).is_err());
+        assert!(series_spec("a", "x\ny", "avg", "", "").is_err());
+        assert!(series_spec("a", "*", "avg", &"l".repeat(61), "").is_err());
+        assert!(series_spec("a", "*", "avg", "", "median").is_err());
+        assert_eq!(
+            series_spec("system.cpu", "i-*", "avg", "worst", " max ")
+                .unwrap()
+                .across,
+            "max"
+        );
         assert!(dashboard_name("  ").is_err());
         assert_eq!(dashboard_name(" Builds ").unwrap(), "Builds");
         assert!(chart_labels("", "").is_err());
@@ -228,7 +247,7 @@ mod tests {
             assert!(chart.series.len() <= MAX_SERIES);
             for s in chart.series {
                 assert_eq!(
-                    series_spec(&s.metric, &s.source, &s.aggregate, &s.label).unwrap(),
+                    series_spec(&s.metric, &s.source, &s.aggregate, &s.label, &s.across).unwrap(),
                     s
                 );
             }

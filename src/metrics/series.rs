@@ -102,6 +102,55 @@ pub fn assemble(buckets: Vec<Bucket>, aggregate: Aggregate) -> Vec<Series> {
     out
 }
 
+/// Sources combined into one line, bucket by bucket (`max` over the servers: the worst
+/// server's CPU). A bucket counts the sources that have a value in it; `avg` divides by them.
+/// Named after what it is ("max of 5 sources"); no line at all when no source has a value.
+pub fn combine(series: Vec<Series>, across: Aggregate) -> Vec<Series> {
+    if series.is_empty() {
+        return series;
+    }
+    let n = series.len();
+    let mut at: std::collections::BTreeMap<i64, (f64, usize)> = std::collections::BTreeMap::new();
+    for s in &series {
+        for &(t, v) in &s.points {
+            at.entry(t)
+                .and_modify(|(acc, k)| {
+                    *acc = match across {
+                        Aggregate::Max => acc.max(v),
+                        Aggregate::Min => acc.min(v),
+                        Aggregate::Avg | Aggregate::Sum => *acc + v,
+                        Aggregate::Count => *acc + 1.0,
+                    };
+                    *k += 1;
+                })
+                .or_insert((if across == Aggregate::Count { 1.0 } else { v }, 1));
+        }
+    }
+    let name = match across {
+        Aggregate::Max => "max",
+        Aggregate::Min => "min",
+        Aggregate::Avg => "avg",
+        Aggregate::Sum => "sum",
+        Aggregate::Count => "count",
+    };
+    vec![Series {
+        source: format!("{name} of {n} source{}", if n == 1 { "" } else { "s" }),
+        points: at
+            .into_iter()
+            .map(|(t, (acc, k))| {
+                (
+                    t,
+                    if across == Aggregate::Avg {
+                        acc / k as f64
+                    } else {
+                        acc
+                    },
+                )
+            })
+            .collect(),
+    }]
+}
+
 /// What a caller asks for, validated.
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -111,6 +160,8 @@ pub struct Query {
     pub to: OffsetDateTime,
     pub resolution: i64,
     pub aggregate: Aggregate,
+    /// Combine the sources into one line ([`combine`]).
+    pub across: Option<Aggregate>,
 }
 
 pub async fn run(pool: &sqlx::PgPool, q: &Query) -> sqlx::Result<Vec<Series>> {
@@ -124,12 +175,67 @@ pub async fn run(pool: &sqlx::PgPool, q: &Query) -> sqlx::Result<Vec<Series>> {
         table_for(q.resolution),
     )
     .await?;
-    Ok(assemble(buckets, q.aggregate))
+    let series = assemble(buckets, q.aggregate);
+    Ok(match q.across {
+        Some(across) => combine(series, across),
+        None => series,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_combine_bucket_by_bucket() {
+        let s = |source: &str, points: &[(i64, f64)]| Series {
+            source: source.into(),
+            points: points.to_vec(),
+        };
+        let servers = || {
+            vec![
+                s("i-1", &[(0, 10.0), (60, 90.0)]),
+                s("i-2", &[(0, 30.0), (60, 20.0), (120, 50.0)]),
+            ]
+        };
+        let one = |across| {
+            let out = combine(servers(), across);
+            assert_eq!(out.len(), 1);
+            assert_eq!(
+                out[0].source,
+                format!(
+                    "{} of 2 sources",
+                    match across {
+                        Aggregate::Max => "max",
+                        Aggregate::Min => "min",
+                        Aggregate::Avg => "avg",
+                        Aggregate::Sum => "sum",
+                        Aggregate::Count => "count",
+                    }
+                )
+            );
+            out[0].points.clone()
+        };
+        assert_eq!(
+            one(Aggregate::Max),
+            vec![(0, 30.0), (60, 90.0), (120, 50.0)]
+        );
+        assert_eq!(
+            one(Aggregate::Min),
+            vec![(0, 10.0), (60, 20.0), (120, 50.0)]
+        );
+        assert_eq!(
+            one(Aggregate::Sum),
+            vec![(0, 40.0), (60, 110.0), (120, 50.0)]
+        );
+        // A bucket where one source reported averages over that one.
+        assert_eq!(
+            one(Aggregate::Avg),
+            vec![(0, 20.0), (60, 55.0), (120, 50.0)]
+        );
+        assert_eq!(one(Aggregate::Count), vec![(0, 2.0), (60, 2.0), (120, 1.0)]);
+        assert!(combine(Vec::new(), Aggregate::Max).is_empty());
+    }
 
     /// A bucket; `mml` is [min, max, last].
     fn bucket(source: &str, kind: &str, t: i64, count: i64, sum: f64, mml: [f64; 3]) -> Bucket {

@@ -189,6 +189,8 @@ pub struct SeriesQuery {
     to: Option<i64>,
     resolution: Option<i64>,
     aggregate: Option<String>,
+    /// Combine the sources into one line: max, min, avg or sum over them.
+    across: Option<String>,
 }
 
 /// Validates `GET /api/v1/series` parameters: unix-second range (default the last
@@ -223,11 +225,21 @@ pub fn series_query(q: &SeriesQuery, now: i64) -> Result<series::Query, AppError
             ))
         })?,
     };
+    let across = match q.across.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(a @ ("max" | "min" | "avg" | "sum")) => Aggregate::parse(a),
+        Some(a) => {
+            return Err(AppError::BadRequest(format!(
+                "across {a:?} is not one of max, min, avg, sum."
+            )));
+        }
+    };
     let at = |t: i64| {
         OffsetDateTime::from_unix_timestamp(t)
             .map_err(|_| AppError::BadRequest(format!("{t} is not a time Kiln can read.")))
     };
     Ok(series::Query {
+        across,
         metric,
         source_like: series::like_of(q.source.as_deref().filter(|s| !s.is_empty()).unwrap_or("*")),
         from: at(from)?,
@@ -237,16 +249,48 @@ pub fn series_query(q: &SeriesQuery, now: i64) -> Result<series::Query, AppError
     })
 }
 
-/// `GET /api/v1/series?metric=&source=&from=&to=&resolution=&aggregate=`
+/// Sources that name an image ("running:ami-0abc", as `kiln.servers` records them), named as
+/// people name the image ("running: worker v7"), for legends: source -> name.
+async fn image_names(
+    pool: &sqlx::PgPool,
+    series: &[series::Series],
+) -> Result<std::collections::BTreeMap<String, String>, AppError> {
+    let ids: Vec<String> = series
+        .iter()
+        .filter_map(|s| s.source.split_once(':').map(|(_, id)| id.to_owned()))
+        .collect();
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let images = crate::db::images::names_of(pool, &ids).await?;
+    Ok(series
+        .iter()
+        .filter_map(|s| {
+            let (head, id) = s.source.split_once(':')?;
+            let i = images.iter().find(|i| i.id == id)?;
+            Some((
+                s.source.clone(),
+                format!(
+                    "{head}: {}",
+                    crate::web::view::image_label(id, &i.name, &i.version)
+                ),
+            ))
+        })
+        .collect())
+}
+
+/// `GET /api/v1/series?metric=&source=&from=&to=&resolution=&aggregate=&across=`
 pub async fn get_series(
     state: web::Data<AppState>,
     query: web::Query<SeriesQuery>,
 ) -> Result<HttpResponse, AppError> {
     let q = series_query(&query, OffsetDateTime::now_utc().unix_timestamp())?;
     let series = series::run(&state.pool, &q).await?;
+    let names = image_names(&state.pool, &series).await?;
     Ok(HttpResponse::Ok().json(json!({
         "metric": q.metric,
         "resolution": q.resolution,
         "series": series,
+        "names": names,
     })))
 }

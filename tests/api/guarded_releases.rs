@@ -327,11 +327,14 @@ async fn a_guarding_alert_that_fires_during_soak_time_rolls_the_release_back_and
         .unwrap();
     let back = done["rolled_back_by"].as_i64().unwrap();
     assert!(
-        markers
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["title"] == format!("rollback #{back} to {old} (automatic)")),
+        markers.as_array().unwrap().iter().any(|m| {
+            let title = m["title"].as_str().unwrap_or_default();
+            m["kind"] == "rollback"
+                && title.starts_with(&format!("rollback #{back} to "))
+                && title.contains(&format!("({old}) by kiln"))
+                && title.ends_with("(automatic)")
+                && m["short"].as_str().unwrap_or_default().starts_with("↩ ")
+        }),
         "{markers}"
     );
     stop_fleet(&app).await;

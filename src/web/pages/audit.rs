@@ -160,8 +160,7 @@ pub async fn show(
 ) -> Result<AuditPage, AppError> {
     let query = query.into_inner();
     let filter = query.filter()?;
-    let mut rows =
-        crate::db::audit::search(&state.pool, &filter, query.before, PAGE_SIZE).await?;
+    let mut rows = crate::db::audit::search(&state.pool, &filter, query.before, PAGE_SIZE).await?;
     let more = rows.len() as i64 > PAGE_SIZE;
     rows.truncate(PAGE_SIZE as usize);
     let next_before = if more {

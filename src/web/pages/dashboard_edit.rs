@@ -126,8 +126,14 @@ pub async fn delete(
 }
 
 fn spec_of(form: &ChartForm) -> Result<SeriesSpec, AppError> {
-    series_spec(&form.metric, &form.source, &form.aggregate, &form.label)
-        .map_err(AppError::BadRequest)
+    series_spec(
+        &form.metric,
+        &form.source,
+        &form.aggregate,
+        &form.label,
+        &form.across,
+    )
+    .map_err(AppError::BadRequest)
 }
 
 pub async fn add_chart(
@@ -181,6 +187,7 @@ pub struct SeriesView {
     pub source: String,
     pub aggregate: String,
     pub label: String,
+    pub across: String,
 }
 
 #[derive(Template)]
@@ -192,6 +199,7 @@ struct ChartPage {
     chart: super::dashboards::ChartView,
     series: Vec<SeriesView>,
     aggregates: [&'static str; 5],
+    across: [&'static str; 5],
     from: i64,
     to: i64,
     /// The settings as shown (what was typed, when refused).
@@ -237,6 +245,7 @@ async fn render_chart(
             source: s.source.clone(),
             aggregate: s.aggregate.clone(),
             label: s.label.clone(),
+            across: s.across.clone(),
         })
         .collect();
     let (title, unit, stacked, labels_error) = match refusal.labels {
@@ -263,6 +272,7 @@ async fn render_chart(
             chart: chart.into(),
             series,
             aggregates: AGGREGATES,
+            across: crate::metrics::dashboards::ACROSS,
             from: to - 3600,
             to,
             title,

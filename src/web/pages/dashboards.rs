@@ -23,6 +23,30 @@ pub struct ChartView {
     pub stacked: bool,
     /// The chart's series as JSON, for the script.
     pub spec: String,
+    /// Why the chart can have no data here (its metrics are never recorded under the current
+    /// provider); empty when it can.
+    pub absent: String,
+}
+
+impl ChartView {
+    /// Marks a chart whose every series is a metric the provider never records (EC2 calls
+    /// under `local`): the page says so instead of drawing an empty frame.
+    pub fn under(mut self, provider: &str) -> Self {
+        if provider != "aws" {
+            let only_ec2 =
+                serde_json::from_str::<Vec<crate::metrics::dashboards::SeriesSpec>>(&self.spec)
+                    .map(|specs| {
+                        !specs.is_empty() && specs.iter().all(|s| s.metric.starts_with("kiln.ec2."))
+                    })
+                    .unwrap_or(false);
+            if only_ec2 {
+                self.absent = format!(
+                    "No data under the {provider} provider: Kiln makes EC2 calls only with KILN_PROVIDER=aws."
+                );
+            }
+        }
+        self
+    }
 }
 
 impl From<Chart> for ChartView {
@@ -30,6 +54,7 @@ impl From<Chart> for ChartView {
         Self {
             id: 0,
             spec: serde_json::to_string(&c.series).unwrap_or_else(|_| "[]".into()),
+            absent: String::new(),
             title: c.title,
             unit: c.unit,
             stacked: c.stacked,
@@ -42,6 +67,7 @@ impl From<ChartRow> for ChartView {
         Self {
             id: c.id,
             spec: serde_json::to_string(&c.series.0).unwrap_or_else(|_| "[]".into()),
+            absent: String::new(),
             title: c.title,
             unit: c.unit,
             stacked: c.stacked,
@@ -71,6 +97,9 @@ pub struct ChartForm {
     pub aggregate: String,
     #[serde(default)]
     pub label: String,
+    /// How the series combines its sources ("": a line each).
+    #[serde(default)]
+    pub across: String,
     /// A checkbox: present ("on") when ticked.
     #[serde(default)]
     pub stacked: Option<String>,
@@ -107,6 +136,7 @@ struct DashboardPage {
     ranges: Vec<&'static str>,
     range: String,
     aggregates: [&'static str; 5],
+    across: [&'static str; 5],
     from: i64,
     to: i64,
     refusal: Refusal,
@@ -163,7 +193,7 @@ pub async fn render(
     let span = span_of(&range)?;
     let all = crate::db::dashboards::list(&state.pool).await?;
     let (name, created_by, charts) = if id == 0 {
-        let charts = dashboards::fleet()
+        let charts: Vec<ChartView> = dashboards::fleet()
             .into_iter()
             .map(ChartView::from)
             .collect();
@@ -194,6 +224,11 @@ pub async fn render(
         name: d.name,
     }))
     .collect();
+    let provider = crate::cloud::Provider::name(state.cloud.as_ref());
+    let charts: Vec<ChartView> = charts
+        .into_iter()
+        .map(|c: ChartView| c.under(provider))
+        .collect();
     let to = dashboards::window_end();
     super::html(
         &DashboardPage {
@@ -206,6 +241,7 @@ pub async fn render(
             ranges: RANGES.iter().map(|(n, _)| *n).collect(),
             range,
             aggregates: AGGREGATES,
+            across: crate::metrics::dashboards::ACROSS,
             from: to - span,
             to,
             refusal,

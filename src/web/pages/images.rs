@@ -314,13 +314,16 @@ pub async fn show(
         .map(|r| ReleaseView {
             kind: r.kind,
             to_label: crate::web::view::image_label(&r.image_id, &r.to_name, &r.to_version),
-            from_label: r.previous_image_id.as_deref().map_or_else(String::new, |id| {
-                crate::web::view::image_label(
-                    id,
-                    r.from_name.as_deref().unwrap_or_default(),
-                    r.from_version.as_deref().unwrap_or_default(),
-                )
-            }),
+            from_label: r
+                .previous_image_id
+                .as_deref()
+                .map_or_else(String::new, |id| {
+                    crate::web::view::image_label(
+                        id,
+                        r.from_name.as_deref().unwrap_or_default(),
+                        r.from_version.as_deref().unwrap_or_default(),
+                    )
+                }),
             to: r.image_id,
             from: r.previous_image_id.unwrap_or_default(),
             by: r.released_by,

@@ -165,7 +165,9 @@ async fn live(state: &AppState, layout: &Layout, filters: &Filters) -> Result<Jo
         crate::db::jobs::list(&state.pool, &q, filters.before, PAGE + 1),
         async {
             if viewing_failed && layout.can_act() {
-                crate::db::jobs::count_failed(&state.pool, &q).await.map(Some)
+                crate::db::jobs::count_failed(&state.pool, &q)
+                    .await
+                    .map(Some)
             } else {
                 Ok(None)
             }

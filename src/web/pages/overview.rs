@@ -80,8 +80,12 @@ pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<Overview
         live_servers: servers.iter().map(|(_, n)| n).sum(),
         servers,
         fleet: super::servers::FleetLine::new(&tally, &kept),
-        current: current
-            .map(|i| (crate::web::view::image_label(&i.id, &i.name, &i.version), i.id)),
+        current: current.map(|i| {
+            (
+                crate::web::view::image_label(&i.id, &i.name, &i.version),
+                i.id,
+            )
+        }),
         rollback_to,
         queue,
         rollout: rollout.map(Into::into),

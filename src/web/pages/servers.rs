@@ -486,7 +486,11 @@ fn chips(
             after: None,
             live: false,
         };
-        let slot = if key == "state" { &mut f.state } else { &mut f.mode };
+        let slot = if key == "state" {
+            &mut f.state
+        } else {
+            &mut f.mode
+        };
         *slot = Some(value.to_owned());
         format!("/servers?{}", f.encoded())
     };
