@@ -158,6 +158,25 @@ pub struct AuditFilter {
     pub until: Option<OffsetDateTime>,
 }
 
+/// The events of the given targets that name `word` in their detail (a rollout's events that
+/// name one of its servers: "batch 1: disabled i-0abc, i-0def"), newest first.
+pub async fn naming(
+    pool: &PgPool,
+    targets: &[String],
+    word: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<AuditRow>> {
+    sqlx::query_as(
+        "SELECT id, at, actor, action, target, result, detail, source_ip FROM audit_events
+         WHERE target = ANY($1) AND strpos(detail, $2) > 0 ORDER BY id DESC LIMIT $3",
+    )
+    .bind(targets)
+    .bind(word)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// Events matching `filter`, newest first, keyset-paginated like [`page`] (one row more than
 /// `limit` when there is a next page). A family or kind matches by prefix, compared as
 /// text (no LIKE: what the user typed is never a pattern).

@@ -455,7 +455,7 @@ async fn a_canary_with_too_few_jobs_waits_and_one_with_a_clearly_higher_failure_
         .unwrap();
     assert!(
         overview.contains(&format!(
-            "Release #{id} to <span class=\"mono\">{new}</span> v2 is waiting for an operator's go-ahead."
+            "Release #{id} to worker v2 is waiting for an operator's go-ahead."
         )),
         "the Overview shows the release waiting: {overview}"
     );

@@ -24,6 +24,7 @@ mod login;
 mod metrics;
 mod metrics_storage;
 mod moto;
+mod operator;
 mod replicas;
 mod retention;
 mod role_matrix;

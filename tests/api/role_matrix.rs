@@ -215,6 +215,7 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/launches/{id}", Access::Role(Role::Viewer)),
     ("GET", "/jobs/{id}", Access::Role(Role::Viewer)),
     ("POST", "/jobs", Access::Role(Role::Operator)),
+    ("POST", "/jobs/retry_failed", Access::Role(Role::Operator)),
     ("POST", "/jobs/{id}/cancel", Access::Role(Role::Operator)),
     ("POST", "/jobs/{id}/retry", Access::Role(Role::Operator)),
     ("GET", "/api/v1/jobs", Access::Role(Role::Viewer)),

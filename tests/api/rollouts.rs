@@ -684,7 +684,13 @@ async fn an_image_rolled_back_from_comes_back_only_through_a_release() {
         .text()
         .await
         .unwrap();
-    assert!(page.contains("Make this image current"), "{page}");
+    // The image fled is marked so, and offered again only as a release, never as a rollback.
+    assert!(page.contains("Release this image again"), "{page}");
+    assert!(
+        page.contains("The fleet was rolled back from this image at"),
+        "{page}"
+    );
+    assert!(!page.contains("Roll back to this"), "{page}");
 
     let r = start(&app, &token, &second, "release", json!({})).await;
     rollout_in(&app, &token, r["id"].as_i64().unwrap(), &["succeeded"], 30).await;

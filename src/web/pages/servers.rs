@@ -762,11 +762,30 @@ pub async fn show(
         crate::db::servers::kept(&state.pool),
     )?;
     // The rollouts' disables and re-enables of this server, beside its own events, newest
-    // first (by time: the rollouts' rows are not audit events and have no audit id).
+    // first: the rollouts' own events that name it (a disable, a retirement), and where its
+    // step in a rollout changed since (enabled again, taken away), that step (the rollouts'
+    // rows are not audit events; they are merged by time).
+    let rollout_targets: Vec<String> = touches
+        .iter()
+        .map(|t| format!("rollout:{}", t.rollout_id))
+        .collect();
+    let named = crate::db::audit::naming(&state.pool, &rollout_targets, &id, 50).await?;
     let mut events: Vec<(time::OffsetDateTime, EventView)> = events
         .into_iter()
+        .chain(named.into_iter().map(EventView::from))
         .map(|e| (e.at_time(), e))
-        .chain(touches.into_iter().map(|t| (t.at, touch_event(t))))
+        .chain(
+            touches
+                .into_iter()
+                .filter(|t| {
+                    !matches!(
+                        t.state,
+                        crate::domain::RolloutServerState::Kept
+                            | crate::domain::RolloutServerState::Launched
+                    )
+                })
+                .map(|t| (t.at, touch_event(t))),
+        )
         .collect();
     events.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
     let events = events.into_iter().map(|(_, e)| e).collect();
