@@ -424,3 +424,62 @@ async fn the_console_records_its_own_figures_as_metrics() {
     .await;
     crate::helpers::stop_fleet(&app).await;
 }
+
+/// A series may combine its sources into one line: "the worst server's CPU" is the max over
+/// the servers, bucket by bucket; avg divides by the sources that reported in each bucket.
+#[tokio::test]
+async fn a_series_combines_its_sources_across_the_glob() {
+    let app = spawn_app().await;
+    let token = app.token_for("admin").await;
+    let t0 = (now() / 60) * 60 - 600;
+    let gauges: Vec<Value> = [
+        ("web-1", 10.0, 90.0),
+        ("web-2", 30.0, 20.0),
+        ("db-1", 99.0, 99.0),
+    ]
+    .iter()
+    .flat_map(|(source, a, b)| {
+        [
+            json!({"name": "cpu", "value": a, "source": source, "measure_time": t0}),
+            json!({"name": "cpu", "value": b, "source": source, "measure_time": t0 + 60}),
+        ]
+    })
+    .collect();
+    let res = post_basic(&app, &token, "/v1/metrics", json!({"gauges": gauges})).await;
+    assert!(res.status().is_success(), "{}", res.status());
+    kiln::metrics::rollup::roll_up_all(&app.pool).await.unwrap();
+    let range = format!(
+        "metric=cpu&source=web-*&from={t0}&to={}&resolution=60",
+        t0 + 120
+    );
+    let each = points(&series(&app, &token, &range).await);
+    assert_eq!(each.len(), 2, "a line per source without across: {each:?}");
+    for (across, want) in [
+        ("max", [30.0, 90.0]),
+        ("min", [10.0, 20.0]),
+        ("avg", [20.0, 55.0]),
+        ("sum", [40.0, 110.0]),
+    ] {
+        let one = points(&series(&app, &token, &format!("{range}&across={across}")).await);
+        assert_eq!(
+            one,
+            [(
+                format!("{across} of 2 sources"),
+                vec![(t0, want[0]), (t0 + 60, want[1])]
+            )],
+            "across={across}"
+        );
+    }
+    let res = reqwest::Client::new()
+        .get(app.url(&format!("/api/v1/series?{range}&across=median")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "across \"median\" is not one of max, min, avg, sum."
+    );
+}

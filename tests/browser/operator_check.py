@@ -4,9 +4,9 @@ Usage: operator_check.py BASE_URL USER PASSWORD OUT_DIR OLD_IMAGE OLD_LABEL NEW_
 The fleet has just been released to NEW_IMAGE (release RELEASE_ID); five jobs failed, three
 labelled suite=flaky. Prints what it saw; exits non-zero on any failure or console error.
 """
-import json
 import sys
 import time
+from datetime import datetime, timedelta
 
 from playwright.sync_api import sync_playwright
 
@@ -34,7 +34,8 @@ def main() -> int:
     errors = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS, headless=True)
-        page = browser.new_page(viewport=DESKTOP)
+        # The viewer is in India (UTC+5:30): absolute times are shown in their zone.
+        page = browser.new_page(viewport=DESKTOP, timezone_id="Asia/Kolkata")
         page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
         questions = []
@@ -50,6 +51,10 @@ def main() -> int:
         line = page.locator("#fleet-line").inner_text()
         assert "2 serving" in line and "2 kept for rollback until" in line, line
         assert page.locator("#current-image").inner_text() == "worker v2", page.locator("#current-image").inner_text()
+        until = page.locator("#fleet-line time")
+        utc = datetime.strptime(until.get_attribute("title"), "%Y-%m-%d %H:%M:%S UTC")
+        local = (utc + timedelta(hours=5, minutes=30)).strftime("%H:%M")
+        assert until.inner_text().endswith(local), f"kept until {until.inner_text()}, not {local} in Kolkata"
         button = page.locator("#rollback-button")
         assert button.inner_text() == f"Roll back to {old_label}", button.inner_text()
         page.locator("#charts[data-ready='1']").wait_for(timeout=30000)
