@@ -172,29 +172,27 @@ pub struct Tally {
     pub n: i64,
 }
 
+/// The fleet's tally: per state and mode from `server_mode_counts` (kept by triggers), the
+/// draining ones found from the running jobs (few, and indexed) rather than from every server;
+/// for one image, a grouping of that image's servers.
 pub async fn tally(db: impl PgExecutor<'_>, image: Option<&str>) -> sqlx::Result<Vec<Tally>> {
-    const DRAINING: &str = "s.mode = 'disabled' AND s.last_seen_at IS NOT NULL
-        AND EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id)";
-    static LIVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "SELECT s.state, s.mode, {DRAINING} AS draining, count(*) AS n FROM servers s
-             WHERE s.state <> 'terminated' GROUP BY 1, 2, 3"
-        )
-    });
-    static ONE_IMAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "SELECT s.state, s.mode, {DRAINING} AS draining, count(*) AS n FROM servers s
-             WHERE s.image_id = $1 GROUP BY 1, 2, 3"
-        )
-    });
+    const FLEET: &str = "WITH draining AS (
+             SELECT s.state, count(DISTINCT s.id) AS n FROM jobs j JOIN servers s ON s.id = j.server_id
+             WHERE j.state = 'running' AND s.mode = 'disabled' AND s.state <> 'terminated' GROUP BY s.state)
+         SELECT c.state, c.mode, FALSE AS draining,
+                c.n - CASE WHEN c.mode = 'disabled' THEN COALESCE(d.n, 0) ELSE 0 END AS n
+         FROM server_mode_counts c LEFT JOIN draining d ON d.state = c.state
+         WHERE c.state <> 'terminated' AND c.n <> 0
+         UNION ALL
+         SELECT d.state, 'disabled', TRUE, d.n FROM draining d";
+    const ONE_IMAGE: &str = "SELECT s.state, s.mode,
+                s.mode = 'disabled' AND EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id)
+                    AS draining,
+                count(*) AS n
+         FROM servers s WHERE s.image_id = $1 GROUP BY 1, 2, 3";
     match image {
-        None => sqlx::query_as(LIVE.as_str()).fetch_all(db).await,
-        Some(image) => {
-            sqlx::query_as(ONE_IMAGE.as_str())
-                .bind(image)
-                .fetch_all(db)
-                .await
-        }
+        None => sqlx::query_as(FLEET).fetch_all(db).await,
+        Some(image) => sqlx::query_as(ONE_IMAGE).bind(image).fetch_all(db).await,
     }
 }
 

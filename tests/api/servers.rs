@@ -694,7 +694,7 @@ async fn a_viewer_sees_servers_without_action_controls() {
 }
 
 #[tokio::test]
-async fn the_counts_per_state_and_per_image_stay_equal_to_the_servers_table() {
+async fn the_counts_per_state_mode_and_image_stay_equal_to_the_servers_table() {
     let app = spawn_app().await;
     let grouped = |pool: sqlx::PgPool| async move {
         let mut g: Vec<(String, i64)> =
@@ -709,6 +709,8 @@ async fn the_counts_per_state_and_per_image_stay_equal_to_the_servers_table() {
         "INSERT INTO servers (id, image_id, state) SELECT 'i-c-' || g, 'ami-x', 'pending' FROM generate_series(1, 50) g",
         "UPDATE servers SET state = 'running' WHERE id LIKE 'i-c-%' AND right(id, 1) IN ('1', '2', '3')",
         "UPDATE servers SET mode = 'disabled' WHERE id LIKE 'i-c-%'",
+        "UPDATE servers SET mode = 'enabled' WHERE id LIKE 'i-c-4%'",
+        "UPDATE servers SET mode = 'enabled', state = 'running' WHERE id LIKE 'i-c-5%'",
         "UPDATE servers SET state = 'terminated' WHERE id LIKE 'i-c-1%'",
         "UPDATE servers SET state = 'running' WHERE id = 'i-c-nothing'",
         "DELETE FROM servers WHERE id LIKE 'i-c-2%'",
@@ -744,6 +746,20 @@ async fn the_counts_per_state_and_per_image_stay_equal_to_the_servers_table() {
             per_image(app.pool.clone()).await,
             "per image, after {sql}"
         );
+        // Per state and mode, as the Overview and the Servers page's chips count them.
+        let by_mode: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT state, mode, n FROM server_mode_counts WHERE n <> 0 ORDER BY state, mode",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        let grouped_by_mode: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT state, mode, count(*) FROM servers GROUP BY state, mode ORDER BY state, mode",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(by_mode, grouped_by_mode, "per state and mode, after {sql}");
     }
 }
 
