@@ -142,29 +142,29 @@ pub async fn counts_by_state(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(Strin
 /// A server a release kept disabled (and running) so that a rollback can enable it again at
 /// once; `until` is when the release's grace period ends and it is retired (None while the
 /// release is still running: its grace period has not begun).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct Kept {
     pub server_id: String,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub until: Option<OffsetDateTime>,
 }
 
+const KEPT: &str =
+    "SELECT rs.server_id, max(r.finished_at + make_interval(secs => r.grace_s)) AS until
+     FROM rollout_servers rs JOIN rollouts r ON r.id = rs.rollout_id JOIN servers s ON s.id = rs.server_id
+     WHERE rs.role = 'old' AND rs.state = 'kept' AND s.state <> 'terminated' AND s.mode = 'disabled'
+     GROUP BY rs.server_id";
+
 /// Every server kept for a rollback now (live and disabled).
 pub async fn kept(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Kept>> {
-    sqlx::query_as(
-        "SELECT rs.server_id, max(r.finished_at + make_interval(secs => r.grace_s)) AS until
-         FROM rollout_servers rs JOIN rollouts r ON r.id = rs.rollout_id JOIN servers s ON s.id = rs.server_id
-         WHERE rs.role = 'old' AND rs.state = 'kept' AND s.state <> 'terminated' AND s.mode = 'disabled'
-         GROUP BY rs.server_id",
-    )
-    .fetch_all(db)
-    .await
+    sqlx::query_as(KEPT).fetch_all(db).await
 }
 
 /// Servers counted by state, mode and whether they drain (disabled, jobs still running):
 /// what the state chips of the Servers page and the Overview say, within the page's image
 /// filter. Live servers are counted; terminated ones only for one image (all of them are in
 /// `server_state_counts`, which the callers read instead).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct Tally {
     pub state: ServerState,
     pub mode: ServerMode,
@@ -175,8 +175,7 @@ pub struct Tally {
 /// The fleet's tally: per state and mode from `server_mode_counts` (kept by triggers), the
 /// draining ones found from the running jobs (few, and indexed) rather than from every server;
 /// for one image, a grouping of that image's servers.
-pub async fn tally(db: impl PgExecutor<'_>, image: Option<&str>) -> sqlx::Result<Vec<Tally>> {
-    const FLEET: &str = "WITH draining AS (
+const TALLY_FLEET: &str = "WITH draining AS (
              SELECT s.state, count(DISTINCT s.id) AS n FROM jobs j JOIN servers s ON s.id = j.server_id
              WHERE j.state = 'running' AND s.mode = 'disabled' AND s.state <> 'terminated' GROUP BY s.state)
          SELECT c.state, c.mode, FALSE AS draining,
@@ -185,14 +184,21 @@ pub async fn tally(db: impl PgExecutor<'_>, image: Option<&str>) -> sqlx::Result
          WHERE c.state <> 'terminated' AND c.n <> 0
          UNION ALL
          SELECT d.state, 'disabled', TRUE, d.n FROM draining d";
-    const ONE_IMAGE: &str = "SELECT s.state, s.mode,
+const TALLY_ONE_IMAGE: &str = "SELECT s.state, s.mode,
                 s.mode = 'disabled' AND EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id)
                     AS draining,
                 count(*) AS n
          FROM servers s WHERE s.image_id = $1 GROUP BY 1, 2, 3";
+
+pub async fn tally(db: impl PgExecutor<'_>, image: Option<&str>) -> sqlx::Result<Vec<Tally>> {
     match image {
-        None => sqlx::query_as(FLEET).fetch_all(db).await,
-        Some(image) => sqlx::query_as(ONE_IMAGE).bind(image).fetch_all(db).await,
+        None => sqlx::query_as(TALLY_FLEET).fetch_all(db).await,
+        Some(image) => {
+            sqlx::query_as(TALLY_ONE_IMAGE)
+                .bind(image)
+                .fetch_all(db)
+                .await
+        }
     }
 }
 
@@ -326,7 +332,9 @@ pub type Choice = (String, String, String, bool);
 
 /// What the Servers page shows around its list, read in one statement (one round trip, one
 /// snapshot): the servers per state, the recent launches that have not finished, whether
-/// anything moved in the last 10 s (see `busy` on the page), and the launch form's choices.
+/// anything moved in the last 10 s (see `busy` on the page), the launch form's choices, the
+/// chips' tally and the kept servers (apart, on two more connections, these two made the page
+/// 30% slower: docs/performance.md).
 #[derive(Debug)]
 pub struct PageContext {
     pub counts: Vec<(String, i64)>,
@@ -338,6 +346,9 @@ pub struct PageContext {
     /// Recycling's maximum age, if servers are recycled, and the servers being replaced.
     pub recycle_max_age_s: Option<i32>,
     pub being_replaced: Vec<String>,
+    /// [`tally`] within the page's image filter, and [`kept`].
+    pub tally: Vec<Tally>,
+    pub kept: Vec<Kept>,
 }
 
 /// The Servers page's [`PageContext`], with the launch form's choices when asked for. Its
@@ -346,10 +357,16 @@ pub struct PageContext {
 pub async fn page_context(
     db: impl PgExecutor<'_>,
     with_choices: bool,
+    image: Option<&str>,
 ) -> sqlx::Result<PageContext> {
     use sqlx::Row;
     use sqlx::types::Json;
-    fn statement(with_choices: bool) -> String {
+    fn statement(with_choices: bool, one_image: bool) -> String {
+        let tally = if one_image {
+            TALLY_ONE_IMAGE
+        } else {
+            TALLY_FLEET
+        };
         let choices = if with_choices {
             format!(
                 "(SELECT COALESCE(json_agg(json_build_array(c.id, c.name, c.version, c.current)
@@ -375,14 +392,27 @@ pub async fn page_context(
                       AS recently_busy,
                     {choices} AS choices,
                     (SELECT (settings->'recycle'->>'max_age_s')::INT FROM scaling_settings) AS recycle_max_age_s,
-                    ARRAY(SELECT server_id FROM recycles WHERE state = 'replacing') AS being_replaced"
+                    ARRAY(SELECT server_id FROM recycles WHERE state = 'replacing') AS being_replaced,
+                    (SELECT COALESCE(json_agg(t), '[]') FROM ({tally}) t) AS tally,
+                    (SELECT COALESCE(json_agg(k), '[]') FROM ({KEPT}) k) AS kept"
         )
     }
-    static STATEMENTS: std::sync::LazyLock<[String; 2]> =
-        std::sync::LazyLock::new(|| [statement(false), statement(true)]);
-    let row = sqlx::query(STATEMENTS[usize::from(with_choices)].as_str())
-        .fetch_one(db)
-        .await?;
+    static STATEMENTS: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+        [
+            statement(false, false),
+            statement(true, false),
+            statement(false, true),
+            statement(true, true),
+        ]
+    });
+    let which = usize::from(with_choices) + 2 * usize::from(image.is_some());
+    let mut query = sqlx::query(STATEMENTS[which].as_str());
+    if let Some(image) = image {
+        query = query.bind(image);
+    }
+    let row = query.fetch_one(db).await?;
+    let tally: Json<Vec<Tally>> = row.try_get("tally")?;
+    let kept: Json<Vec<Kept>> = row.try_get("kept")?;
     let states: Vec<String> = row.try_get("states")?;
     let ns: Vec<i64> = row.try_get("counts")?;
     let launches: Json<Vec<LaunchRow>> = row.try_get("launches")?;
@@ -394,5 +424,7 @@ pub async fn page_context(
         choices: choices.0,
         recycle_max_age_s: row.try_get("recycle_max_age_s")?,
         being_replaced: row.try_get("being_replaced")?,
+        tally: tally.0,
+        kept: kept.0,
     })
 }

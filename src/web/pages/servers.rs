@@ -302,8 +302,6 @@ async fn live_oob(
 pub struct ServersData {
     context: crate::db::servers::PageContext,
     rows: Vec<ServerRow>,
-    tally: Vec<crate::db::servers::Tally>,
-    kept: Vec<crate::db::servers::Kept>,
 }
 
 /// The page's reads; the launch form's choices only when asked for (the live refresh shows
@@ -327,18 +325,11 @@ async fn reads(
     // ended in the last 10 s keeps the page refreshing (`recently_busy`); the next refresh,
     // two seconds later, reads after the end.
     let query = filters.query();
-    let (context, rows, tally, kept) = tokio::try_join!(
-        crate::db::servers::page_context(pool, with_choices),
+    let (context, rows) = tokio::try_join!(
+        crate::db::servers::page_context(pool, with_choices, query.image.as_deref()),
         crate::db::servers::list(pool, &query, after, PAGE + 1),
-        crate::db::servers::tally(pool, query.image.as_deref()),
-        crate::db::servers::kept(pool),
     )?;
-    Ok(ServersData {
-        context,
-        rows,
-        tally,
-        kept,
-    })
+    Ok(ServersData { context, rows })
 }
 
 /// Whether a GET of the page shows the launch form (a full page) or only its live part.
@@ -360,9 +351,10 @@ fn assemble<'r>(
         choices,
         recycle_max_age_s,
         being_replaced,
+        tally,
+        kept: kept_servers,
     } = &data.context;
-    let kept: std::collections::HashMap<&str, Option<time::OffsetDateTime>> = data
-        .kept
+    let kept: std::collections::HashMap<&str, Option<time::OffsetDateTime>> = kept_servers
         .iter()
         .map(|k| (k.server_id.as_str(), k.until))
         .collect();
@@ -382,7 +374,7 @@ fn assemble<'r>(
     } else {
         None
     };
-    let (counts, modes) = chips(filters, &data.tally, by_state);
+    let (counts, modes) = chips(filters, tally, by_state);
     let launches: Vec<LaunchView> = launches.iter().cloned().map(LaunchView::from).collect();
     // Terminations in flight keep the page refreshing until the servers are gone.
     let busy = *recently_busy
@@ -397,7 +389,7 @@ fn assemble<'r>(
         servers,
         counts,
         modes,
-        fleet: FleetLine::new(&data.tally, &data.kept),
+        fleet: FleetLine::new(tally, kept_servers),
         launches,
         busy,
         filters: filters.encoded(),
