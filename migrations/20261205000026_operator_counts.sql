@@ -65,3 +65,24 @@ CREATE TRIGGER servers_mode_counted_delete AFTER DELETE ON servers
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION server_mode_counts_deleted();
 CREATE TRIGGER servers_mode_counted_update AFTER UPDATE ON servers
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION server_mode_counts_updated();
+
+-- The name of the image a server runs, kept on the server row beside its version (migration
+-- 15, same reasons, same triggers): every page names images "name vN", and looking the name
+-- up per row doubled the Servers page's list statement (0.16 -> 0.36 ms for 100 rows,
+-- pgbench). An image's name never changes once recorded.
+ALTER TABLE servers ADD COLUMN image_name TEXT;
+
+UPDATE servers s SET image_name = i.name FROM images i WHERE i.id = s.image_id;
+
+CREATE OR REPLACE FUNCTION servers_image_version() RETURNS TRIGGER LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT version, name INTO NEW.image_version, NEW.image_name FROM images WHERE id = NEW.image_id;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION images_version_to_servers() RETURNS TRIGGER LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE servers SET image_version = NEW.version, image_name = NEW.name
+    WHERE image_id = NEW.id AND image_version IS NULL;
+    RETURN NULL;
+END $$;

@@ -34,6 +34,18 @@ macro_rules! rollback_targets {
     };
 }
 
+/// Every image rolled back from and not released again since, with the last such rollback
+/// (the catalogue's marks; one image's is [`rolled_back_from`]).
+macro_rules! fled {
+    () => {
+        "SELECT DISTINCT ON (x.previous_image_id) x.previous_image_id AS image_id, x.at, x.released_by AS by
+         FROM releases x
+         WHERE x.kind = 'rollback' AND x.previous_image_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM releases y WHERE y.image_id = x.previous_image_id AND y.id > x.id)
+         ORDER BY x.previous_image_id, x.id DESC"
+    };
+}
+
 // Server counts come from `image_server_counts` (kept by triggers), not a GROUP BY over
 // servers: the Images page lists 1,000 images next to 5,000 servers.
 macro_rules! select_images {
@@ -140,6 +152,8 @@ pub struct CatalogueMarks {
     pub current: Option<String>,
     pub released: std::collections::HashSet<String, foldhash::fast::RandomState>,
     pub servers: std::collections::HashMap<String, i64, foldhash::fast::RandomState>,
+    /// Images rolled back from and not released again since ([`fled!`]).
+    pub fled: Vec<Fled>,
 }
 
 /// The Images page's rows, newest first, without the marks ([`catalogue_marks`]).
@@ -158,21 +172,31 @@ pub async fn catalogue(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<
 
 /// The marks of [`catalogue`]'s rows, in one statement.
 pub async fn catalogue_marks(db: impl PgExecutor<'_>) -> sqlx::Result<CatalogueMarks> {
-    let (current, released, counted, counts): (Option<String>, Vec<String>, Vec<String>, Vec<i64>) =
-        sqlx::query_as(concat!(
-            "SELECT (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1),
-                    ARRAY(",
-            rollback_targets!(),
-            "),
-                    COALESCE(array_agg(image_id), '{}'), COALESCE(array_agg(n), '{}')
-             FROM image_server_counts WHERE n <> 0"
-        ))
-        .fetch_one(db)
-        .await?;
+    type Marks = (
+        Option<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<i64>,
+        sqlx::types::Json<Vec<Fled>>,
+    );
+    let (current, released, counted, counts, fled): Marks = sqlx::query_as(concat!(
+        "SELECT (SELECT image_id FROM releases ORDER BY id DESC LIMIT 1),
+                ARRAY(",
+        rollback_targets!(),
+        "),
+                COALESCE(array_agg(image_id), '{}'), COALESCE(array_agg(n), '{}'),
+                (SELECT COALESCE(json_agg(f), '[]') FROM (",
+        fled!(),
+        ") f)
+         FROM image_server_counts WHERE n <> 0"
+    ))
+    .fetch_one(db)
+    .await?;
     Ok(CatalogueMarks {
         current,
         released: released.into_iter().collect(),
         servers: counted.into_iter().zip(counts).collect(),
+        fled: fled.0,
     })
 }
 
@@ -273,25 +297,12 @@ pub async fn rollback_target(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Ima
 }
 
 /// A rollback away from an image, not undone by a release of it since: the image was fled.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct Fled {
     pub image_id: String,
+    #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     pub by: String,
-}
-
-/// Every image rolled back from and not released again since, with the last such rollback
-/// (the catalogue's marks; one image's is [`rolled_back_from`]).
-pub async fn fled(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Fled>> {
-    sqlx::query_as(
-        "SELECT DISTINCT ON (x.previous_image_id) x.previous_image_id AS image_id, x.at, x.released_by AS by
-         FROM releases x
-         WHERE x.kind = 'rollback' AND x.previous_image_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM releases y WHERE y.image_id = x.previous_image_id AND y.id > x.id)
-         ORDER BY x.previous_image_id, x.id DESC",
-    )
-    .fetch_all(db)
-    .await
 }
 
 /// Makes `id` current when no image is (the first image that becomes available is made

@@ -44,7 +44,7 @@ pub struct ServerQuery {
 macro_rules! select_servers {
     ($rest:literal) => {
         concat!(
-            "SELECT s.id, s.image_id, s.image_version, (SELECT i.name FROM images i WHERE i.id = s.image_id) AS image_name, s.launch_id, s.instance_type, s.state, s.mode,
+            "SELECT s.id, s.image_id, s.image_version, s.image_name, s.launch_id, s.instance_type, s.state, s.mode,
                     s.purpose, s.adopted, s.launched_by, s.launched_at, s.last_seen_at,
                     CASE WHEN s.last_seen_at IS NULL THEN 0
                          ELSE (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id)

@@ -79,12 +79,11 @@ impl From<crate::db::images::Fled> for FledView {
 
 /// The whole catalogue, newest first, each image marked (current, was current, servers).
 async fn catalogue(pool: &sqlx::PgPool) -> Result<Vec<CatalogueView>, AppError> {
-    let (rows, marks, fled) = tokio::try_join!(
+    let (rows, mut marks) = tokio::try_join!(
         crate::db::images::catalogue(pool, MAX_IMAGES),
         crate::db::images::catalogue_marks(pool),
-        crate::db::images::fled(pool),
     )?;
-    let mut fled: std::collections::HashMap<String, FledView> = fled
+    let mut fled: std::collections::HashMap<String, FledView> = std::mem::take(&mut marks.fled)
         .into_iter()
         .map(|f| (f.image_id.clone(), FledView::from(f)))
         .collect();
