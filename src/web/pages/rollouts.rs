@@ -395,6 +395,8 @@ struct RolloutPage {
 pub struct SideView {
     pub label: &'static str,
     pub image: String,
+    /// The image as people name it.
+    pub image_label: String,
     pub jobs: i64,
     pub failed: i64,
     pub rate: String,
@@ -409,11 +411,16 @@ pub struct ComparisonView {
     pub verdict: String,
 }
 
-fn side(label: &'static str, image: &str, s: &crate::rollouts::judge::Sample) -> SideView {
+fn side(
+    label: &'static str,
+    (image, image_label): (&str, &str),
+    s: &crate::rollouts::judge::Sample,
+) -> SideView {
     let secs = |v: Option<f64>| v.map(|v| format!("{v:.1} s")).unwrap_or_else(|| "—".into());
     SideView {
         label,
         image: image.to_owned(),
+        image_label: image_label.to_owned(),
         jobs: s.jobs,
         failed: s.failed,
         rate: s
@@ -552,10 +559,13 @@ pub async fn show(
         .await?
         .map(|c| ComparisonView {
             sides: vec![
-                side("new", &row.to_image_id, &c.new),
+                side("new", (&row.to_image_id, &live.rollout.to_label), &c.new),
                 side(
                     "old",
-                    row.from_image_id.as_deref().unwrap_or_default(),
+                    (
+                        row.from_image_id.as_deref().unwrap_or_default(),
+                        &live.rollout.from_label,
+                    ),
                     &c.old,
                 ),
             ],
@@ -797,22 +807,26 @@ async fn start(
         }
         other => other?,
     };
+    let label = crate::web::view::image_label(
+        &row.to_image_id,
+        row.to_name.as_deref().unwrap_or_default(),
+        row.to_version.as_deref().unwrap_or_default(),
+    );
     flash(
         &session,
         if created {
             match kind {
                 Kind::Release => {
-                    format!("Released {}: rollout #{} started.", row.to_image_id, row.id)
+                    format!("Released {}: rollout #{} started.", label, row.id)
                 }
-                Kind::Rollback => format!(
-                    "Rolling back to {}: rollout #{} started.",
-                    row.to_image_id, row.id
-                ),
+                Kind::Rollback => {
+                    format!("Rolling back to {}: rollout #{} started.", label, row.id)
+                }
             }
         } else {
             format!(
                 "{} is already current; rollout #{} is in progress.",
-                row.to_image_id, row.id
+                label, row.id
             )
         },
     );
