@@ -504,7 +504,9 @@ async fn disable_and_enable_are_immediate_idempotent_and_survive_a_reconcile() {
         .audit()
         .await
         .iter()
-        .filter(|a| a.target == format!("server:{id}"))
+        // The server's agent registers on its own time (agent.register, same target): it may
+        // land between the two disables, so only the users' actions are compared.
+        .filter(|a| a.target == format!("server:{id}") && a.action.starts_with("server."))
         .map(|a| (a.action.clone(), a.detail.clone()))
         .collect();
     assert_eq!(

@@ -364,6 +364,14 @@ struct RolloutLive {
     rollback_to: Option<RollbackTarget>,
 }
 
+impl RolloutLive {
+    /// The first instant of a rollout, before its first step has counted the fleet: the page
+    /// says "Planning…" rather than "0 of 0 servers, fleet size 0".
+    fn planning(&self) -> bool {
+        self.rollout.active && self.rollout.total == 0 && self.batches.is_empty()
+    }
+}
+
 /// The image a one-click rollback goes to, as its button names it ("Roll back to worker v6").
 pub struct RollbackTarget {
     pub id: String,
