@@ -11,7 +11,8 @@ use crate::config::{DatabaseArgs, Settings};
 #[derive(Debug, Parser)]
 #[command(
     name = "kiln",
-    version,
+    // Which build this is: the package's version and the git revision it was built from.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KILN_GIT_REVISION"), ")"),
     about = "A web console for fleets of immutable servers"
 )]
 pub struct Cli {

@@ -438,3 +438,28 @@ pub async fn adopt_ami(base: &str, token: &str, pool: &sqlx::PgPool, ami: &str) 
     })
     .await;
 }
+
+/// `kiln --version` says which build it is: the package's version and the git revision the
+/// binary was built from (the checkout's HEAD: cargo builds again when it moves).
+#[tokio::test]
+async fn the_version_names_the_package_version_and_the_git_revision() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned())
+        .unwrap_or_else(|| "unknown revision".to_owned());
+    assert_eq!(
+        printed.trim(),
+        format!("kiln {} ({head})", env!("CARGO_PKG_VERSION"))
+    );
+}
