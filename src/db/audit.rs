@@ -158,27 +158,29 @@ pub struct AuditFilter {
     pub until: Option<OffsetDateTime>,
 }
 
-/// The events of the given targets that name `word` in their detail (a rollout's events that
-/// name one of its servers: "batch 1: disabled i-0abc, i-0def"), newest first.
-pub async fn naming(
+/// The events of the rollouts that touched a server and name it in their detail ("batch 1:
+/// disabled i-0abc, i-0def": a rollout's events are about the rollout, their servers named
+/// in a sentence), newest first.
+pub async fn of_rollouts_naming(
     pool: &PgPool,
-    targets: &[String],
-    word: &str,
+    server_id: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<AuditRow>> {
     sqlx::query_as(
         "SELECT id, at, actor, action, target, result, detail, source_ip FROM audit_events
-         WHERE target = ANY($1) AND strpos(detail, $2) > 0 ORDER BY id DESC LIMIT $3",
+         WHERE target IN (SELECT 'rollout:' || rollout_id FROM rollout_servers WHERE server_id = $1)
+           AND strpos(detail, $1) > 0
+         ORDER BY id DESC LIMIT $2",
     )
-    .bind(targets)
-    .bind(word)
+    .bind(server_id)
     .bind(limit)
     .fetch_all(pool)
     .await
 }
 
-/// Events matching `filter`, newest first, keyset-paginated like [`page`] (one row more than
-/// `limit` when there is a next page). A family or kind matches by prefix, compared as
+/// Events matching `filter`, newest first; `before` is the id of the last row of the previous
+/// page (keyset pagination, so deep pages cost the same as the first); one row more than
+/// `limit` when there is a next page. A family or kind matches by prefix, compared as
 /// text (no LIKE: what the user typed is never a pattern).
 pub async fn search(
     pool: &PgPool,

@@ -567,12 +567,20 @@ pub async fn retry(conn: &mut PgConnection, job_id: i64) -> sqlx::Result<Option<
     Ok(Some(job.state))
 }
 
+/// The failed jobs a filter's label ($1) and server ($2) match: what "Retry all failed" counts
+/// and what it retries.
+macro_rules! failed_matching {
+    () => {
+        "state = 'failed' AND ($1::JSONB IS NULL OR labels @> $1) AND ($2::TEXT IS NULL OR server_id = $2)"
+    };
+}
+
 /// The failed jobs a filter matches (its label and server; the state is `failed`).
 pub async fn count_failed(db: impl PgExecutor<'_>, q: &JobQuery) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE state = 'failed'
-           AND ($1::JSONB IS NULL OR labels @> $1) AND ($2::TEXT IS NULL OR server_id = $2)",
-    )
+    sqlx::query_scalar(concat!(
+        "SELECT count(*) FROM jobs WHERE ",
+        failed_matching!()
+    ))
     .bind(label_filter(q))
     .bind(&q.server_id)
     .fetch_one(db)
@@ -582,14 +590,15 @@ pub async fn count_failed(db: impl PgExecutor<'_>, q: &JobQuery) -> sqlx::Result
 /// Queues every failed job a filter matches for a new attempt, as [`retry`] does one; the
 /// ids, in order.
 pub async fn retry_failed(conn: &mut PgConnection, q: &JobQuery) -> sqlx::Result<Vec<i64>> {
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let ids: Vec<i64> = sqlx::query_scalar(concat!(
         "WITH retried AS (
              UPDATE jobs SET state = 'queued', failures = 0, losses = 0, exit_code = NULL, reason = '',
                  finished_at = NULL, updated_at = now()
-             WHERE state = 'failed' AND ($1::JSONB IS NULL OR labels @> $1) AND ($2::TEXT IS NULL OR server_id = $2)
-             RETURNING id)
-         SELECT id FROM retried ORDER BY id",
-    )
+             WHERE ",
+        failed_matching!(),
+        " RETURNING id)
+         SELECT id FROM retried ORDER BY id"
+    ))
     .bind(label_filter(q))
     .bind(&q.server_id)
     .fetch_all(&mut *conn)

@@ -141,11 +141,15 @@ pub struct TouchRow {
     pub state: RolloutServerState,
     pub batch: i32,
     pub at: OffsetDateTime,
+    /// When the rollout's grace period ends (its end + grace; None while it runs): how long
+    /// a server it keeps stays kept.
+    pub grace_until: Option<OffsetDateTime>,
 }
 
 pub async fn touches_of(db: impl PgExecutor<'_>, server_id: &str) -> sqlx::Result<Vec<TouchRow>> {
     sqlx::query_as(
-        "SELECT rs.rollout_id, r.kind, rs.state, rs.batch, rs.at
+        "SELECT rs.rollout_id, r.kind, rs.state, rs.batch, rs.at,
+                r.finished_at + make_interval(secs => r.grace_s) AS grace_until
          FROM rollout_servers rs JOIN rollouts r ON r.id = rs.rollout_id
          WHERE rs.server_id = $1 ORDER BY rs.at DESC LIMIT 50",
     )

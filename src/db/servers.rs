@@ -69,11 +69,15 @@ pub async fn list(
     after: Option<(OffsetDateTime, String)>,
     limit: i64,
 ) -> sqlx::Result<Vec<ServerRow>> {
+    // "draining" is not a stored mode but a disabled server still running jobs: a condition
+    // of its own, with no value bound.
+    let draining = q.mode.as_deref() == Some("draining");
+    let mode = if draining { &None } else { &q.mode };
     // Numbered and bound in this one order.
     let filters = [
         (&q.image, "s.image_id"),
         (&q.state, "s.state"),
-        (&q.mode, "s.mode"),
+        (mode, "s.mode"),
         (&q.purpose, "s.purpose"),
     ];
     let mut conditions = Vec::with_capacity(6);
@@ -82,12 +86,6 @@ pub async fn list(
         placeholder += 1;
         placeholder
     };
-    // "draining" is not a stored mode: a disabled server still running jobs.
-    let draining = q.mode.as_deref() == Some("draining");
-    let filters = filters.map(|(value, column)| match value {
-        Some(_) if draining && column == "s.mode" => (&None, column),
-        _ => (value, column),
-    });
     if draining {
         conditions.push(
             "s.mode = 'disabled' AND EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'running' AND j.server_id = s.id)"
@@ -128,14 +126,6 @@ pub async fn find(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Option<Serv
     sqlx::query_as(select_servers!("WHERE s.id = $1"))
         .bind(id)
         .fetch_optional(db)
-        .await
-}
-
-/// Servers by state (terminated ones included), for the counts at the top of the page: read
-/// from `server_state_counts`, which triggers keep equal to a GROUP BY over `servers`.
-pub async fn counts_by_state(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
-    sqlx::query_as("SELECT state, n FROM server_state_counts WHERE n <> 0 ORDER BY state")
-        .fetch_all(db)
         .await
 }
 

@@ -102,6 +102,19 @@ pub fn server(id: &str) -> Vec<Chart> {
     ]
 }
 
+/// Why a chart can have no data under `provider`, when every series is a metric that provider
+/// never records (EC2 calls under `local`); empty when it can have data.
+pub fn no_data_under(series: &[SeriesSpec], provider: &str) -> String {
+    let only_ec2 = !series.is_empty() && series.iter().all(|s| s.metric.starts_with("kiln.ec2."));
+    if provider != "aws" && only_ec2 {
+        format!(
+            "No data under the {provider} provider: Kiln makes EC2 calls only with KILN_PROVIDER=aws."
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// The Overview's three small graphs (the last hour).
 pub fn overview() -> Vec<Chart> {
     let fleet = fleet();

@@ -286,7 +286,13 @@ pub async fn get_series(
 ) -> Result<HttpResponse, AppError> {
     let q = series_query(&query, OffsetDateTime::now_utc().unix_timestamp())?;
     let series = series::run(&state.pool, &q).await?;
-    let names = image_names(&state.pool, &series).await?;
+    // Only the console's own `kiln.servers` names images in its sources; other metrics' sources
+    // are not looked up (a chart's every request would pay a query for nothing).
+    let names = if q.metric == "kiln.servers" {
+        image_names(&state.pool, &series).await?
+    } else {
+        Default::default()
+    };
     Ok(HttpResponse::Ok().json(json!({
         "metric": q.metric,
         "resolution": q.resolution,

@@ -28,27 +28,6 @@ pub struct ChartView {
     pub absent: String,
 }
 
-impl ChartView {
-    /// Marks a chart whose every series is a metric the provider never records (EC2 calls
-    /// under `local`): the page says so instead of drawing an empty frame.
-    pub fn under(mut self, provider: &str) -> Self {
-        if provider != "aws" {
-            let only_ec2 =
-                serde_json::from_str::<Vec<crate::metrics::dashboards::SeriesSpec>>(&self.spec)
-                    .map(|specs| {
-                        !specs.is_empty() && specs.iter().all(|s| s.metric.starts_with("kiln.ec2."))
-                    })
-                    .unwrap_or(false);
-            if only_ec2 {
-                self.absent = format!(
-                    "No data under the {provider} provider: Kiln makes EC2 calls only with KILN_PROVIDER=aws."
-                );
-            }
-        }
-        self
-    }
-}
-
 impl From<Chart> for ChartView {
     fn from(c: Chart) -> Self {
         Self {
@@ -192,10 +171,14 @@ pub async fn render(
     let range = range.unwrap_or_else(|| "1h".into());
     let span = span_of(&range)?;
     let all = crate::db::dashboards::list(&state.pool).await?;
+    let provider = crate::cloud::Provider::name(state.cloud.as_ref());
     let (name, created_by, charts) = if id == 0 {
         let charts: Vec<ChartView> = dashboards::fleet()
             .into_iter()
-            .map(ChartView::from)
+            .map(|c| ChartView {
+                absent: dashboards::no_data_under(&c.series, provider),
+                ..c.into()
+            })
             .collect();
         ("Fleet".to_owned(), String::new(), charts)
     } else {
@@ -209,7 +192,10 @@ pub async fn render(
         let charts = crate::db::dashboards::charts(&state.pool, id)
             .await?
             .into_iter()
-            .map(ChartView::from)
+            .map(|c| ChartView {
+                absent: dashboards::no_data_under(&c.series.0, provider),
+                ..c.into()
+            })
             .collect();
         (name, created_by, charts)
     };
@@ -224,11 +210,6 @@ pub async fn render(
         name: d.name,
     }))
     .collect();
-    let provider = crate::cloud::Provider::name(state.cloud.as_ref());
-    let charts: Vec<ChartView> = charts
-        .into_iter()
-        .map(|c: ChartView| c.under(provider))
-        .collect();
     let to = dashboards::window_end();
     super::html(
         &DashboardPage {

@@ -39,26 +39,24 @@ pub struct OverviewPage {
 
 pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<OverviewPage, AppError> {
     let pool = &state.pool;
-    let (rows, users, servers, current, queue, rollout, bakes, firing) = tokio::try_join!(
+    let (rows, users, tally, kept, current, rollback_to, queue, rollout, bakes, firing) = tokio::try_join!(
         crate::db::audit::overview(pool, 10),
         crate::db::users::count(pool),
-        crate::db::servers::counts_by_state(pool),
+        crate::db::servers::tally(pool, None),
+        crate::db::servers::kept(pool),
         crate::db::images::current(pool),
-        crate::db::jobs::counts(pool),
-        crate::db::rollouts::active(pool),
-        crate::db::bakes::running(pool),
-        crate::db::alerts::firing(pool),
-    )?;
-    let (tally, kept, rollback_to) = tokio::try_join!(
-        async { Ok(crate::db::servers::tally(pool, None).await?) },
-        async { Ok(crate::db::servers::kept(pool).await?) },
         async {
+            // Only an operator is offered the rollback.
             if layout.can_act() {
-                super::rollouts::RollbackTarget::now(pool).await
+                crate::db::images::rollback_target(pool).await
             } else {
                 Ok(None)
             }
         },
+        crate::db::jobs::counts(pool),
+        crate::db::rollouts::active(pool),
+        crate::db::bakes::running(pool),
+        crate::db::alerts::firing(pool),
     )?;
     let firing_total = firing.len();
     // Notable events and the routine ones folded, newest first.
@@ -69,9 +67,15 @@ pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<Overview
         .chain(folded.into_iter().map(EventView::folded))
         .collect();
     events.sort_by_key(|e| std::cmp::Reverse(e.at_time()));
-    let servers: Vec<(String, i64)> = servers
+    // Live servers per state, from the same tally as the serving count.
+    let mut by_state: std::collections::BTreeMap<&str, i64> = Default::default();
+    for t in &tally {
+        *by_state.entry(t.state.as_str()).or_default() += t.n;
+    }
+    let servers: Vec<(String, i64)> = by_state
         .into_iter()
-        .filter(|(state, _)| state != "terminated")
+        .filter(|(_, n)| *n != 0)
+        .map(|(state, n)| (state.to_owned(), n))
         .collect();
     Ok(OverviewPage {
         layout,
@@ -86,7 +90,7 @@ pub async fn show(layout: Layout, state: web::Data<AppState>) -> Result<Overview
                 i.id,
             )
         }),
-        rollback_to,
+        rollback_to: rollback_to.map(Into::into),
         queue,
         rollout: rollout.map(Into::into),
         bakes,

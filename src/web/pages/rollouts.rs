@@ -384,10 +384,16 @@ impl RollbackTarget {
     pub async fn now(pool: &sqlx::PgPool) -> Result<Option<Self>, AppError> {
         Ok(crate::db::images::rollback_target(pool)
             .await?
-            .map(|i| Self {
-                label: crate::web::view::image_label(&i.id, &i.name, &i.version),
-                id: i.id,
-            }))
+            .map(Into::into))
+    }
+}
+
+impl From<crate::db::images::ImageName> for RollbackTarget {
+    fn from(i: crate::db::images::ImageName) -> Self {
+        Self {
+            label: crate::web::view::image_label(&i.id, &i.name, &i.version),
+            id: i.id,
+        }
     }
 }
 

@@ -457,15 +457,14 @@ fn chips(
     by_state: &[(String, i64)],
 ) -> (Vec<Count>, Vec<Count>) {
     let q = filters.query();
-    let mode_of = |t: &crate::db::servers::Tally| match t.mode {
-        ServerMode::Disabled if t.draining => "draining",
-        m => m.as_str(),
+    // A mode as the chips and the filter say it: "draining" is disabled with jobs running,
+    // and a draining server is disabled too.
+    let in_mode = |t: &crate::db::servers::Tally, mode: &str| match mode {
+        "draining" => t.draining,
+        m => t.mode.as_str() == m,
     };
-    let mode_matches = |t: &crate::db::servers::Tally| match q.mode.as_deref() {
-        None => true,
-        Some("disabled") => t.mode == ServerMode::Disabled,
-        Some(m) => mode_of(t) == m,
-    };
+    let mode_matches =
+        |t: &crate::db::servers::Tally| q.mode.as_deref().is_none_or(|m| in_mode(t, m));
     let state_matches = |t: &crate::db::servers::Tally| match q.state.as_deref() {
         None => t.state != ServerState::Terminated,
         Some(s) => t.state.as_str() == s,
@@ -515,11 +514,7 @@ fn chips(
             state: m,
             n: tally
                 .iter()
-                .filter(|t| state_matches(t))
-                .filter(|t| match m {
-                    "disabled" => t.mode == ServerMode::Disabled,
-                    m => mode_of(t) == m,
-                })
+                .filter(|t| state_matches(t) && in_mode(t, m))
                 .map(|t| t.n)
                 .sum(),
             href: link("mode", m),
@@ -670,16 +665,14 @@ struct ServerPage<'r> {
     to: i64,
 }
 
-/// What a rollout did to a server, as a line of its audit trail.
-fn touch_event(t: crate::db::rollouts::TouchRow) -> EventView {
+/// What a rollout did to a server since its own audited event, as a line of its audit trail:
+/// enabled again, retired, taken away. None for a step the rollout's own event already says
+/// (kept: its `rollout.disable`; launched: its `servers.launched`).
+fn touch_event(t: crate::db::rollouts::TouchRow) -> Option<EventView> {
     use crate::domain::RolloutServerState as S;
     let r = format!("{} #{}", t.kind, t.rollout_id);
-    // The step says what happened (each step belongs to one role).
     let (action, detail) = match t.state {
-        S::Kept => (
-            "rollout.disable",
-            format!("{r} disabled it (batch {}); kept for a rollback", t.batch),
-        ),
+        S::Kept | S::Launched => return None,
         S::Restored => (
             "rollout.enable",
             format!("{r} had disabled it; enabled again when it was undone"),
@@ -700,12 +693,8 @@ fn touch_event(t: crate::db::rollouts::TouchRow) -> EventView {
             "rollout.remove",
             format!("{r} took it away again when it was undone"),
         ),
-        S::Launched => (
-            "rollout.launch",
-            format!("launched for {r} (batch {})", t.batch),
-        ),
     };
-    EventView {
+    Some(EventView {
         id: 0,
         at: when(t.at),
         actor: "system".into(),
@@ -715,7 +704,7 @@ fn touch_event(t: crate::db::rollouts::TouchRow) -> EventView {
         detail,
         source_ip: String::new(),
         folded: 0,
-    }
+    })
 }
 
 pub async fn show(
@@ -741,27 +730,31 @@ pub async fn show(
                 .into_iter()
                 .map(EventView::from),
         );
-        events.sort_by_key(|e| std::cmp::Reverse(e.id));
     }
     let jobs_here = crate::db::jobs::JobQuery {
         server_id: Some(id.clone()),
         ..Default::default()
     };
-    let (agent, jobs, touches, kept) = tokio::try_join!(
+    let (agent, jobs, touches, named) = tokio::try_join!(
         crate::db::agents::find(&state.pool, &id),
         crate::db::jobs::list(&state.pool, &jobs_here, None, 20),
         crate::db::rollouts::touches_of(&state.pool, &id),
-        crate::db::servers::kept(&state.pool),
+        crate::db::audit::of_rollouts_naming(&state.pool, &id, 50),
     )?;
-    // The rollouts' disables and re-enables of this server, beside its own events, newest
-    // first: the rollouts' own events that name it (a disable, a retirement), and where its
-    // step in a rollout changed since (enabled again, taken away), that step (the rollouts'
-    // rows are not audit events; they are merged by time).
-    let rollout_targets: Vec<String> = touches
-        .iter()
-        .map(|t| format!("rollout:{}", t.rollout_id))
-        .collect();
-    let named = crate::db::audit::naming(&state.pool, &rollout_targets, &id, 50).await?;
+    // Kept for a rollback: a live, disabled server a rollout keeps (as `db::servers::kept`
+    // counts them), until that rollout's grace period ends.
+    let kept = if row.state != ServerState::Terminated && row.mode == ServerMode::Disabled {
+        touches
+            .iter()
+            .filter(|t| t.state == crate::domain::RolloutServerState::Kept)
+            .map(|t| t.grace_until)
+            .max()
+    } else {
+        None
+    };
+    // Its own and its launch's events, the rollouts' own events that name it (a disable, a
+    // retirement), and where its step in a rollout changed since (enabled again, taken away:
+    // the rollouts' rows are not audit events), newest first, merged by time.
     let mut events: Vec<(time::OffsetDateTime, EventView)> = events
         .into_iter()
         .chain(named.into_iter().map(EventView::from))
@@ -769,23 +762,13 @@ pub async fn show(
         .chain(
             touches
                 .into_iter()
-                .filter(|t| {
-                    !matches!(
-                        t.state,
-                        crate::domain::RolloutServerState::Kept
-                            | crate::domain::RolloutServerState::Launched
-                    )
-                })
-                .map(|t| (t.at, touch_event(t))),
+                .filter_map(|t| Some((t.at, touch_event(t)?))),
         )
         .collect();
     events.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
     let events = events.into_iter().map(|(_, e)| e).collect();
     let mut server = ServerView::from(&row);
-    server.kept = kept
-        .into_iter()
-        .find(|k| k.server_id == row.id)
-        .map(|k| k.until.map(when));
+    server.kept = kept.map(|until| until.map(when));
     let to = crate::metrics::dashboards::window_end();
     super::html(
         &ServerPage {
