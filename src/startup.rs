@@ -17,6 +17,7 @@ use sqlx::PgPool;
 
 use crate::cloud::Provider;
 use crate::config::Settings;
+use crate::db::private::Use;
 use crate::telemetry::prometheus::Registry;
 use crate::web::session_store::PgSessionStore;
 use crate::web::{AppState, middleware, routes};
@@ -334,15 +335,25 @@ impl Application {
 }
 
 /// `kiln serve`
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
+    settings.validate()?;
     let public_url = settings.public_url();
-    let app = Application::build(settings).await?;
-    if let Some(password) = &app.initial_admin_password {
-        // The one time this password exists in clear: stdout, for the operator who started us.
-        println!("initial admin password: {password}");
+    let database = settings.database.open(Use::Console).await?;
+    settings.database.database_url = Some(database.url.clone());
+    // The private database (when there is one) stops after the console, whatever happened.
+    let served = async {
+        let app = Application::build(settings).await?;
+        if let Some(password) = &app.initial_admin_password {
+            // The one time this password exists in clear: stdout, for the operator who started us.
+            println!("initial admin password: {password}");
+        }
+        tracing::info!(url = %public_url, port = app.port(), "kiln console listening");
+        app.run_until_stopped().await
     }
-    tracing::info!(url = %public_url, port = app.port(), "kiln console listening");
-    app.run_until_stopped().await?;
+    .await;
+    let closed = database.close();
+    served?;
+    closed?;
     tracing::info!("kiln stopped");
     Ok(())
 }

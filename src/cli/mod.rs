@@ -46,8 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(settings) => crate::startup::serve(*settings).await,
         Command::Migrate(db) => {
-            let pool = crate::db::connect(&db.url()).await?;
-            crate::db::migrate(&pool).await?;
+            db.with_pool(async |_| Ok(())).await?;
             println!("migrations applied");
             Ok(())
         }

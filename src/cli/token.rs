@@ -41,52 +41,54 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
         ttl,
         db,
     } = command;
-    let pool = crate::db::connect(&db.url()).await?;
-    crate::db::migrate(&pool).await?;
-    if enrollment {
-        if ttl == 0 || ttl > 30 * 24 * 3600 {
-            bail!("--ttl must be between 1 and 2592000 seconds (30 days)");
+    db.with_pool(async |pool| {
+        if enrollment {
+            if ttl == 0 || ttl > 30 * 24 * 3600 {
+                bail!("--ttl must be between 1 and 2592000 seconds (30 days)");
+            }
+            let token = crate::auth::token::Secret::generate(crate::auth::token::ENROLLMENT_PREFIX);
+            let mut tx = pool.begin().await?;
+            crate::db::tokens::create_enrollment(&mut tx, &token.hash(), None, ttl).await?;
+            audit::record(
+                &mut *tx,
+                AuditEvent::by_cli("enrollment_token.create", "enrollment", Outcome::Ok)
+                    .detail(format!("valid for {ttl} s")),
+            )
+            .await?;
+            tx.commit().await?;
+            println!("enrollment token (valid for {ttl} s, usable once):");
+            println!("{}", token.expose());
+            return Ok(());
         }
-        let token = crate::auth::token::Secret::generate(crate::auth::token::ENROLLMENT_PREFIX);
+        let user_name = UserName::parse(user.as_deref().unwrap_or_default())?;
+        let label = TokenName::parse(name.as_deref().unwrap_or("cli"))?;
+        let user = crate::db::users::find_by_name(pool, user_name.as_str())
+            .await?
+            .with_context(|| format!("there is no user named {:?}", user_name.as_str()))?;
+        if user.disabled {
+            bail!(
+                "user {:?} is disabled; enable it before creating tokens",
+                user.name
+            );
+        }
+        let token = crate::auth::token::Secret::generate(crate::auth::token::API_PREFIX);
         let mut tx = pool.begin().await?;
-        crate::db::tokens::create_enrollment(&mut tx, &token.hash(), None, ttl).await?;
+        let id =
+            crate::db::tokens::create_api(&mut tx, user.id, &label, &token.hash(), None).await?;
         audit::record(
             &mut *tx,
-            AuditEvent::by_cli("enrollment_token.create", "enrollment", Outcome::Ok)
-                .detail(format!("valid for {ttl} s")),
+            AuditEvent::by_cli("token.create", format!("user:{}", user.name), Outcome::Ok)
+                .detail(format!("token {id} ({})", label.as_str())),
         )
         .await?;
         tx.commit().await?;
-        println!("enrollment token (valid for {ttl} s, usable once):");
-        println!("{}", token.expose());
-        return Ok(());
-    }
-    let user_name = UserName::parse(user.as_deref().unwrap_or_default())?;
-    let label = TokenName::parse(name.as_deref().unwrap_or("cli"))?;
-    let user = crate::db::users::find_by_name(&pool, user_name.as_str())
-        .await?
-        .with_context(|| format!("there is no user named {:?}", user_name.as_str()))?;
-    if user.disabled {
-        bail!(
-            "user {:?} is disabled; enable it before creating tokens",
-            user.name
+        println!(
+            "API token {id} for {} ({}), shown once:",
+            user.name,
+            user.role()
         );
-    }
-    let token = crate::auth::token::Secret::generate(crate::auth::token::API_PREFIX);
-    let mut tx = pool.begin().await?;
-    let id = crate::db::tokens::create_api(&mut tx, user.id, &label, &token.hash(), None).await?;
-    audit::record(
-        &mut *tx,
-        AuditEvent::by_cli("token.create", format!("user:{}", user.name), Outcome::Ok)
-            .detail(format!("token {id} ({})", label.as_str())),
-    )
-    .await?;
-    tx.commit().await?;
-    println!(
-        "API token {id} for {} ({}), shown once:",
-        user.name,
-        user.role()
-    );
-    println!("{}", token.expose());
-    Ok(())
+        println!("{}", token.expose());
+        Ok(())
+    })
+    .await
 }

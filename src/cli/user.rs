@@ -39,28 +39,29 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
                 .context("Failed to read the password from standard input")?;
             let password = Password::parse(input.trim_end_matches(['\r', '\n']))?;
             let hash = crate::auth::password::hash(&password).await?;
-            let pool = crate::db::connect(&db.url()).await?;
-            crate::db::migrate(&pool).await?;
-            let mut tx = pool.begin().await?;
-            let user = crate::db::users::create(&mut tx, &name, role, &hash).await?;
-            audit::record(
-                &mut *tx,
-                AuditEvent::by_cli(
-                    "user.create",
-                    format!("user:{}", name.as_str()),
-                    Outcome::Ok,
+            db.with_pool(async |pool| {
+                let mut tx = pool.begin().await?;
+                let user = crate::db::users::create(&mut tx, &name, role, &hash).await?;
+                audit::record(
+                    &mut *tx,
+                    AuditEvent::by_cli(
+                        "user.create",
+                        format!("user:{}", name.as_str()),
+                        Outcome::Ok,
+                    )
+                    .detail(format!("role {role}")),
                 )
-                .detail(format!("role {role}")),
-            )
-            .await?;
-            tx.commit().await?;
-            println!(
-                "created user {} ({}) with id {}",
-                name.as_str(),
-                role,
-                user.id
-            );
-            Ok(())
+                .await?;
+                tx.commit().await?;
+                println!(
+                    "created user {} ({}) with id {}",
+                    name.as_str(),
+                    role,
+                    user.id
+                );
+                Ok(())
+            })
+            .await
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod images;
 pub mod jobs;
 pub mod login_failures;
 pub mod metrics;
+pub mod private;
 pub mod rollouts;
 pub mod scaling;
 pub mod secrets;

@@ -25,6 +25,7 @@ mod metrics;
 mod metrics_storage;
 mod moto;
 mod operator;
+mod private_postgres;
 mod replicas;
 mod retention;
 mod role_matrix;
