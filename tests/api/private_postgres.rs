@@ -18,6 +18,7 @@ const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 /// becomes `kiln` (exec: the child's pid is Kiln's).
 const ISOLATE: &str = r#"if [ -d /var/run/postgresql ]; then /bin/mount -t tmpfs kiln-test /var/run/postgresql || exit 97; fi
 if [ -n "$KILN_TEST_EMPTY_PATH" ]; then PATH=/nonexistent; export PATH; fi
+if [ -n "$KILN_TEST_AS_NOBODY" ]; then exec /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups "$0" "$@"; fi
 exec "$0" "$@""#;
 
 /// A data directory of the test's own; on drop, whatever PostgreSQL still runs from it is
@@ -88,13 +89,18 @@ fn alive(pid: u32) -> bool {
 
 /// `kiln <args>` in the namespace, without DATABASE_URL, on the test's data directory.
 fn isolated(dir: &DataDir, args: &[&str], env: &[(&str, &str)]) -> Child {
+    isolated_program(dir, KILN, args, env)
+}
+
+/// `program <args>` in the namespace, without DATABASE_URL, on the test's data directory.
+fn isolated_program(dir: &DataDir, program: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut command = Command::new("unshare");
     if kiln::db::private::effective_uid() != Some(0) {
         // Not root: a user namespace of our own uid lets us mount and unshare the network.
         command.args(["--user", "--map-current-user"]);
     }
     command
-        .args(["--mount", "--net", "--", "/bin/sh", "-c", ISOLATE, KILN])
+        .args(["--mount", "--net", "--", "/bin/sh", "-c", ISOLATE, program])
         .args(args)
         .env_remove("DATABASE_URL")
         .env("KILN_DATA_DIR", dir.path())
@@ -118,7 +124,10 @@ struct Console {
 }
 
 async fn console(dir: &DataDir) -> Console {
-    let mut child = isolated(dir, &["serve"], &[]);
+    listening(isolated(dir, &["serve"], &[])).await
+}
+
+async fn listening(mut child: Child) -> Console {
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let data_line = line_with(&mut stdout, "data lives in").await;
@@ -373,4 +382,108 @@ async fn with_no_postgres_binaries_the_error_names_the_command_that_installs_the
         assert!(said.contains(words), "{words:?} missing from: {said}");
     }
     assert!(!dir.path().exists(), "nothing was created");
+}
+
+/// Stand-ins for what README's first command (`scripts/serve`) calls around Kiln: `cargo`
+/// runs the built binary (`cargo run … -- serve ARGS` → `kiln serve ARGS`); `sudo` and
+/// `apt-get` write down how they were called and install nothing, so that the machine's own
+/// packages are never touched.
+struct Shims(PathBuf);
+
+impl Shims {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("kiln-shims-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let calls = dir.join("calls");
+        std::fs::write(&calls, "").unwrap();
+        for (name, body) in [
+            (
+                "cargo",
+                format!("while [ \"$1\" != -- ]; do shift; done; shift; exec {KILN} \"$@\""),
+            ),
+            ("sudo", format!("echo \"sudo $*\" >> {}", calls.display())),
+            (
+                "apt-get",
+                format!("echo \"apt-get $*\" >> {}", calls.display()),
+            ),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // The test may run the script as `nobody`, who must reach the shims and the record.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&calls, std::fs::Permissions::from_mode(0o666)).unwrap();
+        Self(dir)
+    }
+
+    /// PATH: the shims, then the system's directories (but not /usr/local/bin, where this
+    /// machine links PostgreSQL's programs: the script must find them where Debian puts them).
+    fn path(&self) -> String {
+        format!("{}:/usr/bin:/bin", self.0.display())
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.0.join("calls")).unwrap()
+    }
+}
+
+impl Drop for Shims {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SERVE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/serve");
+
+#[tokio::test]
+async fn readme_s_first_command_starts_the_console_with_the_postgres_binaries_it_finds() {
+    let dir = DataDir::new();
+    let shims = Shims::new();
+    let path = shims.path();
+    let child = isolated_program(&dir, SERVE_SCRIPT, &[], &[("PATH", &path)]);
+    let console = listening(child).await;
+    assert!(console.data_line.contains(dir.path().to_str().unwrap()));
+    assert!(dir.postmaster().is_some(), "a private PostgreSQL runs");
+    console.stop().await;
+    assert_eq!(
+        shims.calls(),
+        "",
+        "nothing was installed: the binaries were there"
+    );
+    assert_eq!(dir.postmaster(), None);
+}
+
+#[tokio::test]
+async fn readme_s_first_command_installs_postgres_with_sudo_when_there_are_no_binaries() {
+    let dir = DataDir::new();
+    let shims = Shims::new();
+    let path = shims.path();
+    let mut env = vec![
+        ("PATH", path.as_str()),
+        ("KILN_POSTGRES_BIN", "/nonexistent/postgres/bin"),
+    ];
+    // Not root: the script must use sudo. The test runs it as `nobody` when it is root.
+    if kiln::db::private::effective_uid() == Some(0) {
+        env.push(("KILN_TEST_AS_NOBODY", "1"));
+    }
+    let out = isolated_program(&dir, SERVE_SCRIPT, &[], &env)
+        .wait_with_output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("serve: installing postgresql"), "{said}");
+    assert_eq!(
+        shims.calls(),
+        "sudo apt-get update -qq\n\
+         sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql\n"
+    );
+    // The stand-in installed nothing, so Kiln says what to do, and fails.
+    assert!(!out.status.success());
+    assert!(
+        said.contains("Debian/Ubuntu: sudo apt-get install postgresql"),
+        "{said}"
+    );
 }
