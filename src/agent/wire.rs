@@ -1,12 +1,23 @@
 //! The agent protocol's messages (`/agent/v1/…`), shared by the agent and the console: the
-//! only thing the two have in common. Changing a message in a way an older agent cannot read
-//! means bumping [`PROTOCOL`]; the console refuses agents of another protocol with a message
-//! that says which one it speaks.
+//! only thing the two have in common.
+//!
+//! Compatibility across an upgrade of the console: servers launched before it run the old
+//! agent until they are replaced, so the console keeps serving them.
+//! - Adding a field is not a new protocol: a new field the console sends is ignored by older
+//!   agents (no message denies unknown fields), a new field an agent sends has a
+//!   `#[serde(default)]` so older agents may leave it out.
+//! - Anything else (removing, renaming or retyping a field, changing a meaning) bumps
+//!   [`PROTOCOL`], and [`OLDEST_PROTOCOL`] stays at the previous version for at least one
+//!   release: the console then answers each agent in the version it registered with.
+//!   Agents outside `OLDEST_PROTOCOL..=PROTOCOL` are refused with a message that says which
+//!   versions the console speaks.
 
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL: u32 = 1;
+/// The oldest protocol version the console still serves (see the module's comment).
+pub const OLDEST_PROTOCOL: u32 = 1;
 
 /// Limits the console enforces and a well-behaved agent stays within.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -157,4 +168,38 @@ pub struct Finish {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refusal {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent of this build reads the replies of a later console that added fields.
+    #[test]
+    fn an_agent_ignores_fields_a_later_console_adds() {
+        let reply: HeartbeatReply = serde_json::from_str(
+            r#"{"mode": "enabled", "terminate": false, "stop": [], "drain_by": "2027-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(reply.mode, "enabled");
+        let claim: ClaimReply = serde_json::from_str(
+            r#"{"jobs": [{"job_id": 1, "attempt": 1, "command": "true", "timeout_s": 60, "env": {}}], "mode": "enabled", "terminate": false, "priority": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(claim.jobs[0].command, "true");
+    }
+
+    /// A console of this build reads what an agent of an earlier build sends, which lacks the
+    /// fields added since (each has a default).
+    #[test]
+    fn the_console_reads_an_agent_that_leaves_out_later_fields() {
+        let register: Register = serde_json::from_str(
+            r#"{"protocol": 1, "enrollment_token": "t", "instance_id": "i-1", "version": "0.1.0", "slots": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(register.hostname, "");
+        let heartbeat: Heartbeat = serde_json::from_str("{}").unwrap();
+        assert!(heartbeat.running.is_empty());
+        assert!((OLDEST_PROTOCOL..=PROTOCOL).contains(&register.protocol));
+    }
 }

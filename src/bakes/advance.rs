@@ -396,6 +396,8 @@ async fn wait_image(env: &Env<'_>, bake: &BakeRow) -> Result<Next, TaskError> {
     let next = match decision {
         Decision::ImageAvailable => {
             crate::db::images::set_state(&mut *tx, &image_id, ImageState::Available, "").await?;
+            let architecture = image.as_ref().and_then(|i| i.architecture.as_deref());
+            crate::db::images::set_architecture(&mut *tx, &image_id, architecture).await?;
             crate::db::bakes::close_step(
                 &mut tx,
                 bake.id,

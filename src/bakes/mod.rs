@@ -180,6 +180,8 @@ async fn check_base(conn: &mut sqlx::PgConnection, id: &str) -> Result<(), Error
             base.id, base.state
         )));
     }
+    // The builder runs the agent too.
+    crate::fleet::images::runs_our_agent(&base)?;
     Ok(())
 }
 

@@ -38,6 +38,8 @@ pub enum Command {
     },
     /// Run the agent on a server.
     Agent(crate::agent::AgentArgs),
+    /// Print the IAM policy the aws provider needs: exactly the EC2 actions it calls.
+    IamPolicy,
     /// Measure the fleet pages against a bare handler (seeds a throwaway database).
     Bench(crate::bench::BenchArgs),
 }
@@ -53,6 +55,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { command } => user::run(command).await,
         Command::Token { command } => token::run(command).await,
         Command::Agent(args) => crate::agent::run(args).await,
+        Command::IamPolicy => {
+            println!("{}", crate::cloud::aws::policy::document());
+            Ok(())
+        }
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }

@@ -41,7 +41,17 @@ pub struct Image {
     pub state: ImageState,
     pub tags: Tags,
     pub created_at: Option<OffsetDateTime>,
+    /// As EC2 names it (`x86_64`, `arm64`); None when the provider does not say.
+    pub architecture: Option<String>,
 }
+
+/// The architecture, in EC2's words, of the agent this console hands to new servers: its own
+/// binary (`/agent/v1/binary`). An image of another architecture cannot run it.
+pub const AGENT_ARCHITECTURE: &str = match std::env::consts::ARCH.as_bytes() {
+    b"aarch64" => "arm64",
+    b"x86" => "i386",
+    _ => std::env::consts::ARCH,
+};
 
 /// Which images to list. Empty fields do not filter.
 #[derive(Debug, Clone, Default)]

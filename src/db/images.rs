@@ -14,6 +14,8 @@ pub struct ImageRow {
     pub state_reason: String,
     pub added_by: String,
     pub created_at: OffsetDateTime,
+    /// As EC2 names it; None when unknown (see the migration `image_architecture`).
+    pub architecture: Option<String>,
     /// Filled by the listing queries.
     pub current: bool,
     /// Was current before and was not rolled back from since: a rollback may go to it.
@@ -57,7 +59,7 @@ macro_rules! select_images {
             rollback_targets!(),
             ")
              SELECT i.id, i.name, i.version, i.description, i.source_revision, i.state, i.state_reason, i.added_by,
-                    i.created_at,
+                    i.created_at, i.architecture,
                     i.id = (SELECT image_id FROM cur) IS TRUE AS current,
                     r.image_id IS NOT NULL AS was_current,
                     COALESCE(c.n, 0) AS servers
@@ -244,6 +246,20 @@ pub async fn set_state(
     .bind(reason)
     .execute(db)
     .await?;
+    Ok(())
+}
+
+/// Records the architecture the provider reports for an image (kept when it says nothing).
+pub async fn set_architecture(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    architecture: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE images SET architecture = COALESCE($2, architecture) WHERE id = $1")
+        .bind(id)
+        .bind(architecture)
+        .execute(db)
+        .await?;
     Ok(())
 }
 

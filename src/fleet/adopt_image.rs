@@ -50,7 +50,17 @@ impl Task for AdoptImage {
                 .await
             }
             Ok(Some(found)) => match found.state {
-                ImageState::Available => self.finish(ctx, ImageState::Available, "").await,
+                ImageState::Available => {
+                    let mut tx = ctx.pool.begin().await?;
+                    crate::db::images::set_architecture(
+                        &mut *tx,
+                        &image.id,
+                        found.architecture.as_deref(),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    self.finish(ctx, ImageState::Available, "").await
+                }
                 ImageState::Pending => Err(TaskError::Retryable(anyhow::anyhow!(
                     "image {} is still pending at the provider",
                     image.id

@@ -129,6 +129,22 @@ pub async fn add(
     Ok(row)
 }
 
+/// Refuses an image whose servers could not run this console's agent (409): they run the
+/// console's own binary, so the image's architecture must be the console's. Unknown passes.
+pub fn runs_our_agent(image: &crate::db::images::ImageRow) -> Result<(), Error> {
+    match image.architecture.as_deref() {
+        Some(arch) if arch != crate::cloud::AGENT_ARCHITECTURE => Err(Error::Conflict(format!(
+            "Image {} is built for {arch}, and the agent this console gives its servers is its \
+             own {} binary: servers of that image could not run it. Use an {} image, or run \
+             Kiln built for {arch} (docs/deploying.md).",
+            image.id,
+            crate::cloud::AGENT_ARCHITECTURE,
+            crate::cloud::AGENT_ARCHITECTURE,
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// At start with the local provider: every image the provider has for this fleet that the
 /// catalogue lacks (the base image of a fresh install) is added and adopted.
 pub async fn import_local(pool: &sqlx::PgPool, cloud: &AnyProvider) -> anyhow::Result<usize> {

@@ -77,6 +77,7 @@ pub async fn launch(
             image.state
         )));
     }
+    crate::fleet::images::runs_our_agent(&image)?;
     // Launches are counted against the cap one at a time, including those not yet fulfilled.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln.launch'))")
         .execute(&mut *tx)

@@ -71,6 +71,7 @@ pub async fn start(
             image.state
         )));
     }
+    crate::fleet::images::runs_our_agent(&image)?;
     // A release during a change freeze needs an admin's override; a rollback never waits.
     let overridden = match kind {
         Kind::Release => match crate::db::freezes::in_force(&mut tx).await? {

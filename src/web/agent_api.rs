@@ -41,12 +41,19 @@ pub async fn register(
     body: web::Json<Register>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
-    if body.protocol != wire::PROTOCOL {
+    if !(wire::OLDEST_PROTOCOL..=wire::PROTOCOL).contains(&body.protocol) {
+        let speaks = if wire::OLDEST_PROTOCOL == wire::PROTOCOL {
+            format!("agent protocol {}", wire::PROTOCOL)
+        } else {
+            format!(
+                "agent protocols {} to {}",
+                wire::OLDEST_PROTOCOL,
+                wire::PROTOCOL
+            )
+        };
         return Err(AppError::WrongProtocol(format!(
-            "This console speaks agent protocol {}; the agent (version {}) speaks {}. Run the agent that matches the console: GET /agent/v1/binary.",
-            wire::PROTOCOL,
-            body.version,
-            body.protocol
+            "This console speaks {speaks}; the agent (version {}) speaks {}. Run the agent that matches the console: GET /agent/v1/binary.",
+            body.version, body.protocol
         )));
     }
     if body.slots == 0 || body.slots > wire::MAX_SLOTS {

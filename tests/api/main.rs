@@ -13,6 +13,7 @@ mod cloud_contract;
 mod cloud_local;
 mod csrf;
 mod dashboards;
+mod deploying;
 mod freezes;
 mod guarded_releases;
 mod health;

@@ -16,6 +16,7 @@
 pub mod calls;
 mod errors;
 pub mod pacing;
+pub mod policy;
 
 use pacing::Class;
 
@@ -539,6 +540,11 @@ fn outcome(
 
 /// The boot script: fetch the agent from the console when the image does not carry it, then
 /// run it with this launch's enrollment token.
+/// The user data of a launch: a shell script that fetches the agent from the console unless
+/// the image has it (baked in, on PATH), then runs it — as a systemd service where systemd
+/// runs (restarted if it dies; its log in the journal and /var/log/kiln-agent.log), else in
+/// the background with nohup. The enrollment token is the launch's, valid 24 hours: an agent
+/// restarted later than that cannot register again (the server is replaced instead).
 fn user_data(request: &LaunchRequest) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let url = quote(&request.bootstrap.console_url);
@@ -551,7 +557,27 @@ fn user_data(request: &LaunchRequest) -> String {
          \x20 curl -fsS --retry 10 --retry-connrefused {url}/agent/v1/binary -o /usr/local/bin/kiln\n\
          \x20 chmod 0755 /usr/local/bin/kiln\n\
          fi\n\
-         nohup kiln agent --url {url} --token {token} >>/var/log/kiln-agent.log 2>&1 &\n"
+         KILN=$(command -v kiln)\n\
+         if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then\n\
+         \x20 cat >/etc/systemd/system/kiln-agent.service <<UNIT\n\
+         [Unit]\n\
+         Description=Kiln agent (joins the work queue of {url})\n\
+         Wants=network-online.target\n\
+         After=network-online.target\n\
+         [Service]\n\
+         ExecStart=$KILN agent --url {url} --token {token}\n\
+         Restart=on-failure\n\
+         RestartSec=5\n\
+         StandardOutput=append:/var/log/kiln-agent.log\n\
+         StandardError=append:/var/log/kiln-agent.log\n\
+         [Install]\n\
+         WantedBy=multi-user.target\n\
+         UNIT\n\
+         \x20 systemctl daemon-reload\n\
+         \x20 systemctl enable --now kiln-agent.service\n\
+         else\n\
+         \x20 nohup \"$KILN\" agent --url {url} --token {token} >>/var/log/kiln-agent.log 2>&1 &\n\
+         fi\n"
     );
     base64::engine::general_purpose::STANDARD.encode(script)
 }
@@ -610,6 +636,7 @@ fn image_from(i: &aws_sdk_ec2::types::Image) -> Image {
         created_at: i
             .creation_date()
             .and_then(|d| OffsetDateTime::parse(d, &Rfc3339).ok()),
+        architecture: i.architecture().map(|a| a.as_str().to_owned()),
     }
 }
 
@@ -644,9 +671,64 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"), "{script}");
         assert!(script.contains("curl -fsS --retry 10 --retry-connrefused 'https://kiln.example.com'/agent/v1/binary"), "{script}");
         assert!(
-            script
-                .contains("kiln agent --url 'https://kiln.example.com' --token 'kiln_enroll_abc'"),
+            script.contains(
+                "\"$KILN\" agent --url 'https://kiln.example.com' --token 'kiln_enroll_abc'"
+            ),
             "{script}"
         );
+        assert!(
+            script.contains("ExecStart=$KILN agent --url 'https://kiln.example.com' --token 'kiln_enroll_abc'\nRestart=on-failure"),
+            "{script}"
+        );
+    }
+
+    /// The user data is a script `sh` parses, and the unit it writes where systemd runs
+    /// restarts the agent when it fails. (Not run here: it writes into /etc.)
+    #[test]
+    fn user_data_parses_and_its_unit_restarts_the_agent() {
+        let request = LaunchRequest {
+            image_id: "ami-1e749f67".into(),
+            count: 1,
+            instance_type: "t3.micro".into(),
+            tags: Tags::new(),
+            bootstrap: AgentBootstrap {
+                console_url: "https://kiln.example.com".into(),
+                enrollment_token: "kiln_enroll_abc".into(),
+            },
+            subnet_id: None,
+            security_group_ids: vec![],
+            key_name: None,
+            iam_instance_profile: None,
+            client_token: "t-1".into(),
+        };
+        let script = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(user_data(&request))
+                .unwrap(),
+        )
+        .unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The unit as systemd would read it: the here-document expands $KILN only.
+        let unit_start = script.find("[Unit]").unwrap();
+        let unit_end = script.find("\nUNIT\n").unwrap();
+        let unit = &script[unit_start..unit_end];
+        for line in [
+            "[Service]",
+            "Restart=on-failure",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(
+                unit.lines().any(|l| l == line),
+                "{line} missing from {unit}"
+            );
+        }
     }
 }

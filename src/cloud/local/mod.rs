@@ -73,6 +73,8 @@ impl From<ImageRow> for Image {
             state: r.state,
             tags: r.tags.0,
             created_at: Some(r.created_at),
+            // Local servers run this very binary: whatever the machine is, it fits.
+            architecture: None,
         }
     }
 }

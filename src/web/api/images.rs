@@ -23,6 +23,8 @@ pub struct ImageJson {
     added_by: String,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
+    /// As EC2 names it (`x86_64`, `arm64`); null when unknown.
+    architecture: Option<String>,
 }
 
 impl From<ImageRow> for ImageJson {
@@ -39,6 +41,7 @@ impl From<ImageRow> for ImageJson {
             servers: r.servers,
             added_by: r.added_by,
             created_at: r.created_at,
+            architecture: r.architecture,
         }
     }
 }
