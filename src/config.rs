@@ -129,7 +129,7 @@ pub fn default_database_url() -> String {
 
 /// The local server's URL when one accepts connections on the standard socket or on
 /// 127.0.0.1:5432 (the socket preferred, as `default_database_url` does).
-async fn local_server_url() -> Option<String> {
+pub async fn local_server_url() -> Option<String> {
     let socket = std::path::Path::new(LOCAL_SOCKET_DIR).join(".s.PGSQL.5432");
     if crate::db::private::answers(&socket).await {
         return Some(default_database_url());

@@ -1,6 +1,7 @@
 //! The command line: `kiln serve | migrate | user add | token create | agent`.
 //! Each subcommand lives in its own file; this one only parses and dispatches.
 
+mod doctor;
 mod token;
 mod user;
 
@@ -24,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the console and the background workers.
     Serve(Box<Settings>),
+    /// Check what `kiln serve` with these settings needs (database, provider, public URL,
+    /// disk), each with its fix; exit status 1 when something is wrong.
+    Doctor(Box<Settings>),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// Manage console users.
@@ -47,6 +51,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(settings) => crate::startup::serve(*settings).await,
+        Command::Doctor(settings) => doctor::run(*settings).await,
         Command::Migrate(db) => {
             db.with_pool(async |_| Ok(())).await?;
             println!("migrations applied");

@@ -23,7 +23,7 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 pub use error::{CloudError, CloudResult, ErrorKind};
-pub use select::{AnyProvider, from_settings};
+pub use select::{AnyProvider, aws_from_settings, from_settings};
 
 pub const FLEET_TAG: &str = "kiln:fleet";
 pub const LAUNCH_TOKEN_TAG: &str = "kiln:launch-token";

@@ -84,6 +84,26 @@ impl Provider for AnyProvider {
 }
 
 /// Builds the configured provider.
+/// The aws provider as `kiln serve`'s settings describe it (`kiln doctor` builds it alone,
+/// without a database).
+pub async fn aws_from_settings(
+    settings: &crate::config::Settings,
+    registry: std::sync::Arc<crate::telemetry::prometheus::Registry>,
+) -> anyhow::Result<aws::AwsProvider> {
+    let aws = aws::AwsSettings {
+        fleet: settings.fleet.clone(),
+        endpoint: settings.ec2_endpoint.clone(),
+        region: None,
+        max_attempts: settings.ec2_max_attempts,
+        initial_backoff: std::time::Duration::from_secs(1),
+        call_timeout: std::time::Duration::from_secs(settings.ec2_timeout),
+        static_credentials: None,
+        pacing: aws::pacing::PacingSettings::parse(&settings.ec2_buckets)
+            .map_err(|e| anyhow::anyhow!("KILN_EC2_BUCKETS: {e}"))?,
+    };
+    aws::AwsProvider::new(aws, registry).await
+}
+
 pub async fn from_settings(
     settings: &crate::config::Settings,
     pool: sqlx::PgPool,
@@ -92,22 +112,9 @@ pub async fn from_settings(
     use crate::config::ProviderKind;
     use anyhow::Context;
     match settings.provider {
-        ProviderKind::Aws => {
-            let aws = aws::AwsSettings {
-                fleet: settings.fleet.clone(),
-                endpoint: settings.ec2_endpoint.clone(),
-                region: None,
-                max_attempts: settings.ec2_max_attempts,
-                initial_backoff: std::time::Duration::from_secs(1),
-                call_timeout: std::time::Duration::from_secs(settings.ec2_timeout),
-                static_credentials: None,
-                pacing: aws::pacing::PacingSettings::parse(&settings.ec2_buckets)
-                    .map_err(|e| anyhow::anyhow!("KILN_EC2_BUCKETS: {e}"))?,
-            };
-            Ok(AnyProvider::Aws(
-                aws::AwsProvider::new(aws, registry).await?,
-            ))
-        }
+        ProviderKind::Aws => Ok(AnyProvider::Aws(
+            aws_from_settings(settings, registry).await?,
+        )),
         ProviderKind::Local => {
             let local = local::LocalSettings {
                 fleet: settings.fleet.clone(),

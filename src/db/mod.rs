@@ -134,7 +134,7 @@ pub async fn migrations_current(pool: &PgPool) -> anyhow::Result<bool> {
 }
 
 /// The URL without its password, for error messages.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));

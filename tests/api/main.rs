@@ -14,6 +14,7 @@ mod cloud_local;
 mod csrf;
 mod dashboards;
 mod deploying;
+mod doctor;
 mod freezes;
 mod guarded_releases;
 mod health;

@@ -487,3 +487,32 @@ async fn readme_s_first_command_installs_postgres_with_sudo_when_there_are_no_bi
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn doctor_says_where_the_private_postgres_would_live_and_how_much_disk_it_has() {
+    let dir = DataDir::new();
+    let out = isolated(
+        &dir,
+        &["doctor"],
+        &[("KILN_PUBLIC_URL", "http://127.0.0.1:1")],
+    )
+    .wait_with_output()
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "ok    database    no server answers on the standard socket or port and DATABASE_URL is unset: `kiln serve` runs a private PostgreSQL in {}",
+            dir.path().display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.lines().any(|l| l
+            .starts_with(&format!("ok    data dir    {}: ", dir.path().display()))
+            && l.ends_with(" free")),
+        "{said}"
+    );
+    assert!(!out.status.success(), "the public URL check fails: {said}");
+    assert!(!dir.path().exists(), "doctor starts and creates nothing");
+}

@@ -126,20 +126,38 @@ impl AwsProvider {
     /// says "DryRunOperation" when the call would have succeeded).
     pub async fn check_access(&self) -> CloudResult<()> {
         self.pacing.take(Class::Describe).await;
-        match self.client.describe_instances().dry_run(true).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let code = e.as_service_error().and_then(|s| {
-                    use aws_sdk_ec2::error::ProvideErrorMetadata;
-                    s.code().map(str::to_owned)
-                });
-                if code.as_deref() == Some("DryRunOperation") {
-                    Ok(())
-                } else {
-                    Err(errors::from_sdk("DescribeInstances", e))
-                }
-            }
+        let answer = self.client.describe_instances().dry_run(true).send().await;
+        dry_run_said("DescribeInstances", answer)
+    }
+
+    /// `kiln doctor`'s permission checks after [`Self::check_access`]: the other actions of
+    /// the policy that EC2 can check with a DryRun without touching a resource —
+    /// DescribeImages, and RunInstances of `image` (the current one) when there is one. Terminating, imaging,
+    /// deregistering and tagging need a real resource to be checked, so they are not.
+    pub async fn dry_runs(
+        &self,
+        image: Option<&str>,
+        instance_type: &str,
+    ) -> Vec<(&'static str, CloudResult<()>)> {
+        let mut checks = Vec::new();
+        self.pacing.take(Class::Describe).await;
+        let images = self.client.describe_images().dry_run(true).send().await;
+        checks.push(("DescribeImages", dry_run_said("DescribeImages", images)));
+        if let Some(image) = image {
+            self.pacing.take(Class::Run).await;
+            let run = self
+                .client
+                .run_instances()
+                .dry_run(true)
+                .image_id(image)
+                .instance_type(InstanceType::from(instance_type))
+                .min_count(1)
+                .max_count(1)
+                .send()
+                .await;
+            checks.push(("RunInstances", dry_run_said("RunInstances", run)));
         }
+        checks
     }
 
     fn kiln_tags(&self, extra: &Tags, launch_token: Option<&str>) -> Vec<Tag> {
@@ -580,6 +598,23 @@ fn user_data(request: &LaunchRequest) -> String {
          fi\n"
     );
     base64::engine::general_purpose::STANDARD.encode(script)
+}
+
+/// A DryRun's answer: "DryRunOperation" means the call would have succeeded; an endpoint
+/// that ignores DryRun (an emulator) and just answers means the same.
+fn dry_run_said<O, E, R>(
+    action: &str,
+    result: Result<O, aws_sdk_ec2::error::SdkError<E, R>>,
+) -> CloudResult<()>
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("DryRunOperation") => Ok(()),
+        Err(e) => Err(errors::from_sdk(action, e)),
+    }
 }
 
 fn tags_of(tags: &[Tag]) -> Tags {
