@@ -166,6 +166,13 @@ pub struct Settings {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    /// Make the console alive for a first look: a user `demo` launches three local servers,
+    /// enqueues a trickle of jobs (some failing, some slow), posts an app metric, annotates,
+    /// and bakes and releases a second image. Local provider only; without the flag, none
+    /// of it runs.
+    #[arg(long, env = "KILN_DEMO")]
+    pub demo: bool,
+
     /// Address the console listens on.
     #[arg(long, env = "KILN_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
@@ -519,6 +526,11 @@ impl Settings {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.demo && self.provider != ProviderKind::Local {
+            anyhow::bail!(
+                "--demo launches servers as `kiln agent` processes on this machine: it runs with the local provider only, not KILN_PROVIDER=aws."
+            );
+        }
         let days = [
             self.retain_job_output_days,
             self.retain_jobs_days,

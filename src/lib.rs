@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod fleet;

@@ -226,6 +226,10 @@ impl Application {
 
     /// Serves until SIGINT/SIGTERM, then stops accepting, lets in-flight requests finish
     /// (up to 10 s), stops the background work and closes the pool.
+    pub fn public_url(&self) -> String {
+        self.settings.public_url()
+    }
+
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let janitor = tokio::spawn(janitor(self.pool.clone(), self.settings.retention()));
         let workers = crate::tasks::worker::spawn(
@@ -302,12 +306,23 @@ impl Application {
             Duration::from_millis(self.settings.heartbeat_flush_ms),
             flusher_stopped,
         ));
+        // The demo talks to this console over HTTP: started with it, stopped before it.
+        let demo = self.settings.demo.then(|| {
+            tokio::spawn(crate::demo::run(
+                self.pool.clone(),
+                self.settings.public_url(),
+                stop_reconciler.subscribe(),
+            ))
+        });
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
             result = &mut server => result,
             () = self.shutdown => {
                 tracing::info!("shutdown requested; finishing in-flight requests");
+                if let Some(demo) = &demo {
+                    demo.abort();
+                }
                 // Agents' waiting claims answer at once rather than hold the shutdown up.
                 self.wakeups.close();
                 handle.stop(true).await;
@@ -337,7 +352,6 @@ impl Application {
 /// `kiln serve`
 pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     settings.validate()?;
-    let public_url = settings.public_url();
     let database = settings.database.open(Use::Console).await?;
     settings.database.database_url = Some(database.url.clone());
     // The private database (when there is one) stops after the console, whatever happened.
@@ -347,7 +361,7 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             // The one time this password exists in clear: stdout, for the operator who started us.
             println!("initial admin password: {password}");
         }
-        tracing::info!(url = %public_url, port = app.port(), "kiln console listening");
+        tracing::info!(url = %app.public_url(), port = app.port(), "kiln console listening");
         app.run_until_stopped().await
     }
     .await;

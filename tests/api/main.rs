@@ -13,6 +13,7 @@ mod cloud_contract;
 mod cloud_local;
 mod csrf;
 mod dashboards;
+mod demo;
 mod deploying;
 mod doctor;
 mod freezes;
