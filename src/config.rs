@@ -6,8 +6,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::db::private::{PrivateCluster, Use};
-
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL to use; created if missing. Default: the local server, database `kiln`.
@@ -28,24 +26,6 @@ pub struct DatabaseArgs {
     pub postgres_bin: Option<PathBuf>,
 }
 
-/// The database a command talks to, and the private cluster behind it when there is one
-/// (stopped with `close`).
-#[derive(Debug)]
-pub struct Database {
-    pub url: String,
-    pub private: Option<PrivateCluster>,
-}
-
-impl Database {
-    /// Stops the private cluster when this process owns it.
-    pub fn close(self) -> anyhow::Result<()> {
-        match self.private {
-            Some(cluster) => cluster.stop(),
-            None => Ok(()),
-        }
-    }
-}
-
 impl DatabaseArgs {
     /// DATABASE_URL when set, else the local server's default URL (no private cluster: for
     /// callers that opened the database already, or that need the machine's server).
@@ -53,60 +33,6 @@ impl DatabaseArgs {
         self.database_url
             .clone()
             .unwrap_or_else(default_database_url)
-    }
-
-    /// Runs a one-off command's `work` on the database (migrated first), then closes it: the
-    /// pool, and the private cluster when this command had to start it.
-    pub async fn with_pool<T>(
-        &self,
-        work: impl AsyncFnOnce(&sqlx::PgPool) -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
-        let database = self.open(Use::Command).await?;
-        let result = async {
-            let pool = crate::db::connect(&database.url).await?;
-            crate::db::migrate(&pool).await?;
-            let result = work(&pool).await;
-            pool.close().await;
-            result
-        }
-        .await;
-        let closed = database.close();
-        let value = result?;
-        closed?;
-        Ok(value)
-    }
-
-    /// DATABASE_URL when set; else the local server when one answers on the standard socket
-    /// or port; else a private cluster in the data directory, started if need be. Says where
-    /// the data lives when it is the private cluster (on stdout for the console, on stderr
-    /// for one-off commands, whose stdout may be a token being captured).
-    pub async fn open(&self, purpose: Use) -> anyhow::Result<Database> {
-        if let Some(url) = &self.database_url {
-            return Ok(Database {
-                url: url.clone(),
-                private: None,
-            });
-        }
-        if let Some(url) = local_server_url().await {
-            return Ok(Database { url, private: None });
-        }
-        let dir = match &self.data_dir {
-            Some(dir) => std::path::absolute(dir)?,
-            None => crate::db::private::default_data_dir()?,
-        };
-        let cluster = PrivateCluster::start(&dir, self.postgres_bin.as_deref(), purpose).await?;
-        let line = format!(
-            "data lives in {} (a private PostgreSQL on a Unix socket there, no TCP port)",
-            dir.display()
-        );
-        match purpose {
-            Use::Console => println!("{line}"),
-            Use::Command => eprintln!("{line}"),
-        }
-        Ok(Database {
-            url: cluster.url(),
-            private: Some(cluster),
-        })
     }
 }
 
@@ -127,32 +53,29 @@ pub fn default_database_url() -> String {
     }
 }
 
-/// The local server's URL when one accepts connections on the standard socket or on
-/// 127.0.0.1:5432 (the socket preferred, as `default_database_url` does).
-pub async fn local_server_url() -> Option<String> {
-    let socket = std::path::Path::new(LOCAL_SOCKET_DIR).join(".s.PGSQL.5432");
-    if crate::db::private::answers(&socket).await {
-        return Some(default_database_url());
-    }
-    let tcp = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", 5432)),
-    )
-    .await;
-    matches!(tcp, Ok(Ok(_))).then(|| format!("postgres://{}@127.0.0.1:5432/kiln", os_user()))
-}
+pub const LOCAL_SOCKET_DIR: &str = "/var/run/postgresql";
 
-const LOCAL_SOCKET_DIR: &str = "/var/run/postgresql";
-
-fn os_user() -> String {
+pub fn os_user() -> String {
     os_user_name()
         .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| "postgres".to_owned())
 }
 
+/// The effective uid, from /proc (Linux), without a libc binding.
+pub fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// The name of the effective uid from /etc/passwd (Linux), without a libc binding.
 fn os_user_name() -> Option<String> {
-    let uid = crate::db::private::effective_uid()?.to_string();
+    let uid = effective_uid()?.to_string();
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');

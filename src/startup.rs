@@ -352,7 +352,7 @@ impl Application {
 /// `kiln serve`
 pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     settings.validate()?;
-    let database = settings.database.open(Use::Console).await?;
+    let database = crate::db::locate::open(&settings.database, Use::Console).await?;
     settings.database.database_url = Some(database.url.clone());
     // The private database (when there is one) stops after the console, whatever happened.
     let served = async {

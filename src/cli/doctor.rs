@@ -115,7 +115,7 @@ async fn database(settings: &Settings, report: &mut Report) -> Option<PgPool> {
     let db = &settings.database;
     let (url, whose) = match &db.database_url {
         Some(url) => (url.clone(), "DATABASE_URL"),
-        None => match crate::config::local_server_url().await {
+        None => match crate::db::locate::local_server_url().await {
             Some(url) => (url, "the local server"),
             None => return private_database(settings, report).await,
         },

@@ -53,7 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(settings) => crate::startup::serve(*settings).await,
         Command::Doctor(settings) => doctor::run(*settings).await,
         Command::Migrate(db) => {
-            db.with_pool(async |_| Ok(())).await?;
+            crate::db::locate::with_pool(&db, async |_| Ok(())).await?;
             println!("migrations applied");
             Ok(())
         }

@@ -22,7 +22,8 @@ pub enum TokenCommand {
         /// A label for the API token, shown on the Users page.
         #[arg(long, conflicts_with = "enrollment")]
         name: Option<String>,
-        /// Create a one-time agent enrollment token instead of an API token.
+        /// Create an agent enrollment token instead of an API token: any server this console
+        /// knows may register with it until it expires.
         #[arg(long)]
         enrollment: bool,
         /// Seconds the enrollment token stays valid.
@@ -41,7 +42,7 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
         ttl,
         db,
     } = command;
-    db.with_pool(async |pool| {
+    crate::db::locate::with_pool(&db, async |pool| {
         if enrollment {
             if ttl == 0 || ttl > 30 * 24 * 3600 {
                 bail!("--ttl must be between 1 and 2592000 seconds (30 days)");
@@ -56,7 +57,7 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
             )
             .await?;
             tx.commit().await?;
-            println!("enrollment token (valid for {ttl} s, usable once):");
+            println!("enrollment token (valid for {ttl} s, for the servers this console knows):");
             println!("{}", token.expose());
             return Ok(());
         }

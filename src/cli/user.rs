@@ -39,7 +39,7 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
                 .context("Failed to read the password from standard input")?;
             let password = Password::parse(input.trim_end_matches(['\r', '\n']))?;
             let hash = crate::auth::password::hash(&password).await?;
-            db.with_pool(async |pool| {
+            crate::db::locate::with_pool(&db, async |pool| {
                 let mut tx = pool.begin().await?;
                 let user = crate::db::users::create(&mut tx, &name, role, &hash).await?;
                 audit::record(

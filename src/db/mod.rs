@@ -11,6 +11,7 @@ pub mod dashboards;
 pub mod freezes;
 pub mod images;
 pub mod jobs;
+pub mod locate;
 pub mod login_failures;
 pub mod metrics;
 pub mod private;

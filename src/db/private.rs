@@ -295,7 +295,7 @@ impl PrivateCluster {
 /// The data directory's default: `/var/lib/kiln` for root (the `postgres` account cannot
 /// enter `/root`), else `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
 pub fn default_data_dir() -> anyhow::Result<PathBuf> {
-    if effective_uid() == Some(0) {
+    if crate::config::effective_uid() == Some(0) {
         return Ok(PathBuf::from("/var/lib/kiln"));
     }
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
@@ -444,7 +444,7 @@ fn try_lock(dir: &Path) -> anyhow::Result<Option<File>> {
 
 /// None unless we are root; then the `postgres` account, or an error saying what to do.
 fn postgres_account() -> anyhow::Result<Option<Account>> {
-    if effective_uid() != Some(0) {
+    if crate::config::effective_uid() != Some(0) {
         return Ok(None);
     }
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -466,18 +466,6 @@ fn postgres_account() -> anyhow::Result<Option<Account>> {
              run Kiln as an ordinary user, or set DATABASE_URL"
         ),
     }
-}
-
-/// The effective uid, from /proc (Linux), without a libc binding.
-pub fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ fn isolated(dir: &DataDir, args: &[&str], env: &[(&str, &str)]) -> Child {
 /// `program <args>` in the namespace, without DATABASE_URL, on the test's data directory.
 fn isolated_program(dir: &DataDir, program: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut command = Command::new("unshare");
-    if kiln::db::private::effective_uid() != Some(0) {
+    if kiln::config::effective_uid() != Some(0) {
         // Not root: a user namespace of our own uid lets us mount and unshare the network.
         command.args(["--user", "--map-current-user"]);
     }
@@ -466,7 +466,7 @@ async fn readme_s_first_command_installs_postgres_with_sudo_when_there_are_no_bi
         ("KILN_POSTGRES_BIN", "/nonexistent/postgres/bin"),
     ];
     // Not root: the script must use sudo. The test runs it as `nobody` when it is root.
-    if kiln::db::private::effective_uid() == Some(0) {
+    if kiln::config::effective_uid() == Some(0) {
         env.push(("KILN_TEST_AS_NOBODY", "1"));
     }
     let out = isolated_program(&dir, SERVE_SCRIPT, &[], &env)
