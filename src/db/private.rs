@@ -295,13 +295,25 @@ impl PrivateCluster {
 /// The data directory's default: `/var/lib/kiln` for root (the `postgres` account cannot
 /// enter `/root`), else `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
 pub fn default_data_dir() -> anyhow::Result<PathBuf> {
-    if crate::config::effective_uid() == Some(0) {
+    data_dir_for(
+        crate::config::effective_uid(),
+        std::env::var_os("XDG_DATA_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+fn data_dir_for(
+    uid: Option<u32>,
+    xdg_data_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> anyhow::Result<PathBuf> {
+    if uid == Some(0) {
         return Ok(PathBuf::from("/var/lib/kiln"));
     }
-    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+    if let Some(xdg) = xdg_data_home.filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(xdg).join("kiln"));
     }
-    let home = std::env::var_os("HOME")
+    let home = home
         .filter(|v| !v.is_empty())
         .context("Neither XDG_DATA_HOME nor HOME is set: choose a data directory with --data-dir or KILN_DATA_DIR")?;
     Ok(PathBuf::from(home).join(".local/share/kiln"))
@@ -447,7 +459,11 @@ fn postgres_account() -> anyhow::Result<Option<Account>> {
     if crate::config::effective_uid() != Some(0) {
         return Ok(None);
     }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    account_in(&std::fs::read_to_string("/etc/passwd").unwrap_or_default()).map(Some)
+}
+
+/// The `postgres` account of a passwd file, or an error saying what to do without it.
+fn account_in(passwd: &str) -> anyhow::Result<Account> {
     let account = passwd.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         (fields.first() == Some(&"postgres")).then(|| {
@@ -459,7 +475,7 @@ fn postgres_account() -> anyhow::Result<Option<Account>> {
         })?
     });
     match account {
-        Some(account) => Ok(Some(account)),
+        Some(account) => Ok(account),
         None => bail!(
             "Kiln runs as root and PostgreSQL refuses to: there is no `postgres` account to run \
              the private PostgreSQL under. Install PostgreSQL's package (it creates the account), \
@@ -471,6 +487,45 @@ fn postgres_account() -> anyhow::Result<Option<Account>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_runs_postgres_as_the_postgres_account_or_says_plainly_why_not() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\npostgres:x:101:104:PostgreSQL:/var/lib/postgresql:/bin/bash\n";
+        let account = account_in(passwd).unwrap();
+        assert_eq!(
+            (account.name.as_str(), account.uid, account.gid),
+            ("postgres", 101, 104)
+        );
+        let error = account_in("root:x:0:0:root:/root:/bin/bash\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(
+                "Kiln runs as root and PostgreSQL refuses to: there is no `postgres` account"
+            ) && error.contains("Install PostgreSQL's package")
+                && error.contains("DATABASE_URL"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_data_directory_defaults_to_xdg_then_home_and_var_lib_for_root() {
+        let some = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(
+            data_dir_for(Some(0), some("/x"), some("/root")).unwrap(),
+            PathBuf::from("/var/lib/kiln"),
+            "root: a directory the postgres account can reach, not /root"
+        );
+        assert_eq!(
+            data_dir_for(Some(1000), some("/home/dana/.data"), some("/home/dana")).unwrap(),
+            PathBuf::from("/home/dana/.data/kiln")
+        );
+        assert_eq!(
+            data_dir_for(Some(1000), some(""), some("/home/dana")).unwrap(),
+            PathBuf::from("/home/dana/.local/share/kiln")
+        );
+        assert!(data_dir_for(Some(1000), None, None).is_err());
+    }
 
     #[test]
     fn versions_sort_numerically_highest_first() {
