@@ -413,6 +413,10 @@ impl Shims {
             std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+        // README's script, copied beside them: the test may run it as `nobody`, who may not be
+        // able to enter the checkout (its `cargo` is the stand-in, so nothing else is needed).
+        std::fs::create_dir_all(dir.join("scripts")).unwrap();
+        std::fs::copy(SERVE_SCRIPT, dir.join("scripts/serve")).unwrap();
         // The test may run the script as `nobody`, who must reach the shims and the record.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&calls, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -423,6 +427,10 @@ impl Shims {
     /// machine links PostgreSQL's programs: the script must find them where Debian puts them).
     fn path(&self) -> String {
         format!("{}:/usr/bin:/bin", self.0.display())
+    }
+
+    fn script(&self) -> String {
+        self.0.join("scripts/serve").display().to_string()
     }
 
     fn calls(&self) -> String {
@@ -443,7 +451,7 @@ async fn readme_s_first_command_starts_the_console_with_the_postgres_binaries_it
     let dir = DataDir::new();
     let shims = Shims::new();
     let path = shims.path();
-    let child = isolated_program(&dir, SERVE_SCRIPT, &[], &[("PATH", &path)]);
+    let child = isolated_program(&dir, &shims.script(), &[], &[("PATH", &path)]);
     let console = listening(child).await;
     assert!(console.data_line.contains(dir.path().to_str().unwrap()));
     assert!(dir.postmaster().is_some(), "a private PostgreSQL runs");
@@ -469,7 +477,7 @@ async fn readme_s_first_command_installs_postgres_with_sudo_when_there_are_no_bi
     if kiln::config::effective_uid() == Some(0) {
         env.push(("KILN_TEST_AS_NOBODY", "1"));
     }
-    let out = isolated_program(&dir, SERVE_SCRIPT, &[], &env)
+    let out = isolated_program(&dir, &shims.script(), &[], &env)
         .wait_with_output()
         .await
         .unwrap();
