@@ -223,7 +223,7 @@ impl Demo {
         let (command, repo, kind) = JOBS[(n as usize) % JOBS.len()];
         self.post(
             "/api/v1/jobs",
-            json!({"command": command, "labels": {"repo": repo, "kind": kind, "demo": "yes"},
+            json!({"command": command, "labels": {"repo": repo, "kind": kind},
                    "timeout_s": 120, "retries": 0}),
         )
         .await?;

@@ -52,6 +52,9 @@ def main() -> int:
             for words in present:
                 if words not in text:
                     failures.append(f"{path} lacks {words!r}")
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            if wide > 1280:
+                failures.append(f"{path} is {wide}px wide on a 1280px screen")
             page.screenshot(path=f"{out}/demo-{name}.png", full_page=True)
             print(f"{path}: looked")
 
