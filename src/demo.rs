@@ -248,15 +248,20 @@ impl Demo {
                 {"name": "app.orders", "value": orders / 2, "source": "web-2"},
             ],
         });
+        self.librato("/v1/metrics", body).await
+    }
+
+    /// A POST to Librato's API the way its clients make one: basic auth, token as password.
+    async fn librato(&self, path: &str, body: Value) -> anyhow::Result<()> {
         let res = self
             .http
-            .post(format!("{}/v1/metrics", self.base))
+            .post(format!("{}{path}", self.base))
             .basic_auth(USER, Some(&self.token))
             .json(&body)
             .send()
             .await?;
         if !res.status().is_success() {
-            anyhow::bail!("POST /v1/metrics: {}: {}", res.status(), res.text().await?);
+            anyhow::bail!("POST {path}: {}: {}", res.status(), res.text().await?);
         }
         Ok(())
     }
@@ -268,16 +273,7 @@ impl Demo {
             json!({"title": "Load test (demo)", "description": "a band: an annotation with an end time",
                    "start_time": now - 600, "end_time": now - 300}),
         ] {
-            let res = self
-                .http
-                .post(format!("{}/v1/annotations/demo", self.base))
-                .basic_auth(USER, Some(&self.token))
-                .json(&body)
-                .send()
-                .await?;
-            if !res.status().is_success() {
-                anyhow::bail!("POST /v1/annotations/demo: {}", res.status());
-            }
+            self.librato("/v1/annotations/demo", body).await?;
         }
         Ok(())
     }

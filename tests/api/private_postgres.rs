@@ -46,14 +46,42 @@ impl DataDir {
         alive(pid).then_some(pid)
     }
 
-    /// How many postmasters run from this directory (their command lines name it).
+    /// How many postmasters run from this directory: processes started as `postgres -D
+    /// <dir>/postgres` whose parent is not one of them. (A backend the postmaster has just
+    /// forked carries its parent's command line until it renames itself: it is a child, not
+    /// a second server.)
     fn postmasters(&self) -> usize {
-        let pattern = format!("postgres -D {}/postgres", self.0.display());
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", &pattern])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
+        let wanted = format!("{}/postgres", self.0.display());
+        let mut started: Vec<(u32, u32)> = Vec::new(); // (pid, parent)
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_server = args.first().is_some_and(|a| a.ends_with("postgres"))
+                && args.windows(2).any(|w| w[0] == "-D" && w[1] == wanted);
+            if !is_server {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // After the command's ")": state, then the parent's pid.
+            let parent = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            started.push((pid, parent));
+        }
+        started
+            .iter()
+            .filter(|(_, parent)| !started.iter().any(|(pid, _)| pid == parent))
+            .count()
     }
 
     fn url(&self) -> String {

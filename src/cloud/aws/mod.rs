@@ -680,8 +680,8 @@ mod tests {
     use super::*;
     use crate::cloud::AgentBootstrap;
 
-    #[test]
-    fn user_data_starts_the_agent_with_the_launch_token() {
+    /// The user data of a launch to https://kiln.example.com, as the instance reads it.
+    fn decoded_user_data() -> String {
         let request = LaunchRequest {
             image_id: "ami-1e749f67".into(),
             count: 1,
@@ -697,12 +697,17 @@ mod tests {
             iam_instance_profile: None,
             client_token: "t-1".into(),
         };
-        let script = String::from_utf8(
+        String::from_utf8(
             base64::engine::general_purpose::STANDARD
                 .decode(user_data(&request))
                 .unwrap(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn user_data_starts_the_agent_with_the_launch_token() {
+        let script = decoded_user_data();
         assert!(script.starts_with("#!/bin/sh\n"), "{script}");
         assert!(script.contains("curl -fsS --retry 10 --retry-connrefused 'https://kiln.example.com'/agent/v1/binary"), "{script}");
         assert!(
@@ -721,27 +726,7 @@ mod tests {
     /// restarts the agent when it fails. (Not run here: it writes into /etc.)
     #[test]
     fn user_data_parses_and_its_unit_restarts_the_agent() {
-        let request = LaunchRequest {
-            image_id: "ami-1e749f67".into(),
-            count: 1,
-            instance_type: "t3.micro".into(),
-            tags: Tags::new(),
-            bootstrap: AgentBootstrap {
-                console_url: "https://kiln.example.com".into(),
-                enrollment_token: "kiln_enroll_abc".into(),
-            },
-            subnet_id: None,
-            security_group_ids: vec![],
-            key_name: None,
-            iam_instance_profile: None,
-            client_token: "t-1".into(),
-        };
-        let script = String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(user_data(&request))
-                .unwrap(),
-        )
-        .unwrap();
+        let script = decoded_user_data();
         let out = std::process::Command::new("sh")
             .args(["-n", "-c", &script])
             .output()
