@@ -89,10 +89,10 @@ pub struct Settings {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    /// Make the console alive for a first look: a user `demo` launches three local servers,
-    /// enqueues a trickle of jobs (some failing, some slow), posts an app metric, annotates,
-    /// and bakes and releases a second image. Local provider only; without the flag, none
-    /// of it runs.
+    /// Make the console alive for a first look: a user `demo` turns autoscaling on (3 to 5
+    /// local servers), enqueues a trickle of jobs (some failing, some slow), posts an app
+    /// metric with an alert rule, annotates, and bakes and releases a second image. Local
+    /// provider only; without the flag, none of it runs.
     #[arg(long, env = "KILN_DEMO")]
     pub demo: bool,
 
