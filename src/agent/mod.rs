@@ -42,7 +42,8 @@ pub struct AgentArgs {
     /// How many jobs to run at once.
     #[arg(long, default_value_t = 1)]
     pub slots: u32,
-    /// Where jobs' working directories go. Default: $TMPDIR/kiln-agent/<instance id>.
+    /// Where jobs' working directories go, and the agent's credentials once registered (so
+    /// that a restarted agent carries on as itself). Default: $TMPDIR/kiln-agent/<instance id>.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
 }
@@ -99,17 +100,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => instance_id_from_imds().await?,
     };
 
+    let workdir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("kiln-agent").join(&instance_id));
     let registered = tokio::select! {
-        r = register(&client, &args, &instance_id) => r?,
+        r = resume_or_register(&client, &args, &instance_id, &workdir) => r?,
         _ = term.recv() => return Ok(()),
         _ = int.recv() => return Ok(()),
     };
-    tracing::info!(server = %registered.server_id, slots = args.slots, "agent registered");
-    let workdir = args.work_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir()
-            .join("kiln-agent")
-            .join(&registered.server_id)
-    });
     let shared = Arc::new(Shared {
         client: client.with_token(registered.agent_token.clone()),
         slots: args.slots,
@@ -136,6 +135,89 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     claims.abort();
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(())
+}
+
+/// The agent's credentials from an earlier run of this agent on this server, when the
+/// console still knows them; else a registration with the enrollment token, whose answer is
+/// kept for the next run. An agent restarted by systemd after its launch's enrollment token
+/// has expired (24 h) thus carries on; its previous run's jobs are requeued after their
+/// lease, as a dead agent's are.
+async fn resume_or_register(
+    client: &Client,
+    args: &AgentArgs,
+    instance_id: &str,
+    workdir: &std::path::Path,
+) -> anyhow::Result<Registered> {
+    let path = workdir.join(CREDENTIALS);
+    if let Some(saved) = load_credentials(&path, &args.url, instance_id) {
+        let probe = Heartbeat {
+            running: Vec::new(),
+            metrics: Default::default(),
+        };
+        match client
+            .with_token(saved.agent_token.clone())
+            .post::<_, HeartbeatReply>("heartbeat", &probe, Duration::from_secs(15))
+            .await
+        {
+            Err(CallError::Refused { status: 401, .. }) => {
+                tracing::info!(
+                    "the console no longer knows the saved credentials; registering again"
+                );
+            }
+            // Accepted, or the console cannot say right now: the heartbeats will tell.
+            _ => {
+                tracing::info!(server = %saved.server_id, slots = args.slots, "agent resumed with its saved credentials");
+                return Ok(saved);
+            }
+        }
+    }
+    let registered = register(client, args, instance_id).await?;
+    tracing::info!(server = %registered.server_id, slots = args.slots, "agent registered");
+    if let Err(e) = save_credentials(&path, &args.url, &registered) {
+        tracing::warn!(error = %e, path = %path.display(), "could not keep the credentials; a restart will need a valid enrollment token");
+    }
+    Ok(registered)
+}
+
+/// The file, in the agent's work directory, that keeps its credentials between runs.
+const CREDENTIALS: &str = ".kiln-agent-credentials.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    url: String,
+    registered: Registered,
+}
+
+/// The saved credentials when they are this server's, for this console.
+fn load_credentials(path: &std::path::Path, url: &str, instance_id: &str) -> Option<Registered> {
+    let saved: Saved = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    (saved.url == url && saved.registered.server_id == instance_id).then_some(saved.registered)
+}
+
+/// Written whole (a temporary file renamed over the old one), readable by this user only.
+fn save_credentials(
+    path: &std::path::Path,
+    url: &str,
+    registered: &Registered,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(&serde_json::to_vec(&Saved {
+        url: url.to_owned(),
+        registered: registered.clone(),
+    })?)?;
+    file.sync_all()?;
+    std::fs::rename(tmp, path)
 }
 
 async fn register(
@@ -331,4 +413,31 @@ async fn instance_id_from_imds() -> anyhow::Result<String> {
         .text()
         .await?;
     Ok(id.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_kept_for_this_server_and_console_only_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kiln-creds-{}", std::process::id()));
+        let path = dir.join(CREDENTIALS);
+        let registered = Registered {
+            agent_token: "kiln_agent_x".into(),
+            server_id: "i-0abc".into(),
+            heartbeat_s: 5,
+            lease_s: 60,
+        };
+        save_credentials(&path, "https://kiln.example.com", &registered).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let back = load_credentials(&path, "https://kiln.example.com", "i-0abc");
+        let other_console = load_credentials(&path, "https://other.example.com", "i-0abc");
+        let other_server = load_credentials(&path, "https://kiln.example.com", "i-0def");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode, 0o600);
+        assert_eq!(back.map(|r| r.agent_token), Some("kiln_agent_x".into()));
+        assert!(other_console.is_none() && other_server.is_none());
+    }
 }

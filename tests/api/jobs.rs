@@ -712,3 +712,72 @@ async fn a_console_restart_mid_run_loses_no_job() {
     drop(agents);
     crate::cli::sigterm_and_wait(&mut console).await;
 }
+
+/// An agent that dies and is started again (as systemd does) after its launch's enrollment
+/// token has expired carries on as the same agent, with the credentials it kept.
+#[tokio::test]
+async fn a_restarted_agent_carries_on_with_its_saved_credentials_after_enrollment_expired() {
+    let app = spawn_app_with(|s| {
+        s.heartbeat = 1;
+        s.job_lease = 4;
+        // The local provider would see the dead process and end the server: not this test.
+        s.reconcile_interval = 3600;
+    })
+    .await;
+    let token = app.token_for("admin").await;
+    let server = launch_agents(&app, &token, 1).await.remove(0);
+    let pid = agent_pid(&app, &server).await;
+    let cmdline: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let registered_at: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT registered_at FROM agents WHERE server_id = $1")
+            .bind(&server)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    // SAFETY: kill(2) on a process this test's console started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    sqlx::query("UPDATE enrollment_tokens SET expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // The same command line again, as a unit's ExecStart would run it.
+    let mut again = tokio::process::Command::new(&cmdline[0])
+        .args(&cmdline[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let id = enqueue(&app, &token, json!({"command": "echo carried on"})).await;
+    let done = job_in(&app, &token, id, &["succeeded", "failed"], 60).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["server_id"], server.as_str());
+    let still: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT registered_at FROM agents WHERE server_id = $1")
+            .bind(&server)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(still, registered_at, "resumed, not registered again");
+    again.kill().await.unwrap();
+    let mut said = String::new();
+    use tokio::io::AsyncReadExt;
+    again
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .await
+        .unwrap();
+    assert!(
+        said.contains("agent resumed with its saved credentials"),
+        "{said}"
+    );
+    stop_fleet(&app).await;
+}

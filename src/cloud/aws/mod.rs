@@ -561,8 +561,8 @@ fn outcome(
 /// The user data of a launch: a shell script that fetches the agent from the console unless
 /// the image has it (baked in, on PATH), then runs it — as a systemd service where systemd
 /// runs (restarted if it dies; its log in the journal and /var/log/kiln-agent.log), else in
-/// the background with nohup. The enrollment token is the launch's, valid 24 hours: an agent
-/// restarted later than that cannot register again (the server is replaced instead).
+/// the background with nohup. The enrollment token is the launch's, valid 24 hours; a
+/// restarted agent carries on with the credentials it kept (`agent::resume_or_register`).
 fn user_data(request: &LaunchRequest) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let url = quote(&request.bootstrap.console_url);
