@@ -43,15 +43,15 @@ impl DatabaseArgs {
 pub fn default_database_url() -> String {
     let user = os_user();
     let socket_dir = LOCAL_SOCKET_DIR;
-    if std::path::Path::new(socket_dir)
-        .join(".s.PGSQL.5432")
-        .exists()
-    {
+    if std::path::Path::new(socket_dir).join(PG_SOCKET).exists() {
         format!("postgres://{user}@localhost/kiln?host={socket_dir}")
     } else {
         format!("postgres://{user}@127.0.0.1:5432/kiln")
     }
 }
+
+/// The file name of PostgreSQL's Unix socket (port 5432) inside its socket directory.
+pub const PG_SOCKET: &str = ".s.PGSQL.5432";
 
 pub const LOCAL_SOCKET_DIR: &str = "/var/run/postgresql";
 

@@ -125,12 +125,7 @@ async fn prepare(pool: &PgPool) -> anyhow::Result<String> {
                 .await?
         }
     };
-    sqlx::query(
-        "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(user.id)
-    .execute(&mut *tx)
-    .await?;
+    crate::db::tokens::revoke_all_of(&mut *tx, user.id).await?;
     let secret = crate::auth::token::Secret::generate(crate::auth::token::API_PREFIX);
     crate::db::tokens::create_api(
         &mut tx,
@@ -168,9 +163,19 @@ impl Demo {
     }
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, body).await
+    }
+
+    /// A call to the console's API with the demo's token; an error names the refusal.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
         let res = self
             .http
-            .post(format!("{}{path}", self.base))
+            .request(method.clone(), format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
@@ -178,7 +183,7 @@ impl Demo {
         let status = res.status();
         let text = res.text().await?;
         if !status.is_success() {
-            anyhow::bail!("POST {path}: {status}: {text}");
+            anyhow::bail!("{method} {path}: {status}: {text}");
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
@@ -195,20 +200,12 @@ impl Demo {
             .count("SELECT count(*) FROM audit_events WHERE action LIKE 'scaling.%'")
             .await?;
         if touched == 0 {
-            let res = self
-                .http
-                .put(format!("{}/api/v1/scaling", self.base))
-                .bearer_auth(&self.token)
-                .json(&json!({"enabled": true, "min": WORKERS, "max": 5}))
-                .send()
-                .await?;
-            if !res.status().is_success() {
-                anyhow::bail!(
-                    "PUT /api/v1/scaling: {}: {}",
-                    res.status(),
-                    res.text().await?
-                );
-            }
+            self.call(
+                reqwest::Method::PUT,
+                "/api/v1/scaling",
+                json!({"enabled": true, "min": WORKERS, "max": 5}),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -313,12 +310,12 @@ impl Demo {
                  WHERE s.purpose = 'worker' AND s.state = 'running'",
             )
             .await?;
-        let Some(base) = crate::db::images::current_id(&self.pool).await? else {
-            return Ok(());
-        };
         if joined < WORKERS {
             return Ok(());
         }
+        let Some(base) = crate::db::images::current_id(&self.pool).await? else {
+            return Ok(());
+        };
         let recipe = self
             .post(
                 "/api/v1/recipes",

@@ -16,6 +16,7 @@ use crate::config::{ProviderKind, Settings};
 /// Below this, the private PostgreSQL's disk is reported as too full.
 const MIN_FREE_BYTES: u64 = 1 << 30;
 const PG_OLDEST_MAJOR: u32 = 13;
+const CHECKS: [&str; 5] = ["settings", "database", "data dir", "provider", "public URL"];
 
 enum Outcome {
     Ok(String),
@@ -64,8 +65,12 @@ impl Report {
             .count()
     }
 
+    /// In the order of `CHECKS` (the database's check says first whether the data directory
+    /// is used at all), each check's lines in the order they were found.
     fn print(&self) {
-        for check in &self.0 {
+        let mut checks: Vec<&Check> = self.0.iter().collect();
+        checks.sort_by_key(|c| CHECKS.iter().position(|n| *n == c.name));
+        for check in checks {
             match &check.outcome {
                 Outcome::Ok(said) => println!("ok    {:<11} {said}", check.name),
                 Outcome::Skip(why) => println!("skip  {:<11} {why}", check.name),
@@ -112,15 +117,22 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
 /// Where the database is, and whether this build's migrations are all there; the pool when
 /// it could connect (the provider's check reads the current image from it).
 async fn database(settings: &Settings, report: &mut Report) -> Option<PgPool> {
-    let db = &settings.database;
-    let (url, whose) = match &db.database_url {
-        Some(url) => (url.clone(), "DATABASE_URL"),
-        None => match crate::db::locate::local_server_url().await {
-            Some(url) => (url, "the local server"),
-            None => return private_database(settings, report).await,
-        },
+    use crate::db::locate::Found;
+    let (url, whose) = match crate::db::locate::find(&settings.database).await {
+        Ok(Found::Given(url)) => (url, "DATABASE_URL"),
+        Ok(Found::Local(url)) => (url, "the local server"),
+        Ok(Found::Private(dir)) => return private_database(settings, &dir, report).await,
+        Err(e) => {
+            report.fail(
+                "database",
+                format!("{e:#}"),
+                "set KILN_DATA_DIR or DATABASE_URL",
+            );
+            return None;
+        }
     };
     let shown = crate::db::redact(&url);
+    report.skip("data dir", format!("not used: the database is {shown}"));
     // One plain connection first: a pool retries until its timeout and hides why it failed.
     let first = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url))
         .await
@@ -138,7 +150,6 @@ async fn database(settings: &Settings, report: &mut Report) -> Option<PgPool> {
         Err(e) => {
             let (what, fix) = connect_failure(&e, whose);
             report.fail("database", format!("{shown}: {what}"), fix);
-            report.skip("data dir", format!("not used: the database is {shown}"));
             return None;
         }
     };
@@ -166,27 +177,13 @@ async fn database(settings: &Settings, report: &mut Report) -> Option<PgPool> {
             Err((what, fix)) => report.fail("database", format!("{shown}: {what}"), fix),
         }
     }
-    report.skip("data dir", format!("not used: the database is {shown}"));
     Some(pool)
 }
 
-/// No server to talk to: `kiln serve` would run a private one. Its binaries and its disk.
-async fn private_database(settings: &Settings, report: &mut Report) -> Option<PgPool> {
+/// No server to talk to: `kiln serve` would run a private one in `dir`. Its binaries and
+/// its disk.
+async fn private_database(settings: &Settings, dir: &Path, report: &mut Report) -> Option<PgPool> {
     let db = &settings.database;
-    let dir = match &db.data_dir {
-        Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
-        None => match crate::db::private::default_data_dir() {
-            Ok(dir) => dir,
-            Err(e) => {
-                report.fail(
-                    "database",
-                    format!("{e:#}"),
-                    "set KILN_DATA_DIR or DATABASE_URL",
-                );
-                return None;
-            }
-        },
-    };
     match crate::db::private::find_binaries(db.postgres_bin.as_deref()) {
         Ok(bin) => report.ok(
             "database",
@@ -203,7 +200,7 @@ async fn private_database(settings: &Settings, report: &mut Report) -> Option<Pg
             format!("{e:#}").replace('\n', "\n                  "),
         ),
     }
-    match free_bytes(&dir) {
+    match free_bytes(dir) {
         Some(free) if free < MIN_FREE_BYTES => report.fail(
             "data dir",
             format!("{} has {} free", dir.display(), human(free)),
@@ -219,12 +216,9 @@ async fn private_database(settings: &Settings, report: &mut Report) -> Option<Pg
             "check that the directory (or its parent) exists and `df` runs",
         ),
     }
-    // The console's cluster when it runs: its migrations can be checked too.
-    let socket = dir.join(".s.PGSQL.5432");
-    if crate::db::private::answers(&socket).await {
-        let host: String =
-            url::form_urlencoded::byte_serialize(dir.to_string_lossy().as_bytes()).collect();
-        return PgPool::connect(&format!("postgres://kiln@localhost/kiln?host={host}"))
+    // The console's cluster when it runs: the provider's check reads the current image there.
+    if crate::db::private::answers(&crate::db::private::socket_in(dir)).await {
+        return PgPool::connect(&crate::db::private::url_for(dir))
             .await
             .ok();
     }

@@ -2,6 +2,8 @@
 //! answers on the standard socket or port; else the private cluster (`db::private`) in the
 //! data directory, started if need be.
 
+use std::path::PathBuf;
+
 use crate::config::DatabaseArgs;
 use crate::db::private::{PrivateCluster, Use};
 
@@ -23,23 +25,38 @@ impl Database {
     }
 }
 
-/// DATABASE_URL when set; else the local server when one answers on the standard socket
-/// or port; else a private cluster in the data directory, started if need be. Says where
-/// the data lives when it is the private cluster (on stdout for the console, on stderr
-/// for one-off commands, whose stdout may be a token being captured).
-pub async fn open(args: &DatabaseArgs, purpose: Use) -> anyhow::Result<Database> {
+/// Where the database is, as `open` finds it (and `kiln doctor` reports it).
+pub enum Found {
+    /// DATABASE_URL.
+    Given(String),
+    /// The machine's server, answering on the standard socket or port.
+    Local(String),
+    /// Neither: the private cluster of this data directory.
+    Private(PathBuf),
+}
+
+/// DATABASE_URL when set; else the local server when one answers on the standard socket or
+/// port; else the private cluster's data directory (`--data-dir`, or its default).
+pub async fn find(args: &DatabaseArgs) -> anyhow::Result<Found> {
     if let Some(url) = &args.database_url {
-        return Ok(Database {
-            url: url.clone(),
-            private: None,
-        });
+        return Ok(Found::Given(url.clone()));
     }
     if let Some(url) = local_server_url().await {
-        return Ok(Database { url, private: None });
+        return Ok(Found::Local(url));
     }
-    let dir = match &args.data_dir {
+    Ok(Found::Private(match &args.data_dir {
         Some(dir) => std::path::absolute(dir)?,
         None => crate::db::private::default_data_dir()?,
+    }))
+}
+
+/// The database `find` finds, starting the private cluster if need be. Says where the data
+/// lives when it is the private cluster (on stdout for the console, on stderr for one-off
+/// commands, whose stdout may be a token being captured).
+pub async fn open(args: &DatabaseArgs, purpose: Use) -> anyhow::Result<Database> {
+    let dir = match find(args).await? {
+        Found::Given(url) | Found::Local(url) => return Ok(Database { url, private: None }),
+        Found::Private(dir) => dir,
     };
     let cluster = PrivateCluster::start(&dir, args.postgres_bin.as_deref(), purpose).await?;
     let line = format!(
@@ -80,7 +97,8 @@ pub async fn with_pool<T>(
 /// The local server's URL when one accepts connections on the standard socket or on
 /// 127.0.0.1:5432 (the socket preferred, as `default_database_url` does).
 pub async fn local_server_url() -> Option<String> {
-    let socket = std::path::Path::new(crate::config::LOCAL_SOCKET_DIR).join(".s.PGSQL.5432");
+    let socket =
+        std::path::Path::new(crate::config::LOCAL_SOCKET_DIR).join(crate::config::PG_SOCKET);
     if crate::db::private::answers(&socket).await {
         return Some(crate::config::default_database_url());
     }

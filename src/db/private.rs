@@ -29,7 +29,6 @@ use anyhow::{Context, bail};
 const ROLE: &str = "kiln";
 /// Longest a Unix socket's path may be (sun_path is 108 bytes with its terminating NUL).
 const SOCKET_PATH_MAX: usize = 107;
-const SOCKET_NAME: &str = ".s.PGSQL.5432";
 /// How long PostgreSQL may take to accept connections after it is started.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -73,24 +72,17 @@ impl PrivateCluster {
         let account = postgres_account()?;
         // Before anything is created: with no binaries there is nothing to put in it.
         let bin = find_binaries(bin_override)?;
-        let socket = dir.join(SOCKET_NAME);
+        let socket = socket_in(dir);
         if socket.as_os_str().len() > SOCKET_PATH_MAX {
             bail!(
                 "The data directory {} is too long a path for PostgreSQL's socket (at most {} \
-                 characters with {SOCKET_NAME}); choose a shorter one with --data-dir or KILN_DATA_DIR",
+                 characters with its socket's name); choose a shorter one with --data-dir or KILN_DATA_DIR",
                 dir.display(),
                 SOCKET_PATH_MAX
             );
         }
         make_data_dir(dir, account.as_ref())?;
         let Some(lock) = try_lock(dir)? else {
-            let holder = std::fs::read_to_string(dir.join("kiln.lock")).unwrap_or_default();
-            let holder = holder.trim();
-            let holder = if holder.is_empty() {
-                String::new()
-            } else {
-                format!(" (pid {holder})")
-            };
             if purpose == Use::Command && answers(&socket).await {
                 return Ok(Self {
                     dir: dir.to_owned(),
@@ -100,6 +92,11 @@ impl PrivateCluster {
                     child: None,
                 });
             }
+            let holder = std::fs::read_to_string(dir.join("kiln.lock")).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
             bail!(
                 "Another Kiln console{holder} is using the private PostgreSQL in {}. A private \
                  database serves one console; to run several, start a PostgreSQL server and give \
@@ -127,15 +124,8 @@ impl PrivateCluster {
         Ok(cluster)
     }
 
-    /// The URL Kiln connects with: its role and database over the socket in the data directory.
     pub fn url(&self) -> String {
-        let host: String =
-            url::form_urlencoded::byte_serialize(self.dir.to_string_lossy().as_bytes()).collect();
-        format!("postgres://{ROLE}@localhost/kiln?host={host}")
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        url_for(&self.dir)
     }
 
     /// Stops the server (a fast shutdown: open transactions are rolled back) when this process
@@ -317,6 +307,19 @@ fn data_dir_for(
         .filter(|v| !v.is_empty())
         .context("Neither XDG_DATA_HOME nor HOME is set: choose a data directory with --data-dir or KILN_DATA_DIR")?;
     Ok(PathBuf::from(home).join(".local/share/kiln"))
+}
+
+/// The URL Kiln connects with to the private cluster of data directory `dir`: its role and
+/// database over the socket there.
+pub fn url_for(dir: &Path) -> String {
+    let host: String =
+        url::form_urlencoded::byte_serialize(dir.to_string_lossy().as_bytes()).collect();
+    format!("postgres://{ROLE}@localhost/kiln?host={host}")
+}
+
+/// The private cluster's socket in data directory `dir`.
+pub fn socket_in(dir: &Path) -> PathBuf {
+    dir.join(crate::config::PG_SOCKET)
 }
 
 /// Whether a PostgreSQL server accepts connections on the Unix socket `path`.
@@ -560,14 +563,10 @@ mod tests {
 
     #[test]
     fn the_url_reaches_the_socket_in_the_data_directory() {
-        let cluster = PrivateCluster {
-            dir: PathBuf::from("/home/dana/my data/kiln"),
-            bin: PathBuf::new(),
-            account: None,
-            lock: None,
-            child: None,
-        };
-        let options: sqlx::postgres::PgConnectOptions = cluster.url().parse().unwrap();
+        let options: sqlx::postgres::PgConnectOptions =
+            url_for(Path::new("/home/dana/my data/kiln"))
+                .parse()
+                .unwrap();
         assert_eq!(
             options.get_socket(),
             Some(&PathBuf::from("/home/dana/my data/kiln"))

@@ -106,6 +106,17 @@ pub async fn find(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<Token
     .await
 }
 
+/// Revokes every live API token of a user.
+pub async fn revoke_all_of(db: impl PgExecutor<'_>, user_id: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Revokes a token; false when it was already revoked.
 pub async fn revoke(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(

@@ -46,20 +46,19 @@ impl Task for AdoptImage {
                     ctx,
                     ImageState::Failed,
                     &format!("The provider has no image {}.", image.id),
+                    None,
                 )
                 .await
             }
             Ok(Some(found)) => match found.state {
                 ImageState::Available => {
-                    let mut tx = ctx.pool.begin().await?;
-                    crate::db::images::set_architecture(
-                        &mut *tx,
-                        &image.id,
+                    self.finish(
+                        ctx,
+                        ImageState::Available,
+                        "",
                         found.architecture.as_deref(),
                     )
-                    .await?;
-                    tx.commit().await?;
-                    self.finish(ctx, ImageState::Available, "").await
+                    .await
                 }
                 ImageState::Pending => Err(TaskError::Retryable(anyhow::anyhow!(
                     "image {} is still pending at the provider",
@@ -70,6 +69,7 @@ impl Task for AdoptImage {
                         ctx,
                         ImageState::Failed,
                         &format!("The provider reports the image {}.", other.as_str()),
+                        None,
                     )
                     .await
                 }
@@ -84,18 +84,22 @@ impl AdoptImage {
         if retryable {
             Err(TaskError::Retryable(anyhow::anyhow!("{message}")))
         } else {
-            self.finish(ctx, ImageState::Failed, message).await
+            self.finish(ctx, ImageState::Failed, message, None).await
         }
     }
 
+    /// Records the image's state (and the architecture the provider reports for an available
+    /// one) with its audit event, in one transaction.
     async fn finish(
         &self,
         ctx: &Context,
         state: ImageState,
         reason: &str,
+        architecture: Option<&str>,
     ) -> Result<(), TaskError> {
         let mut tx = ctx.pool.begin().await?;
         crate::db::images::set_state(&mut *tx, &self.image_id, state, reason).await?;
+        crate::db::images::set_architecture(&mut *tx, &self.image_id, architecture).await?;
         let mut detail = reason.to_owned();
         if state == ImageState::Available
             && crate::db::images::make_first_current(&mut tx, &self.image_id, "kiln").await?
